@@ -1,0 +1,207 @@
+//! The non-server subcommands: migrate, tenant management and the simulator's outputs.
+
+use std::{
+    io::{BufWriter, Write},
+    time::Instant,
+};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use tonic::{metadata::MetadataValue, transport::Channel};
+
+use crate::{
+    config::{DatabaseArgs, SimulateArgs, TenantCommand},
+    domain::event::Event,
+    grpc::{convert::event_to_proto, pb},
+    sim::{self, SimConfig},
+    store,
+};
+
+async fn migrated_pool(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
+    let pool = store::lazy_pool(&database.database_url, 2).map_err(|e| anyhow::anyhow!("{e}"))?;
+    store::migrate(&pool).await.map_err(|e| anyhow::anyhow!("cannot migrate: {e}"))?;
+    Ok(pool)
+}
+
+/// `chatkpi migrate`.
+pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
+    migrated_pool(database).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+/// `chatkpi tenant ...`: prints `tenant_id=<id>` and `api_key=<key>` lines (easy to parse).
+pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create { database, name } => {
+            let pool = migrated_pool(database).await?;
+            let (tenant, key) = store::tenants::create_tenant(&pool, name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("tenant_id={tenant}");
+            println!("api_key={}", key.plaintext);
+        }
+        TenantCommand::AddKey { database, tenant } => {
+            let pool = migrated_pool(database).await?;
+            let key = store::tenants::create_key(&pool, *tenant).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("tenant_id={tenant}");
+            println!("api_key={}", key.plaintext);
+        }
+    }
+    Ok(())
+}
+
+fn sim_config(args: &SimulateArgs) -> SimConfig {
+    // Default start leaves room after the last day for late events (reopens, surveys and
+    // conversions up to ~10 days later), which must not be in the future.
+    let start = args
+        .start
+        .unwrap_or_else(|| Utc::now().date_naive() - chrono::Duration::days(args.days as i64 + 14));
+    SimConfig { conversations: args.conversations, days: args.days, seed: args.seed, start, agents: args.agents }
+}
+
+/// `chatkpi simulate`: JSON lines to a file / stdout, or a stream to a server.
+pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
+    let config = sim_config(args);
+    match (&args.out, &args.server) {
+        (Some(path), None) => write_jsonl(&config, path),
+        (None, Some(server)) => {
+            let key = args.api_key.as_deref().context("--server needs --api-key (or CHATKPI_API_KEY)")?;
+            stream_to_server(&config, server, key, args.batch, args.streams).await
+        }
+        _ => bail!("give either --out FILE (or -) or --server URL"),
+    }
+}
+
+fn write_jsonl(config: &SimConfig, path: &std::path::Path) -> anyhow::Result<()> {
+    let sink: Box<dyn Write> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?)
+    };
+    let mut out = BufWriter::new(sink);
+    let mut result = Ok(());
+    let mut count = 0u64;
+    sim::for_each_day(config, |chunk| {
+        for e in &chunk {
+            if result.is_ok() {
+                result = serde_json::to_writer(&mut out, &event_to_proto(e))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| out.write_all(b"\n").map_err(anyhow::Error::from));
+                count += 1;
+            }
+        }
+    });
+    result?;
+    out.flush()?;
+    eprintln!("wrote {count} events");
+    Ok(())
+}
+
+/// Totals of a streaming run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamTotals {
+    pub events: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+}
+
+async fn stream_to_server(
+    config: &SimConfig,
+    server: &str,
+    api_key: &str,
+    batch: usize,
+    streams: usize,
+) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(server.to_owned())?.connect().await.with_context(|| format!("cannot connect to {server}"))?;
+    // The generator runs on a blocking thread and hands over batches through a bounded
+    // channel: the simulator never runs far ahead of what the server has acknowledged.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Event>>(streams.max(1) * 4);
+    let config = config.clone();
+    let batch = batch.max(1);
+    let generator = tokio::task::spawn_blocking(move || {
+        sim::for_each_day(&config, |chunk| {
+            for part in chunk.chunks(batch) {
+                if tx.blocking_send(part.to_vec()).is_err() {
+                    return;
+                }
+            }
+        });
+    });
+    let started = Instant::now();
+    let totals = send_batches(channel, api_key, rx, streams.max(1)).await?;
+    generator.await?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "events={} accepted={} duplicates={} rejected={} seconds={:.2} events_per_second={:.0}",
+        totals.events,
+        totals.accepted,
+        totals.duplicates,
+        totals.rejected,
+        secs,
+        totals.events as f64 / secs
+    );
+    if totals.rejected > 0 {
+        bail!("{} events were rejected", totals.rejected);
+    }
+    Ok(())
+}
+
+/// Streams batches from `rx` over `streams` parallel StreamEvents calls; returns the totals of
+/// the acknowledgements.
+pub async fn send_batches(
+    channel: Channel,
+    api_key: &str,
+    rx: tokio::sync::mpsc::Receiver<Vec<Event>>,
+    streams: usize,
+) -> anyhow::Result<StreamTotals> {
+    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().context("api key is not valid metadata")?;
+    let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+    let mut tasks = Vec::new();
+    for stream_no in 0..streams {
+        let rx = rx.clone();
+        let bearer = bearer.clone();
+        let mut client = pb::event_service_client::EventServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let (req_tx, req_rx) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(4);
+            let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(req_rx));
+            request.metadata_mut().insert("authorization", bearer);
+            let feeder = tokio::spawn(async move {
+                let mut batch_id = stream_no as u64 * 1_000_000_000;
+                let mut sent = 0u64;
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(events) = next else { break };
+                    batch_id += 1;
+                    sent += events.len() as u64;
+                    let events = events.iter().map(event_to_proto).collect();
+                    if req_tx.send(pb::StreamEventsRequest { batch_id, events }).await.is_err() {
+                        break;
+                    }
+                }
+                sent
+            });
+            let mut acks = client.stream_events(request).await?.into_inner();
+            let mut totals = StreamTotals::default();
+            while let Some(ack) = acks.message().await? {
+                totals.events += ack.results.len() as u64;
+                totals.accepted += ack.accepted as u64;
+                totals.duplicates += ack.duplicates as u64;
+                totals.rejected += ack.rejected as u64;
+            }
+            let sent = feeder.await.unwrap_or(0);
+            if sent != totals.events {
+                anyhow::bail!("stream {stream_no}: sent {sent} events but {} were acknowledged", totals.events);
+            }
+            Ok::<_, anyhow::Error>(totals)
+        }));
+    }
+    let mut totals = StreamTotals::default();
+    for task in tasks {
+        let t = task.await??;
+        totals.events += t.events;
+        totals.accepted += t.accepted;
+        totals.duplicates += t.duplicates;
+        totals.rejected += t.rejected;
+    }
+    Ok(totals)
+}

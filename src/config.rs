@@ -1,0 +1,118 @@
+//! Command line and environment configuration (every flag has an env variable).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// chatkpi: helpdesk KPIs from customer-support conversation events, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "chatkpi", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, env = "CHATKPI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (applies migrations first).
+    Serve(ServeConfig),
+    /// Apply database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage tenants and their API keys.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Generate a realistic helpdesk event stream; write JSON lines or stream it to a server.
+    Simulate(SimulateArgs),
+}
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres connection URL, e.g. postgres://postgres@127.0.0.1:5432/chatkpi.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+}
+
+/// Server settings.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address the gRPC server listens on (port 0 = any free port).
+    #[arg(long, env = "CHATKPI_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Largest batch IngestEvents / StreamEvents accept, in events.
+    #[arg(long, env = "CHATKPI_MAX_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_batch: u32,
+    /// Most database connections the server opens.
+    #[arg(long, env = "CHATKPI_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+    /// On SIGTERM / Ctrl-C, how long in-flight requests and streams may take to finish, in
+    /// seconds, before the server stops anyway.
+    #[arg(long, env = "CHATKPI_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant and print its id and a new API key (shown once).
+    Create {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Display name of the tenant.
+        #[arg(long)]
+        name: String,
+    },
+    /// Print a new API key for an existing tenant (key rotation).
+    AddKey {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The tenant id.
+        #[arg(long)]
+        tenant: i64,
+    },
+}
+
+/// Simulator settings.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Number of conversations.
+    #[arg(long, default_value_t = 1000)]
+    pub conversations: u64,
+    /// Days the conversations are spread over.
+    #[arg(long, default_value_t = 7)]
+    pub days: u32,
+    /// Seed: the same seed and settings give the same events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// First simulated day (UTC), YYYY-MM-DD. Default: `days` days before today.
+    #[arg(long)]
+    pub start: Option<chrono::NaiveDate>,
+    /// Number of agents.
+    #[arg(long, default_value_t = 20)]
+    pub agents: u32,
+    /// Write JSON lines (proto3 JSON mapping of chatkpi.v1.Event) to this file; `-` = stdout.
+    #[arg(long, conflicts_with = "server")]
+    pub out: Option<PathBuf>,
+    /// Stream to this server, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// API key for --server.
+    #[arg(long, env = "CHATKPI_API_KEY")]
+    pub api_key: Option<String>,
+    /// Events per streamed batch.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: usize,
+    /// Parallel streams to the server.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
+}

@@ -1,0 +1,27 @@
+//! The closed set of errors the domain reports; `grpc/status.rs` maps each to one gRPC code.
+
+/// An error a caller can act on, or one opaque internal bucket (STYLE.md, Errors).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed: `field` names the path (`events[3].occurred_at`).
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    /// A named thing does not exist for this tenant.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Missing, malformed or unknown API key.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The database cannot be reached right now; safe to retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else. The cause goes to the log, never to the client.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,546 @@
+//! Derived conversation facts (METRICS.md §3): a pure function of a conversation's event set.
+//!
+//! [`derive`] sorts the events by the METRICS.md §2 tie order and walks them once. Because the
+//! input is a set and the order is total (`occurred_at`, type precedence, `event_id`), the facts
+//! do not depend on arrival order, batching or duplicates: the store recomputes them from all
+//! stored events of a conversation whenever one of its events is accepted.
+//!
+//! Besides the scalar facts of §3, the result keeps the per-item timelines the KPI queries need
+//! (responses with their waiting start, messages with delivery flags, state and assignment
+//! changes, handling intervals, survey answers and sends), so every KPI of METRICS.md §5 can be
+//! computed from facts without re-reading events.
+
+use std::collections::{BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::event::{
+    Channel, DeliveryStatus, Event, Initiator, Payload, Priority, ResolvedBy, Scale, Sender,
+    SurveyType,
+};
+
+/// Where a conversation stands after its `resolved` / `reopened` / `abandoned` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Open,
+    Resolved,
+    Abandoned,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Resolved => "resolved",
+            State::Abandoned => "abandoned",
+        }
+    }
+
+    /// Resolved and abandoned both end a conversation (METRICS.md §2).
+    pub fn is_ended(self) -> bool {
+        self != State::Open
+    }
+}
+
+/// A response (METRICS.md §3): an agent or bot message while a customer was waiting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// `Agent` or `Bot`.
+    pub responder: Sender,
+    /// The responding agent; `None` for bot responses.
+    pub agent_id: Option<String>,
+    /// When the customer started waiting (`waiting_since`).
+    pub waiting_since: DateTime<Utc>,
+    /// When the response was sent; places reply times in a window (METRICS.md §4).
+    pub at: DateTime<Utc>,
+    /// `at - waiting_since`.
+    pub seconds: f64,
+}
+
+/// The first human response (METRICS.md §3), measured from the human queue start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HumanResponse {
+    pub agent_id: String,
+    pub at: DateTime<Utc>,
+    /// `at - human queue start`.
+    pub seconds: f64,
+}
+
+/// One counted or outbound message (non-private), with its delivery receipts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageFact {
+    pub message_id: String,
+    pub sender: Sender,
+    /// The sending agent (agent messages only).
+    pub agent_id: Option<String>,
+    pub at: DateTime<Utc>,
+    /// A `delivered` or `read` receipt exists (read implies delivered), whenever it arrived.
+    pub delivered: bool,
+    pub read: bool,
+    pub failed: bool,
+}
+
+/// A change of state caused by a `resolved`, `reopened` or `abandoned` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub at: DateTime<Utc>,
+    pub state: State,
+}
+
+/// An `assigned` event: the assignee from `at` on (`None` = unassigned).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssignmentChange {
+    pub at: DateTime<Utc>,
+    pub agent_id: Option<String>,
+}
+
+/// A stretch during which `agent_id` was the assignee and the conversation was open
+/// (METRICS.md §5 agent utilization, handling time). `end = None` = still going.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlingInterval {
+    pub agent_id: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// The answer that counts for one survey type: the last one (METRICS.md §4).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurveyAnswer {
+    pub survey: SurveyType,
+    pub score: i32,
+    pub scale: Scale,
+    pub at: DateTime<Utc>,
+    /// The agent credited: the answer's `agent_id`, else the conversation's `agent`.
+    pub agent_id: Option<String>,
+}
+
+/// A `survey_sent` event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SurveySend {
+    pub survey: SurveyType,
+    pub at: DateTime<Utc>,
+}
+
+/// Counted messages per sender (customer, agent, bot; METRICS.md §3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageCounts {
+    pub customer: u32,
+    pub agent: u32,
+    pub bot: u32,
+}
+
+impl MessageCounts {
+    pub fn total(&self) -> u32 {
+        self.customer + self.agent + self.bot
+    }
+}
+
+/// Every derived fact of one conversation (METRICS.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationFacts {
+    pub conversation_id: String,
+    /// First `conversation_opened`, else the earliest event.
+    pub opened_at: DateTime<Utc>,
+    /// Whether a `conversation_opened` was received (channel etc. are defaults otherwise).
+    pub has_opened_event: bool,
+    pub channel: Channel,
+    pub inbox: Option<String>,
+    pub customer_id: Option<String>,
+    pub initiated_by: Initiator,
+    pub team: Option<String>,
+    pub priority: Priority,
+    /// The live owner: the last `assigned.agent_id` (`None` if the last was empty).
+    pub assignee: Option<String>,
+    /// The credited agent: last non-empty assignee, else the last agent who sent a message.
+    pub agent: Option<String>,
+    /// Sorted tag set.
+    pub tags: Vec<String>,
+    pub first_customer_message_at: Option<DateTime<Utc>>,
+    /// Every response in order; the first is the first response (FRT), the rest are reply times.
+    pub responses: Vec<Response>,
+    pub human_queue_start: Option<DateTime<Utc>>,
+    pub first_human_response: Option<HumanResponse>,
+    pub first_assigned_at: Option<DateTime<Utc>>,
+    /// `first_assigned_at - human queue start`.
+    pub wait_seconds: Option<f64>,
+    /// A customer still waiting for a response at the end of the events (unanswered).
+    pub waiting_since: Option<DateTime<Utc>>,
+    pub state: State,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolved_by: Option<ResolvedBy>,
+    pub resolving_agent: Option<String>,
+    pub reopen_count: u32,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `resolved_at - opened_at`, never negative.
+    pub resolution_seconds: Option<f64>,
+    /// Last - first counted message time, for ended conversations with a counted message.
+    pub duration_seconds: Option<f64>,
+    pub message_counts: MessageCounts,
+    pub human_involved: bool,
+    pub bot_involved: bool,
+    /// Time of every `resolved` event (resolutions, METRICS.md §5).
+    pub resolutions: Vec<DateTime<Utc>>,
+    pub state_changes: Vec<StateChange>,
+    pub assignments: Vec<AssignmentChange>,
+    pub handling: Vec<HandlingInterval>,
+    /// Non-private messages of every sender, in order, with delivery flags.
+    pub messages: Vec<MessageFact>,
+    /// The last answer per survey type, in survey-type order.
+    pub surveys: Vec<SurveyAnswer>,
+    pub surveys_sent: Vec<SurveySend>,
+    /// The latest `occurred_at` among the conversation's events.
+    pub last_event_at: DateTime<Utc>,
+}
+
+impl ConversationFacts {
+    /// The first response (FRT), if any.
+    pub fn first_response(&self) -> Option<&Response> {
+        self.responses.first()
+    }
+
+    /// Responses after the first (reply times).
+    pub fn replies(&self) -> &[Response] {
+        self.responses.get(1..).unwrap_or(&[])
+    }
+}
+
+/// METRICS.md §2 tie order for events of one conversation with equal `occurred_at`.
+fn precedence(payload: &Payload) -> u8 {
+    match payload {
+        Payload::ConversationOpened(_) => 0,
+        Payload::Assigned(_) => 1,
+        Payload::ConversationUpdated(_) => 2,
+        Payload::TagsChanged(_) => 3,
+        Payload::Message(m) if m.sender == Sender::Customer => 4,
+        Payload::Message(_) => 5,
+        Payload::Handoff => 6,
+        Payload::MessageStatus(_) => 7,
+        Payload::Reopened => 8,
+        Payload::Resolved(_) => 9,
+        Payload::Abandoned => 10,
+        Payload::SurveyResponse(_) | Payload::SurveySent(_) => 11,
+        // Never part of a conversation's facts; sorted last so they cannot shift anything.
+        Payload::Conversion(_) | Payload::AgentStatus(_) => 12,
+    }
+}
+
+/// Sorts events into the order every derived value is computed in (METRICS.md §2 ties).
+pub fn sort_events(events: &mut [&Event]) {
+    events.sort_by(|a, b| {
+        a.occurred_at
+            .cmp(&b.occurred_at)
+            .then_with(|| precedence(&a.payload).cmp(&precedence(&b.payload)))
+            .then_with(|| a.event_id.cmp(&b.event_id))
+    });
+}
+
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    let d = to - from;
+    match d.num_microseconds() {
+        Some(us) => us as f64 / 1e6,
+        None => d.num_milliseconds() as f64 / 1e3,
+    }
+}
+
+/// Derives the facts of one conversation from its stored events (distinct `event_id`s, any
+/// order). Events that never belong to a conversation's facts (`conversion`, `agent_status`) are
+/// ignored. Returns `None` when no event belongs to the conversation.
+pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFacts> {
+    let mut ordered: Vec<&Event> =
+        events.iter().filter(|e| e.payload.belongs_to_conversation()).collect();
+    if ordered.is_empty() {
+        return None;
+    }
+    sort_events(&mut ordered);
+
+    // Delivery receipts may arrive (and sort) before their message: collect them first.
+    let mut receipts: HashMap<&str, (bool, bool, bool)> = HashMap::new();
+    for e in &ordered {
+        if let Payload::MessageStatus(s) = &e.payload {
+            let flags = receipts.entry(s.message_id.as_str()).or_default();
+            match s.status {
+                DeliveryStatus::Sent => {}
+                DeliveryStatus::Delivered => flags.0 = true,
+                // Read implies delivered (METRICS.md §5).
+                DeliveryStatus::Read => {
+                    flags.0 = true;
+                    flags.1 = true;
+                }
+                DeliveryStatus::Failed => flags.2 = true,
+            }
+        }
+    }
+
+    let first = ordered[0];
+    let mut f = ConversationFacts {
+        conversation_id: conversation_id.to_owned(),
+        opened_at: first.occurred_at,
+        has_opened_event: false,
+        channel: Channel::Other,
+        inbox: None,
+        customer_id: None,
+        initiated_by: Initiator::Customer,
+        team: None,
+        priority: Priority::Normal,
+        assignee: None,
+        agent: None,
+        tags: Vec::new(),
+        first_customer_message_at: None,
+        responses: Vec::new(),
+        human_queue_start: None,
+        first_human_response: None,
+        first_assigned_at: None,
+        wait_seconds: None,
+        waiting_since: None,
+        state: State::Open,
+        resolved_at: None,
+        resolved_by: None,
+        resolving_agent: None,
+        reopen_count: 0,
+        ended_at: None,
+        resolution_seconds: None,
+        duration_seconds: None,
+        message_counts: MessageCounts::default(),
+        human_involved: false,
+        bot_involved: false,
+        resolutions: Vec::new(),
+        state_changes: Vec::new(),
+        assignments: Vec::new(),
+        handling: Vec::new(),
+        messages: Vec::new(),
+        surveys: Vec::new(),
+        surveys_sent: Vec::new(),
+        last_event_at: first.occurred_at,
+    };
+
+    let mut tags = BTreeSet::new();
+    let mut last_assigned_agent: Option<String> = None;
+    let mut last_message_agent: Option<String> = None;
+    let mut handoffs: Vec<DateTime<Utc>> = Vec::new();
+    let mut agent_messages: Vec<(DateTime<Utc>, &str)> = Vec::new();
+    let mut assigned_at: Vec<DateTime<Utc>> = Vec::new();
+    let mut last_resolved: Option<(DateTime<Utc>, ResolvedBy, Option<String>)> = None;
+    let mut abandoned_at: Option<DateTime<Utc>> = None;
+    let mut surveys: [Option<(SurveyAnswer, bool)>; 3] = [None, None, None];
+    let mut handling_open: Option<HandlingInterval> = None;
+
+    for e in &ordered {
+        let t = e.occurred_at;
+        f.last_event_at = f.last_event_at.max(t);
+        let before = (f.assignee.clone(), f.state);
+        match &e.payload {
+            Payload::ConversationOpened(o) => {
+                // Only the first `conversation_opened` counts (METRICS.md §3).
+                if !f.has_opened_event {
+                    f.has_opened_event = true;
+                    f.opened_at = t;
+                    f.channel = o.channel;
+                    f.inbox = o.inbox.clone();
+                    f.customer_id = Some(o.customer_id.clone());
+                    f.initiated_by = o.initiated_by;
+                    if o.team.is_some() {
+                        f.team = o.team.clone();
+                    }
+                    if let Some(p) = o.priority {
+                        f.priority = p;
+                    }
+                }
+            }
+            Payload::Assigned(a) => {
+                f.assignee = a.agent_id.clone();
+                if let Some(agent) = &a.agent_id {
+                    last_assigned_agent = Some(agent.clone());
+                    assigned_at.push(t);
+                }
+                if a.team.is_some() {
+                    f.team = a.team.clone();
+                }
+                f.assignments.push(AssignmentChange { at: t, agent_id: a.agent_id.clone() });
+            }
+            Payload::ConversationUpdated(u) => {
+                if let Some(p) = u.priority {
+                    f.priority = p;
+                }
+                if u.team.is_some() {
+                    f.team = u.team.clone();
+                }
+            }
+            Payload::TagsChanged(c) => {
+                // Within one event: add `added`, then remove `removed`.
+                tags.extend(c.added.iter().cloned());
+                for tag in &c.removed {
+                    tags.remove(tag);
+                }
+            }
+            Payload::Message(m) if !m.private => {
+                f.messages.push(MessageFact {
+                    message_id: m.message_id.clone(),
+                    sender: m.sender,
+                    agent_id: m.agent_id.clone(),
+                    at: t,
+                    delivered: false,
+                    read: false,
+                    failed: false,
+                });
+                match m.sender {
+                    Sender::Customer => {
+                        f.message_counts.customer += 1;
+                        f.first_customer_message_at.get_or_insert(t);
+                        f.waiting_since.get_or_insert(t);
+                    }
+                    Sender::Agent | Sender::Bot => {
+                        if m.sender == Sender::Agent {
+                            f.message_counts.agent += 1;
+                            f.human_involved = true;
+                            let agent = m.agent_id.as_deref().unwrap_or_default();
+                            last_message_agent = Some(agent.to_owned());
+                            agent_messages.push((t, agent));
+                        } else {
+                            f.message_counts.bot += 1;
+                            f.bot_involved = true;
+                        }
+                        // An agent or bot message while a customer waits is a response.
+                        if let Some(since) = f.waiting_since.take() {
+                            f.responses.push(Response {
+                                responder: m.sender,
+                                agent_id: m.agent_id.clone(),
+                                waiting_since: since,
+                                at: t,
+                                seconds: seconds_between(since, t),
+                            });
+                        }
+                    }
+                    // System messages are never responses and are not counted.
+                    Sender::System => {}
+                }
+            }
+            // Private notes: never responses, never counted, not outbound.
+            Payload::Message(_) => {}
+            Payload::MessageStatus(_) => {}
+            Payload::Handoff => handoffs.push(t),
+            Payload::Resolved(r) => {
+                f.resolutions.push(t);
+                last_resolved = Some((t, r.by, r.agent_id.clone()));
+                f.state = State::Resolved;
+            }
+            Payload::Reopened => {
+                if f.state == State::Resolved {
+                    f.reopen_count += 1;
+                }
+                f.state = State::Open;
+            }
+            Payload::Abandoned => {
+                abandoned_at = Some(t);
+                f.state = State::Abandoned;
+            }
+            Payload::SurveyResponse(s) => {
+                // Later answers replace earlier ones of the same type (METRICS.md §4).
+                let answer = SurveyAnswer {
+                    survey: s.survey,
+                    score: s.score,
+                    scale: s.scale,
+                    at: t,
+                    agent_id: s.agent_id.clone(),
+                };
+                surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
+            }
+            Payload::SurveySent(s) => f.surveys_sent.push(SurveySend { survey: s.survey, at: t }),
+            Payload::Conversion(_) | Payload::AgentStatus(_) => {}
+        }
+
+        if before.1 != f.state {
+            f.state_changes.push(StateChange { at: t, state: f.state });
+        }
+        // Handling: assignee set and state open (METRICS.md §5 utilization).
+        if before != (f.assignee.clone(), f.state) {
+            if let Some(mut open) = handling_open.take() {
+                open.end = Some(t);
+                if open.end != Some(open.start) {
+                    f.handling.push(open);
+                }
+            }
+            if let (Some(agent), State::Open) = (&f.assignee, f.state) {
+                handling_open = Some(HandlingInterval { agent_id: agent.clone(), start: t, end: None });
+            }
+        }
+    }
+    f.handling.extend(handling_open);
+
+    // Attach delivery receipts, whenever they arrived.
+    for m in &mut f.messages {
+        if let Some(&(delivered, read, failed)) = receipts.get(m.message_id.as_str()) {
+            m.delivered = delivered;
+            m.read = read;
+            m.failed = failed;
+        }
+    }
+
+    f.tags = tags.into_iter().collect();
+    f.agent = last_assigned_agent.or(last_message_agent);
+
+    // Human queue: first handoff at or after the first customer message, else that message.
+    if let Some(first_customer) = f.first_customer_message_at {
+        let start = handoffs.iter().copied().find(|h| *h >= first_customer).unwrap_or(first_customer);
+        f.human_queue_start = Some(start);
+        f.first_human_response = agent_messages.iter().find(|(at, _)| *at >= start).map(|(at, agent)| {
+            HumanResponse { agent_id: (*agent).to_owned(), at: *at, seconds: seconds_between(start, *at) }
+        });
+        f.first_assigned_at = assigned_at
+            .iter()
+            .copied()
+            .find(|at| *at >= start)
+            .or(f.first_human_response.as_ref().map(|r| r.at));
+        f.wait_seconds = f.first_assigned_at.map(|at| seconds_between(start, at));
+    }
+
+    match f.state {
+        State::Resolved => {
+            if let Some((at, by, agent)) = last_resolved {
+                f.resolved_at = Some(at);
+                f.resolved_by = Some(by);
+                f.resolving_agent = agent;
+                f.ended_at = Some(at);
+                // A late-stamped `conversation_opened` could follow the resolution; a negative
+                // resolution time is meaningless, so it is clamped at zero (docs/metrics-notes.md).
+                f.resolution_seconds = Some(seconds_between(f.opened_at, at).max(0.0));
+            }
+        }
+        State::Abandoned => f.ended_at = abandoned_at,
+        State::Open => {}
+    }
+
+    if f.ended_at.is_some() {
+        let mut counted = f.messages.iter().filter(|m| m.sender != Sender::System).map(|m| m.at);
+        if let Some(first_at) = counted.next() {
+            let last_at = counted.last().unwrap_or(first_at);
+            f.duration_seconds = Some(seconds_between(first_at, last_at));
+        }
+    }
+
+    let agent = f.agent.clone();
+    f.surveys = surveys
+        .into_iter()
+        .flatten()
+        .map(|(mut answer, explicit)| {
+            if !explicit {
+                answer.agent_id = agent.clone();
+            }
+            answer
+        })
+        .collect();
+    Some(f)
+}
+
+fn survey_slot(survey: SurveyType) -> usize {
+    match survey {
+        SurveyType::Csat => 0,
+        SurveyType::Nps => 1,
+        SurveyType::Ces => 2,
+    }
+}
+
+#[cfg(test)]
+#[path = "facts_tests.rs"]
+mod tests;

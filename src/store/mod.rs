@@ -1,0 +1,70 @@
+//! Postgres access with sqlx: the pool, migrations, and the SQLSTATE -> domain error mapping.
+//!
+//! The store calls the pure fact derivation of `domain::facts` inside its write transaction, so
+//! the events and the facts derived from them commit together.
+
+pub mod events;
+pub mod tenants;
+
+use std::time::Duration;
+
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use crate::domain::Error;
+
+/// The embedded migrations of `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Builds a pool that connects lazily, so the server can start (and report NOT_SERVING) while
+/// the database is still unreachable.
+pub fn lazy_pool(database_url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    let options: PgConnectOptions = database_url
+        .parse()
+        .map_err(|e| Error::invalid("database_url", format!("{e}")))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name("chatkpi")))
+}
+
+/// Applies pending migrations (idempotent; sqlx serializes concurrent runners with a lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    MIGRATOR.run(pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::Execute(err) => Error::from(err),
+        other => Error::Internal(anyhow::Error::new(other).context("migrations failed")),
+    })
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> bool {
+    sqlx::query("select 1").execute(pool).await.is_ok()
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            // Connection trouble and pool exhaustion are transient: the client may retry.
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                Error::Unavailable("database unavailable".into())
+            }
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // 40001 serialization failure, 40P01 deadlock, 57P01..57P03 shutdown/cannot
+                // connect now, 53300 too many connections, 08xxx connection exceptions.
+                Some(code)
+                    if code == "40001"
+                        || code == "40P01"
+                        || code.starts_with("57P")
+                        || code == "53300"
+                        || code.starts_with("08") =>
+                {
+                    Error::Unavailable(format!("database busy or restarting (SQLSTATE {code})"))
+                }
+                _ => Error::Internal(anyhow::Error::new(err)),
+            },
+            _ => Error::Internal(anyhow::Error::new(err)),
+        }
+    }
+}

@@ -19,7 +19,9 @@ use crate::{
 
 async fn migrated_pool(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
     let pool = store::lazy_pool(&database.database_url, 2).map_err(|e| anyhow::anyhow!("{e}"))?;
-    store::migrate(&pool).await.map_err(|e| anyhow::anyhow!("cannot migrate: {e}"))?;
+    store::migrate(&pool)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot migrate: {e}"))?;
     Ok(pool)
 }
 
@@ -35,13 +37,17 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { database, name } => {
             let pool = migrated_pool(database).await?;
-            let (tenant, key) = store::tenants::create_tenant(&pool, name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (tenant, key) = store::tenants::create_tenant(&pool, name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("tenant_id={tenant}");
             println!("api_key={}", key.plaintext);
         }
         TenantCommand::AddKey { database, tenant } => {
             let pool = migrated_pool(database).await?;
-            let key = store::tenants::create_key(&pool, *tenant).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let key = store::tenants::create_key(&pool, *tenant)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("tenant_id={tenant}");
             println!("api_key={}", key.plaintext);
         }
@@ -55,7 +61,13 @@ fn sim_config(args: &SimulateArgs) -> SimConfig {
     let start = args
         .start
         .unwrap_or_else(|| Utc::now().date_naive() - chrono::Duration::days(args.days as i64 + 14));
-    SimConfig { conversations: args.conversations, days: args.days, seed: args.seed, start, agents: args.agents }
+    SimConfig {
+        conversations: args.conversations,
+        days: args.days,
+        seed: args.seed,
+        start,
+        agents: args.agents,
+    }
 }
 
 /// `chatkpi simulate`: JSON lines to a file / stdout, or a stream to a server.
@@ -64,7 +76,10 @@ pub async fn simulate(args: &SimulateArgs) -> anyhow::Result<()> {
     match (&args.out, &args.server) {
         (Some(path), None) => write_jsonl(&config, path),
         (None, Some(server)) => {
-            let key = args.api_key.as_deref().context("--server needs --api-key (or CHATKPI_API_KEY)")?;
+            let key = args
+                .api_key
+                .as_deref()
+                .context("--server needs --api-key (or CHATKPI_API_KEY)")?;
             stream_to_server(&config, server, key, args.batch, args.streams).await
         }
         _ => bail!("give either --out FILE (or -) or --server URL"),
@@ -112,7 +127,10 @@ async fn stream_to_server(
     batch: usize,
     streams: usize,
 ) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(server.to_owned())?.connect().await.with_context(|| format!("cannot connect to {server}"))?;
+    let channel = Channel::from_shared(server.to_owned())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
     // The generator runs on a blocking thread and hands over batches through a bounded
     // channel: the simulator never runs far ahead of what the server has acknowledged.
     let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Event>>(streams.max(1) * 4);
@@ -154,7 +172,9 @@ pub async fn send_batches(
     rx: tokio::sync::mpsc::Receiver<Vec<Event>>,
     streams: usize,
 ) -> anyhow::Result<StreamTotals> {
-    let bearer: MetadataValue<_> = format!("Bearer {api_key}").parse().context("api key is not valid metadata")?;
+    let bearer: MetadataValue<_> = format!("Bearer {api_key}")
+        .parse()
+        .context("api key is not valid metadata")?;
     let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
     let mut tasks = Vec::new();
     for stream_no in 0..streams {
@@ -174,7 +194,11 @@ pub async fn send_batches(
                     batch_id += 1;
                     sent += events.len() as u64;
                     let events = events.iter().map(event_to_proto).collect();
-                    if req_tx.send(pb::StreamEventsRequest { batch_id, events }).await.is_err() {
+                    if req_tx
+                        .send(pb::StreamEventsRequest { batch_id, events })
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -190,7 +214,10 @@ pub async fn send_batches(
             }
             let sent = feeder.await.unwrap_or(0);
             if sent != totals.events {
-                anyhow::bail!("stream {stream_no}: sent {sent} events but {} were acknowledged", totals.events);
+                anyhow::bail!(
+                    "stream {stream_no}: sent {sent} events but {} were acknowledged",
+                    totals.events
+                );
             }
             Ok::<_, anyhow::Error>(totals)
         }));

@@ -14,7 +14,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
     telemetry::init(args.log_format);
     match &args.command {
-        Command::Serve(config) => Application::build(config).await?.run_until(shutdown_signal()).await,
+        Command::Serve(config) => {
+            Application::build(config)
+                .await?
+                .run_until(shutdown_signal())
+                .await
+        }
         Command::Migrate(database) => cli::migrate(database).await,
         Command::Tenant(command) => cli::tenant(command).await,
         Command::Simulate(sim) => cli::simulate(sim).await,

@@ -38,7 +38,9 @@ impl Default for SimConfig {
     }
 }
 
-const TAGS: &[&str] = &["billing", "refund", "shipping", "bug", "account", "vip", "feedback"];
+const TAGS: &[&str] = &[
+    "billing", "refund", "shipping", "bug", "account", "vip", "feedback",
+];
 const TEAMS: &[&str] = &["support", "billing", "sales"];
 /// (channel, weight in %)
 const CHANNELS: &[(Channel, u32)] = &[
@@ -52,7 +54,9 @@ const CHANNELS: &[(Channel, u32)] = &[
     (Channel::Voice, 2),
 ];
 /// Relative traffic per hour of the day (UTC): quiet nights, busy office hours.
-const HOURLY: [u32; 24] = [1, 1, 1, 1, 1, 2, 4, 7, 10, 12, 12, 11, 10, 11, 12, 12, 11, 9, 7, 6, 5, 4, 2, 1];
+const HOURLY: [u32; 24] = [
+    1, 1, 1, 1, 1, 2, 4, 7, 10, 12, 12, 11, 10, 11, 12, 12, 11, 9, 7, 6, 5, 4, 2, 1,
+];
 
 /// Simulates everything at once (small sizes: tests, examples).
 pub fn simulate(config: &SimConfig) -> Vec<Event> {
@@ -74,7 +78,11 @@ pub fn for_each_day(config: &SimConfig, mut emit: impl FnMut(Vec<Event>)) {
             let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i);
             Conversation::new(config, i, day_start, &mut rng).play(&mut rng, &mut events);
         }
-        events.sort_by(|a, b| a.occurred_at.cmp(&b.occurred_at).then_with(|| a.event_id.cmp(&b.event_id)));
+        events.sort_by(|a, b| {
+            a.occurred_at
+                .cmp(&b.occurred_at)
+                .then_with(|| a.event_id.cmp(&b.event_id))
+        });
         // About 1 % of events arrive late (webhook retries): moved a little further down.
         let mut rng = StdRng::seed_from_u64(config.seed ^ (day << 32));
         let n = events.len();
@@ -91,7 +99,7 @@ pub fn for_each_day(config: &SimConfig, mut emit: impl FnMut(Vec<Event>)) {
 fn shift_of(agent: u32, weekday: Weekday) -> Option<u32> {
     let start = 6 + (agent % 3) * 5; // 06:00, 11:00, 16:00 shifts of 8 hours
     let weekend = matches!(weekday, Weekday::Sat | Weekday::Sun);
-    (!weekend || agent % 3 == 0).then_some(start)
+    (!weekend || agent.is_multiple_of(3)).then_some(start)
 }
 
 fn agent_name(agent: u32) -> String {
@@ -103,7 +111,9 @@ fn shifts(config: &SimConfig, day_start: DateTime<Utc>) -> Vec<Event> {
     let mut events = Vec::new();
     let day = day_start.date_naive();
     for agent in 0..config.agents.max(1) {
-        let Some(hour) = shift_of(agent, day.weekday()) else { continue };
+        let Some(hour) = shift_of(agent, day.weekday()) else {
+            continue;
+        };
         let start = day_start + Duration::hours(hour as i64);
         let plan = [
             (Duration::zero(), Presence::Online),
@@ -117,7 +127,10 @@ fn shifts(config: &SimConfig, day_start: DateTime<Utc>) -> Vec<Event> {
                 event_id: format!("s{}-{}-{}-p{k}", config.seed, day, agent_name(agent)),
                 conversation_id: None,
                 occurred_at: start + offset,
-                payload: Payload::AgentStatus(AgentStatus { agent_id: agent_name(agent), status }),
+                payload: Payload::AgentStatus(AgentStatus {
+                    agent_id: agent_name(agent),
+                    status,
+                }),
             });
         }
     }
@@ -137,10 +150,25 @@ struct Conversation<'a> {
 
 impl<'a> Conversation<'a> {
     fn new(config: &'a SimConfig, index: u64, day_start: DateTime<Utc>, rng: &mut StdRng) -> Self {
-        let hour = weighted(rng, &HOURLY.iter().enumerate().map(|(h, w)| (h as u32, *w)).collect::<Vec<_>>());
+        let hour = weighted(
+            rng,
+            &HOURLY
+                .iter()
+                .enumerate()
+                .map(|(h, w)| (h as u32, *w))
+                .collect::<Vec<_>>(),
+        );
         let t = day_start + Duration::hours(hour as i64) + Duration::seconds(rng.random_range(0..3600));
         let channel = weighted(rng, CHANNELS);
-        Self { config, index, id: format!("conv-{}-{index}", config.seed), channel, t, seq: 0, agent: None }
+        Self {
+            config,
+            index,
+            id: format!("conv-{}-{index}", config.seed),
+            channel,
+            t,
+            seq: 0,
+            agent: None,
+        }
     }
 
     fn push(&mut self, out: &mut Vec<Event>, at: DateTime<Utc>, payload: Payload) {
@@ -162,7 +190,16 @@ impl<'a> Conversation<'a> {
         let message_id = format!("m-{}-{}-{}", self.config.seed, self.index, self.seq + 1);
         let agent_id = (sender == Sender::Agent).then(|| self.agent.clone().unwrap_or_else(|| agent_name(0)));
         let at = self.t;
-        self.push(out, at, Payload::Message(Message { message_id: message_id.clone(), sender, agent_id, private }));
+        self.push(
+            out,
+            at,
+            Payload::Message(Message {
+                message_id: message_id.clone(),
+                sender,
+                agent_id,
+                private,
+            }),
+        );
         // WhatsApp receipts for outbound messages; a few webhooks arrive before the message.
         if self.channel == Channel::Whatsapp && sender != Sender::Customer && !private {
             let mut receipt_at = at + Duration::milliseconds(rng.random_range(300..4000));
@@ -170,12 +207,27 @@ impl<'a> Conversation<'a> {
                 0..2 => &[DeliveryStatus::Sent, DeliveryStatus::Failed],
                 2..7 => &[DeliveryStatus::Sent],
                 7..30 => &[DeliveryStatus::Sent, DeliveryStatus::Delivered],
-                _ => &[DeliveryStatus::Sent, DeliveryStatus::Delivered, DeliveryStatus::Read],
+                _ => &[
+                    DeliveryStatus::Sent,
+                    DeliveryStatus::Delivered,
+                    DeliveryStatus::Read,
+                ],
             };
             for status in statuses {
                 let early = rng.random_ratio(1, 50);
-                let stamp = if early { at - Duration::milliseconds(50) } else { receipt_at };
-                self.push(out, stamp, Payload::MessageStatus(MessageStatusChanged { message_id: message_id.clone(), status: *status }));
+                let stamp = if early {
+                    at - Duration::milliseconds(50)
+                } else {
+                    receipt_at
+                };
+                self.push(
+                    out,
+                    stamp,
+                    Payload::MessageStatus(MessageStatusChanged {
+                        message_id: message_id.clone(),
+                        status: *status,
+                    }),
+                );
                 receipt_at += Duration::seconds(rng.random_range(1..600));
             }
         }
@@ -185,7 +237,11 @@ impl<'a> Conversation<'a> {
     fn play(mut self, rng: &mut StdRng, out: &mut Vec<Event>) {
         let customers = (self.config.conversations / 2).max(1);
         // A skewed customer pool, so repeat contacts and retention happen.
-        let customer = format!("cust-{}-{}", self.config.seed, rng.random_range(0..customers).min(rng.random_range(0..customers)));
+        let customer = format!(
+            "cust-{}-{}",
+            self.config.seed,
+            rng.random_range(0..customers).min(rng.random_range(0..customers))
+        );
         let business_first = rng.random_ratio(1, 10);
         let priority = match rng.random_range(0..100) {
             0..60 => None,
@@ -195,7 +251,14 @@ impl<'a> Conversation<'a> {
             _ => Some(Priority::Urgent),
         };
         let inbox = match self.channel {
-            Channel::Whatsapp => Some(if rng.random_ratio(1, 4) { "wa-sales" } else { "wa-support" }.to_owned()),
+            Channel::Whatsapp => Some(
+                if rng.random_ratio(1, 4) {
+                    "wa-sales"
+                } else {
+                    "wa-support"
+                }
+                .to_owned(),
+            ),
             Channel::Email => Some("support@".to_owned()),
             _ => None,
         };
@@ -209,7 +272,11 @@ impl<'a> Conversation<'a> {
                 inbox,
                 team: Some(TEAMS.choose(rng).copied().unwrap_or("support").to_owned()),
                 priority,
-                initiated_by: if business_first { Initiator::Business } else { Initiator::Customer },
+                initiated_by: if business_first {
+                    Initiator::Business
+                } else {
+                    Initiator::Customer
+                },
             }),
         );
         if business_first {
@@ -220,11 +287,24 @@ impl<'a> Conversation<'a> {
         self.advance(rng, 0, 5);
         self.message(rng, out, Sender::Customer, false);
         let tag_count = rng.random_range(1..=2);
-        let tags: Vec<String> = TAGS.choose_multiple(rng, tag_count).map(|s| s.to_string()).collect();
+        let tags: Vec<String> = TAGS
+            .choose_multiple(rng, tag_count)
+            .map(|s| s.to_string())
+            .collect();
         let at = self.advance(rng, 1, 30);
-        self.push(out, at, Payload::TagsChanged(TagsChanged { added: tags.clone(), removed: vec![] }));
+        self.push(
+            out,
+            at,
+            Payload::TagsChanged(TagsChanged {
+                added: tags.clone(),
+                removed: vec![],
+            }),
+        );
 
-        let live = matches!(self.channel, Channel::Whatsapp | Channel::Webchat | Channel::Messenger);
+        let live = matches!(
+            self.channel,
+            Channel::Whatsapp | Channel::Webchat | Channel::Messenger
+        );
         if live && rng.random_ratio(1, 2) {
             self.message(rng, out, Sender::System, false); // auto-acknowledgement
         }
@@ -238,7 +318,14 @@ impl<'a> Conversation<'a> {
             self.message(rng, out, Sender::Bot, false);
             if rng.random_ratio(3, 10) {
                 let at = self.advance(rng, 10, 120);
-                self.push(out, at, Payload::Resolved(Resolved { by: ResolvedBy::Bot, agent_id: None }));
+                self.push(
+                    out,
+                    at,
+                    Payload::Resolved(Resolved {
+                        by: ResolvedBy::Bot,
+                        agent_id: None,
+                    }),
+                );
                 self.survey(rng, out);
                 self.conversion(rng, out, &customer);
                 return;
@@ -254,15 +341,35 @@ impl<'a> Conversation<'a> {
         }
 
         // A human agent on shift picks it up.
-        let wait = if self.channel == Channel::Email { (600, 14_400) } else { (5, 600) };
+        let wait = if self.channel == Channel::Email {
+            (600, 14_400)
+        } else {
+            (5, 600)
+        };
         let at = self.advance(rng, wait.0, wait.1);
         let agent = self.on_shift_agent(rng, at);
         self.agent = Some(agent.clone());
-        let team = rng.random_ratio(1, 5).then(|| TEAMS.choose(rng).copied().unwrap_or("support").to_owned());
-        self.push(out, at, Payload::Assigned(Assigned { agent_id: Some(agent), team }));
+        let team = rng
+            .random_ratio(1, 5)
+            .then(|| TEAMS.choose(rng).copied().unwrap_or("support").to_owned());
+        self.push(
+            out,
+            at,
+            Payload::Assigned(Assigned {
+                agent_id: Some(agent),
+                team,
+            }),
+        );
         if rng.random_ratio(1, 20) {
             let at = self.advance(rng, 1, 30);
-            self.push(out, at, Payload::ConversationUpdated(ConversationUpdated { priority: Some(Priority::Urgent), team: None }));
+            self.push(
+                out,
+                at,
+                Payload::ConversationUpdated(ConversationUpdated {
+                    priority: Some(Priority::Urgent),
+                    team: None,
+                }),
+            );
         }
         self.advance(rng, 10, 240);
         self.message(rng, out, Sender::Agent, false);
@@ -279,11 +386,25 @@ impl<'a> Conversation<'a> {
         if rng.random_ratio(1, 5) {
             let at = self.advance(rng, 5, 60);
             let removed = vec![tags[0].clone()];
-            self.push(out, at, Payload::TagsChanged(TagsChanged { added: vec!["followup".into()], removed }));
+            self.push(
+                out,
+                at,
+                Payload::TagsChanged(TagsChanged {
+                    added: vec!["followup".into()],
+                    removed,
+                }),
+            );
         }
         let at = self.advance(rng, 10, 300);
         let agent = self.agent.clone();
-        self.push(out, at, Payload::Resolved(Resolved { by: ResolvedBy::Agent, agent_id: agent }));
+        self.push(
+            out,
+            at,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id: agent,
+            }),
+        );
         if rng.random_ratio(1, 10) {
             // The customer comes back hours or days later.
             let at = self.advance(rng, 3600, 3 * 86_400);
@@ -293,7 +414,14 @@ impl<'a> Conversation<'a> {
             self.message(rng, out, Sender::Agent, false);
             let at = self.advance(rng, 30, 600);
             let agent = self.agent.clone();
-            self.push(out, at, Payload::Resolved(Resolved { by: ResolvedBy::Agent, agent_id: agent }));
+            self.push(
+                out,
+                at,
+                Payload::Resolved(Resolved {
+                    by: ResolvedBy::Agent,
+                    agent_id: agent,
+                }),
+            );
         }
         self.survey(rng, out);
         self.conversion(rng, out, &customer);
@@ -305,7 +433,10 @@ impl<'a> Conversation<'a> {
         let working: Vec<u32> = (0..self.config.agents.max(1))
             .filter(|a| shift_of(*a, weekday).is_some_and(|s| hour >= s && hour < s + 8))
             .collect();
-        let agent = working.choose(rng).copied().unwrap_or_else(|| rng.random_range(0..self.config.agents.max(1)));
+        let agent = working
+            .choose(rng)
+            .copied()
+            .unwrap_or_else(|| rng.random_range(0..self.config.agents.max(1)));
         agent_name(agent)
     }
 
@@ -333,11 +464,29 @@ impl<'a> Conversation<'a> {
         let span = scale.max - scale.min;
         let score = scale.max - (rng.random_range(0..=span) * rng.random_range(0..=span)) / span.max(1);
         let at = self.advance(rng, 30, 3600);
-        self.push(out, at, Payload::SurveyResponse(SurveyResponse { survey, score, scale, agent_id: None }));
+        self.push(
+            out,
+            at,
+            Payload::SurveyResponse(SurveyResponse {
+                survey,
+                score,
+                scale,
+                agent_id: None,
+            }),
+        );
         if rng.random_ratio(1, 20) {
             // The customer changes their answer; the last one counts.
             let at = self.advance(rng, 10, 600);
-            self.push(out, at, Payload::SurveyResponse(SurveyResponse { survey, score: scale.max, scale, agent_id: None }));
+            self.push(
+                out,
+                at,
+                Payload::SurveyResponse(SurveyResponse {
+                    survey,
+                    score: scale.max,
+                    scale,
+                    agent_id: None,
+                }),
+            );
         }
     }
 
@@ -396,7 +545,11 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_events_and_another_seed_differs() {
-        let config = SimConfig { conversations: 200, days: 3, ..SimConfig::default() };
+        let config = SimConfig {
+            conversations: 200,
+            days: 3,
+            ..SimConfig::default()
+        };
         let a = simulate(&config);
         assert_eq!(a, simulate(&config));
         let b = simulate(&SimConfig { seed: 2, ..config });
@@ -405,7 +558,11 @@ mod tests {
 
     #[test]
     fn event_ids_are_unique_and_every_type_appears() {
-        let events = simulate(&SimConfig { conversations: 300, days: 2, ..SimConfig::default() });
+        let events = simulate(&SimConfig {
+            conversations: 300,
+            days: 2,
+            ..SimConfig::default()
+        });
         let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids.len(), events.len());
         let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e.payload.kind()).collect();

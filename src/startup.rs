@@ -48,12 +48,19 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ready = Arc::new(AtomicBool::new(false));
         let state = Arc::new(AppState::new(pool.clone(), ready, config.max_batch as usize));
-        Ok(Self { listener, pool, state, grace: Duration::from_secs(config.shutdown_grace_secs) })
+        Ok(Self {
+            listener,
+            pool,
+            state,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish for at most the
@@ -76,7 +83,11 @@ impl Application {
         let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-        let readiness = tokio::spawn(watch_database(self.pool.clone(), self.state.ready.clone(), reporter.clone()));
+        let readiness = tokio::spawn(watch_database(
+            self.pool.clone(),
+            self.state.ready.clone(),
+            reporter.clone(),
+        ));
 
         // The signal future is shared: it starts the drain, and the grace timer starts with it.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -120,7 +131,9 @@ impl Application {
 
 async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    reporter.set_service_status("chatkpi.v1.EventService", status).await;
+    reporter
+        .set_service_status("chatkpi.v1.EventService", status)
+        .await;
 }
 
 /// Migrates as soon as the database answers, then keeps health in step with reachability.

@@ -282,7 +282,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into() }
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -292,7 +295,10 @@ pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
     if chars == 0 {
         Err(FieldError::new(field, "must be set (1-128 characters)"))
     } else if chars > MAX_ID_CHARS {
-        Err(FieldError::new(field, format!("must be at most {MAX_ID_CHARS} characters, got {chars}")))
+        Err(FieldError::new(
+            field,
+            format!("must be at most {MAX_ID_CHARS} characters, got {chars}"),
+        ))
     } else {
         Ok(())
     }
@@ -305,15 +311,13 @@ pub fn check_optional_id(field: &str, value: Option<&str>) -> Result<(), FieldEr
 
 /// Earliest accepted `occurred_at` (METRICS.md §2).
 pub fn earliest_occurred_at() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0).single().expect("valid constant date")
+    Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid constant date")
 }
 
 /// METRICS.md §2: `occurred_at` between 2000-01-01 and now + 24 h.
-pub fn check_occurred_at(
-    field: &str,
-    value: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<(), FieldError> {
+pub fn check_occurred_at(field: &str, value: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), FieldError> {
     let latest = now + chrono::Duration::hours(24);
     if value < earliest_occurred_at() || value > latest {
         Err(FieldError::new(
@@ -338,9 +342,16 @@ pub fn check_survey_scale(
     scale_max: Option<i32>,
 ) -> Result<Scale, FieldError> {
     let default = survey.default_scale();
-    let scale = Scale { min: scale_min.unwrap_or(default.min), max: scale_max.unwrap_or(default.max) };
+    let scale = Scale {
+        min: scale_min.unwrap_or(default.min),
+        max: scale_max.unwrap_or(default.max),
+    };
     if survey == SurveyType::Nps && scale != default {
-        let field = if scale.min != default.min { "scale_min" } else { "scale_max" };
+        let field = if scale.min != default.min {
+            "scale_min"
+        } else {
+            "scale_max"
+        };
         return Err(FieldError::new(
             field,
             format!("NPS is always on 0-10, got {}-{}", scale.min, scale.max),
@@ -355,7 +366,10 @@ pub fn check_survey_scale(
     if score < scale.min || score > scale.max {
         return Err(FieldError::new(
             "score",
-            format!("must be inside the scale {}-{}, got {score}", scale.min, scale.max),
+            format!(
+                "must be inside the scale {}-{}, got {score}",
+                scale.min, scale.max
+            ),
         ));
     }
     Ok(scale)
@@ -367,11 +381,16 @@ pub fn check_conversion_kind(field: &str, kind: &str) -> Result<(), FieldError> 
     let valid_start = chars.next().is_some_and(|c| c.is_ascii_lowercase());
     let valid_rest = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if kind.is_empty() {
-        Err(FieldError::new(field, "must be set (a lowercase word such as sale or signup)"))
+        Err(FieldError::new(
+            field,
+            "must be set (a lowercase word such as sale or signup)",
+        ))
     } else if !valid_start || !valid_rest || kind.len() > MAX_KIND_CHARS {
         Err(FieldError::new(
             field,
-            format!("must be a lowercase word [a-z][a-z0-9_]* of at most {MAX_KIND_CHARS} characters, got {kind:?}"),
+            format!(
+                "must be a lowercase word [a-z][a-z0-9_]* of at most {MAX_KIND_CHARS} characters, got {kind:?}"
+            ),
         ))
     } else {
         Ok(())
@@ -383,7 +402,10 @@ pub fn check_currency(field: &str, currency: &str) -> Result<(), FieldError> {
     if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
         Ok(())
     } else {
-        Err(FieldError::new(field, format!("must be three uppercase letters (ISO 4217), got {currency:?}")))
+        Err(FieldError::new(
+            field,
+            format!("must be three uppercase letters (ISO 4217), got {currency:?}"),
+        ))
     }
 }
 
@@ -395,8 +417,14 @@ mod tests {
     fn ids_must_have_one_to_128_characters() {
         assert!(check_id("event_id", "").is_err());
         assert!(check_id("event_id", "a").is_ok());
-        assert!(check_id("event_id", &"é".repeat(128)).is_ok(), "characters, not bytes");
-        assert_eq!(check_id("event_id", &"a".repeat(129)).unwrap_err().field, "event_id");
+        assert!(
+            check_id("event_id", &"é".repeat(128)).is_ok(),
+            "characters, not bytes"
+        );
+        assert_eq!(
+            check_id("event_id", &"a".repeat(129)).unwrap_err().field,
+            "event_id"
+        );
     }
 
     #[test]
@@ -410,14 +438,46 @@ mod tests {
 
     #[test]
     fn survey_scales_default_and_bound_scores() {
-        assert_eq!(check_survey_scale(SurveyType::Csat, 5, None, None), Ok(Scale { min: 1, max: 5 }));
-        assert_eq!(check_survey_scale(SurveyType::Csat, 6, None, None).unwrap_err().field, "score");
-        assert_eq!(check_survey_scale(SurveyType::Csat, 10, None, Some(10)), Ok(Scale { min: 1, max: 10 }));
-        assert_eq!(check_survey_scale(SurveyType::Ces, 7, None, None), Ok(Scale { min: 1, max: 7 }));
-        assert_eq!(check_survey_scale(SurveyType::Nps, 0, None, None), Ok(Scale { min: 0, max: 10 }));
-        assert_eq!(check_survey_scale(SurveyType::Nps, 3, Some(1), Some(5)).unwrap_err().field, "scale_min");
-        assert_eq!(check_survey_scale(SurveyType::Nps, 3, None, Some(5)).unwrap_err().field, "scale_max");
-        assert_eq!(check_survey_scale(SurveyType::Csat, 3, Some(3), Some(3)).unwrap_err().field, "scale_min");
+        assert_eq!(
+            check_survey_scale(SurveyType::Csat, 5, None, None),
+            Ok(Scale { min: 1, max: 5 })
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Csat, 6, None, None)
+                .unwrap_err()
+                .field,
+            "score"
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Csat, 10, None, Some(10)),
+            Ok(Scale { min: 1, max: 10 })
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Ces, 7, None, None),
+            Ok(Scale { min: 1, max: 7 })
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Nps, 0, None, None),
+            Ok(Scale { min: 0, max: 10 })
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Nps, 3, Some(1), Some(5))
+                .unwrap_err()
+                .field,
+            "scale_min"
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Nps, 3, None, Some(5))
+                .unwrap_err()
+                .field,
+            "scale_max"
+        );
+        assert_eq!(
+            check_survey_scale(SurveyType::Csat, 3, Some(3), Some(3))
+                .unwrap_err()
+                .field,
+            "scale_min"
+        );
     }
 
     #[test]

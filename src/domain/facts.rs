@@ -16,8 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::event::{
-    Channel, DeliveryStatus, Event, Initiator, Payload, Priority, ResolvedBy, Scale, Sender,
-    SurveyType,
+    Channel, DeliveryStatus, Event, Initiator, Payload, Priority, ResolvedBy, Scale, Sender, SurveyType,
 };
 
 /// Where a conversation stands after its `resolved` / `reopened` / `abandoned` events.
@@ -248,8 +247,10 @@ fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 /// order). Events that never belong to a conversation's facts (`conversion`, `agent_status`) are
 /// ignored. Returns `None` when no event belongs to the conversation.
 pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFacts> {
-    let mut ordered: Vec<&Event> =
-        events.iter().filter(|e| e.payload.belongs_to_conversation()).collect();
+    let mut ordered: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.payload.belongs_to_conversation())
+        .collect();
     if ordered.is_empty() {
         return None;
     }
@@ -357,7 +358,10 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
                 if a.team.is_some() {
                     f.team = a.team.clone();
                 }
-                f.assignments.push(AssignmentChange { at: t, agent_id: a.agent_id.clone() });
+                f.assignments.push(AssignmentChange {
+                    at: t,
+                    agent_id: a.agent_id.clone(),
+                });
             }
             Payload::ConversationUpdated(u) => {
                 if let Some(p) = u.priority {
@@ -446,12 +450,18 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
                 };
                 surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
             }
-            Payload::SurveySent(s) => f.surveys_sent.push(SurveySend { survey: s.survey, at: t }),
+            Payload::SurveySent(s) => f.surveys_sent.push(SurveySend {
+                survey: s.survey,
+                at: t,
+            }),
             Payload::Conversion(_) | Payload::AgentStatus(_) => {}
         }
 
         if before.1 != f.state {
-            f.state_changes.push(StateChange { at: t, state: f.state });
+            f.state_changes.push(StateChange {
+                at: t,
+                state: f.state,
+            });
         }
         // Handling: assignee set and state open (METRICS.md §5 utilization).
         if before != (f.assignee.clone(), f.state) {
@@ -462,7 +472,11 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
                 }
             }
             if let (Some(agent), State::Open) = (&f.assignee, f.state) {
-                handling_open = Some(HandlingInterval { agent_id: agent.clone(), start: t, end: None });
+                handling_open = Some(HandlingInterval {
+                    agent_id: agent.clone(),
+                    start: t,
+                    end: None,
+                });
             }
         }
     }
@@ -482,11 +496,20 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
 
     // Human queue: first handoff at or after the first customer message, else that message.
     if let Some(first_customer) = f.first_customer_message_at {
-        let start = handoffs.iter().copied().find(|h| *h >= first_customer).unwrap_or(first_customer);
+        let start = handoffs
+            .iter()
+            .copied()
+            .find(|h| *h >= first_customer)
+            .unwrap_or(first_customer);
         f.human_queue_start = Some(start);
-        f.first_human_response = agent_messages.iter().find(|(at, _)| *at >= start).map(|(at, agent)| {
-            HumanResponse { agent_id: (*agent).to_owned(), at: *at, seconds: seconds_between(start, *at) }
-        });
+        f.first_human_response = agent_messages
+            .iter()
+            .find(|(at, _)| *at >= start)
+            .map(|(at, agent)| HumanResponse {
+                agent_id: (*agent).to_owned(),
+                at: *at,
+                seconds: seconds_between(start, *at),
+            });
         f.first_assigned_at = assigned_at
             .iter()
             .copied()
@@ -512,9 +535,13 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
     }
 
     if f.ended_at.is_some() {
-        let mut counted = f.messages.iter().filter(|m| m.sender != Sender::System).map(|m| m.at);
+        let mut counted = f
+            .messages
+            .iter()
+            .filter(|m| m.sender != Sender::System)
+            .map(|m| m.at);
         if let Some(first_at) = counted.next() {
-            let last_at = counted.last().unwrap_or(first_at);
+            let last_at = counted.next_back().unwrap_or(first_at);
             f.duration_seconds = Some(seconds_between(first_at, last_at));
         }
     }

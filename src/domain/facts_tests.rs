@@ -6,6 +6,9 @@ use rand::{SeedableRng, seq::SliceRandom};
 use super::*;
 use crate::domain::event::*;
 
+/// (agent, start, end) of a handling interval.
+type Span<'a> = (&'a str, DateTime<Utc>, Option<DateTime<Utc>>);
+
 fn t(seconds: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + Duration::seconds(seconds)
 }
@@ -64,10 +67,24 @@ impl Conv {
         self.msg(id, at, Sender::Bot, None)
     }
     fn assigned(self, id: &str, at: i64, agent: Option<&str>) -> Self {
-        self.push(id, at, Payload::Assigned(Assigned { agent_id: agent.map(str::to_owned), team: None }))
+        self.push(
+            id,
+            at,
+            Payload::Assigned(Assigned {
+                agent_id: agent.map(str::to_owned),
+                team: None,
+            }),
+        )
     }
     fn resolved(self, id: &str, at: i64) -> Self {
-        self.push(id, at, Payload::Resolved(Resolved { by: ResolvedBy::Agent, agent_id: Some("ann".into()) }))
+        self.push(
+            id,
+            at,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id: Some("ann".into()),
+            }),
+        )
     }
     fn facts(&self) -> ConversationFacts {
         derive("c1", &self.events).expect("conversation has events")
@@ -143,8 +160,22 @@ fn team_and_priority_are_the_last_value_set() {
                 initiated_by: Initiator::Business,
             }),
         )
-        .push("u", 10, Payload::ConversationUpdated(ConversationUpdated { priority: Some(Priority::Urgent), team: None }))
-        .push("a", 20, Payload::Assigned(Assigned { agent_id: Some("ann".into()), team: Some("tier2".into()) }))
+        .push(
+            "u",
+            10,
+            Payload::ConversationUpdated(ConversationUpdated {
+                priority: Some(Priority::Urgent),
+                team: None,
+            }),
+        )
+        .push(
+            "a",
+            20,
+            Payload::Assigned(Assigned {
+                agent_id: Some("ann".into()),
+                team: Some("tier2".into()),
+            }),
+        )
         // A later conversation_opened changes nothing, not even team or priority.
         .push(
             "o2",
@@ -158,7 +189,14 @@ fn team_and_priority_are_the_last_value_set() {
                 initiated_by: Initiator::Customer,
             }),
         )
-        .push("u2", 40, Payload::ConversationUpdated(ConversationUpdated { priority: None, team: None }))
+        .push(
+            "u2",
+            40,
+            Payload::ConversationUpdated(ConversationUpdated {
+                priority: None,
+                team: None,
+            }),
+        )
         .facts();
     assert_eq!(f.team.as_deref(), Some("tier2"));
     assert_eq!(f.priority, Priority::Urgent);
@@ -175,7 +213,11 @@ fn assignee_is_the_live_owner_and_agent_keeps_the_credit() {
         .assigned("a3", 30, None)
         .facts();
     assert_eq!(f.assignee, None, "the last assignment was empty");
-    assert_eq!(f.agent.as_deref(), Some("bob"), "an unassign does not erase the credit");
+    assert_eq!(
+        f.agent.as_deref(),
+        Some("bob"),
+        "an unassign does not erase the credit"
+    );
 }
 
 #[test]
@@ -195,7 +237,11 @@ fn agent_falls_back_to_the_last_agent_who_sent_a_message() {
             }),
         )
         .facts();
-    assert_eq!(f.agent.as_deref(), Some("bob"), "a private note is not a sent message");
+    assert_eq!(
+        f.agent.as_deref(),
+        Some("bob"),
+        "a private note is not a sent message"
+    );
 }
 
 #[test]
@@ -246,8 +292,19 @@ fn responses_track_waiting_since_and_ignore_system_and_private_messages() {
     assert_eq!(f.replies()[0].agent_id, None);
     assert_eq!(f.replies()[0].at, t(103));
     assert_eq!(f.waiting_since, Some(t(200)));
-    assert_eq!(f.message_counts, MessageCounts { customer: 4, agent: 2, bot: 1 });
-    assert_eq!(f.messages.len(), 8, "system messages are outbound, private notes are not");
+    assert_eq!(
+        f.message_counts,
+        MessageCounts {
+            customer: 4,
+            agent: 2,
+            bot: 1
+        }
+    );
+    assert_eq!(
+        f.messages.len(),
+        8,
+        "system messages are outbound, private notes are not"
+    );
 }
 
 #[test]
@@ -302,7 +359,11 @@ fn assignments_before_the_human_queue_start_do_not_end_the_wait() {
 
 #[test]
 fn bot_only_conversations_have_no_wait_and_no_human_response() {
-    let f = Conv::new().customer("c1", 0).bot("b1", 1).resolved("r", 5).facts();
+    let f = Conv::new()
+        .customer("c1", 0)
+        .bot("b1", 1)
+        .resolved("r", 5)
+        .facts();
     assert_eq!(f.wait_seconds, None);
     assert_eq!(f.first_human_response, None);
     assert!(!f.human_involved);
@@ -331,25 +392,45 @@ fn state_walks_resolved_reopened_abandoned() {
     assert_eq!(
         f.state_changes,
         vec![
-            StateChange { at: t(100), state: State::Resolved },
-            StateChange { at: t(200), state: State::Open },
-            StateChange { at: t(300), state: State::Resolved },
+            StateChange {
+                at: t(100),
+                state: State::Resolved
+            },
+            StateChange {
+                at: t(200),
+                state: State::Open
+            },
+            StateChange {
+                at: t(300),
+                state: State::Resolved
+            },
         ]
     );
 }
 
 #[test]
 fn a_message_after_resolved_does_not_reopen_and_a_reopened_conversation_has_no_resolved_at() {
-    let still_resolved = Conv::new().customer("c1", 0).resolved("r", 10).customer("c2", 20).facts();
+    let still_resolved = Conv::new()
+        .customer("c1", 0)
+        .resolved("r", 10)
+        .customer("c2", 20)
+        .facts();
     assert_eq!(still_resolved.state, State::Resolved);
     assert_eq!(still_resolved.resolved_at, Some(t(10)));
 
-    let reopened = Conv::new().customer("c1", 0).resolved("r", 10).push("re", 20, Payload::Reopened).facts();
+    let reopened = Conv::new()
+        .customer("c1", 0)
+        .resolved("r", 10)
+        .push("re", 20, Payload::Reopened)
+        .facts();
     assert_eq!(reopened.state, State::Open);
     assert_eq!(reopened.resolved_at, None);
     assert_eq!(reopened.ended_at, None);
     assert_eq!(reopened.reopen_count, 1);
-    assert_eq!(reopened.duration_seconds, None, "duration only for ended conversations");
+    assert_eq!(
+        reopened.duration_seconds, None,
+        "duration only for ended conversations"
+    );
 }
 
 #[test]
@@ -379,7 +460,10 @@ fn abandoned_ends_the_conversation_without_resolving_it() {
     assert_eq!(f.resolution_seconds, None);
     // Duration spans counted messages only: 10..70, not the system message at 80.
     assert_eq!(f.duration_seconds, Some(60.0));
-    assert!(f.responses.is_empty(), "missed: a customer message and no response");
+    assert!(
+        f.responses.is_empty(),
+        "missed: a customer message and no response"
+    );
 }
 
 #[test]
@@ -396,18 +480,40 @@ fn ties_follow_the_metrics_precedence_then_event_id() {
     assert_eq!(f.responses.len(), 1);
     assert_eq!(f.responses[0].seconds, 0.0);
     assert_eq!(f.state, State::Abandoned);
-    assert_eq!(f.reopen_count, 0, "reopened sorts before resolved at the same instant");
+    assert_eq!(
+        f.reopen_count, 0,
+        "reopened sorts before resolved at the same instant"
+    );
     // Two resolved at the same instant: event_id decides which is last.
     let g = Conv::new()
-        .push("r-b", 5, Payload::Resolved(Resolved { by: ResolvedBy::Bot, agent_id: None }))
-        .push("r-a", 5, Payload::Resolved(Resolved { by: ResolvedBy::Customer, agent_id: None }))
+        .push(
+            "r-b",
+            5,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Bot,
+                agent_id: None,
+            }),
+        )
+        .push(
+            "r-a",
+            5,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Customer,
+                agent_id: None,
+            }),
+        )
         .facts();
     assert_eq!(g.resolved_by, Some(ResolvedBy::Bot));
 }
 
 #[test]
 fn delivery_receipts_count_whenever_they_arrive_and_read_implies_delivered() {
-    let status = |m: &str, s: DeliveryStatus| Payload::MessageStatus(MessageStatusChanged { message_id: m.into(), status: s });
+    let status = |m: &str, s: DeliveryStatus| {
+        Payload::MessageStatus(MessageStatusChanged {
+            message_id: m.into(),
+            status: s,
+        })
+    };
     let f = Conv::new()
         .push("s0", 5, status("m-a1", DeliveryStatus::Read)) // before its message
         .customer("c1", 8)
@@ -418,8 +524,11 @@ fn delivery_receipts_count_whenever_they_arrive_and_read_implies_delivered() {
         .push("s2", 30, status("m-b1", DeliveryStatus::Failed))
         .push("s3", 40, status("m-unknown", DeliveryStatus::Read))
         .facts();
-    let flags: Vec<(&str, bool, bool, bool)> =
-        f.messages.iter().map(|m| (m.message_id.as_str(), m.delivered, m.read, m.failed)).collect();
+    let flags: Vec<(&str, bool, bool, bool)> = f
+        .messages
+        .iter()
+        .map(|m| (m.message_id.as_str(), m.delivered, m.read, m.failed))
+        .collect();
     assert_eq!(
         flags,
         vec![
@@ -446,13 +555,36 @@ fn the_last_survey_answer_per_type_counts_and_is_credited() {
         .push("s1", 10, survey(SurveyType::Csat, 2, None))
         .push("s2", 20, survey(SurveyType::Csat, 5, None)) // replaces the 2
         .push("s3", 30, survey(SurveyType::Nps, 9, Some("bob")))
-        .push("ss", 5, Payload::SurveySent(SurveySent { survey: SurveyType::Csat }))
+        .push(
+            "ss",
+            5,
+            Payload::SurveySent(SurveySent {
+                survey: SurveyType::Csat,
+            }),
+        )
         .facts();
     assert_eq!(f.surveys.len(), 2);
-    assert_eq!((f.surveys[0].survey, f.surveys[0].score, f.surveys[0].at), (SurveyType::Csat, 5, t(20)));
-    assert_eq!(f.surveys[0].agent_id.as_deref(), Some("ann"), "credited to the conversation's agent");
-    assert_eq!(f.surveys[1].agent_id.as_deref(), Some("bob"), "credited to the answer's agent");
-    assert_eq!(f.surveys_sent, vec![SurveySend { survey: SurveyType::Csat, at: t(5) }]);
+    assert_eq!(
+        (f.surveys[0].survey, f.surveys[0].score, f.surveys[0].at),
+        (SurveyType::Csat, 5, t(20))
+    );
+    assert_eq!(
+        f.surveys[0].agent_id.as_deref(),
+        Some("ann"),
+        "credited to the conversation's agent"
+    );
+    assert_eq!(
+        f.surveys[1].agent_id.as_deref(),
+        Some("bob"),
+        "credited to the answer's agent"
+    );
+    assert_eq!(
+        f.surveys_sent,
+        vec![SurveySend {
+            survey: SurveyType::Csat,
+            at: t(5)
+        }]
+    );
 }
 
 #[test]
@@ -466,8 +598,11 @@ fn handling_intervals_follow_assignment_and_open_state() {
         .assigned("a3", 300, None)
         .assigned("a4", 400, Some("ann"))
         .facts();
-    let spans: Vec<(&str, DateTime<Utc>, Option<DateTime<Utc>>)> =
-        f.handling.iter().map(|h| (h.agent_id.as_str(), h.start, h.end)).collect();
+    let spans: Vec<Span> = f
+        .handling
+        .iter()
+        .map(|h| (h.agent_id.as_str(), h.start, h.end))
+        .collect();
     assert_eq!(
         spans,
         vec![
@@ -483,7 +618,10 @@ fn handling_intervals_follow_assignment_and_open_state() {
 #[test]
 fn resolution_time_is_never_negative() {
     // The opened event is stamped after the resolution (a late, mis-stamped import).
-    let f = Conv::new().resolved("r", 10).opened("o", 50, Channel::Email).facts();
+    let f = Conv::new()
+        .resolved("r", 10)
+        .opened("o", 50, Channel::Email)
+        .facts();
     assert_eq!(f.resolution_seconds, Some(0.0));
 }
 
@@ -497,17 +635,28 @@ fn facts_are_a_function_of_the_event_set_not_its_order() {
         .push("h", 30, Payload::Handoff)
         .assigned("as", 30, Some("ann"))
         .agent("a1", 30, "ann")
-        .push("st", 25, Payload::MessageStatus(MessageStatusChanged { message_id: "m-a1".into(), status: DeliveryStatus::Read }))
+        .push(
+            "st",
+            25,
+            Payload::MessageStatus(MessageStatusChanged {
+                message_id: "m-a1".into(),
+                status: DeliveryStatus::Read,
+            }),
+        )
         .resolved("r1", 60)
         .push("re", 70, Payload::Reopened)
         .agent("a2", 70, "bob")
         .resolved("r2", 90)
-        .push("sv", 95, Payload::SurveyResponse(SurveyResponse {
-            survey: SurveyType::Csat,
-            score: 4,
-            scale: Scale { min: 1, max: 5 },
-            agent_id: None,
-        }));
+        .push(
+            "sv",
+            95,
+            Payload::SurveyResponse(SurveyResponse {
+                survey: SurveyType::Csat,
+                score: 4,
+                scale: Scale { min: 1, max: 5 },
+                agent_id: None,
+            }),
+        );
     let expected = c.facts();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for _ in 0..50 {

@@ -33,15 +33,18 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool, cache: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The tenant of the request's bearer key, or UNAUTHENTICATED. Never says whether a tenant
     /// exists.
     pub async fn tenant(&self, metadata: &MetadataMap) -> Result<TenantId, Error> {
-        let header = metadata
-            .get("authorization")
-            .ok_or(Error::Unauthenticated("missing authorization metadata (expected `Bearer <api key>`)"))?;
+        let header = metadata.get("authorization").ok_or(Error::Unauthenticated(
+            "missing authorization metadata (expected `Bearer <api key>`)",
+        ))?;
         let key = header
             .to_str()
             .ok()

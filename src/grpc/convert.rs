@@ -8,16 +8,18 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 use crate::domain::event::{
-    self as ev, Assigned, Channel, Conversion, ConversationOpened, ConversationUpdated,
-    DeliveryStatus, Event, FieldError, Initiator, Message, MessageStatusChanged, Payload,
-    Presence, Priority, Resolved, ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType,
-    TagsChanged, check_id, check_optional_id,
+    self as ev, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
+    Event, FieldError, Initiator, Message, MessageStatusChanged, Payload, Presence, Priority, Resolved,
+    ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged, check_id, check_optional_id,
 };
 
 /// Timestamp -> chrono, rejecting out-of-range nanos.
 pub fn timestamp_to_chrono(field: &str, ts: &pbjson_types::Timestamp) -> Result<DateTime<Utc>, FieldError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(FieldError::new(field, format!("nanos must be 0..999999999, got {}", ts.nanos)));
+        return Err(FieldError::new(
+            field,
+            format!("nanos must be 0..999999999, got {}", ts.nanos),
+        ));
     }
     DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
         .ok_or_else(|| FieldError::new(field, format!("seconds out of range: {}", ts.seconds)))
@@ -25,7 +27,10 @@ pub fn timestamp_to_chrono(field: &str, ts: &pbjson_types::Timestamp) -> Result<
 
 /// chrono -> Timestamp.
 pub fn chrono_to_timestamp(t: DateTime<Utc>) -> pbjson_types::Timestamp {
-    pbjson_types::Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    pbjson_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 /// Decodes a required proto enum: unspecified and unknown values are errors.
@@ -151,7 +156,10 @@ pub fn event_from_proto(e: &pb::Event, now: DateTime<Utc>) -> Result<Event, Fiel
     };
     ev::check_occurred_at("occurred_at", occurred_at, now)?;
     let Some(payload) = &e.payload else {
-        return Err(FieldError::new("payload", "must be set (one of conversation_opened, message, ...)"));
+        return Err(FieldError::new(
+            "payload",
+            "must be set (one of conversation_opened, message, ...)",
+        ));
     };
     let payload = payload_from_proto(payload)?;
 
@@ -165,7 +173,12 @@ pub fn event_from_proto(e: &pb::Event, now: DateTime<Utc>) -> Result<Event, Fiel
         check_id("conversation_id", &e.conversation_id)?;
         Some(e.conversation_id.clone())
     };
-    Ok(Event { event_id: e.event_id.clone(), conversation_id, occurred_at, payload })
+    Ok(Event {
+        event_id: e.event_id.clone(),
+        conversation_id,
+        occurred_at,
+        payload,
+    })
 }
 
 fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
@@ -192,13 +205,20 @@ fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
             let agent_id = if sender == Sender::Agent {
                 // METRICS.md §2: agent_id is required when sender = agent.
                 check_id("agent_id", &m.agent_id)
-                    .map_err(|e| FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason)))
+                    .map_err(|e| {
+                        FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason))
+                    })
                     .map_err(&f)?;
                 Some(m.agent_id.clone())
             } else {
                 None
             };
-            Payload::Message(Message { message_id: m.message_id.clone(), sender, agent_id, private: m.private })
+            Payload::Message(Message {
+                message_id: m.message_id.clone(),
+                sender,
+                agent_id,
+                private: m.private,
+            })
         }
         P::MessageStatus(s) => {
             let f = within("message_status");
@@ -217,7 +237,10 @@ fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
                 Some(a.agent_id.clone())
             };
             check_optional_id("team", a.team.as_deref()).map_err(&f)?;
-            Payload::Assigned(Assigned { agent_id, team: optional_string(&a.team) })
+            Payload::Assigned(Assigned {
+                agent_id,
+                team: optional_string(&a.team),
+            })
         }
         P::ConversationUpdated(u) => {
             let f = within("conversation_updated");
@@ -235,7 +258,10 @@ fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
             for (i, tag) in t.removed.iter().enumerate() {
                 check_id(&format!("removed[{i}]"), tag).map_err(&f)?;
             }
-            Payload::TagsChanged(TagsChanged { added: t.added.clone(), removed: t.removed.clone() })
+            Payload::TagsChanged(TagsChanged {
+                added: t.added.clone(),
+                removed: t.removed.clone(),
+            })
         }
         P::Handoff(_) => Payload::Handoff,
         P::Resolved(r) => {
@@ -270,12 +296,18 @@ fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
             if let Some(v) = c.value_minor
                 && v < 0
             {
-                return Err(f(FieldError::new("value_minor", format!("must be >= 0, got {v}"))));
+                return Err(f(FieldError::new(
+                    "value_minor",
+                    format!("must be >= 0, got {v}"),
+                )));
             }
             match (&c.currency, c.value_minor) {
                 (Some(cur), _) => ev::check_currency("currency", cur).map_err(&f)?,
                 (None, Some(_)) => {
-                    return Err(f(FieldError::new("currency", "must be set when value_minor is set")));
+                    return Err(f(FieldError::new(
+                        "currency",
+                        "must be set when value_minor is set",
+                    )));
                 }
                 (None, None) => {}
             }
@@ -332,16 +364,18 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
                 DeliveryStatus::Failed => pb::MessageStatus::Failed,
             } as i32,
         }),
-        Payload::Assigned(a) => {
-            P::Assigned(pb::Assigned { agent_id: a.agent_id.clone().unwrap_or_default(), team: a.team.clone() })
-        }
+        Payload::Assigned(a) => P::Assigned(pb::Assigned {
+            agent_id: a.agent_id.clone().unwrap_or_default(),
+            team: a.team.clone(),
+        }),
         Payload::ConversationUpdated(u) => P::ConversationUpdated(pb::ConversationUpdated {
             priority: u.priority.map_or(pb::Priority::Unspecified, priority_to_proto) as i32,
             team: u.team.clone(),
         }),
-        Payload::TagsChanged(t) => {
-            P::TagsChanged(pb::TagsChanged { added: t.added.clone(), removed: t.removed.clone() })
-        }
+        Payload::TagsChanged(t) => P::TagsChanged(pb::TagsChanged {
+            added: t.added.clone(),
+            removed: t.removed.clone(),
+        }),
         Payload::Handoff => P::Handoff(pb::Handoff {}),
         Payload::Resolved(r) => P::Resolved(pb::Resolved {
             by: match r.by {
@@ -361,7 +395,9 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
             scale_max: Some(s.scale.max),
             agent_id: s.agent_id.clone(),
         }),
-        Payload::SurveySent(s) => P::SurveySent(pb::SurveySent { survey: survey_to_proto(s.survey) as i32 }),
+        Payload::SurveySent(s) => P::SurveySent(pb::SurveySent {
+            survey: survey_to_proto(s.survey) as i32,
+        }),
         Payload::Conversion(c) => P::Conversion(pb::Conversion {
             customer_id: c.customer_id.clone(),
             kind: c.kind.clone(),
@@ -450,14 +486,23 @@ mod tests {
 
     #[test]
     fn unknown_and_unspecified_enums_are_rejected() {
-        let mut e = base(pb::event::Payload::AgentStatus(pb::AgentStatus { agent_id: "a".into(), status: 99 }));
-        assert_eq!(event_from_proto(&e, now()).unwrap_err().field, "agent_status.status");
+        let mut e = base(pb::event::Payload::AgentStatus(pb::AgentStatus {
+            agent_id: "a".into(),
+            status: 99,
+        }));
+        assert_eq!(
+            event_from_proto(&e, now()).unwrap_err().field,
+            "agent_status.status"
+        );
         e.payload = Some(pb::event::Payload::ConversationOpened(pb::ConversationOpened {
             customer_id: "c".into(),
             ..Default::default()
         }));
         let err = event_from_proto(&e, now()).unwrap_err();
-        assert_eq!((err.field.as_str(), err.reason.as_str()), ("conversation_opened.channel", "must be set"));
+        assert_eq!(
+            (err.field.as_str(), err.reason.as_str()),
+            ("conversation_opened.channel", "must be set")
+        );
     }
 
     #[test]
@@ -476,19 +521,32 @@ mod tests {
             value_minor: Some(100),
             currency: None,
         }));
-        assert_eq!(event_from_proto(&e, now()).unwrap_err().field, "conversion.currency");
+        assert_eq!(
+            event_from_proto(&e, now()).unwrap_err().field,
+            "conversion.currency"
+        );
     }
 
     #[test]
     fn every_event_round_trips_through_the_proto() {
         use crate::sim::{SimConfig, simulate};
-        let events = simulate(&SimConfig { conversations: 50, days: 2, seed: 3, ..SimConfig::default() });
+        let events = simulate(&SimConfig {
+            conversations: 50,
+            days: 2,
+            seed: 3,
+            ..SimConfig::default()
+        });
         let mut kinds = std::collections::BTreeSet::new();
         for e in &events {
             kinds.insert(e.payload.kind());
-            let back = event_from_proto(&event_to_proto(e), e.occurred_at).expect("simulated events are valid");
+            let back =
+                event_from_proto(&event_to_proto(e), e.occurred_at).expect("simulated events are valid");
             assert_eq!(&back, e);
         }
-        assert_eq!(kinds.len(), 14, "the simulator produces every event type: {kinds:?}");
+        assert_eq!(
+            kinds.len(),
+            14,
+            "the simulator produces every event type: {kinds:?}"
+        );
     }
 }

@@ -43,7 +43,11 @@ impl AppState {
         if events.len() > self.max_batch {
             return Err(Error::invalid(
                 "events",
-                format!("batch of {} events exceeds the limit of {}; split it", events.len(), self.max_batch),
+                format!(
+                    "batch of {} events exceeds the limit of {}; split it",
+                    events.len(),
+                    self.max_batch
+                ),
             ));
         }
         self.ensure_ready()?;
@@ -52,7 +56,11 @@ impl AppState {
         let mut valid: Vec<Event> = Vec::with_capacity(events.len());
         let mut seen_in_batch: HashSet<&str> = HashSet::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            let mut result = pb::EventResult { index: i as u32, event_id: e.event_id.clone(), ..Default::default() };
+            let mut result = pb::EventResult {
+                index: i as u32,
+                event_id: e.event_id.clone(),
+                ..Default::default()
+            };
             match convert::event_from_proto(e, now) {
                 Err(err) => {
                     result.outcome = pb::EventOutcome::Rejected as i32;
@@ -85,8 +93,20 @@ impl AppState {
                 _ => rejected += 1,
             }
         }
-        tracing::debug!(tenant, events = events.len(), accepted, duplicates, rejected, "batch stored");
-        Ok(BatchOutcome { results, accepted, duplicates, rejected })
+        tracing::debug!(
+            tenant,
+            events = events.len(),
+            accepted,
+            duplicates,
+            rejected,
+            "batch stored"
+        );
+        Ok(BatchOutcome {
+            results,
+            accepted,
+            duplicates,
+            rejected,
+        })
     }
 }
 
@@ -128,12 +148,16 @@ impl pb::event_service_server::EventService for EventsApi {
                 let state = state.clone();
                 async move {
                     let batch = batch?;
-                    let out = state.ingest(tenant, &batch.events).await.map_err(|err| match err {
-                        Error::InvalidArgument { field, reason } => {
-                            Status::invalid_argument(format!("batch_id {}: {field}: {reason}", batch.batch_id))
-                        }
-                        other => Status::from(other),
-                    })?;
+                    let out = state
+                        .ingest(tenant, &batch.events)
+                        .await
+                        .map_err(|err| match err {
+                            Error::InvalidArgument { field, reason } => Status::invalid_argument(format!(
+                                "batch_id {}: {field}: {reason}",
+                                batch.batch_id
+                            )),
+                            other => Status::from(other),
+                        })?;
                     Ok(pb::StreamEventsResponse {
                         batch_id: batch.batch_id,
                         results: out.results,

@@ -36,7 +36,12 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(pool: PgPool, ready: Arc<AtomicBool>, max_batch: usize) -> Self {
-        Self { auth: auth::Authenticator::new(pool.clone()), pool, ready, max_batch }
+        Self {
+            auth: auth::Authenticator::new(pool.clone()),
+            pool,
+            ready,
+            max_batch,
+        }
     }
 
     /// UNAVAILABLE until the database is migrated, so clients retry instead of seeing

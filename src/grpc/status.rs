@@ -7,7 +7,9 @@ use crate::domain::Error;
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         match err {
-            Error::InvalidArgument { field, reason } => Status::invalid_argument(format!("{field}: {reason}")),
+            Error::InvalidArgument { field, reason } => {
+                Status::invalid_argument(format!("{field}: {reason}"))
+            }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::Unauthenticated(why) => Status::unauthenticated(why),
             Error::Unavailable(why) => {

@@ -102,7 +102,11 @@ pub async fn store_batch(
         let by_conversation = load_events(&mut tx, tenant, &touched).await?;
         let derived: Vec<ConversationFacts> = touched
             .iter()
-            .filter_map(|id| by_conversation.get(*id).and_then(|events| facts::derive(id, events)))
+            .filter_map(|id| {
+                by_conversation
+                    .get(*id)
+                    .and_then(|events| facts::derive(id, events))
+            })
             .collect();
         upsert_facts(&mut tx, tenant, &derived).await?;
     }
@@ -128,10 +132,8 @@ async fn insert_events(
         conversations.push(e.conversation_id.as_deref());
         times.push(e.occurred_at);
         kinds.push(e.payload.kind());
-        payloads.push(
-            serde_json::to_string(&e.payload)
-                .map_err(|err| Error::Internal(anyhow::Error::new(err)))?,
-        );
+        payloads
+            .push(serde_json::to_string(&e.payload).map_err(|err| Error::Internal(anyhow::Error::new(err)))?);
     }
     let rows: Vec<(String,)> = sqlx::query_as(INSERT_EVENTS)
         .bind(tenant)
@@ -231,12 +233,11 @@ pub async fn all_conversation_facts(
     pool: &PgPool,
     tenant: TenantId,
 ) -> Result<Vec<ConversationFacts>, Error> {
-    let rows: Vec<(Json<ConversationFacts>,)> = sqlx::query_as(
-        "select facts from conversations where tenant_id = $1 order by conversation_id",
-    )
-    .bind(tenant)
-    .fetch_all(pool)
-    .await?;
+    let rows: Vec<(Json<ConversationFacts>,)> =
+        sqlx::query_as("select facts from conversations where tenant_id = $1 order by conversation_id")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
     Ok(rows.into_iter().map(|(Json(f),)| f).collect())
 }
 

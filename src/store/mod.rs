@@ -47,9 +47,10 @@ impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match &err {
             // Connection trouble and pool exhaustion are transient: the client may retry.
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                Error::Unavailable("database unavailable".into())
-            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_) => Error::Unavailable("database unavailable".into()),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // 40001 serialization failure, 40P01 deadlock, 57P01..57P03 shutdown/cannot
                 // connect now, 53300 too many connections, 08xxx connection exceptions.

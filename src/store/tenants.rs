@@ -10,11 +10,10 @@ use crate::domain::{
 /// Creates a tenant and its first API key; returns the id and the key (shown once).
 pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<(TenantId, NewApiKey), Error> {
     let mut tx = pool.begin().await?;
-    let (tenant,): (TenantId,) =
-        sqlx::query_as("insert into tenants (name) values ($1) returning tenant_id")
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await?;
+    let (tenant,): (TenantId,) = sqlx::query_as("insert into tenants (name) values ($1) returning tenant_id")
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?;
     let key = generate_key(tenant);
     sqlx::query("insert into api_keys (tenant_id, key_hash) values ($1, $2)")
         .bind(tenant)

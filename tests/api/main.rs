@@ -1,1 +1,12 @@
+//! End-to-end tests: the real server on 127.0.0.1:0 against a real Postgres, through the
+//! generated gRPC clients. One binary for every integration test (STYLE.md).
+//!
+//! The database comes from `DATABASE_URL` (default
+//! `postgres://postgres:postgres@127.0.0.1:5432/chatkpi_test`, created if missing). When it is
+//! unreachable every test fails with that message: nothing is skipped.
 
+mod auth;
+mod helpers;
+mod ingest;
+mod server;
+mod validation;

@@ -1,0 +1,219 @@
+//! `TestApp`: a migrated database, a fresh tenant with its key, and a running server.
+
+use std::time::Duration;
+
+use chatkpi::{
+    config::{DatabaseArgs, ServeConfig},
+    domain::{event::Event, tenant::TenantId},
+    grpc::{convert::event_to_proto, pb},
+    startup::Application,
+    store,
+};
+use sqlx::{PgPool, migrate::MigrateDatabase};
+use tokio::sync::{OnceCell, oneshot};
+use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/chatkpi_test";
+
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+static MIGRATED: OnceCell<()> = OnceCell::const_new();
+
+/// A pool on the test database, created and migrated once per test binary. Panics (fails the
+/// test) when Postgres is unreachable: database tests never skip.
+pub async fn pool() -> PgPool {
+    let url = database_url();
+    MIGRATED
+        .get_or_init(|| async {
+            if !sqlx::Postgres::database_exists(&url)
+                .await
+                .unwrap_or_else(|e| panic!("Postgres unreachable at {url}: {e}"))
+            {
+                // Several test threads may race here; "already exists" is fine.
+                let _ = sqlx::Postgres::create_database(&url).await;
+            }
+            let pool = store::lazy_pool(&url, 2).expect("valid DATABASE_URL");
+            store::migrate(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("cannot migrate {url}: {e}"));
+            pool.close().await;
+        })
+        .await;
+    store::lazy_pool(&url, 8).expect("valid DATABASE_URL")
+}
+
+/// A running server with its own tenant.
+pub struct TestApp {
+    pub pool: PgPool,
+    pub tenant: TenantId,
+    pub api_key: String,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub struct Options {
+    pub max_batch: u32,
+    pub database_url: String,
+    pub grace_secs: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            max_batch: 1000,
+            database_url: database_url(),
+            grace_secs: 5,
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> TestApp {
+        let pool = pool().await;
+        let (tenant, key) = store::tenants::create_tenant(&pool, "test")
+            .await
+            .expect("create tenant");
+        let app = Self::start(options, pool, tenant, key.plaintext).await;
+        app.wait_until(ServingStatus::Serving).await;
+        app
+    }
+
+    /// A server whose database may be unreachable (no readiness wait, no tenant in it).
+    pub async fn spawn_unready(database_url: &str) -> TestApp {
+        let pool = store::lazy_pool(database_url, 1).expect("valid url");
+        let options = Options {
+            database_url: database_url.to_owned(),
+            ..Options::default()
+        };
+        Self::start(options, pool, 1, format!("ck_1_{}", "a".repeat(64))).await
+    }
+
+    async fn start(options: Options, pool: PgPool, tenant: TenantId, api_key: String) -> TestApp {
+        let config = ServeConfig {
+            database: DatabaseArgs {
+                database_url: options.database_url,
+            },
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_batch: options.max_batch,
+            db_max_connections: 8,
+            shutdown_grace_secs: options.grace_secs,
+        };
+        let app = Application::build(&config).await.expect("build server");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        TestApp {
+            pool,
+            tenant,
+            api_key,
+            channel,
+            stop: Some(stop),
+            server: Some(server),
+        }
+    }
+
+    pub async fn health(&self) -> ServingStatus {
+        let mut client = HealthClient::new(self.channel.clone());
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health answers")
+            .into_inner()
+            .status;
+        ServingStatus::try_from(status).expect("known status")
+    }
+
+    pub async fn wait_until(&self, wanted: ServingStatus) {
+        for _ in 0..300 {
+            if self.health().await == wanted {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "server never reported {wanted:?} (is Postgres at {} reachable?)",
+            database_url()
+        );
+    }
+
+    /// An EventService client; calls carry this app's key.
+    pub fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
+        pb::event_service_client::EventServiceClient::new(self.channel.clone())
+    }
+
+    pub fn authed<T>(&self, message: T) -> Request<T> {
+        with_key(message, &self.api_key)
+    }
+
+    /// Sends one IngestEvents batch of domain events.
+    pub async fn ingest(&self, events: &[Event]) -> Result<pb::IngestEventsResponse, Status> {
+        self.ingest_proto(events.iter().map(event_to_proto).collect())
+            .await
+    }
+
+    pub async fn ingest_proto(&self, events: Vec<pb::Event>) -> Result<pb::IngestEventsResponse, Status> {
+        self.events()
+            .ingest_events(self.authed(pb::IngestEventsRequest { events }))
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        store::events::count_events(&self.pool, self.tenant)
+            .await
+            .expect("count events")
+    }
+
+    /// Stops the server (as on SIGTERM) and waits for it to finish.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.server.take().expect("running").await?
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Outcomes of a response as short words, for readable assertions.
+pub fn outcomes(results: &[pb::EventResult]) -> Vec<&'static str> {
+    results
+        .iter()
+        .map(|r| match pb::EventOutcome::try_from(r.outcome) {
+            Ok(pb::EventOutcome::Accepted) => "accepted",
+            Ok(pb::EventOutcome::Duplicate) => "duplicate",
+            Ok(pb::EventOutcome::Rejected) => "rejected",
+            _ => "unspecified",
+        })
+        .collect()
+}

@@ -13,7 +13,7 @@ use crate::domain::event::{
     ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged, check_id, check_optional_id,
 };
 
-/// Timestamp -> chrono, rejecting out-of-range nanos.
+/// Timestamp -> chrono (microsecond precision), rejecting out-of-range nanos.
 pub fn timestamp_to_chrono(field: &str, ts: &pbjson_types::Timestamp) -> Result<DateTime<Utc>, FieldError> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err(FieldError::new(
@@ -21,7 +21,9 @@ pub fn timestamp_to_chrono(field: &str, ts: &pbjson_types::Timestamp) -> Result<
             format!("nanos must be 0..999999999, got {}", ts.nanos),
         ));
     }
-    DateTime::from_timestamp(ts.seconds, ts.nanos as u32)
+    // Postgres keeps microseconds: truncate here so the validated event equals the stored one
+    // and facts never depend on which of the two they were derived from.
+    DateTime::from_timestamp(ts.seconds, (ts.nanos as u32 / 1000) * 1000)
         .ok_or_else(|| FieldError::new(field, format!("seconds out of range: {}", ts.seconds)))
 }
 

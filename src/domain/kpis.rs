@@ -1,0 +1,769 @@
+//! KPI computation (METRICS.md §4-§6) over a tenant's [`Dataset`]: overview, breakdowns and
+//! time series share one pass that places every item by its METRICS.md §4 time, filters it by
+//! the §6 rules and routes it to its group (dimension value or calendar bucket).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use super::{
+    calendar::{self, Granularity, Schedule},
+    dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros},
+    event::{Channel, Priority, ResolvedBy, Sender, SurveyType},
+    facts::State,
+    query::{Filters, Query},
+    stats::{DurationStats, mean, rate},
+};
+
+/// A breakdown dimension (METRICS.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dimension {
+    Channel,
+    Inbox,
+    Team,
+    Agent,
+    Tag,
+    Priority,
+    HourOfDay,
+    DayOfWeek,
+}
+
+/// How items are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grouping {
+    All,
+    By(Dimension),
+    Series(Granularity),
+}
+
+/// The group an item lands in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupKey {
+    All,
+    /// An interned value (inbox, team, agent, tag); `NONE` = not set.
+    Value(Sym),
+    Channel(Channel),
+    Priority(Priority),
+    /// Hour of day (0-23) or day of week (1-7).
+    Number(u32),
+    /// Start of a calendar bucket.
+    Bucket(Micros),
+}
+
+/// KPI targets (METRICS.md §8), defaults from helpdesk practice.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Targets {
+    pub human_frt_seconds: f64,
+    pub bot_frt_seconds: f64,
+    pub resolution_seconds: f64,
+    pub csat_percent: f64,
+    pub fcr_percent: f64,
+    pub utilization_min_percent: f64,
+    pub utilization_max_percent: f64,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            human_frt_seconds: 60.0,
+            bot_frt_seconds: 15.0,
+            resolution_seconds: 510.0,
+            csat_percent: 90.0,
+            fcr_percent: 70.0,
+            utilization_min_percent: 85.0,
+            utilization_max_percent: 90.0,
+        }
+    }
+}
+
+/// CSAT answers (METRICS.md §5).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Csat {
+    pub responses: u64,
+    /// Mean score mapped to 1-5 (`1 + 4 * (score - min) / (max - min)`), so answers on
+    /// different scales can be averaged (docs/metrics-notes.md).
+    pub mean_score: Option<f64>,
+    /// Share (%) of satisfied answers: `(score - min) / (max - min) >= 0.75`.
+    pub satisfied_percent: Option<f64>,
+    pub satisfied: u64,
+    /// Answers per (score, scale min, scale max).
+    pub distribution: Vec<(i32, i32, i32, u64)>,
+    pub sent: u64,
+    pub response_rate: Option<f64>,
+}
+
+/// NPS answers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Nps {
+    pub responses: u64,
+    pub promoters: u64,
+    pub passives: u64,
+    pub detractors: u64,
+    /// % promoters - % detractors (-100..100).
+    pub score: Option<f64>,
+    pub sent: u64,
+    pub response_rate: Option<f64>,
+}
+
+/// CES answers, mapped to 1-7.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ces {
+    pub responses: u64,
+    pub mean_score: Option<f64>,
+    pub sent: u64,
+    pub response_rate: Option<f64>,
+}
+
+/// Conversion rate and revenue (METRICS.md §5).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConversionKpis {
+    pub customers: u64,
+    pub converted: u64,
+    pub rate: Option<f64>,
+    /// (currency, sum of value_minor), sorted by currency.
+    pub revenue: Vec<(String, i64)>,
+    pub conversions: u64,
+}
+
+/// Retention (METRICS.md §5).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Retention {
+    pub previous_customers: u64,
+    pub retained: u64,
+    pub rate: Option<f64>,
+}
+
+/// Every KPI of METRICS.md §5 for one group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Kpis {
+    pub conversations: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub messages_delivered: u64,
+    pub messages_read: u64,
+    pub messages_failed: u64,
+    pub delivery_rate: Option<f64>,
+    pub read_rate: Option<f64>,
+    pub first_response: DurationStats,
+    /// First responses given by a bot (target: bot FRT).
+    pub bot_first_response: DurationStats,
+    pub human_first_response: DurationStats,
+    pub reply: DurationStats,
+    pub wait: DurationStats,
+    pub resolution: DurationStats,
+    pub duration: DurationStats,
+    pub resolved: u64,
+    pub resolutions: u64,
+    pub fcr_rate: Option<f64>,
+    pub repeat_contact_rate: Option<f64>,
+    pub reopen_rate: Option<f64>,
+    pub missed: u64,
+    pub missed_rate: Option<f64>,
+    pub abandoned: u64,
+    pub ended: u64,
+    pub messages_per_chat: Option<f64>,
+    pub customer_messages_per_chat: Option<f64>,
+    pub agent_messages_per_chat: Option<f64>,
+    pub bot_messages_per_chat: Option<f64>,
+    pub csat: Csat,
+    pub nps: Nps,
+    pub ces: Ces,
+    pub automation_rate: Option<f64>,
+    pub bot_resolutions: u64,
+    pub bot_handoff_rate: Option<f64>,
+    pub conversion: ConversionKpis,
+    pub retention: Retention,
+    /// (tag, conversations, share %), by conversations descending then tag.
+    pub tags: Vec<(String, u64, Option<f64>)>,
+    /// (channel, conversations, share %), in channel order, channels with conversations only.
+    pub channels: Vec<(Channel, u64, Option<f64>)>,
+}
+
+/// Running totals of one group.
+#[derive(Default)]
+struct Acc {
+    conversations: u64,
+    received: u64,
+    sent: u64,
+    delivered: u64,
+    read: u64,
+    failed: u64,
+    frt: Vec<f64>,
+    bot_frt: Vec<f64>,
+    human_frt: Vec<f64>,
+    reply: Vec<f64>,
+    wait: Vec<f64>,
+    resolution: Vec<f64>,
+    duration: Vec<f64>,
+    resolved: u64,
+    resolutions: u64,
+    fcr: u64,
+    repeat: u64,
+    reopened: u64,
+    with_customer_message: u64,
+    missed: u64,
+    abandoned: u64,
+    ended: u64,
+    ended_messages: [u64; 3],
+    csat: Vec<(i32, i32, i32)>,
+    nps: Vec<i32>,
+    ces_sum: f64,
+    ces: u64,
+    surveys_sent: [u64; 3],
+    no_human_resolved: u64,
+    bot_resolutions: u64,
+    bot_involved: u64,
+    bot_and_human: u64,
+    /// (customer, opened_at) of conversations opened in the window.
+    openers: Vec<(Sym, Micros)>,
+    previous_customers: HashSet<Sym>,
+    tags: HashMap<Sym, u64>,
+    channels: [u64; 9],
+}
+
+/// Filters resolved to symbols. `None` = no filter; an empty set matches nothing (a filter
+/// naming only unknown values).
+struct Compiled {
+    channels: Option<HashSet<Channel>>,
+    inboxes: Option<HashSet<Sym>>,
+    teams: Option<HashSet<Sym>>,
+    agents: Option<HashSet<Sym>>,
+    tags: Option<HashSet<Sym>>,
+    priorities: Option<HashSet<Priority>>,
+}
+
+fn syms(ds: &Dataset, names: &[String]) -> Option<HashSet<Sym>> {
+    (!names.is_empty()).then(|| {
+        names
+            .iter()
+            .filter_map(|n| ds.symbols.lookup(n))
+            .filter(|s| *s != NONE)
+            .collect()
+    })
+}
+
+impl Compiled {
+    fn new(ds: &Dataset, f: &Filters) -> Self {
+        Self {
+            channels: (!f.channels.is_empty()).then(|| f.channels.iter().copied().collect()),
+            inboxes: syms(ds, &f.inboxes),
+            teams: syms(ds, &f.teams),
+            agents: syms(ds, &f.agents),
+            tags: syms(ds, &f.tags),
+            priorities: (!f.priorities.is_empty()).then(|| f.priorities.iter().copied().collect()),
+        }
+    }
+
+    /// Conversation-level match, except the agent filter.
+    fn conversation_except_agent(&self, c: &Conv) -> bool {
+        self.channels.as_ref().is_none_or(|s| s.contains(&c.channel))
+            && self.inboxes.as_ref().is_none_or(|s| s.contains(&c.inbox))
+            && self.teams.as_ref().is_none_or(|s| s.contains(&c.team))
+            && self
+                .tags
+                .as_ref()
+                .is_none_or(|s| c.tags.iter().any(|t| s.contains(t)))
+            && self.priorities.as_ref().is_none_or(|s| s.contains(&c.priority))
+    }
+
+    fn agent(&self, agent: Sym) -> bool {
+        self.agents.as_ref().is_none_or(|s| s.contains(&agent))
+    }
+}
+
+/// Computes KPIs for every group of `grouping` (METRICS.md §6). Groups with no item are not
+/// returned, except every bucket of a time series, which is always present.
+pub struct Computation<'a> {
+    pub dataset: &'a Dataset,
+    pub query: &'a Query,
+    /// The tenant's schedule, used when `query.business_hours`.
+    pub schedule: Option<&'a Schedule>,
+    pub targets: &'a Targets,
+}
+
+impl Computation<'_> {
+    fn measure(&self, span: Span) -> f64 {
+        match (self.query.business_hours, self.schedule) {
+            (true, Some(s)) => s.open_seconds(span),
+            _ => (span.seconds()).max(0.0),
+        }
+    }
+
+    /// The groups one item goes to. `agent` is the item's agent for the agent dimension
+    /// (responding agent, survey credit, or the conversation's agent).
+    fn route(&self, grouping: Grouping, c: &Conv, at: Micros, agent: Sym, out: &mut Vec<GroupKey>) {
+        out.clear();
+        let tz = self.query.time_zone;
+        match grouping {
+            Grouping::All => out.push(GroupKey::All),
+            Grouping::Series(g) => out.push(GroupKey::Bucket(calendar::bucket_start(tz, g, at))),
+            Grouping::By(d) => match d {
+                Dimension::Channel => out.push(GroupKey::Channel(c.channel)),
+                Dimension::Inbox => out.push(GroupKey::Value(c.inbox)),
+                Dimension::Team => out.push(GroupKey::Value(c.team)),
+                Dimension::Agent => out.push(GroupKey::Value(agent)),
+                Dimension::Tag if c.tags.is_empty() => out.push(GroupKey::Value(NONE)),
+                Dimension::Tag => out.extend(c.tags.iter().map(|t| GroupKey::Value(*t))),
+                Dimension::Priority => out.push(GroupKey::Priority(c.priority)),
+                Dimension::HourOfDay => out.push(GroupKey::Number(calendar::hour_of_day(tz, at))),
+                Dimension::DayOfWeek => out.push(GroupKey::Number(calendar::day_of_week(tz, at))),
+            },
+        }
+    }
+
+    /// KPIs per group over the query window.
+    pub fn run(&self, grouping: Grouping) -> Vec<(GroupKey, Kpis)> {
+        let ds = self.dataset;
+        let q = self.query;
+        let filters = Compiled::new(ds, &q.filters);
+        let (from, to) = (micros(q.window.from), micros(q.window.to));
+        let inside = |t: Micros| from <= t && t < to;
+        let mut groups: BTreeMap<GroupKey, Acc> = BTreeMap::new();
+        let mut keys = Vec::with_capacity(4);
+
+        // Retention looks one window back: for a series, the window before each bucket is the
+        // previous bucket (the first bucket looks back one bucket length).
+        let buckets = match grouping {
+            Grouping::Series(g) => calendar::buckets(q.time_zone, g, from, to),
+            _ => Vec::new(),
+        };
+        let previous_from = match grouping {
+            Grouping::Series(_) => buckets.first().map_or(from, |b| b.start - (b.end - b.start)),
+            _ => from - (to - from),
+        };
+        for b in &buckets {
+            groups.entry(GroupKey::Bucket(b.start)).or_default();
+        }
+
+        for c in &ds.conversations {
+            let conv_ok = filters.conversation_except_agent(c);
+            if !conv_ok {
+                continue;
+            }
+            let conv_agent_ok = filters.agent(c.agent);
+
+            // Placed by opened_at: volume, FRT, human FRT, wait, missed, abandoned, bot
+            // handoff, tags, channels, conversion and retention customers.
+            if inside(c.opened_at) {
+                if conv_agent_ok {
+                    self.route(grouping, c, c.opened_at, c.agent, &mut keys);
+                    for k in &keys {
+                        let a = groups.entry(*k).or_default();
+                        a.conversations += 1;
+                        a.channels[c.channel as usize] += 1;
+                        for t in c.tags.iter() {
+                            *a.tags.entry(*t).or_default() += 1;
+                        }
+                        if let Some(w) = c.wait {
+                            a.wait.push(self.measure(w));
+                        }
+                        if c.has_customer_message {
+                            a.with_customer_message += 1;
+                            if c.ended_at.is_some() && c.responses.is_empty() {
+                                a.missed += 1;
+                            }
+                        }
+                        if c.state == State::Abandoned {
+                            a.abandoned += 1;
+                        }
+                        if c.bot_involved {
+                            a.bot_involved += 1;
+                            if c.human_involved {
+                                a.bot_and_human += 1;
+                            }
+                        }
+                        if c.customer != NONE {
+                            a.openers.push((c.customer, c.opened_at));
+                        }
+                    }
+                }
+                // Responses match the agent filter by the responding agent (bots match none).
+                if let Some(r) = c.first_response().filter(|r| filters.agent(r.agent)) {
+                    self.route(grouping, c, c.opened_at, r.agent, &mut keys);
+                    let seconds = self.measure(r.span());
+                    for k in &keys {
+                        let a = groups.entry(*k).or_default();
+                        a.frt.push(seconds);
+                        if r.agent == NONE {
+                            a.bot_frt.push(seconds);
+                        }
+                    }
+                }
+                if let Some(h) = c.human_first.as_ref().filter(|h| filters.agent(h.agent)) {
+                    self.route(grouping, c, c.opened_at, h.agent, &mut keys);
+                    let seconds = self.measure(h.span());
+                    for k in &keys {
+                        groups.entry(*k).or_default().human_frt.push(seconds);
+                    }
+                }
+            }
+
+            // Retention: customers of the window before.
+            if conv_agent_ok && c.customer != NONE && previous_from <= c.opened_at && c.opened_at < from {
+                let prev_grouping = match grouping {
+                    // The previous window of the first bucket is keyed to that first bucket.
+                    Grouping::Series(_) => None,
+                    other => Some(other),
+                };
+                match prev_grouping {
+                    Some(g) => {
+                        self.route(g, c, c.opened_at, c.agent, &mut keys);
+                        for k in &keys {
+                            groups
+                                .entry(*k)
+                                .or_default()
+                                .previous_customers
+                                .insert(c.customer);
+                        }
+                    }
+                    None => {
+                        if let Some(first) = buckets.first() {
+                            groups
+                                .entry(GroupKey::Bucket(first.start))
+                                .or_default()
+                                .previous_customers
+                                .insert(c.customer);
+                        }
+                    }
+                }
+            }
+
+            // Reply times by the response's own time.
+            for r in c
+                .replies()
+                .iter()
+                .filter(|r| inside(r.at) && filters.agent(r.agent))
+            {
+                self.route(grouping, c, r.at, r.agent, &mut keys);
+                let seconds = self.measure(r.span());
+                for k in &keys {
+                    groups.entry(*k).or_default().reply.push(seconds);
+                }
+            }
+
+            if !conv_agent_ok {
+                // Every remaining item matches the agent filter by the conversation's agent,
+                // except surveys (their own credit).
+                self.surveys(grouping, c, &filters, &inside, &mut groups, &mut keys);
+                continue;
+            }
+
+            // Resolutions: every `resolved` event in the window.
+            for t in c.resolutions.iter().filter(|t| inside(**t)) {
+                self.route(grouping, c, *t, c.agent, &mut keys);
+                for k in &keys {
+                    groups.entry(*k).or_default().resolutions += 1;
+                }
+            }
+            // Final resolution placed by resolved_at.
+            if let Some(resolved_at) = c.resolved_at.filter(|t| inside(*t)) {
+                let repeat = self.repeat_contact(c, resolved_at);
+                let seconds = self.measure(Span {
+                    start: c.opened_at,
+                    end: resolved_at.max(c.opened_at),
+                });
+                self.route(grouping, c, resolved_at, c.agent, &mut keys);
+                for k in &keys {
+                    let a = groups.entry(*k).or_default();
+                    a.resolved += 1;
+                    a.resolution.push(seconds);
+                    if c.reopen_count > 0 {
+                        a.reopened += 1;
+                    }
+                    if repeat {
+                        a.repeat += 1;
+                    }
+                    if c.reopen_count == 0 && !repeat {
+                        a.fcr += 1;
+                    }
+                    if !c.human_involved {
+                        a.no_human_resolved += 1;
+                    }
+                    if c.resolved_by == Some(ResolvedBy::Bot) {
+                        a.bot_resolutions += 1;
+                    }
+                }
+            }
+            // Duration and messages per chat by ended_at.
+            if let Some(ended_at) = c.ended_at.filter(|t| inside(*t)) {
+                self.route(grouping, c, ended_at, c.agent, &mut keys);
+                let seconds = c.duration.map(|d| self.measure(d));
+                for k in &keys {
+                    let a = groups.entry(*k).or_default();
+                    a.ended += 1;
+                    for (i, n) in c.counts.iter().enumerate() {
+                        a.ended_messages[i] += *n as u64;
+                    }
+                    if let Some(s) = seconds {
+                        a.duration.push(s);
+                    }
+                }
+            }
+            // Messages by their own time.
+            for m in c.messages.iter().filter(|m| inside(m.at)) {
+                self.route(grouping, c, m.at, c.agent, &mut keys);
+                for k in &keys {
+                    let a = groups.entry(*k).or_default();
+                    if m.sender == Sender::Customer {
+                        a.received += 1;
+                    } else {
+                        a.sent += 1;
+                        a.delivered += m.delivered as u64;
+                        a.read += m.read as u64;
+                        a.failed += m.failed as u64;
+                    }
+                }
+            }
+            // Survey sends by their time.
+            for (kind, t) in c.surveys_sent.iter().filter(|(_, t)| inside(*t)) {
+                self.route(grouping, c, *t, c.agent, &mut keys);
+                for k in &keys {
+                    groups.entry(*k).or_default().surveys_sent[survey_index(*kind)] += 1;
+                }
+            }
+            self.surveys(grouping, c, &filters, &inside, &mut groups, &mut keys);
+        }
+
+        let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
+            q.conversion_kinds
+                .iter()
+                .filter_map(|k| ds.symbols.lookup(k))
+                .collect()
+        });
+        let mut out: Vec<(GroupKey, GroupResult)> = groups
+            .into_iter()
+            .map(|(k, a)| (k, self.finish(a, kinds.as_ref())))
+            .collect();
+
+        // Series retention: the previous bucket's customers.
+        if let Grouping::Series(_) = grouping {
+            let mut previous: Option<HashSet<Sym>> = None;
+            for (_, k) in out.iter_mut() {
+                let now: HashSet<Sym> = k.conversion_customers.take().unwrap_or_default();
+                if let Some(prev) = previous.take() {
+                    let retained = prev.iter().filter(|c| now.contains(c)).count() as u64;
+                    k.kpis.retention = Retention {
+                        previous_customers: prev.len() as u64,
+                        retained,
+                        rate: rate(retained, prev.len() as u64),
+                    };
+                }
+                previous = Some(now);
+            }
+        }
+        out.into_iter().map(|(key, g)| (key, g.kpis)).collect()
+    }
+
+    fn surveys(
+        &self,
+        grouping: Grouping,
+        c: &Conv,
+        filters: &Compiled,
+        inside: &impl Fn(Micros) -> bool,
+        groups: &mut BTreeMap<GroupKey, Acc>,
+        keys: &mut Vec<GroupKey>,
+    ) {
+        // Surveys by response time, credited (and filtered) by their agent.
+        for s in c
+            .surveys
+            .iter()
+            .filter(|s| inside(s.at) && filters.agent(s.agent))
+        {
+            self.route(grouping, c, s.at, s.agent, keys);
+            for k in keys.iter() {
+                let a = groups.entry(*k).or_default();
+                match s.kind {
+                    SurveyType::Csat => a.csat.push((s.score, s.min, s.max)),
+                    SurveyType::Nps => a.nps.push(s.score),
+                    SurveyType::Ces => {
+                        a.ces += 1;
+                        a.ces_sum += 1.0 + 6.0 * s.normalized();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another conversation of the same customer opened in `(resolved_at, resolved_at +
+    /// repeat_window]` (METRICS.md §5 FCR).
+    fn repeat_contact(&self, c: &Conv, resolved_at: Micros) -> bool {
+        let window = self.query.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        if window <= 0 || c.customer == NONE {
+            return false;
+        }
+        let Some(opens) = self.dataset.customer_opens.get(&c.customer) else {
+            return false;
+        };
+        let i = opens.partition_point(|t| *t <= resolved_at);
+        opens
+            .get(i)
+            .is_some_and(|t| *t <= resolved_at.saturating_add(window))
+    }
+
+    fn finish(&self, a: Acc, kinds: Option<&HashSet<Sym>>) -> GroupResult {
+        let ds = self.dataset;
+        let t = self.targets;
+        let mut k = Kpis {
+            conversations: a.conversations,
+            messages_received: a.received,
+            messages_sent: a.sent,
+            messages_delivered: a.delivered,
+            messages_read: a.read,
+            messages_failed: a.failed,
+            delivery_rate: rate(a.delivered, a.sent),
+            read_rate: rate(a.read, a.delivered),
+            first_response: DurationStats::from_values(a.frt, None),
+            bot_first_response: DurationStats::from_values(a.bot_frt, Some(t.bot_frt_seconds)),
+            human_first_response: DurationStats::from_values(a.human_frt, Some(t.human_frt_seconds)),
+            reply: DurationStats::from_values(a.reply, None),
+            wait: DurationStats::from_values(a.wait, None),
+            resolution: DurationStats::from_values(a.resolution, Some(t.resolution_seconds)),
+            duration: DurationStats::from_values(a.duration, None),
+            resolved: a.resolved,
+            resolutions: a.resolutions,
+            fcr_rate: rate(a.fcr, a.resolved),
+            repeat_contact_rate: rate(a.repeat, a.resolved),
+            reopen_rate: rate(a.reopened, a.resolved),
+            missed: a.missed,
+            missed_rate: rate(a.missed, a.with_customer_message),
+            abandoned: a.abandoned,
+            ended: a.ended,
+            messages_per_chat: mean(a.ended_messages.iter().sum::<u64>() as f64, a.ended),
+            customer_messages_per_chat: mean(a.ended_messages[0] as f64, a.ended),
+            agent_messages_per_chat: mean(a.ended_messages[1] as f64, a.ended),
+            bot_messages_per_chat: mean(a.ended_messages[2] as f64, a.ended),
+            automation_rate: rate(a.no_human_resolved, a.resolved),
+            bot_resolutions: a.bot_resolutions,
+            bot_handoff_rate: rate(a.bot_and_human, a.bot_involved),
+            ..Kpis::default()
+        };
+
+        // CSAT: satisfied = normalized score >= 0.75; mean on 1-5.
+        let mut distribution: BTreeMap<(i32, i32, i32), u64> = BTreeMap::new();
+        let mut satisfied = 0;
+        let mut sum = 0.0;
+        for (score, min, max) in &a.csat {
+            let n = (score - min) as f64 / (max - min) as f64;
+            satisfied += (n >= 0.75) as u64;
+            sum += 1.0 + 4.0 * n;
+            *distribution.entry((*score, *min, *max)).or_default() += 1;
+        }
+        let responses = a.csat.len() as u64;
+        k.csat = Csat {
+            responses,
+            mean_score: mean(sum, responses),
+            satisfied_percent: rate(satisfied, responses),
+            satisfied,
+            distribution: distribution
+                .into_iter()
+                .map(|((s, lo, hi), n)| (s, lo, hi, n))
+                .collect(),
+            sent: a.surveys_sent[0],
+            response_rate: rate(responses, a.surveys_sent[0]),
+        };
+        let promoters = a.nps.iter().filter(|s| **s >= 9).count() as u64;
+        let detractors = a.nps.iter().filter(|s| **s <= 6).count() as u64;
+        let n = a.nps.len() as u64;
+        k.nps = Nps {
+            responses: n,
+            promoters,
+            passives: n - promoters - detractors,
+            detractors,
+            score: (n > 0).then(|| 100.0 * (promoters as f64 - detractors as f64) / n as f64),
+            sent: a.surveys_sent[1],
+            response_rate: rate(n, a.surveys_sent[1]),
+        };
+        k.ces = Ces {
+            responses: a.ces,
+            mean_score: mean(a.ces_sum, a.ces),
+            sent: a.surveys_sent[2],
+            response_rate: rate(a.ces, a.surveys_sent[2]),
+        };
+
+        // Conversion: customers with a conversation opened in the window; converted when a
+        // conversion falls in [opened_at, opened_at + attribution window] of one of them.
+        let attribution = self
+            .query
+            .attribution_window
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let customers: HashSet<Sym> = a.openers.iter().map(|(c, _)| *c).collect();
+        let mut converted: HashSet<Sym> = HashSet::new();
+        let mut attributed: HashSet<usize> = HashSet::new();
+        for (customer, opened_at) in &a.openers {
+            let Some(list) = ds.customer_conversions.get(customer) else {
+                continue;
+            };
+            let end = opened_at.saturating_add(attribution);
+            let start = list.partition_point(|i| ds.conversions[*i].1.at < *opened_at);
+            for &i in &list[start..] {
+                let conv = &ds.conversions[i].1;
+                if conv.at > end {
+                    break;
+                }
+                if kinds.is_none_or(|k| k.contains(&conv.kind)) {
+                    converted.insert(*customer);
+                    attributed.insert(i);
+                }
+            }
+        }
+        let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
+        for i in &attributed {
+            let c = &ds.conversions[*i].1;
+            if let Some(v) = c.value_minor {
+                *revenue.entry(ds.symbols.name(c.currency).to_owned()).or_default() += v;
+            }
+        }
+        k.conversion = ConversionKpis {
+            customers: customers.len() as u64,
+            converted: converted.len() as u64,
+            rate: rate(converted.len() as u64, customers.len() as u64),
+            revenue: revenue.into_iter().collect(),
+            conversions: attributed.len() as u64,
+        };
+        let retained = a
+            .previous_customers
+            .iter()
+            .filter(|c| customers.contains(c))
+            .count() as u64;
+        k.retention = Retention {
+            previous_customers: a.previous_customers.len() as u64,
+            retained,
+            rate: rate(retained, a.previous_customers.len() as u64),
+        };
+
+        let mut tags: Vec<(String, u64, Option<f64>)> = a
+            .tags
+            .iter()
+            .map(|(t, n)| (ds.symbols.name(*t).to_owned(), *n, rate(*n, a.conversations)))
+            .collect();
+        tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        k.tags = tags;
+        k.channels = Channel::ALL
+            .iter()
+            .filter(|c| a.channels[**c as usize] > 0)
+            .map(|c| {
+                (
+                    *c,
+                    a.channels[*c as usize],
+                    rate(a.channels[*c as usize], a.conversations),
+                )
+            })
+            .collect();
+        GroupResult {
+            kpis: k,
+            conversion_customers: Some(customers),
+        }
+    }
+}
+
+struct GroupResult {
+    kpis: Kpis,
+    conversion_customers: Option<HashSet<Sym>>,
+}
+
+fn survey_index(kind: SurveyType) -> usize {
+    match kind {
+        SurveyType::Csat => 0,
+        SurveyType::Nps => 1,
+        SurveyType::Ces => 2,
+    }
+}

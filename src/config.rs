@@ -56,6 +56,10 @@ pub struct ServeConfig {
     /// Most database connections the server opens.
     #[arg(long, env = "CHATKPI_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Tenants whose query dataset is kept in memory (least recently used beyond this are
+    /// dropped and reloaded on their next query).
+    #[arg(long, env = "CHATKPI_CACHE_TENANTS", default_value_t = 64)]
+    pub cache_tenants: u32,
     /// On SIGTERM / Ctrl-C, how long in-flight requests and streams may take to finish, in
     /// seconds, before the server stops anyway.
     #[arg(long, env = "CHATKPI_SHUTDOWN_GRACE_SECS", default_value_t = 30)]

@@ -20,7 +20,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     config::ServeConfig,
-    grpc::{AppState, events::EventsApi, pb},
+    grpc::{AppState, events::EventsApi, metrics::MetricsApi, pb},
     store,
 };
 
@@ -47,7 +47,12 @@ impl Application {
         let pool = store::lazy_pool(&config.database.database_url, config.db_max_connections)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let ready = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(AppState::new(pool.clone(), ready, config.max_batch as usize));
+        let state = Arc::new(AppState::new(
+            pool.clone(),
+            ready,
+            config.max_batch as usize,
+            config.cache_tenants as usize,
+        ));
         Ok(Self {
             listener,
             pool,
@@ -83,6 +88,9 @@ impl Application {
         let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
+        let metrics =
+            pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.state.clone()));
+
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
             self.state.ready.clone(),
@@ -101,6 +109,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(events)
+            .add_service(metrics)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async move {
                 let _ = drain_signal.wait_for(|stop| *stop).await;
             });

@@ -328,6 +328,22 @@ impl Dataset {
         }
     }
 
+    /// Whether another conversation of `c`'s customer was opened in `(resolved_at,
+    /// resolved_at + window]` (METRICS.md §5 FCR and repeat contact). A zero window disables
+    /// the check.
+    pub fn repeat_contact(&self, c: &Conv, resolved_at: Micros, window: Micros) -> bool {
+        if window <= 0 || c.customer == NONE {
+            return false;
+        }
+        let Some(opens) = self.customer_opens.get(&c.customer) else {
+            return false;
+        };
+        let i = opens.partition_point(|t| *t <= resolved_at);
+        opens
+            .get(i)
+            .is_some_and(|t| *t <= resolved_at.saturating_add(window))
+    }
+
     fn compact(&mut self, f: &ConversationFacts) -> Conv {
         let s = &mut self.symbols;
         let mut tags: Vec<Sym> = f.tags.iter().map(|t| s.intern(t)).collect();

@@ -9,6 +9,10 @@ pub enum Error {
     /// A named thing does not exist for this tenant.
     #[error("{0} not found")]
     NotFound(String),
+    /// The request is valid but the tenant's state does not allow it (e.g. business hours
+    /// asked for without a schedule).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Missing, malformed or unknown API key.
     #[error("{0}")]
     Unauthenticated(&'static str),

@@ -49,7 +49,8 @@ pub enum GroupKey {
 }
 
 /// KPI targets (METRICS.md §8), defaults from helpdesk practice.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Targets {
     pub human_frt_seconds: f64,
     pub bot_frt_seconds: f64,
@@ -58,6 +59,8 @@ pub struct Targets {
     pub fcr_percent: f64,
     pub utilization_min_percent: f64,
     pub utilization_max_percent: f64,
+    /// Share (%) of items within a duration target for the target to count as met.
+    pub duration_compliance_percent: f64,
 }
 
 impl Default for Targets {
@@ -70,6 +73,7 @@ impl Default for Targets {
             fcr_percent: 70.0,
             utilization_min_percent: 85.0,
             utilization_max_percent: 90.0,
+            duration_compliance_percent: 90.0,
         }
     }
 }
@@ -221,7 +225,7 @@ struct Acc {
 
 /// Filters resolved to symbols. `None` = no filter; an empty set matches nothing (a filter
 /// naming only unknown values).
-struct Compiled {
+pub(crate) struct Compiled {
     channels: Option<HashSet<Channel>>,
     inboxes: Option<HashSet<Sym>>,
     teams: Option<HashSet<Sym>>,
@@ -241,7 +245,7 @@ fn syms(ds: &Dataset, names: &[String]) -> Option<HashSet<Sym>> {
 }
 
 impl Compiled {
-    fn new(ds: &Dataset, f: &Filters) -> Self {
+    pub(crate) fn new(ds: &Dataset, f: &Filters) -> Self {
         Self {
             channels: (!f.channels.is_empty()).then(|| f.channels.iter().copied().collect()),
             inboxes: syms(ds, &f.inboxes),
@@ -252,8 +256,13 @@ impl Compiled {
         }
     }
 
+    /// Conversation-level match, every filter (agent = the conversation's agent).
+    pub(crate) fn conversation(&self, c: &Conv) -> bool {
+        self.conversation_except_agent(c) && self.agent(c.agent)
+    }
+
     /// Conversation-level match, except the agent filter.
-    fn conversation_except_agent(&self, c: &Conv) -> bool {
+    pub(crate) fn conversation_except_agent(&self, c: &Conv) -> bool {
         self.channels.as_ref().is_none_or(|s| s.contains(&c.channel))
             && self.inboxes.as_ref().is_none_or(|s| s.contains(&c.inbox))
             && self.teams.as_ref().is_none_or(|s| s.contains(&c.team))
@@ -264,7 +273,7 @@ impl Compiled {
             && self.priorities.as_ref().is_none_or(|s| s.contains(&c.priority))
     }
 
-    fn agent(&self, agent: Sym) -> bool {
+    pub(crate) fn agent(&self, agent: Sym) -> bool {
         self.agents.as_ref().is_none_or(|s| s.contains(&agent))
     }
 }
@@ -280,7 +289,12 @@ pub struct Computation<'a> {
 }
 
 impl Computation<'_> {
-    fn measure(&self, span: Span) -> f64 {
+    fn repeat_window(&self) -> Micros {
+        self.query.repeat_window.num_microseconds().unwrap_or(i64::MAX)
+    }
+
+    /// A duration as the query measures it: whole, or inside business hours.
+    pub fn measure(&self, span: Span) -> f64 {
         match (self.query.business_hours, self.schedule) {
             (true, Some(s)) => s.open_seconds(span),
             _ => (span.seconds()).max(0.0),
@@ -455,7 +469,7 @@ impl Computation<'_> {
             }
             // Final resolution placed by resolved_at.
             if let Some(resolved_at) = c.resolved_at.filter(|t| inside(*t)) {
-                let repeat = self.repeat_contact(c, resolved_at);
+                let repeat = ds.repeat_contact(c, resolved_at, self.repeat_window());
                 let seconds = self.measure(Span {
                     start: c.opened_at,
                     end: resolved_at.max(c.opened_at),
@@ -580,22 +594,6 @@ impl Computation<'_> {
                 }
             }
         }
-    }
-
-    /// Another conversation of the same customer opened in `(resolved_at, resolved_at +
-    /// repeat_window]` (METRICS.md §5 FCR).
-    fn repeat_contact(&self, c: &Conv, resolved_at: Micros) -> bool {
-        let window = self.query.repeat_window.num_microseconds().unwrap_or(i64::MAX);
-        if window <= 0 || c.customer == NONE {
-            return false;
-        }
-        let Some(opens) = self.dataset.customer_opens.get(&c.customer) else {
-            return false;
-        };
-        let i = opens.partition_point(|t| *t <= resolved_at);
-        opens
-            .get(i)
-            .is_some_and(|t| *t <= resolved_at.saturating_add(window))
     }
 
     fn finish(&self, a: Acc, kinds: Option<&HashSet<Sym>>) -> GroupResult {

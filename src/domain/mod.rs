@@ -13,3 +13,5 @@ pub mod stats;
 pub mod tenant;
 
 pub use error::Error;
+pub mod live;
+pub mod scorecard;

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod convert;
 pub mod events;
+pub mod metrics;
 pub mod status;
 
 use std::sync::{
@@ -32,12 +33,15 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Largest accepted batch, in events.
     pub max_batch: usize,
+    /// Per-tenant query datasets.
+    pub cache: crate::store::dataset::DatasetCache,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, ready: Arc<AtomicBool>, max_batch: usize) -> Self {
+    pub fn new(pool: PgPool, ready: Arc<AtomicBool>, max_batch: usize, cache_tenants: usize) -> Self {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
+            cache: crate::store::dataset::DatasetCache::new(pool.clone(), cache_tenants),
             pool,
             ready,
             max_batch,

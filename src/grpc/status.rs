@@ -11,6 +11,7 @@ impl From<Error> for Status {
                 Status::invalid_argument(format!("{field}: {reason}"))
             }
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::Unauthenticated(why) => Status::unauthenticated(why),
             Error::Unavailable(why) => {
                 tracing::warn!(reason = %why, "request failed: unavailable");

@@ -50,9 +50,10 @@ where tenant_id = $1
 
 const UPSERT_CONVERSATIONS: &str = r#"
 insert into conversations (tenant_id, conversation_id, opened_at, channel, customer_id, agent,
-                           state, resolved_at, ended_at, last_event_at, facts, updated_at)
+                           state, resolved_at, ended_at, last_event_at, facts, updated_at,
+                           change_xid)
 select $1, c.id, c.opened_at, c.channel, c.customer_id, c.agent, c.state, c.resolved_at,
-       c.ended_at, c.last_event_at, c.facts::jsonb, now()
+       c.ended_at, c.last_event_at, c.facts::jsonb, now(), pg_current_xact_id()
 from unnest($2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
     as c(id, opened_at, channel, customer_id, agent, state, resolved_at, ended_at,
@@ -68,7 +69,8 @@ on conflict (tenant_id, conversation_id) do update set
     ended_at = excluded.ended_at,
     last_event_at = excluded.last_event_at,
     facts = excluded.facts,
-    updated_at = excluded.updated_at
+    updated_at = excluded.updated_at,
+    change_xid = excluded.change_xid
 "#;
 
 /// Stores a batch of validated events with distinct `event_id`s in one transaction and returns

@@ -3,7 +3,9 @@
 //! The store calls the pure fact derivation of `domain::facts` inside its write transaction, so
 //! the events and the facts derived from them commit together.
 
+pub mod dataset;
 pub mod events;
+pub mod settings;
 pub mod tenants;
 
 use std::time::Duration;

@@ -7,6 +7,8 @@
 use chrono::{DateTime, Utc};
 
 use super::pb;
+
+pub mod metrics;
 use crate::domain::event::{
     self as ev, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
     Event, FieldError, Initiator, Message, MessageStatusChanged, Payload, Presence, Priority, Resolved,
@@ -36,7 +38,11 @@ pub fn chrono_to_timestamp(t: DateTime<Utc>) -> pbjson_types::Timestamp {
 }
 
 /// Decodes a required proto enum: unspecified and unknown values are errors.
-fn required_enum<P, D>(field: &str, raw: i32, map: impl Fn(P) -> Option<D>) -> Result<D, FieldError>
+pub(crate) fn required_enum<P, D>(
+    field: &str,
+    raw: i32,
+    map: impl Fn(P) -> Option<D>,
+) -> Result<D, FieldError>
 where
     P: TryFrom<i32>,
 {
@@ -57,7 +63,7 @@ where
     }
 }
 
-fn channel(p: pb::Channel) -> Option<Channel> {
+pub(crate) fn channel(p: pb::Channel) -> Option<Channel> {
     use pb::Channel as C;
     Some(match p {
         C::Unspecified => return None,
@@ -93,7 +99,7 @@ fn delivery(p: pb::MessageStatus) -> Option<DeliveryStatus> {
     })
 }
 
-fn priority(p: pb::Priority) -> Option<Priority> {
+pub(crate) fn priority(p: pb::Priority) -> Option<Priority> {
     Some(match p {
         pb::Priority::Unspecified => return None,
         pb::Priority::Low => Priority::Low,

@@ -1,0 +1,244 @@
+//! Instant and interval KPIs beside the window summaries: backlog and live counts at an instant,
+//! agent utilization over a window (METRICS.md §5), and drill-down selection (§6).
+
+use std::collections::BTreeMap;
+
+use super::{
+    calendar::Schedule,
+    dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},
+    event::Presence,
+    facts::State,
+    kpis::Compiled,
+    query::Query,
+    stats::{DurationStats, rate},
+};
+
+/// Backlog and live counts at an instant.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backlog {
+    pub open: u64,
+    pub unassigned: u64,
+    pub unanswered: u64,
+    pub age: DurationStats,
+}
+
+/// Conversations opened at or before `at` and not ended as of it; a reopen counts from its
+/// time. Age is `at - opened_at`, in business hours when asked.
+pub fn backlog(ds: &Dataset, q: &Query, schedule: Option<&Schedule>, at: Micros) -> Backlog {
+    let mut out = Backlog::default();
+    let mut ages = Vec::new();
+    for c in backlog_conversations(ds, q, at) {
+        out.open += 1;
+        if c.assignee_at(at) == NONE {
+            out.unassigned += 1;
+        }
+        if c.waiting_at(at) {
+            out.unanswered += 1;
+        }
+        let span = Span {
+            start: c.opened_at,
+            end: at,
+        };
+        ages.push(match (q.business_hours, schedule) {
+            (true, Some(s)) => s.open_seconds(span),
+            _ => span.seconds(),
+        });
+    }
+    out.age = DurationStats::from_values(ages, None);
+    out
+}
+
+/// The conversations in the backlog at `at`.
+pub fn backlog_conversations<'a>(
+    ds: &'a Dataset,
+    q: &Query,
+    at: Micros,
+) -> impl Iterator<Item = &'a Conv> + 'a {
+    let filters = Compiled::new(ds, &q.filters);
+    ds.conversations
+        .iter()
+        .filter(move |c| c.opened_at <= at && c.state_at(at) == State::Open && filters.conversation(c))
+}
+
+/// One agent's utilization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentUtilization {
+    pub agent: String,
+    pub logged_in_seconds: f64,
+    pub handling_seconds: f64,
+    pub utilization: Option<f64>,
+}
+
+fn merge(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable_by_key(|s| (s.start, s.end));
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    for s in spans {
+        match out.last_mut() {
+            Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
+            _ => out.push(s),
+        }
+    }
+    out
+}
+
+fn clip(spans: &[Span], window: Span) -> Vec<Span> {
+    spans
+        .iter()
+        .map(|s| Span {
+            start: s.start.max(window.start),
+            end: s.end.min(window.end),
+        })
+        .filter(|s| s.end > s.start)
+        .collect()
+}
+
+fn total(spans: &[Span]) -> i64 {
+    spans.iter().map(|s| s.end - s.start).sum()
+}
+
+/// Length of the intersection of two sorted, merged span lists.
+fn overlap(a: &[Span], b: &[Span]) -> i64 {
+    let (mut i, mut j, mut sum) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let start = a[i].start.max(b[j].start);
+        let end = a[i].end.min(b[j].end);
+        sum += (end - start).max(0);
+        if a[i].end < b[j].end { i += 1 } else { j += 1 }
+    }
+    sum
+}
+
+/// METRICS.md §5 utilization: per agent, logged-in time (online, busy or away) and the part of
+/// it during which the agent was the assignee of at least one open conversation, in the window.
+/// The agent filter picks agents; the other filters pick which conversations count as handling.
+/// Returns the agents (by id) and the team figure (sums).
+pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtilization) {
+    let window = Span {
+        start: micros(q.window.from),
+        end: micros(q.window.to),
+    };
+    let filters = Compiled::new(ds, &q.filters);
+
+    // Logged-in intervals from the presence timeline of each agent.
+    let mut logged: BTreeMap<Sym, Vec<Span>> = BTreeMap::new();
+    let mut current: Option<(Sym, Option<Micros>)> = None;
+    let close = |logged: &mut BTreeMap<Sym, Vec<Span>>, agent: Sym, start: Option<Micros>, end: Micros| {
+        if let Some(start) = start {
+            logged.entry(agent).or_default().push(Span { start, end });
+        }
+    };
+    for (_, p) in &ds.presence {
+        if current.is_some_and(|(a, _)| a != p.agent) {
+            let (agent, since) = current.take().unwrap_or((NONE, None));
+            close(&mut logged, agent, since, OPEN_END);
+        }
+        let since = current.map_or(None, |(_, s)| s);
+        let online = p.status != Presence::Offline;
+        current = Some(match (since, online) {
+            (None, true) => (p.agent, Some(p.at)),
+            (Some(s), false) => {
+                close(&mut logged, p.agent, Some(s), p.at);
+                (p.agent, None)
+            }
+            (s, _) => (p.agent, s),
+        });
+    }
+    if let Some((agent, since)) = current {
+        close(&mut logged, agent, since, OPEN_END);
+    }
+
+    // Handling intervals of matching conversations (agent filter excluded: it picks agents).
+    let mut handling: BTreeMap<Sym, Vec<Span>> = BTreeMap::new();
+    for c in ds
+        .conversations
+        .iter()
+        .filter(|c| filters.conversation_except_agent(c))
+    {
+        for (agent, span) in c.handling.iter() {
+            if span.end > window.start && span.start < window.end {
+                handling.entry(*agent).or_default().push(*span);
+            }
+        }
+    }
+
+    let mut agents: Vec<Sym> = logged
+        .keys()
+        .chain(handling.keys())
+        .copied()
+        .filter(|a| filters.agent(*a))
+        .collect();
+    agents.sort_unstable();
+    agents.dedup();
+    let mut rows = Vec::new();
+    let (mut sum_logged, mut sum_handling) = (0i64, 0i64);
+    for agent in agents {
+        let logged_in = clip(&merge(logged.remove(&agent).unwrap_or_default()), window);
+        let handled = clip(&merge(handling.remove(&agent).unwrap_or_default()), window);
+        let (l, h) = (total(&logged_in), overlap(&logged_in, &handled));
+        if l == 0 && h == 0 && handled.is_empty() {
+            continue;
+        }
+        sum_logged += l;
+        sum_handling += h;
+        rows.push(AgentUtilization {
+            agent: ds.symbols.name(agent).to_owned(),
+            logged_in_seconds: l as f64 / 1e6,
+            handling_seconds: h as f64 / 1e6,
+            utilization: (l > 0).then(|| 100.0 * h as f64 / l as f64),
+        });
+    }
+    rows.sort_by(|a, b| a.agent.cmp(&b.agent));
+    let team = AgentUtilization {
+        agent: String::new(),
+        logged_in_seconds: sum_logged as f64 / 1e6,
+        handling_seconds: sum_handling as f64 / 1e6,
+        utilization: rate(sum_handling as u64, sum_logged as u64),
+    };
+    (rows, team)
+}
+
+/// Which conversations a drill-down lists (METRICS.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillDown {
+    Opened,
+    Resolved,
+    Ended,
+    Missed,
+    Abandoned,
+    /// Open at the end of the window.
+    Backlog,
+    /// Resolved in the window but reopened or followed by a repeat contact.
+    NotFcr,
+}
+
+/// The conversations behind a conversation-level KPI, by opened_at then id. Conversation filters
+/// apply (agent = the conversation's agent).
+pub fn drill_down<'a>(ds: &'a Dataset, q: &Query, kind: DrillDown) -> Vec<&'a Conv> {
+    let filters = Compiled::new(ds, &q.filters);
+    let (from, to) = (micros(q.window.from), micros(q.window.to));
+    let inside = |t: Option<Micros>| t.is_some_and(|t| from <= t && t < to);
+    let repeat_window = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+    let mut out: Vec<&Conv> = ds
+        .conversations
+        .iter()
+        .filter(|c| filters.conversation(c))
+        .filter(|c| match kind {
+            DrillDown::Opened => inside(Some(c.opened_at)),
+            DrillDown::Resolved => inside(c.resolved_at),
+            DrillDown::Ended => inside(c.ended_at),
+            DrillDown::Missed => {
+                inside(Some(c.opened_at))
+                    && c.has_customer_message
+                    && c.ended_at.is_some()
+                    && c.responses.is_empty()
+            }
+            DrillDown::Abandoned => inside(Some(c.opened_at)) && c.state == State::Abandoned,
+            DrillDown::Backlog => c.opened_at <= to && c.state_at(to) == State::Open,
+            DrillDown::NotFcr => c.resolved_at.is_some_and(|r| {
+                inside(Some(r)) && (c.reopen_count > 0 || ds.repeat_contact(c, r, repeat_window))
+            }),
+        })
+        .collect();
+    out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    out
+}

@@ -1,0 +1,511 @@
+//! Proto <-> domain conversions of the KPI API: queries in (with field paths in errors), KPIs,
+//! settings and drill-down rows out.
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+
+use super::{chrono_to_timestamp, required_enum, timestamp_to_chrono};
+use crate::{
+    domain::{
+        Error,
+        calendar::{DaySeconds, Granularity, Schedule},
+        dataset::{Conv, Dataset, Span, to_datetime},
+        event::{FieldError, SurveyType},
+        kpis::{Dimension, Kpis, Targets},
+        live::{AgentUtilization, DrillDown},
+        query::{self, Filters, Query, Window},
+        scorecard,
+        stats::DurationStats,
+    },
+    grpc::pb,
+};
+
+fn invalid(prefix: &str, e: FieldError) -> Error {
+    Error::invalid(format!("{prefix}.{}", e.field), e.reason)
+}
+
+fn prefixed(prefix: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidArgument { field, reason } => Error::invalid(format!("{prefix}.{field}"), reason),
+        other => other,
+    }
+}
+
+fn required_time(field: &str, ts: &Option<pbjson_types::Timestamp>) -> Result<DateTime<Utc>, Error> {
+    let ts = ts.as_ref().ok_or_else(|| Error::invalid(field, "must be set"))?;
+    timestamp_to_chrono("", ts).map_err(|e| Error::invalid(field, e.reason))
+}
+
+fn lookahead(field: &str, d: &Option<pbjson_types::Duration>, default: Duration) -> Result<Duration, Error> {
+    match d {
+        None => Ok(default),
+        Some(d) => {
+            if !(-999_999_999..=999_999_999).contains(&d.nanos) {
+                return Err(Error::invalid(field, "nanos out of range"));
+            }
+            let value = Duration::seconds(d.seconds) + Duration::nanoseconds(d.nanos as i64);
+            query::check_lookahead(field, value)
+        }
+    }
+}
+
+/// Decodes `query` (path prefix `query`). `window_required = false` lets backlog requests
+/// omit from/to (the window then ends at `default_to`).
+pub fn query_from_proto(
+    q: Option<&pb::Query>,
+    window_required: bool,
+    default_to: DateTime<Utc>,
+) -> Result<Query, Error> {
+    let empty = pb::Query::default();
+    let q = match q {
+        Some(q) => q,
+        None if window_required => return Err(Error::invalid("query", "must be set")),
+        None => &empty,
+    };
+    let window = if !window_required && q.from.is_none() && q.to.is_none() {
+        Window {
+            from: default_to - Duration::seconds(1),
+            to: default_to,
+        }
+    } else {
+        let from = required_time("query.from", &q.from)?;
+        let to = required_time("query.to", &q.to)?;
+        Window::new(from, to).map_err(|e| prefixed("query", e))?
+    };
+    let mut out = Query::new(window);
+    out.time_zone = query::parse_time_zone("query.time_zone", &q.time_zone)?;
+    out.business_hours = q.business_hours;
+    out.repeat_window = lookahead(
+        "query.repeat_window",
+        &q.repeat_window,
+        query::DEFAULT_REPEAT_WINDOW,
+    )?;
+    out.attribution_window = lookahead(
+        "query.attribution_window",
+        &q.attribution_window,
+        query::DEFAULT_ATTRIBUTION_WINDOW,
+    )?;
+    for (i, kind) in q.conversion_kinds.iter().enumerate() {
+        crate::domain::event::check_conversion_kind(&format!("conversion_kinds[{i}]"), kind)
+            .map_err(|e| invalid("query", e))?;
+    }
+    out.conversion_kinds = q.conversion_kinds.clone();
+    if let Some(f) = &q.filters {
+        out.filters = filters_from_proto(f)?;
+    }
+    Ok(out)
+}
+
+fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
+    let mut out = Filters {
+        inboxes: f.inboxes.clone(),
+        teams: f.teams.clone(),
+        agents: f.agents.clone(),
+        tags: f.tags.clone(),
+        ..Filters::default()
+    };
+    for (i, c) in f.channels.iter().enumerate() {
+        out.channels.push(
+            required_enum(&format!("channels[{i}]"), *c, super::channel)
+                .map_err(|e| invalid("query.filters", e))?,
+        );
+    }
+    for (i, p) in f.priorities.iter().enumerate() {
+        out.priorities.push(
+            required_enum(&format!("priorities[{i}]"), *p, super::priority)
+                .map_err(|e| invalid("query.filters", e))?,
+        );
+    }
+    Ok(out)
+}
+
+pub fn dimension_from_proto(raw: i32) -> Result<Dimension, Error> {
+    use pb::Dimension as D;
+    required_enum("dimension", raw, |d: D| {
+        Some(match d {
+            D::Unspecified => return None,
+            D::Channel => Dimension::Channel,
+            D::Inbox => Dimension::Inbox,
+            D::Team => Dimension::Team,
+            D::Agent => Dimension::Agent,
+            D::Tag => Dimension::Tag,
+            D::Priority => Dimension::Priority,
+            D::HourOfDay => Dimension::HourOfDay,
+            D::DayOfWeek => Dimension::DayOfWeek,
+        })
+    })
+    .map_err(|e| Error::invalid(e.field, e.reason))
+}
+
+pub fn granularity_from_proto(raw: i32) -> Result<Granularity, Error> {
+    use pb::Granularity as G;
+    required_enum("granularity", raw, |g: G| {
+        Some(match g {
+            G::Unspecified => return None,
+            G::Hour => Granularity::Hour,
+            G::Day => Granularity::Day,
+            G::Week => Granularity::Week,
+            G::Month => Granularity::Month,
+        })
+    })
+    .map_err(|e| Error::invalid(e.field, e.reason))
+}
+
+pub fn drill_down_from_proto(raw: i32) -> Result<DrillDown, Error> {
+    use pb::DrillDown as K;
+    required_enum("kpi", raw, |k: K| {
+        Some(match k {
+            K::Unspecified => return None,
+            K::Opened => DrillDown::Opened,
+            K::Resolved => DrillDown::Resolved,
+            K::Ended => DrillDown::Ended,
+            K::Missed => DrillDown::Missed,
+            K::Abandoned => DrillDown::Abandoned,
+            K::Backlog => DrillDown::Backlog,
+            K::NotFcr => DrillDown::NotFcr,
+        })
+    })
+    .map_err(|e| Error::invalid(e.field, e.reason))
+}
+
+pub fn duration_stats(s: &DurationStats) -> pb::DurationStats {
+    pb::DurationStats {
+        count: s.count,
+        mean: s.mean,
+        p50: s.p50,
+        p90: s.p90,
+        p95: s.p95,
+        p99: s.p99,
+        min: s.min,
+        max: s.max,
+        within_target: s.within_target,
+    }
+}
+
+pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
+    pb::Kpis {
+        conversations: k.conversations,
+        messages_received: k.messages_received,
+        messages_sent: k.messages_sent,
+        messages_delivered: k.messages_delivered,
+        messages_read: k.messages_read,
+        messages_failed: k.messages_failed,
+        delivery_rate: k.delivery_rate,
+        read_rate: k.read_rate,
+        first_response: Some(duration_stats(&k.first_response)),
+        bot_first_response: Some(duration_stats(&k.bot_first_response)),
+        human_first_response: Some(duration_stats(&k.human_first_response)),
+        reply: Some(duration_stats(&k.reply)),
+        wait: Some(duration_stats(&k.wait)),
+        resolution: Some(duration_stats(&k.resolution)),
+        duration: Some(duration_stats(&k.duration)),
+        resolved: k.resolved,
+        resolutions: k.resolutions,
+        fcr_rate: k.fcr_rate,
+        repeat_contact_rate: k.repeat_contact_rate,
+        reopen_rate: k.reopen_rate,
+        missed: k.missed,
+        missed_rate: k.missed_rate,
+        abandoned: k.abandoned,
+        ended: k.ended,
+        messages_per_chat: k.messages_per_chat,
+        customer_messages_per_chat: k.customer_messages_per_chat,
+        agent_messages_per_chat: k.agent_messages_per_chat,
+        bot_messages_per_chat: k.bot_messages_per_chat,
+        csat: Some(pb::Csat {
+            responses: k.csat.responses,
+            mean_score: k.csat.mean_score,
+            csat_percent: k.csat.satisfied_percent,
+            distribution: k
+                .csat
+                .distribution
+                .iter()
+                .map(|(score, min, max, count)| pb::ScoreCount {
+                    score: *score,
+                    scale_min: *min,
+                    scale_max: *max,
+                    count: *count,
+                })
+                .collect(),
+            sent: k.csat.sent,
+            response_rate: k.csat.response_rate,
+        }),
+        nps: Some(pb::Nps {
+            responses: k.nps.responses,
+            promoters: k.nps.promoters,
+            passives: k.nps.passives,
+            detractors: k.nps.detractors,
+            nps: k.nps.score,
+            sent: k.nps.sent,
+            response_rate: k.nps.response_rate,
+        }),
+        ces: Some(pb::Ces {
+            responses: k.ces.responses,
+            mean_score: k.ces.mean_score,
+            sent: k.ces.sent,
+            response_rate: k.ces.response_rate,
+        }),
+        automation_rate: k.automation_rate,
+        bot_resolutions: k.bot_resolutions,
+        bot_handoff_rate: k.bot_handoff_rate,
+        conversion: Some(pb::ConversionKpis {
+            customers: k.conversion.customers,
+            converted: k.conversion.converted,
+            rate: k.conversion.rate,
+            conversions: k.conversion.conversions,
+            revenue: k
+                .conversion
+                .revenue
+                .iter()
+                .map(|(currency, value)| pb::Money {
+                    currency: currency.clone(),
+                    value_minor: *value,
+                })
+                .collect(),
+        }),
+        retention: Some(pb::Retention {
+            previous_customers: k.retention.previous_customers,
+            retained: k.retention.retained,
+            rate: k.retention.rate,
+        }),
+        tags: k
+            .tags
+            .iter()
+            .map(|(tag, n, share)| pb::ShareCount {
+                value: tag.clone(),
+                conversations: *n,
+                share: *share,
+            })
+            .collect(),
+        channels: k
+            .channels
+            .iter()
+            .map(|(c, n, share)| pb::ShareCount {
+                value: c.as_str().to_owned(),
+                conversations: *n,
+                share: *share,
+            })
+            .collect(),
+    }
+}
+
+pub fn utilization_to_proto(u: &AgentUtilization) -> pb::AgentUtilization {
+    pb::AgentUtilization {
+        agent_id: u.agent.clone(),
+        logged_in_seconds: u.logged_in_seconds,
+        handling_seconds: u.handling_seconds,
+        utilization: u.utilization,
+    }
+}
+
+pub fn scorecard_to_proto(scope: &str, lines: &[scorecard::Line]) -> pb::Scorecard {
+    pb::Scorecard {
+        scope: scope.to_owned(),
+        lines: lines
+            .iter()
+            .map(|l| pb::ScorecardLine {
+                kpi: l.kpi.to_owned(),
+                value: l.value,
+                target: l.target.clone(),
+                mean_seconds: l.mean_seconds,
+                met: l.met,
+            })
+            .collect(),
+    }
+}
+
+fn ts(m: Option<i64>) -> Option<pbjson_types::Timestamp> {
+    m.map(|m| chrono_to_timestamp(to_datetime(m)))
+}
+
+/// A drill-down row; `measure` applies the query's business-hours rule to durations.
+pub fn conversation_to_proto(ds: &Dataset, c: &Conv, measure: &dyn Fn(Span) -> f64) -> pb::ConversationFacts {
+    let name = |s| ds.symbols.name(s).to_owned();
+    let score = |kind: SurveyType| c.surveys.iter().find(|s| s.kind == kind).map(|s| s.score);
+    pb::ConversationFacts {
+        conversation_id: c.id.to_string(),
+        customer_id: name(c.customer),
+        channel: c.channel.as_str().to_owned(),
+        inbox: name(c.inbox),
+        team: name(c.team),
+        priority: c.priority.as_str().to_owned(),
+        agent: name(c.agent),
+        assignee: name(c.assignee),
+        tags: c.tags.iter().map(|t| name(*t)).collect(),
+        state: c.state.as_str().to_owned(),
+        opened_at: ts(Some(c.opened_at)),
+        resolved_at: ts(c.resolved_at),
+        ended_at: ts(c.ended_at),
+        first_response_seconds: c.first_response().map(|r| measure(r.span())),
+        first_responder: c.first_response().map(|r| name(r.agent)).unwrap_or_default(),
+        human_first_response_seconds: c.human_first.map(|r| measure(r.span())),
+        wait_seconds: c.wait.map(measure),
+        resolution_seconds: c.resolved_at.map(|r| {
+            measure(Span {
+                start: c.opened_at,
+                end: r.max(c.opened_at),
+            })
+        }),
+        duration_seconds: c.duration.map(measure),
+        reopen_count: c.reopen_count,
+        customer_messages: c.counts[0],
+        agent_messages: c.counts[1],
+        bot_messages: c.counts[2],
+        csat_score: score(SurveyType::Csat),
+        nps_score: score(SurveyType::Nps),
+        ces_score: score(SurveyType::Ces),
+        reply_seconds: c.replies().iter().map(|r| measure(r.span())).collect(),
+    }
+}
+
+fn parse_hhmm(field: &str, text: &str) -> Result<DaySeconds, Error> {
+    let bad = || {
+        Error::invalid(
+            field,
+            format!("must be HH:MM between 00:00 and 24:00, got {text:?}"),
+        )
+    };
+    let (h, m) = text.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if m >= 60 || h > 24 || (h == 24 && m != 0) || text.len() != 5 {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60)
+}
+
+fn format_hhmm(secs: DaySeconds) -> String {
+    format!("{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
+}
+
+pub fn schedule_from_proto(b: &pb::BusinessHours) -> Result<Schedule, Error> {
+    let tz = query::parse_time_zone("business_hours.time_zone", &b.time_zone)?;
+    if b.time_zone.is_empty() {
+        return Err(Error::invalid(
+            "business_hours.time_zone",
+            "must be set (an IANA time zone)",
+        ));
+    }
+    let mut weekly: [Vec<(DaySeconds, DaySeconds)>; 7] = Default::default();
+    for (i, day) in b.days.iter().enumerate() {
+        if !(1..=7).contains(&day.weekday) {
+            return Err(Error::invalid(
+                format!("business_hours.days[{i}].weekday"),
+                "must be 1 (Monday) to 7 (Sunday)",
+            ));
+        }
+        for (j, interval) in day.intervals.iter().enumerate() {
+            let open = parse_hhmm(
+                &format!("business_hours.days[{i}].intervals[{j}].open"),
+                &interval.open,
+            )?;
+            let close = parse_hhmm(
+                &format!("business_hours.days[{i}].intervals[{j}].close"),
+                &interval.close,
+            )?;
+            weekly[day.weekday as usize - 1].push((open, close));
+        }
+    }
+    let mut holidays = BTreeSet::new();
+    for (i, h) in b.holidays.iter().enumerate() {
+        let date = NaiveDate::parse_from_str(h, "%Y-%m-%d").map_err(|_| {
+            Error::invalid(
+                format!("business_hours.holidays[{i}]"),
+                format!("must be YYYY-MM-DD, got {h:?}"),
+            )
+        })?;
+        holidays.insert(date);
+    }
+    Schedule::new(tz, weekly, holidays)
+}
+
+pub fn schedule_to_proto(s: &Schedule) -> pb::BusinessHours {
+    pb::BusinessHours {
+        time_zone: s.time_zone.name().to_owned(),
+        days: s
+            .weekly
+            .iter()
+            .enumerate()
+            .filter(|(_, intervals)| !intervals.is_empty())
+            .map(|(i, intervals)| pb::DayHours {
+                weekday: i as u32 + 1,
+                intervals: intervals
+                    .iter()
+                    .map(|(open, close)| pb::OpenInterval {
+                        open: format_hhmm(*open),
+                        close: format_hhmm(*close),
+                    })
+                    .collect(),
+            })
+            .collect(),
+        holidays: s
+            .holidays
+            .iter()
+            .map(|d| d.format("%Y-%m-%d").to_string())
+            .collect(),
+    }
+}
+
+pub fn targets_from_proto(t: &pb::Targets) -> Result<Targets, Error> {
+    let d = Targets::default();
+    let check = |field: &str, v: Option<f64>, default: f64, max: f64| -> Result<f64, Error> {
+        match v {
+            None => Ok(default),
+            Some(v) if v.is_finite() && (0.0..=max).contains(&v) => Ok(v),
+            Some(v) => Err(Error::invalid(
+                format!("targets.{field}"),
+                format!("must be between 0 and {max}, got {v}"),
+            )),
+        }
+    };
+    let out = Targets {
+        human_frt_seconds: check("human_frt_seconds", t.human_frt_seconds, d.human_frt_seconds, 1e9)?,
+        bot_frt_seconds: check("bot_frt_seconds", t.bot_frt_seconds, d.bot_frt_seconds, 1e9)?,
+        resolution_seconds: check(
+            "resolution_seconds",
+            t.resolution_seconds,
+            d.resolution_seconds,
+            1e9,
+        )?,
+        csat_percent: check("csat_percent", t.csat_percent, d.csat_percent, 100.0)?,
+        fcr_percent: check("fcr_percent", t.fcr_percent, d.fcr_percent, 100.0)?,
+        utilization_min_percent: check(
+            "utilization_min_percent",
+            t.utilization_min_percent,
+            d.utilization_min_percent,
+            100.0,
+        )?,
+        utilization_max_percent: check(
+            "utilization_max_percent",
+            t.utilization_max_percent,
+            d.utilization_max_percent,
+            100.0,
+        )?,
+        duration_compliance_percent: check(
+            "duration_compliance_percent",
+            t.duration_compliance_percent,
+            d.duration_compliance_percent,
+            100.0,
+        )?,
+    };
+    if out.utilization_min_percent > out.utilization_max_percent {
+        return Err(Error::invalid(
+            "targets.utilization_min_percent",
+            "must not exceed utilization_max_percent",
+        ));
+    }
+    Ok(out)
+}
+
+pub fn targets_to_proto(t: &Targets) -> pb::Targets {
+    pb::Targets {
+        human_frt_seconds: Some(t.human_frt_seconds),
+        bot_frt_seconds: Some(t.bot_frt_seconds),
+        resolution_seconds: Some(t.resolution_seconds),
+        csat_percent: Some(t.csat_percent),
+        fcr_percent: Some(t.fcr_percent),
+        utilization_min_percent: Some(t.utilization_min_percent),
+        utilization_max_percent: Some(t.utilization_max_percent),
+        duration_compliance_percent: Some(t.duration_compliance_percent),
+    }
+}

@@ -1,95 +1,16 @@
 //! Unit tests of METRICS.md §3 fact derivation on hand-built conversations.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use rand::{SeedableRng, seq::SliceRandom};
 
 use super::*;
-use crate::domain::event::*;
+use crate::domain::{
+    event::*,
+    testkit::{Conv, t},
+};
 
 /// (agent, start, end) of a handling interval.
 type Span<'a> = (&'a str, DateTime<Utc>, Option<DateTime<Utc>>);
-
-fn t(seconds: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + Duration::seconds(seconds)
-}
-
-/// A tiny builder so each test reads like the conversation it describes.
-struct Conv {
-    events: Vec<Event>,
-}
-
-impl Conv {
-    fn new() -> Self {
-        Conv { events: Vec::new() }
-    }
-    fn push(mut self, id: &str, at: i64, payload: Payload) -> Self {
-        self.events.push(Event {
-            event_id: id.to_owned(),
-            conversation_id: Some("c1".to_owned()),
-            occurred_at: t(at),
-            payload,
-        });
-        self
-    }
-    fn opened(self, id: &str, at: i64, channel: Channel) -> Self {
-        self.push(
-            id,
-            at,
-            Payload::ConversationOpened(ConversationOpened {
-                customer_id: "cust".into(),
-                channel,
-                inbox: Some("wa-1".into()),
-                team: None,
-                priority: None,
-                initiated_by: Initiator::Customer,
-            }),
-        )
-    }
-    fn msg(self, id: &str, at: i64, sender: Sender, agent: Option<&str>) -> Self {
-        self.push(
-            id,
-            at,
-            Payload::Message(Message {
-                message_id: format!("m-{id}"),
-                sender,
-                agent_id: agent.map(str::to_owned),
-                private: false,
-            }),
-        )
-    }
-    fn customer(self, id: &str, at: i64) -> Self {
-        self.msg(id, at, Sender::Customer, None)
-    }
-    fn agent(self, id: &str, at: i64, agent: &str) -> Self {
-        self.msg(id, at, Sender::Agent, Some(agent))
-    }
-    fn bot(self, id: &str, at: i64) -> Self {
-        self.msg(id, at, Sender::Bot, None)
-    }
-    fn assigned(self, id: &str, at: i64, agent: Option<&str>) -> Self {
-        self.push(
-            id,
-            at,
-            Payload::Assigned(Assigned {
-                agent_id: agent.map(str::to_owned),
-                team: None,
-            }),
-        )
-    }
-    fn resolved(self, id: &str, at: i64) -> Self {
-        self.push(
-            id,
-            at,
-            Payload::Resolved(Resolved {
-                by: ResolvedBy::Agent,
-                agent_id: Some("ann".into()),
-            }),
-        )
-    }
-    fn facts(&self) -> ConversationFacts {
-        derive("c1", &self.events).expect("conversation has events")
-    }
-}
 
 #[test]
 fn opened_at_is_the_first_conversation_opened_and_later_ones_change_nothing() {

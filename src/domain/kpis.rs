@@ -765,3 +765,7 @@ fn survey_index(kind: SurveyType) -> usize {
         SurveyType::Ces => 2,
     }
 }
+
+#[cfg(test)]
+#[path = "kpis_tests.rs"]
+mod tests;

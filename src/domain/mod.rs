@@ -15,3 +15,6 @@ pub mod tenant;
 pub use error::Error;
 pub mod live;
 pub mod scorecard;
+
+#[cfg(test)]
+pub(crate) mod testkit;

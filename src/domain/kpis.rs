@@ -209,8 +209,8 @@ struct Acc {
     ended_messages: [u64; 3],
     csat: Vec<(i32, i32, i32)>,
     nps: Vec<i32>,
-    ces_sum: f64,
-    ces: u64,
+    /// CES answers mapped to 1-7.
+    ces: Vec<f64>,
     surveys_sent: [u64; 3],
     no_human_resolved: u64,
     bot_resolutions: u64,
@@ -563,6 +563,13 @@ impl Computation<'_> {
                 previous = Some(now);
             }
         }
+        // Rows by value name, not by interning order (which depends on arrival order).
+        if let Grouping::By(_) = grouping {
+            out.sort_by(|(a, _), (b, _)| match (a, b) {
+                (GroupKey::Value(x), GroupKey::Value(y)) => ds.symbols.name(*x).cmp(ds.symbols.name(*y)),
+                _ => a.cmp(b),
+            });
+        }
         out.into_iter().map(|(key, g)| (key, g.kpis)).collect()
     }
 
@@ -587,10 +594,7 @@ impl Computation<'_> {
                 match s.kind {
                     SurveyType::Csat => a.csat.push((s.score, s.min, s.max)),
                     SurveyType::Nps => a.nps.push(s.score),
-                    SurveyType::Ces => {
-                        a.ces += 1;
-                        a.ces_sum += 1.0 + 6.0 * s.normalized();
-                    }
+                    SurveyType::Ces => a.ces.push(1.0 + 6.0 * s.normalized()),
                 }
             }
         }
@@ -635,16 +639,19 @@ impl Computation<'_> {
         };
 
         // CSAT: satisfied = normalized score >= 0.75; mean on 1-5.
+        // Sums run over sorted values so the result does not depend on arrival order.
+        let mut csat = a.csat;
+        csat.sort_unstable();
         let mut distribution: BTreeMap<(i32, i32, i32), u64> = BTreeMap::new();
         let mut satisfied = 0;
         let mut sum = 0.0;
-        for (score, min, max) in &a.csat {
+        for (score, min, max) in &csat {
             let n = (score - min) as f64 / (max - min) as f64;
             satisfied += (n >= 0.75) as u64;
             sum += 1.0 + 4.0 * n;
             *distribution.entry((*score, *min, *max)).or_default() += 1;
         }
-        let responses = a.csat.len() as u64;
+        let responses = csat.len() as u64;
         k.csat = Csat {
             responses,
             mean_score: mean(sum, responses),
@@ -669,11 +676,14 @@ impl Computation<'_> {
             sent: a.surveys_sent[1],
             response_rate: rate(n, a.surveys_sent[1]),
         };
+        let mut ces = a.ces;
+        ces.sort_unstable_by(f64::total_cmp);
+        let ces_responses = ces.len() as u64;
         k.ces = Ces {
-            responses: a.ces,
-            mean_score: mean(a.ces_sum, a.ces),
+            responses: ces_responses,
+            mean_score: mean(ces.iter().sum(), ces_responses),
             sent: a.surveys_sent[2],
-            response_rate: rate(a.ces, a.surveys_sent[2]),
+            response_rate: rate(ces_responses, a.surveys_sent[2]),
         };
 
         // Conversion: customers with a conversation opened in the window; converted when a

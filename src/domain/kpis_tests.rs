@@ -413,7 +413,7 @@ fn repeat_contact_just_inside_and_just_outside_the_window() {
 
 #[test]
 fn conversion_at_the_edge_of_the_attribution_window() {
-    let convs = vec![Conv::of("a", "X").opened("o", 0, Channel::Sms)];
+    let convs = [Conv::of("a", "X").opened("o", 0, Channel::Sms)];
     let with = |offset: i64| {
         let mut ds = Dataset::new();
         ds.upsert(&convs[0].facts());

@@ -132,7 +132,7 @@ pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtil
             let (agent, since) = current.take().unwrap_or((NONE, None));
             close(&mut logged, agent, since, OPEN_END);
         }
-        let since = current.map_or(None, |(_, s)| s);
+        let since = current.and_then(|(_, s)| s);
         let online = p.status != Presence::Offline;
         current = Some(match (since, online) {
             (None, true) => (p.agent, Some(p.at)),

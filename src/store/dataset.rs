@@ -31,11 +31,14 @@ pub struct TenantData {
     pub version: u64,
 }
 
+/// A tenant's replica and when it was last asked for.
+type Entry = (Arc<RwLock<TenantData>>, Instant);
+
 /// Per-tenant datasets, least recently used evicted beyond `max_tenants`.
 pub struct DatasetCache {
     pool: PgPool,
     max_tenants: usize,
-    tenants: Mutex<HashMap<TenantId, (Arc<RwLock<TenantData>>, Instant)>>,
+    tenants: Mutex<HashMap<TenantId, Entry>>,
 }
 
 impl DatasetCache {
@@ -49,10 +52,11 @@ impl DatasetCache {
 
     fn entry(&self, tenant: TenantId) -> Arc<RwLock<TenantData>> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        if !tenants.contains_key(&tenant) && tenants.len() >= self.max_tenants {
-            if let Some(oldest) = tenants.iter().min_by_key(|(_, (_, used))| *used).map(|(t, _)| *t) {
-                tenants.remove(&oldest);
-            }
+        if !tenants.contains_key(&tenant)
+            && tenants.len() >= self.max_tenants
+            && let Some(oldest) = tenants.iter().min_by_key(|(_, (_, used))| *used).map(|(t, _)| *t)
+        {
+            tenants.remove(&oldest);
         }
         let (data, used) = tenants.entry(tenant).or_insert_with(|| {
             let data = TenantData {

@@ -88,6 +88,13 @@ impl TestApp {
         app
     }
 
+    /// A second server on the same database and tenant (another replica).
+    pub async fn replica(&self, options: Options) -> TestApp {
+        let app = Self::start(options, self.pool.clone(), self.tenant, self.api_key.clone()).await;
+        app.wait_until(ServingStatus::Serving).await;
+        app
+    }
+
     /// A server whose database may be unreachable (no readiness wait, no tenant in it).
     pub async fn spawn_unready(database_url: &str) -> TestApp {
         let pool = store::lazy_pool(database_url, 1).expect("valid url");

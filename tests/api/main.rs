@@ -8,5 +8,6 @@
 mod auth;
 mod helpers;
 mod ingest;
+mod metrics;
 mod server;
 mod validation;

@@ -322,6 +322,8 @@ fn ts(m: Option<i64>) -> Option<pbjson_types::Timestamp> {
 /// A drill-down row; `measure` applies the query's business-hours rule to durations.
 pub fn conversation_to_proto(ds: &Dataset, c: &Conv, measure: &dyn Fn(Span) -> f64) -> pb::ConversationFacts {
     let name = |s| ds.symbols.name(s).to_owned();
+    let mut tags: Vec<String> = c.tags.iter().map(|t| name(*t)).collect();
+    tags.sort_unstable();
     let score = |kind: SurveyType| c.surveys.iter().find(|s| s.kind == kind).map(|s| s.score);
     pb::ConversationFacts {
         conversation_id: c.id.to_string(),
@@ -332,7 +334,7 @@ pub fn conversation_to_proto(ds: &Dataset, c: &Conv, measure: &dyn Fn(Span) -> f
         priority: c.priority.as_str().to_owned(),
         agent: name(c.agent),
         assignee: name(c.assignee),
-        tags: c.tags.iter().map(|t| name(*t)).collect(),
+        tags,
         state: c.state.as_str().to_owned(),
         opened_at: ts(Some(c.opened_at)),
         resolved_at: ts(c.resolved_at),

@@ -10,9 +10,12 @@ use chrono::Utc;
 use tonic::{metadata::MetadataValue, transport::Channel};
 
 use crate::{
-    config::{DatabaseArgs, SimulateArgs, TenantCommand},
+    config::{BenchQueriesArgs, DatabaseArgs, SimulateArgs, TenantCommand},
     domain::event::Event,
-    grpc::{convert::event_to_proto, pb},
+    grpc::{
+        convert::{chrono_to_timestamp, event_to_proto},
+        pb,
+    },
     sim::{self, SimConfig},
     store,
 };
@@ -231,4 +234,86 @@ pub async fn send_batches(
         totals.rejected += t.rejected;
     }
     Ok(totals)
+}
+
+/// `chatkpi bench-queries`: latency of the main dashboard queries, measured from the client.
+pub async fn bench_queries(args: &BenchQueriesArgs) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(args.server.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.server))?;
+    let mut client = pb::metrics_service_client::MetricsServiceClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let bearer: MetadataValue<_> = format!("Bearer {}", args.api_key).parse()?;
+    let query = pb::Query {
+        from: Some(chrono_to_timestamp(args.from)),
+        to: Some(chrono_to_timestamp(args.to)),
+        time_zone: args.time_zone.clone(),
+        ..Default::default()
+    };
+    let request = |message| authed(message, &bearer);
+    for kind in ["overview", "breakdown_agent", "series_day"] {
+        let mut times = Vec::with_capacity(args.iterations);
+        for i in 0..=args.iterations {
+            let started = Instant::now();
+            let size = match kind {
+                "overview" => {
+                    let r = client
+                        .get_overview(request(pb::GetOverviewRequest {
+                            query: Some(query.clone()),
+                            compare_previous: false,
+                        }))
+                        .await?;
+                    r.into_inner().current.map_or(0, |k| k.conversations)
+                }
+                "breakdown_agent" => {
+                    let r = client
+                        .get_breakdown(authed(
+                            pb::GetBreakdownRequest {
+                                query: Some(query.clone()),
+                                dimension: pb::Dimension::Agent as i32,
+                            },
+                            &bearer,
+                        ))
+                        .await?;
+                    r.into_inner().rows.len() as u64
+                }
+                _ => {
+                    let r = client
+                        .get_time_series(authed(
+                            pb::GetTimeSeriesRequest {
+                                query: Some(query.clone()),
+                                granularity: pb::Granularity::Day as i32,
+                            },
+                            &bearer,
+                        ))
+                        .await?;
+                    r.into_inner().points.len() as u64
+                }
+            };
+            // The first call loads the tenant's dataset (cold); it is reported separately.
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if i == 0 {
+                println!("{kind}: first call {ms:.1} ms (size {size})");
+            } else {
+                times.push(ms);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let pick = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "{kind}: n={} p50={:.1} ms p95={:.1} ms max={:.1} ms",
+            times.len(),
+            pick(0.5),
+            pick(0.95),
+            times.last().copied().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn authed<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(message);
+    r.metadata_mut().insert("authorization", bearer.clone());
+    r
 }

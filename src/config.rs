@@ -32,6 +32,32 @@ pub enum Command {
     Tenant(TenantCommand),
     /// Generate a realistic helpdesk event stream; write JSON lines or stream it to a server.
     Simulate(SimulateArgs),
+    /// Benchmark client (not a test): time overview, breakdown by agent and daily series
+    /// queries against a running server and print latency percentiles.
+    BenchQueries(BenchQueriesArgs),
+}
+
+/// Query benchmark settings.
+#[derive(Debug, Clone, Args)]
+pub struct BenchQueriesArgs {
+    /// Server, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    pub server: String,
+    /// API key of the tenant to query.
+    #[arg(long, env = "CHATKPI_API_KEY")]
+    pub api_key: String,
+    /// Window start (RFC 3339).
+    #[arg(long)]
+    pub from: chrono::DateTime<chrono::Utc>,
+    /// Window end (RFC 3339).
+    #[arg(long)]
+    pub to: chrono::DateTime<chrono::Utc>,
+    /// Timed calls per query kind (after one warm-up call).
+    #[arg(long, default_value_t = 20)]
+    pub iterations: usize,
+    /// Time zone of the queries.
+    #[arg(long, default_value = "Europe/Berlin")]
+    pub time_zone: String,
 }
 
 /// Where the database is.

@@ -10,6 +10,7 @@
 //!   tenants and keys, errors. No tonic, no sqlx.
 //! - [`store`]: Postgres through sqlx. The event store write path recomputes facts with
 //!   [`domain::facts::derive`] inside the batch transaction.
+//! - [`ingest`]: the per-tenant write queue that merges waiting batches into one transaction.
 //! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring, settings, logs, subcommands.
 //! - [`sim`]: the deterministic helpdesk simulator.
 
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod ingest;
 pub mod sim;
 pub mod startup;
 pub mod store;

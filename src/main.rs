@@ -23,5 +23,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(database) => cli::migrate(database).await,
         Command::Tenant(command) => cli::tenant(command).await,
         Command::Simulate(sim) => cli::simulate(sim).await,
+        Command::BenchQueries(args) => cli::bench_queries(args).await,
     }
 }

@@ -8,10 +8,7 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{AppState, convert, pb};
-use crate::{
-    domain::{Error, event::Event, tenant::TenantId},
-    store,
-};
+use crate::domain::{Error, event::Event, tenant::TenantId};
 
 /// Batches of one stream being committed at the same time: enough to overlap decoding with
 /// the previous batch's commit, few enough that one client cannot take the whole pool.
@@ -76,7 +73,7 @@ impl AppState {
             results.push(result);
         }
 
-        let inserted = store::events::store_batch(&self.pool, tenant, &valid).await?;
+        let inserted = self.ingest.store(tenant, valid).await?;
 
         let (mut accepted, mut duplicates, mut rejected) = (0, 0, 0);
         for r in &mut results {

@@ -33,6 +33,8 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
     /// Largest accepted batch, in events.
     pub max_batch: usize,
+    /// Per-tenant write queues.
+    pub ingest: Arc<crate::ingest::IngestQueue>,
     /// Per-tenant query datasets.
     pub cache: crate::store::dataset::DatasetCache,
 }
@@ -42,6 +44,7 @@ impl AppState {
         Self {
             auth: auth::Authenticator::new(pool.clone()),
             cache: crate::store::dataset::DatasetCache::new(pool.clone(), cache_tenants),
+            ingest: crate::ingest::IngestQueue::new(pool.clone()),
             pool,
             ready,
             max_batch,

@@ -11,7 +11,7 @@ pub mod tenants;
 use std::time::Duration;
 
 use sqlx::{
-    PgPool,
+    ConnectOptions, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -29,7 +29,13 @@ pub fn lazy_pool(database_url: &str, max_connections: u32) -> Result<PgPool, Err
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name("chatkpi")))
+        // Lock waits between concurrent batches of one conversation are expected under load;
+        // only statements slower than this are worth a warning.
+        .connect_lazy_with(
+            options
+                .application_name("chatkpi")
+                .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(5)),
+        ))
 }
 
 /// Applies pending migrations (idempotent; sqlx serializes concurrent runners with a lock).

@@ -10,7 +10,7 @@ use chrono::Utc;
 use tonic::{metadata::MetadataValue, transport::Channel};
 
 use crate::{
-    config::{BenchQueriesArgs, DatabaseArgs, SimulateArgs, TenantCommand},
+    config::{BenchQueriesArgs, BulkLoadArgs, DatabaseArgs, SimulateArgs, TenantCommand},
     domain::event::Event,
     grpc::{
         convert::{chrono_to_timestamp, event_to_proto},
@@ -32,6 +32,21 @@ async fn migrated_pool(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> 
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     migrated_pool(database).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+/// `chatkpi reproject`.
+pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::Result<()> {
+    let pool = migrated_pool(database).await?;
+    let tenants = match tenant {
+        Some(t) => vec![t],
+        None => store::events::tenants(&pool).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    for t in tenants {
+        let started = Instant::now();
+        let n = store::events::reproject(&pool, t, 2000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!("tenant {t}: {n} conversations recomputed in {:.1} s", started.elapsed().as_secs_f64());
+    }
     Ok(())
 }
 
@@ -316,4 +331,131 @@ fn authed<T>(message: T, bearer: &MetadataValue<tonic::metadata::Ascii>) -> toni
     let mut r = tonic::Request::new(message);
     r.metadata_mut().insert("authorization", bearer.clone());
     r
+}
+
+/// Appends `value` as a CSV field (quoted, quotes doubled); `None` is an unquoted empty field,
+/// which COPY reads as NULL.
+fn csv_field(out: &mut String, value: Option<&str>) {
+    if let Some(v) = value {
+        out.push('"');
+        for c in v.chars() {
+            if c == '"' {
+                out.push('"');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    }
+}
+
+fn csv_row(out: &mut String, fields: &[Option<&str>]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        csv_field(out, *f);
+    }
+    out.push('\n');
+}
+
+/// `chatkpi bulk-load`: the bulk path for benchmark data sets. Events and facts are written with
+/// COPY, one transaction per simulated day; the facts are derived with the same
+/// `domain::facts::derive` the service uses, from each conversation's complete event set.
+pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    let pool = migrated_pool(&args.database).await?;
+    let (tenant, key) =
+        store::tenants::create_tenant(&pool, &args.tenant_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("tenant_id={tenant}");
+    println!("api_key={}", key.plaintext);
+    let config = SimConfig {
+        conversations: args.sim.conversations,
+        days: args.sim.days,
+        seed: args.sim.seed,
+        start: args.sim.start,
+        agents: args.sim.agents,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, String, u64, u64)>(2);
+    let tenant_text = tenant.to_string();
+    let facts_only = args.facts_only;
+    // Generation, derivation and CSV encoding on a blocking thread, COPY on this one.
+    let producer = tokio::task::spawn_blocking(move || {
+        sim::for_each_day(&config, |chunk| {
+            let mut events_csv = String::with_capacity(chunk.len() * 220);
+            let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
+            for e in &chunk {
+                if facts_only && e.payload.belongs_to_conversation() {
+                    if let Some(c) = e.conversation_id.as_deref() {
+                        by_conversation.entry(c).or_default().push(e.clone());
+                    }
+                    continue;
+                }
+                let payload = serde_json::to_string(&e.payload).expect("payload serializes");
+                let at = e.occurred_at.to_rfc3339();
+                csv_row(
+                    &mut events_csv,
+                    &[Some(&tenant_text), Some(&e.event_id), e.conversation_id.as_deref(), Some(&at), Some(e.payload.kind()), Some(&payload)],
+                );
+                if let (Some(c), true) = (e.conversation_id.as_deref(), e.payload.belongs_to_conversation()) {
+                    by_conversation.entry(c).or_default().push(e.clone());
+                }
+            }
+            let mut facts_csv = String::with_capacity(by_conversation.len() * 1500);
+            let conversations = by_conversation.len() as u64;
+            for (id, events) in &by_conversation {
+                let Some(f) = crate::domain::facts::derive(id, events) else { continue };
+                let json = serde_json::to_string(&f).expect("facts serialize");
+                let time = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.to_rfc3339());
+                let (opened, resolved, ended, last) =
+                    (time(Some(f.opened_at)), time(f.resolved_at), time(f.ended_at), time(Some(f.last_event_at)));
+                csv_row(
+                    &mut facts_csv,
+                    &[
+                        Some(&tenant_text),
+                        Some(id),
+                        opened.as_deref(),
+                        Some(f.channel.as_str()),
+                        f.customer_id.as_deref(),
+                        f.agent.as_deref(),
+                        Some(f.state.as_str()),
+                        resolved.as_deref(),
+                        ended.as_deref(),
+                        last.as_deref(),
+                        Some(&json),
+                    ],
+                );
+            }
+            if tx.blocking_send((events_csv, facts_csv, chunk.len() as u64, conversations)).is_err() {
+                return;
+            }
+        });
+    });
+    let started = Instant::now();
+    let (mut events, mut conversations) = (0u64, 0u64);
+    while let Some((events_csv, facts_csv, n_events, n_conversations)) = rx.recv().await {
+        let mut conn = pool.begin().await?;
+        let mut copy = conn
+            .copy_in_raw("copy events (tenant_id, event_id, conversation_id, occurred_at, kind, payload) from stdin (format csv)")
+            .await?;
+        copy.send(events_csv.as_bytes()).await?;
+        copy.finish().await?;
+        let mut copy = conn
+            .copy_in_raw(
+                "copy conversations (tenant_id, conversation_id, opened_at, channel, customer_id, agent, state, \
+                 resolved_at, ended_at, last_event_at, facts) from stdin (format csv)",
+            )
+            .await?;
+        copy.send(facts_csv.as_bytes()).await?;
+        copy.finish().await?;
+        conn.commit().await?;
+        events += n_events;
+        conversations += n_conversations;
+        eprintln!(
+            "loaded {conversations} conversations, {events} events, {:.0} events/s",
+            events as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    producer.await?;
+    println!("events={events} conversations={conversations} seconds={:.1}", started.elapsed().as_secs_f64());
+    Ok(())
 }

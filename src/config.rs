@@ -27,14 +27,63 @@ pub enum Command {
     Serve(ServeConfig),
     /// Apply database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Recompute every conversation's derived facts from the stored events (after an upgrade
+    /// that changes fact derivation). Safe while the service runs.
+    Reproject {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Only this tenant (default: all).
+        #[arg(long)]
+        tenant: Option<i64>,
+    },
     /// Manage tenants and their API keys.
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// Generate a realistic helpdesk event stream; write JSON lines or stream it to a server.
     Simulate(SimulateArgs),
+    /// Bulk path for benchmark data sets (not for production ingest): simulate a helpdesk,
+    /// derive the facts in-process and COPY events and facts straight into Postgres.
+    BulkLoad(BulkLoadArgs),
     /// Benchmark client (not a test): time overview, breakdown by agent and daily series
     /// queries against a running server and print latency percentiles.
     BenchQueries(BenchQueriesArgs),
+}
+
+/// Bulk loader settings.
+#[derive(Debug, Clone, Args)]
+pub struct BulkLoadArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Name of the tenant created for the data.
+    #[arg(long, default_value = "bulk")]
+    pub tenant_name: String,
+    #[command(flatten)]
+    pub sim: SimShape,
+    /// Store only what KPI queries read (derived facts, presence and conversion events), not
+    /// the message-level conversation events the facts were derived from: for data sets larger
+    /// than the disk can hold in full.
+    #[arg(long)]
+    pub facts_only: bool,
+}
+
+/// The simulated helpdesk's size and seed.
+#[derive(Debug, Clone, Args)]
+pub struct SimShape {
+    /// Number of conversations.
+    #[arg(long, default_value_t = 1000)]
+    pub conversations: u64,
+    /// Days the conversations are spread over.
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// First simulated day (UTC), YYYY-MM-DD.
+    #[arg(long)]
+    pub start: chrono::NaiveDate,
+    /// Number of agents.
+    #[arg(long, default_value_t = 60)]
+    pub agents: u32,
 }
 
 /// Query benchmark settings.

@@ -72,6 +72,15 @@ impl Symbols {
         }
     }
 
+    /// Number of symbols (the largest `Sym` + 1).
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.len() <= 1
+    }
+
     pub fn name(&self, sym: Sym) -> &str {
         self.names.get(sym as usize).map_or("", |s| s)
     }
@@ -177,6 +186,14 @@ pub struct Conv {
     pub messages: Box<[Msg]>,
     pub surveys: Box<[Survey]>,
     pub surveys_sent: Box<[(SurveyType, Micros)]>,
+    /// `[first event, last event]`: every item of the conversation lies inside.
+    pub active: Span,
+    /// Messages `[received, sent, delivered, read, failed]` over all time: a conversation whose
+    /// `active` span lies inside a query window needs no walk over its messages.
+    pub message_totals: [u64; 5],
+    /// The first `opened_at` of another conversation of the same customer after this one's
+    /// `resolved_at` (repeat contacts, METRICS.md §5 FCR); set by [`Dataset::finish`].
+    pub next_contact: Option<Micros>,
 }
 
 impl Conv {
@@ -243,8 +260,10 @@ pub struct Dataset {
     event_ids: std::collections::HashSet<Box<str>>,
     /// Opened times of each customer's conversations, sorted (repeat contact, retention).
     pub customer_opens: HashMap<Sym, Vec<Micros>>,
-    /// Indexes into `conversions` per customer, sorted by time.
-    pub customer_conversions: HashMap<Sym, Vec<usize>>,
+    /// `conversion_order[conversion_ranges[customer]]` are indexes into `conversions` of that
+    /// customer's conversions, by time (a dense table indexed by `Sym`: no hashing per lookup).
+    conversion_ranges: Vec<(u32, u32)>,
+    conversion_order: Vec<u32>,
 }
 
 impl Dataset {
@@ -322,26 +341,48 @@ impl Dataset {
         for opens in self.customer_opens.values_mut() {
             opens.sort_unstable();
         }
-        self.customer_conversions.clear();
-        for (i, (_, c)) in self.conversions.iter().enumerate() {
-            self.customer_conversions.entry(c.customer).or_default().push(i);
+        // Precomputed once per refresh so queries need no per-conversation lookups.
+        let opens = &self.customer_opens;
+        for c in &mut self.conversations {
+            c.next_contact = match (c.resolved_at, opens.get(&c.customer)) {
+                (Some(resolved_at), Some(list)) if c.customer != NONE => {
+                    list.get(list.partition_point(|t| *t <= resolved_at)).copied()
+                }
+                _ => None,
+            };
         }
+        let mut order: Vec<u32> = (0..self.conversions.len() as u32).collect();
+        order.sort_by_key(|i| (self.conversions[*i as usize].1.customer, *i));
+        self.conversion_ranges = vec![(0, 0); self.symbols.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let customer = self.conversions[order[start] as usize].1.customer;
+            let mut end = start;
+            while end < order.len() && self.conversions[order[end] as usize].1.customer == customer {
+                end += 1;
+            }
+            self.conversion_ranges[customer as usize] = (start as u32, end as u32);
+            start = end;
+        }
+        self.conversion_order = order;
+    }
+
+    /// The conversions of `customer` with their index in `conversions`, by time.
+    pub fn conversions_of(&self, customer: Sym) -> impl Iterator<Item = (usize, &ConversionRec)> + '_ {
+        let (start, end) = self.conversion_ranges.get(customer as usize).copied().unwrap_or((0, 0));
+        self.conversion_order[start as usize..end as usize]
+            .iter()
+            .map(|i| (*i as usize, &self.conversions[*i as usize].1))
     }
 
     /// Whether another conversation of `c`'s customer was opened in `(resolved_at,
     /// resolved_at + window]` (METRICS.md §5 FCR and repeat contact). A zero window disables
     /// the check.
-    pub fn repeat_contact(&self, c: &Conv, resolved_at: Micros, window: Micros) -> bool {
-        if window <= 0 || c.customer == NONE {
-            return false;
+    pub fn repeat_contact(c: &Conv, window: Micros) -> bool {
+        match (c.resolved_at, c.next_contact) {
+            (Some(resolved_at), Some(next)) => window > 0 && next <= resolved_at.saturating_add(window),
+            _ => false,
         }
-        let Some(opens) = self.customer_opens.get(&c.customer) else {
-            return false;
-        };
-        let i = opens.partition_point(|t| *t <= resolved_at);
-        opens
-            .get(i)
-            .is_some_and(|t| *t <= resolved_at.saturating_add(window))
     }
 
     fn compact(&mut self, f: &ConversationFacts) -> Conv {
@@ -452,6 +493,23 @@ impl Dataset {
                 })
                 .collect(),
             surveys_sent: f.surveys_sent.iter().map(|x| (x.survey, micros(x.at))).collect(),
+            next_contact: None,
+            // Unknown start (older stored facts): a span no window contains.
+            active: Span { start: f.first_event_at.map_or(Micros::MIN, micros), end: micros(f.last_event_at) },
+            message_totals: {
+                let mut t = [0u64; 5];
+                for m in &f.messages {
+                    if m.sender == Sender::Customer {
+                        t[0] += 1;
+                    } else {
+                        t[1] += 1;
+                        t[2] += m.delivered as u64;
+                        t[3] += m.read as u64;
+                        t[4] += m.failed as u64;
+                    }
+                }
+                t
+            },
         }
     }
 }

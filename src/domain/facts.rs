@@ -189,6 +189,11 @@ pub struct ConversationFacts {
     /// The last answer per survey type, in survey-type order.
     pub surveys: Vec<SurveyAnswer>,
     pub surveys_sent: Vec<SurveySend>,
+    /// The earliest `occurred_at` among the conversation's events: every item of the
+    /// conversation lies in `[first_event_at, last_event_at]`. Absent in facts stored before
+    /// this field existed (readers then treat the span as unknown).
+    #[serde(default)]
+    pub first_event_at: Option<DateTime<Utc>>,
     /// The latest `occurred_at` among the conversation's events.
     pub last_event_at: DateTime<Utc>,
 }
@@ -313,6 +318,7 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
         messages: Vec::new(),
         surveys: Vec::new(),
         surveys_sent: Vec::new(),
+        first_event_at: Some(first.occurred_at),
         last_event_at: first.occurred_at,
     };
 

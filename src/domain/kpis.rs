@@ -303,12 +303,11 @@ impl Computation<'_> {
 
     /// The groups one item goes to. `agent` is the item's agent for the agent dimension
     /// (responding agent, survey credit, or the conversation's agent).
-    fn route(&self, grouping: Grouping, c: &Conv, at: Micros, agent: Sym, out: &mut Vec<GroupKey>) {
+    fn route(&self, grouping: Grouping, times: &TimeIndex, c: &Conv, at: Micros, agent: Sym, out: &mut Vec<GroupKey>) {
         out.clear();
-        let tz = self.query.time_zone;
         match grouping {
             Grouping::All => out.push(GroupKey::All),
-            Grouping::Series(g) => out.push(GroupKey::Bucket(calendar::bucket_start(tz, g, at))),
+            Grouping::Series(_) => out.push(GroupKey::Bucket(times.slot(at).0)),
             Grouping::By(d) => match d {
                 Dimension::Channel => out.push(GroupKey::Channel(c.channel)),
                 Dimension::Inbox => out.push(GroupKey::Value(c.inbox)),
@@ -317,8 +316,8 @@ impl Computation<'_> {
                 Dimension::Tag if c.tags.is_empty() => out.push(GroupKey::Value(NONE)),
                 Dimension::Tag => out.extend(c.tags.iter().map(|t| GroupKey::Value(*t))),
                 Dimension::Priority => out.push(GroupKey::Priority(c.priority)),
-                Dimension::HourOfDay => out.push(GroupKey::Number(calendar::hour_of_day(tz, at))),
-                Dimension::DayOfWeek => out.push(GroupKey::Number(calendar::day_of_week(tz, at))),
+                Dimension::HourOfDay => out.push(GroupKey::Number(times.slot(at).1)),
+                Dimension::DayOfWeek => out.push(GroupKey::Number(times.slot(at).2)),
             },
         }
     }
@@ -329,10 +328,15 @@ impl Computation<'_> {
         let q = self.query;
         let filters = Compiled::new(ds, &q.filters);
         let (from, to) = (micros(q.window.from), micros(q.window.to));
-        let inside = |t: Micros| from <= t && t < to;
-        let mut groups: BTreeMap<GroupKey, Acc> = BTreeMap::new();
-        let mut keys = Vec::with_capacity(4);
-
+        let times = TimeIndex::new(grouping, q.time_zone, from, to);
+        // Groupings that do not depend on an item's time route every item of a conversation
+        // that is credited to the conversation's agent to the same groups: count those per
+        // conversation and route once.
+        let per_conversation = match grouping {
+            Grouping::All => true,
+            Grouping::By(d) => !matches!(d, Dimension::HourOfDay | Dimension::DayOfWeek),
+            Grouping::Series(_) => false,
+        };
         // Retention looks one window back: for a series, the window before each bucket is the
         // previous bucket (the first bucket looks back one bucket length).
         let buckets = match grouping {
@@ -343,11 +347,74 @@ impl Computation<'_> {
             Grouping::Series(_) => buckets.first().map_or(from, |b| b.start - (b.end - b.start)),
             _ => from - (to - from),
         };
+
+        let ctx = ScanContext { filters: &filters, from, to, times: &times, per_conversation, previous_from, buckets: &buckets };
+        // The scan is split over the available cores; groups of each part are merged (every
+        // aggregate is order-independent).
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let chunk = ds.conversations.len().div_ceil(threads).max(1);
+        let parts: Vec<Groups> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ds
+                .conversations
+                .chunks(chunk)
+                .map(|convs| scope.spawn(|| self.scan(grouping, convs, &ctx)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        });
+        let mut groups = Groups::default();
         for b in &buckets {
-            groups.entry(GroupKey::Bucket(b.start)).or_default();
+            groups.get(GroupKey::Bucket(b.start));
+        }
+        for part in parts {
+            groups.merge(part);
         }
 
-        for c in &ds.conversations {
+        let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
+            q.conversion_kinds
+                .iter()
+                .filter_map(|k| ds.symbols.lookup(k))
+                .collect()
+        });
+        let mut out: Vec<(GroupKey, GroupResult)> = groups
+            .into_sorted()
+            .into_iter()
+            .map(|(k, a)| (k, self.finish(a, kinds.as_ref())))
+            .collect();
+
+        // Series retention: the previous bucket's customers.
+        if let Grouping::Series(_) = grouping {
+            let mut previous: Option<Vec<Sym>> = None;
+            for (_, k) in out.iter_mut() {
+                let now: Vec<Sym> = k.conversion_customers.take().unwrap_or_default();
+                if let Some(prev) = previous.take() {
+                    let retained = prev.iter().filter(|c| now.binary_search(c).is_ok()).count() as u64;
+                    k.kpis.retention = Retention {
+                        previous_customers: prev.len() as u64,
+                        retained,
+                        rate: rate(retained, prev.len() as u64),
+                    };
+                }
+                previous = Some(now);
+            }
+        }
+        // Rows by value name, not by interning order (which depends on arrival order).
+        if let Grouping::By(_) = grouping {
+            out.sort_by(|(a, _), (b, _)| match (a, b) {
+                (GroupKey::Value(x), GroupKey::Value(y)) => ds.symbols.name(*x).cmp(ds.symbols.name(*y)),
+                _ => a.cmp(b),
+            });
+        }
+        out.into_iter().map(|(key, g)| (key, g.kpis)).collect()
+    }
+
+    /// Aggregates the items of `convs` into groups (one part of [`Computation::run`]).
+    fn scan(&self, grouping: Grouping, convs: &[Conv], ctx: &ScanContext<'_>) -> Groups {
+        let ScanContext { filters, times, buckets, .. } = *ctx;
+        let (from, to, per_conversation, previous_from) = (ctx.from, ctx.to, ctx.per_conversation, ctx.previous_from);
+        let inside = |t: Micros| from <= t && t < to;
+        let mut groups = Groups::default();
+        let mut keys = Vec::with_capacity(4);
+        for c in convs {
             let conv_ok = filters.conversation_except_agent(c);
             if !conv_ok {
                 continue;
@@ -358,9 +425,9 @@ impl Computation<'_> {
             // handoff, tags, channels, conversion and retention customers.
             if inside(c.opened_at) {
                 if conv_agent_ok {
-                    self.route(grouping, c, c.opened_at, c.agent, &mut keys);
+                    self.route(grouping, &times, c, c.opened_at, c.agent, &mut keys);
                     for k in &keys {
-                        let a = groups.entry(*k).or_default();
+                        let a = groups.get(*k);
                         a.conversations += 1;
                         a.channels[c.channel as usize] += 1;
                         for t in c.tags.iter() {
@@ -391,10 +458,10 @@ impl Computation<'_> {
                 }
                 // Responses match the agent filter by the responding agent (bots match none).
                 if let Some(r) = c.first_response().filter(|r| filters.agent(r.agent)) {
-                    self.route(grouping, c, c.opened_at, r.agent, &mut keys);
+                    self.route(grouping, &times, c, c.opened_at, r.agent, &mut keys);
                     let seconds = self.measure(r.span());
                     for k in &keys {
-                        let a = groups.entry(*k).or_default();
+                        let a = groups.get(*k);
                         a.frt.push(seconds);
                         if r.agent == NONE {
                             a.bot_frt.push(seconds);
@@ -402,10 +469,10 @@ impl Computation<'_> {
                     }
                 }
                 if let Some(h) = c.human_first.as_ref().filter(|h| filters.agent(h.agent)) {
-                    self.route(grouping, c, c.opened_at, h.agent, &mut keys);
+                    self.route(grouping, &times, c, c.opened_at, h.agent, &mut keys);
                     let seconds = self.measure(h.span());
                     for k in &keys {
-                        groups.entry(*k).or_default().human_frt.push(seconds);
+                        groups.get(*k).human_frt.push(seconds);
                     }
                 }
             }
@@ -419,20 +486,17 @@ impl Computation<'_> {
                 };
                 match prev_grouping {
                     Some(g) => {
-                        self.route(g, c, c.opened_at, c.agent, &mut keys);
+                        self.route(g, &times, c, c.opened_at, c.agent, &mut keys);
                         for k in &keys {
                             groups
-                                .entry(*k)
-                                .or_default()
+                                .get(*k)
                                 .previous_customers
                                 .insert(c.customer);
                         }
                     }
                     None => {
                         if let Some(first) = buckets.first() {
-                            groups
-                                .entry(GroupKey::Bucket(first.start))
-                                .or_default()
+                            groups.get(GroupKey::Bucket(first.start))
                                 .previous_customers
                                 .insert(c.customer);
                         }
@@ -446,37 +510,37 @@ impl Computation<'_> {
                 .iter()
                 .filter(|r| inside(r.at) && filters.agent(r.agent))
             {
-                self.route(grouping, c, r.at, r.agent, &mut keys);
+                self.route(grouping, &times, c, r.at, r.agent, &mut keys);
                 let seconds = self.measure(r.span());
                 for k in &keys {
-                    groups.entry(*k).or_default().reply.push(seconds);
+                    groups.get(*k).reply.push(seconds);
                 }
             }
 
             if !conv_agent_ok {
                 // Every remaining item matches the agent filter by the conversation's agent,
                 // except surveys (their own credit).
-                self.surveys(grouping, c, &filters, &inside, &mut groups, &mut keys);
+                self.surveys(grouping, &times, c, &filters, &inside, &mut groups, &mut keys);
                 continue;
             }
 
             // Resolutions: every `resolved` event in the window.
             for t in c.resolutions.iter().filter(|t| inside(**t)) {
-                self.route(grouping, c, *t, c.agent, &mut keys);
+                self.route(grouping, &times, c, *t, c.agent, &mut keys);
                 for k in &keys {
-                    groups.entry(*k).or_default().resolutions += 1;
+                    groups.get(*k).resolutions += 1;
                 }
             }
             // Final resolution placed by resolved_at.
             if let Some(resolved_at) = c.resolved_at.filter(|t| inside(*t)) {
-                let repeat = ds.repeat_contact(c, resolved_at, self.repeat_window());
+                let repeat = Dataset::repeat_contact(c, self.repeat_window());
                 let seconds = self.measure(Span {
                     start: c.opened_at,
                     end: resolved_at.max(c.opened_at),
                 });
-                self.route(grouping, c, resolved_at, c.agent, &mut keys);
+                self.route(grouping, &times, c, resolved_at, c.agent, &mut keys);
                 for k in &keys {
-                    let a = groups.entry(*k).or_default();
+                    let a = groups.get(*k);
                     a.resolved += 1;
                     a.resolution.push(seconds);
                     if c.reopen_count > 0 {
@@ -498,10 +562,10 @@ impl Computation<'_> {
             }
             // Duration and messages per chat by ended_at.
             if let Some(ended_at) = c.ended_at.filter(|t| inside(*t)) {
-                self.route(grouping, c, ended_at, c.agent, &mut keys);
+                self.route(grouping, &times, c, ended_at, c.agent, &mut keys);
                 let seconds = c.duration.map(|d| self.measure(d));
                 for k in &keys {
-                    let a = groups.entry(*k).or_default();
+                    let a = groups.get(*k);
                     a.ended += 1;
                     for (i, n) in c.counts.iter().enumerate() {
                         a.ended_messages[i] += *n as u64;
@@ -512,74 +576,54 @@ impl Computation<'_> {
                 }
             }
             // Messages by their own time.
-            for m in c.messages.iter().filter(|m| inside(m.at)) {
-                self.route(grouping, c, m.at, c.agent, &mut keys);
-                for k in &keys {
-                    let a = groups.entry(*k).or_default();
-                    if m.sender == Sender::Customer {
-                        a.received += 1;
-                    } else {
-                        a.sent += 1;
-                        a.delivered += m.delivered as u64;
-                        a.read += m.read as u64;
-                        a.failed += m.failed as u64;
+            if per_conversation {
+                let mut counts = [0u64; 5];
+                if from <= c.active.start && c.active.end < to {
+                    // Every message is inside the window: no need to walk them.
+                    counts = c.message_totals;
+                } else {
+                    for m in c.messages.iter().filter(|m| inside(m.at)) {
+                        count_message(&mut counts, m);
+                    }
+                }
+                if counts[0] + counts[1] > 0 {
+                    self.route(grouping, &times, c, c.opened_at, c.agent, &mut keys);
+                    for k in &keys {
+                        groups.get(*k).add_messages(&counts);
+                    }
+                }
+            } else {
+                for m in c.messages.iter().filter(|m| inside(m.at)) {
+                    let mut counts = [0u64; 5];
+                    count_message(&mut counts, m);
+                    self.route(grouping, &times, c, m.at, c.agent, &mut keys);
+                    for k in &keys {
+                        groups.get(*k).add_messages(&counts);
                     }
                 }
             }
             // Survey sends by their time.
             for (kind, t) in c.surveys_sent.iter().filter(|(_, t)| inside(*t)) {
-                self.route(grouping, c, *t, c.agent, &mut keys);
+                self.route(grouping, &times, c, *t, c.agent, &mut keys);
                 for k in &keys {
-                    groups.entry(*k).or_default().surveys_sent[survey_index(*kind)] += 1;
+                    groups.get(*k).surveys_sent[survey_index(*kind)] += 1;
                 }
             }
-            self.surveys(grouping, c, &filters, &inside, &mut groups, &mut keys);
+            self.surveys(grouping, &times, c, &filters, &inside, &mut groups, &mut keys);
         }
 
-        let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
-            q.conversion_kinds
-                .iter()
-                .filter_map(|k| ds.symbols.lookup(k))
-                .collect()
-        });
-        let mut out: Vec<(GroupKey, GroupResult)> = groups
-            .into_iter()
-            .map(|(k, a)| (k, self.finish(a, kinds.as_ref())))
-            .collect();
-
-        // Series retention: the previous bucket's customers.
-        if let Grouping::Series(_) = grouping {
-            let mut previous: Option<HashSet<Sym>> = None;
-            for (_, k) in out.iter_mut() {
-                let now: HashSet<Sym> = k.conversion_customers.take().unwrap_or_default();
-                if let Some(prev) = previous.take() {
-                    let retained = prev.iter().filter(|c| now.contains(c)).count() as u64;
-                    k.kpis.retention = Retention {
-                        previous_customers: prev.len() as u64,
-                        retained,
-                        rate: rate(retained, prev.len() as u64),
-                    };
-                }
-                previous = Some(now);
-            }
-        }
-        // Rows by value name, not by interning order (which depends on arrival order).
-        if let Grouping::By(_) = grouping {
-            out.sort_by(|(a, _), (b, _)| match (a, b) {
-                (GroupKey::Value(x), GroupKey::Value(y)) => ds.symbols.name(*x).cmp(ds.symbols.name(*y)),
-                _ => a.cmp(b),
-            });
-        }
-        out.into_iter().map(|(key, g)| (key, g.kpis)).collect()
+        groups
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn surveys(
         &self,
         grouping: Grouping,
+        times: &TimeIndex,
         c: &Conv,
         filters: &Compiled,
         inside: &impl Fn(Micros) -> bool,
-        groups: &mut BTreeMap<GroupKey, Acc>,
+        groups: &mut Groups,
         keys: &mut Vec<GroupKey>,
     ) {
         // Surveys by response time, credited (and filtered) by their agent.
@@ -588,9 +632,9 @@ impl Computation<'_> {
             .iter()
             .filter(|s| inside(s.at) && filters.agent(s.agent))
         {
-            self.route(grouping, c, s.at, s.agent, keys);
+            self.route(grouping, times, c, s.at, s.agent, keys);
             for k in keys.iter() {
-                let a = groups.entry(*k).or_default();
+                let a = groups.get(*k);
                 match s.kind {
                     SurveyType::Csat => a.csat.push((s.score, s.min, s.max)),
                     SurveyType::Nps => a.nps.push(s.score),
@@ -693,31 +737,28 @@ impl Computation<'_> {
             .attribution_window
             .num_microseconds()
             .unwrap_or(i64::MAX);
-        let customers: HashSet<Sym> = a.openers.iter().map(|(c, _)| *c).collect();
+        // Sorted, distinct customers (cheaper than a hash set at a million openers).
+        let mut customers: Vec<Sym> = a.openers.iter().map(|(c, _)| *c).collect();
+        customers.sort_unstable();
+        customers.dedup();
         let mut converted: HashSet<Sym> = HashSet::new();
         let mut attributed: HashSet<usize> = HashSet::new();
+        let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
         for (customer, opened_at) in &a.openers {
-            let Some(list) = ds.customer_conversions.get(customer) else {
-                continue;
-            };
             let end = opened_at.saturating_add(attribution);
-            let start = list.partition_point(|i| ds.conversions[*i].1.at < *opened_at);
-            for &i in &list[start..] {
-                let conv = &ds.conversions[i].1;
+            for (index, conv) in ds.conversions_of(*customer).skip_while(|(_, c)| c.at < *opened_at) {
                 if conv.at > end {
                     break;
                 }
                 if kinds.is_none_or(|k| k.contains(&conv.kind)) {
                     converted.insert(*customer);
-                    attributed.insert(i);
+                    // Each conversion counts once, even when several conversations attract it.
+                    if attributed.insert(index)
+                        && let Some(v) = conv.value_minor
+                    {
+                        *revenue.entry(ds.symbols.name(conv.currency).to_owned()).or_default() += v;
+                    }
                 }
-            }
-        }
-        let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
-        for i in &attributed {
-            let c = &ds.conversions[*i].1;
-            if let Some(v) = c.value_minor {
-                *revenue.entry(ds.symbols.name(c.currency).to_owned()).or_default() += v;
             }
         }
         k.conversion = ConversionKpis {
@@ -730,7 +771,7 @@ impl Computation<'_> {
         let retained = a
             .previous_customers
             .iter()
-            .filter(|c| customers.contains(c))
+            .filter(|c| customers.binary_search(c).is_ok())
             .count() as u64;
         k.retention = Retention {
             previous_customers: a.previous_customers.len() as u64,
@@ -765,7 +806,151 @@ impl Computation<'_> {
 
 struct GroupResult {
     kpis: Kpis,
-    conversion_customers: Option<HashSet<Sym>>,
+    /// Sorted distinct customers of the group's conversations (series retention).
+    conversion_customers: Option<Vec<Sym>>,
+}
+
+/// What every part of a scan shares.
+#[derive(Clone, Copy)]
+struct ScanContext<'a> {
+    filters: &'a Compiled,
+    from: Micros,
+    to: Micros,
+    times: &'a TimeIndex,
+    per_conversation: bool,
+    previous_from: Micros,
+    buckets: &'a [Span],
+}
+
+/// The groups of one computation, with the last used group cached: consecutive items of one
+/// conversation usually land in the same group.
+#[derive(Default)]
+struct Groups {
+    index: HashMap<GroupKey, usize>,
+    accs: Vec<(GroupKey, Acc)>,
+    last: Option<(GroupKey, usize)>,
+}
+
+impl Groups {
+    fn get(&mut self, key: GroupKey) -> &mut Acc {
+        let i = match self.last {
+            Some((k, i)) if k == key => i,
+            _ => {
+                let accs = &mut self.accs;
+                let i = *self.index.entry(key).or_insert_with(|| {
+                    accs.push((key, Acc::default()));
+                    accs.len() - 1
+                });
+                self.last = Some((key, i));
+                i
+            }
+        };
+        &mut self.accs[i].1
+    }
+
+    fn merge(&mut self, other: Groups) {
+        for (key, acc) in other.accs {
+            self.get(key).merge(acc);
+        }
+    }
+
+    fn into_sorted(self) -> Vec<(GroupKey, Acc)> {
+        let mut accs = self.accs;
+        accs.sort_by_key(|(k, _)| *k);
+        accs
+    }
+}
+
+/// `[received, sent, delivered, read, failed]` of one message.
+fn count_message(counts: &mut [u64; 5], m: &super::dataset::Msg) {
+    if m.sender == Sender::Customer {
+        counts[0] += 1;
+    } else {
+        counts[1] += 1;
+        counts[2] += m.delivered as u64;
+        counts[3] += m.read as u64;
+        counts[4] += m.failed as u64;
+    }
+}
+
+impl Acc {
+    /// Adds another part's totals (all aggregates here are order-independent).
+    fn merge(&mut self, o: Acc) {
+        self.conversations += o.conversations;
+        self.add_messages(&[o.received, o.sent, o.delivered, o.read, o.failed]);
+        self.frt.extend(o.frt);
+        self.bot_frt.extend(o.bot_frt);
+        self.human_frt.extend(o.human_frt);
+        self.reply.extend(o.reply);
+        self.wait.extend(o.wait);
+        self.resolution.extend(o.resolution);
+        self.duration.extend(o.duration);
+        self.resolved += o.resolved;
+        self.resolutions += o.resolutions;
+        self.fcr += o.fcr;
+        self.repeat += o.repeat;
+        self.reopened += o.reopened;
+        self.with_customer_message += o.with_customer_message;
+        self.missed += o.missed;
+        self.abandoned += o.abandoned;
+        self.ended += o.ended;
+        for i in 0..3 {
+            self.ended_messages[i] += o.ended_messages[i];
+            self.surveys_sent[i] += o.surveys_sent[i];
+        }
+        self.csat.extend(o.csat);
+        self.nps.extend(o.nps);
+        self.ces.extend(o.ces);
+        self.no_human_resolved += o.no_human_resolved;
+        self.bot_resolutions += o.bot_resolutions;
+        self.bot_involved += o.bot_involved;
+        self.bot_and_human += o.bot_and_human;
+        self.openers.extend(o.openers);
+        self.previous_customers.extend(o.previous_customers);
+        for (tag, n) in o.tags {
+            *self.tags.entry(tag).or_default() += n;
+        }
+        for (mine, theirs) in self.channels.iter_mut().zip(o.channels) {
+            *mine += theirs;
+        }
+    }
+
+    fn add_messages(&mut self, counts: &[u64; 5]) {
+        self.received += counts[0];
+        self.sent += counts[1];
+        self.delivered += counts[2];
+        self.read += counts[3];
+        self.failed += counts[4];
+    }
+}
+
+/// Local calendar slots of the window, computed once per query so items are placed by a binary
+/// search instead of a time-zone conversion each.
+struct TimeIndex {
+    /// (start, local hour of day, local ISO weekday), sorted by start.
+    slots: Vec<(Micros, u32, u32)>,
+}
+
+impl TimeIndex {
+    fn new(grouping: Grouping, tz: chrono_tz::Tz, from: Micros, to: Micros) -> Self {
+        let granularity = match grouping {
+            Grouping::Series(g) => g,
+            Grouping::By(Dimension::HourOfDay | Dimension::DayOfWeek) => Granularity::Hour,
+            _ => return Self { slots: Vec::new() },
+        };
+        let slots = calendar::buckets(tz, granularity, from, to)
+            .into_iter()
+            .map(|b| (b.start, calendar::hour_of_day(tz, b.start), calendar::day_of_week(tz, b.start)))
+            .collect();
+        Self { slots }
+    }
+
+    /// The slot containing `at` (callers only place items inside the window, which the slots
+    /// cover).
+    fn slot(&self, at: Micros) -> (Micros, u32, u32) {
+        let i = self.slots.partition_point(|(start, _, _)| *start <= at);
+        self.slots[i.saturating_sub(1)]
+    }
 }
 
 fn survey_index(kind: SurveyType) -> usize {

@@ -94,9 +94,11 @@ fn fixture() -> Vec<Conv> {
                     private: true,
                 }),
             ),
-        // c5, customer D, WhatsApp: the bot answers in 5 s and resolves.
+        // c5, customer D, WhatsApp: the bot answers in 5 s and resolves. Its "failed" receipt is
+        // stamped (and sorts) before the message itself.
         Conv::of("c5", "D")
             .opened("o", 8000, Channel::Whatsapp)
+            .push("st", 8004, Payload::MessageStatus(MessageStatusChanged { message_id: "m-m2".into(), status: DeliveryStatus::Failed }))
             .customer("m1", 8000)
             .bot("m2", 8005)
             .push("r", 8010, resolved(ResolvedBy::Bot, None))
@@ -696,4 +698,20 @@ fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
     .run(Grouping::All);
     assert_eq!(open[0].1.first_response.mean, Some(3600.0));
     assert_eq!(open[0].1.human_first_response.mean, Some(3600.0));
+}
+
+#[test]
+fn retention_is_the_share_of_last_windows_customers_who_came_back() {
+    // Window = day 2. Day 1: A, B, C. Day 2: A again and a new customer D.
+    let convs = vec![
+        Conv::of("a1", "A").opened("o", 0, Channel::Sms),
+        Conv::of("b1", "B").opened("o", 10, Channel::Sms),
+        Conv::of("c1", "C").opened("o", 20, Channel::Sms),
+        Conv::of("a2", "A").opened("o", DAY + 5, Channel::Sms),
+        Conv::of("d2", "D").opened("o", DAY + 6, Channel::Sms),
+    ];
+    let q = Query::new(Window::new(t(DAY), t(2 * DAY)).unwrap());
+    let k = overview(&dataset(&convs), &q);
+    assert_eq!((k.retention.previous_customers, k.retention.retained), (3, 1));
+    assert!(close(k.retention.rate, 100.0 / 3.0));
 }

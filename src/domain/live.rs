@@ -235,7 +235,7 @@ pub fn drill_down<'a>(ds: &'a Dataset, q: &Query, kind: DrillDown) -> Vec<&'a Co
             DrillDown::Abandoned => inside(Some(c.opened_at)) && c.state == State::Abandoned,
             DrillDown::Backlog => c.opened_at <= to && c.state_at(to) == State::Open,
             DrillDown::NotFcr => c.resolved_at.is_some_and(|r| {
-                inside(Some(r)) && (c.reopen_count > 0 || ds.repeat_contact(c, r, repeat_window))
+                inside(Some(r)) && (c.reopen_count > 0 || Dataset::repeat_contact(c, repeat_window))
             }),
         })
         .collect();

@@ -96,24 +96,59 @@ pub async fn store_batch(
     touched.dedup();
 
     if !touched.is_empty() {
-        sqlx::query(LOCK_CONVERSATIONS)
-            .bind(tenant.to_string())
-            .bind(&touched)
-            .execute(&mut *tx)
-            .await?;
-        let by_conversation = load_events(&mut tx, tenant, &touched).await?;
-        let derived: Vec<ConversationFacts> = touched
-            .iter()
-            .filter_map(|id| {
-                by_conversation
-                    .get(*id)
-                    .and_then(|events| facts::derive(id, events))
-            })
-            .collect();
-        upsert_facts(&mut tx, tenant, &derived).await?;
+        recompute(&mut tx, tenant, &touched).await?;
     }
     tx.commit().await?;
     Ok(inserted)
+}
+
+/// Recomputes the facts of `conversations` (sorted, distinct) from all their stored events,
+/// under their locks, inside `tx`.
+async fn recompute(tx: &mut Transaction<'_, Postgres>, tenant: TenantId, conversations: &[&str]) -> Result<(), Error> {
+    sqlx::query(LOCK_CONVERSATIONS)
+        .bind(tenant.to_string())
+        .bind(conversations)
+        .execute(&mut **tx)
+        .await?;
+    let by_conversation = load_events(tx, tenant, conversations).await?;
+    let derived: Vec<ConversationFacts> = conversations
+        .iter()
+        .filter_map(|id| by_conversation.get(*id).and_then(|events| facts::derive(id, events)))
+        .collect();
+    upsert_facts(tx, tenant, &derived).await
+}
+
+/// Recomputes every conversation's facts of `tenant` from its events, `page` conversations per
+/// transaction (after a change of the facts' shape or derivation rules). Returns the number of
+/// conversations recomputed.
+pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64, Error> {
+    let mut after = String::new();
+    let mut done = 0u64;
+    loop {
+        let ids: Vec<(String,)> = sqlx::query_as(
+            "select conversation_id from conversations where tenant_id = $1 and conversation_id > $2 \
+             order by conversation_id limit $3",
+        )
+        .bind(tenant)
+        .bind(&after)
+        .bind(page)
+        .fetch_all(pool)
+        .await?;
+        let Some((last,)) = ids.last() else { return Ok(done) };
+        after = last.clone();
+        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        let mut tx = pool.begin().await?;
+        recompute(&mut tx, tenant, &ids).await?;
+        tx.commit().await?;
+        done += ids.len() as u64;
+    }
+}
+
+/// Every tenant id.
+pub async fn tenants(pool: &PgPool) -> Result<Vec<TenantId>, Error> {
+    let rows: Vec<(TenantId,)> =
+        sqlx::query_as("select tenant_id from tenants order by tenant_id").fetch_all(pool).await?;
+    Ok(rows.into_iter().map(|(t,)| t).collect())
 }
 
 async fn insert_events(

@@ -40,12 +40,19 @@ pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::
     let pool = migrated_pool(database).await?;
     let tenants = match tenant {
         Some(t) => vec![t],
-        None => store::events::tenants(&pool).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => store::events::tenants(&pool)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     for t in tenants {
         let started = Instant::now();
-        let n = store::events::reproject(&pool, t, 2000).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        println!("tenant {t}: {n} conversations recomputed in {:.1} s", started.elapsed().as_secs_f64());
+        let n = store::events::reproject(&pool, t, 2000)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        println!(
+            "tenant {t}: {n} conversations recomputed in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
@@ -364,8 +371,9 @@ fn csv_row(out: &mut String, fields: &[Option<&str>]) {
 pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
     use std::collections::HashMap;
     let pool = migrated_pool(&args.database).await?;
-    let (tenant, key) =
-        store::tenants::create_tenant(&pool, &args.tenant_name).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (tenant, key) = store::tenants::create_tenant(&pool, &args.tenant_name)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("tenant_id={tenant}");
     println!("api_key={}", key.plaintext);
     let config = SimConfig {
@@ -394,7 +402,14 @@ pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
                 let at = e.occurred_at.to_rfc3339();
                 csv_row(
                     &mut events_csv,
-                    &[Some(&tenant_text), Some(&e.event_id), e.conversation_id.as_deref(), Some(&at), Some(e.payload.kind()), Some(&payload)],
+                    &[
+                        Some(&tenant_text),
+                        Some(&e.event_id),
+                        e.conversation_id.as_deref(),
+                        Some(&at),
+                        Some(e.payload.kind()),
+                        Some(&payload),
+                    ],
                 );
                 if let (Some(c), true) = (e.conversation_id.as_deref(), e.payload.belongs_to_conversation()) {
                     by_conversation.entry(c).or_default().push(e.clone());
@@ -403,11 +418,17 @@ pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
             let mut facts_csv = String::with_capacity(by_conversation.len() * 1500);
             let conversations = by_conversation.len() as u64;
             for (id, events) in &by_conversation {
-                let Some(f) = crate::domain::facts::derive(id, events) else { continue };
+                let Some(f) = crate::domain::facts::derive(id, events) else {
+                    continue;
+                };
                 let json = serde_json::to_string(&f).expect("facts serialize");
                 let time = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.to_rfc3339());
-                let (opened, resolved, ended, last) =
-                    (time(Some(f.opened_at)), time(f.resolved_at), time(f.ended_at), time(Some(f.last_event_at)));
+                let (opened, resolved, ended, last) = (
+                    time(Some(f.opened_at)),
+                    time(f.resolved_at),
+                    time(f.ended_at),
+                    time(Some(f.last_event_at)),
+                );
                 csv_row(
                     &mut facts_csv,
                     &[
@@ -425,9 +446,8 @@ pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
                     ],
                 );
             }
-            if tx.blocking_send((events_csv, facts_csv, chunk.len() as u64, conversations)).is_err() {
-                return;
-            }
+            // A closed channel means the loader stopped on an error: the rest is not needed.
+            let _ = tx.blocking_send((events_csv, facts_csv, chunk.len() as u64, conversations));
         });
     });
     let started = Instant::now();
@@ -456,6 +476,9 @@ pub async fn bulk_load(args: &BulkLoadArgs) -> anyhow::Result<()> {
         );
     }
     producer.await?;
-    println!("events={events} conversations={conversations} seconds={:.1}", started.elapsed().as_secs_f64());
+    println!(
+        "events={events} conversations={conversations} seconds={:.1}",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -369,7 +369,11 @@ impl Dataset {
 
     /// The conversions of `customer` with their index in `conversions`, by time.
     pub fn conversions_of(&self, customer: Sym) -> impl Iterator<Item = (usize, &ConversionRec)> + '_ {
-        let (start, end) = self.conversion_ranges.get(customer as usize).copied().unwrap_or((0, 0));
+        let (start, end) = self
+            .conversion_ranges
+            .get(customer as usize)
+            .copied()
+            .unwrap_or((0, 0));
         self.conversion_order[start as usize..end as usize]
             .iter()
             .map(|i| (*i as usize, &self.conversions[*i as usize].1))
@@ -495,7 +499,10 @@ impl Dataset {
             surveys_sent: f.surveys_sent.iter().map(|x| (x.survey, micros(x.at))).collect(),
             next_contact: None,
             // Unknown start (older stored facts): a span no window contains.
-            active: Span { start: f.first_event_at.map_or(Micros::MIN, micros), end: micros(f.last_event_at) },
+            active: Span {
+                start: f.first_event_at.map_or(Micros::MIN, micros),
+                end: micros(f.last_event_at),
+            },
             message_totals: {
                 let mut t = [0u64; 5];
                 for m in &f.messages {

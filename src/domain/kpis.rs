@@ -303,7 +303,15 @@ impl Computation<'_> {
 
     /// The groups one item goes to. `agent` is the item's agent for the agent dimension
     /// (responding agent, survey credit, or the conversation's agent).
-    fn route(&self, grouping: Grouping, times: &TimeIndex, c: &Conv, at: Micros, agent: Sym, out: &mut Vec<GroupKey>) {
+    fn route(
+        &self,
+        grouping: Grouping,
+        times: &TimeIndex,
+        c: &Conv,
+        at: Micros,
+        agent: Sym,
+        out: &mut Vec<GroupKey>,
+    ) {
         out.clear();
         match grouping {
             Grouping::All => out.push(GroupKey::All),
@@ -348,10 +356,20 @@ impl Computation<'_> {
             _ => from - (to - from),
         };
 
-        let ctx = ScanContext { filters: &filters, from, to, times: &times, per_conversation, previous_from, buckets: &buckets };
+        let ctx = ScanContext {
+            filters: &filters,
+            from,
+            to,
+            times: &times,
+            per_conversation,
+            previous_from,
+            buckets: &buckets,
+        };
         // The scan is split over the available cores; groups of each part are merged (every
         // aggregate is order-independent).
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
         let chunk = ds.conversations.len().div_ceil(threads).max(1);
         let parts: Vec<Groups> = std::thread::scope(|scope| {
             let handles: Vec<_> = ds
@@ -359,7 +377,10 @@ impl Computation<'_> {
                 .chunks(chunk)
                 .map(|convs| scope.spawn(|| self.scan(grouping, convs, &ctx)))
                 .collect();
-            handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
         });
         let mut groups = Groups::default();
         for b in &buckets {
@@ -409,8 +430,14 @@ impl Computation<'_> {
 
     /// Aggregates the items of `convs` into groups (one part of [`Computation::run`]).
     fn scan(&self, grouping: Grouping, convs: &[Conv], ctx: &ScanContext<'_>) -> Groups {
-        let ScanContext { filters, times, buckets, .. } = *ctx;
-        let (from, to, per_conversation, previous_from) = (ctx.from, ctx.to, ctx.per_conversation, ctx.previous_from);
+        let ScanContext {
+            filters,
+            times,
+            buckets,
+            ..
+        } = *ctx;
+        let (from, to, per_conversation, previous_from) =
+            (ctx.from, ctx.to, ctx.per_conversation, ctx.previous_from);
         let inside = |t: Micros| from <= t && t < to;
         let mut groups = Groups::default();
         let mut keys = Vec::with_capacity(4);
@@ -425,7 +452,7 @@ impl Computation<'_> {
             // handoff, tags, channels, conversion and retention customers.
             if inside(c.opened_at) {
                 if conv_agent_ok {
-                    self.route(grouping, &times, c, c.opened_at, c.agent, &mut keys);
+                    self.route(grouping, times, c, c.opened_at, c.agent, &mut keys);
                     for k in &keys {
                         let a = groups.get(*k);
                         a.conversations += 1;
@@ -458,7 +485,7 @@ impl Computation<'_> {
                 }
                 // Responses match the agent filter by the responding agent (bots match none).
                 if let Some(r) = c.first_response().filter(|r| filters.agent(r.agent)) {
-                    self.route(grouping, &times, c, c.opened_at, r.agent, &mut keys);
+                    self.route(grouping, times, c, c.opened_at, r.agent, &mut keys);
                     let seconds = self.measure(r.span());
                     for k in &keys {
                         let a = groups.get(*k);
@@ -469,7 +496,7 @@ impl Computation<'_> {
                     }
                 }
                 if let Some(h) = c.human_first.as_ref().filter(|h| filters.agent(h.agent)) {
-                    self.route(grouping, &times, c, c.opened_at, h.agent, &mut keys);
+                    self.route(grouping, times, c, c.opened_at, h.agent, &mut keys);
                     let seconds = self.measure(h.span());
                     for k in &keys {
                         groups.get(*k).human_frt.push(seconds);
@@ -486,17 +513,15 @@ impl Computation<'_> {
                 };
                 match prev_grouping {
                     Some(g) => {
-                        self.route(g, &times, c, c.opened_at, c.agent, &mut keys);
+                        self.route(g, times, c, c.opened_at, c.agent, &mut keys);
                         for k in &keys {
-                            groups
-                                .get(*k)
-                                .previous_customers
-                                .insert(c.customer);
+                            groups.get(*k).previous_customers.insert(c.customer);
                         }
                     }
                     None => {
                         if let Some(first) = buckets.first() {
-                            groups.get(GroupKey::Bucket(first.start))
+                            groups
+                                .get(GroupKey::Bucket(first.start))
                                 .previous_customers
                                 .insert(c.customer);
                         }
@@ -510,7 +535,7 @@ impl Computation<'_> {
                 .iter()
                 .filter(|r| inside(r.at) && filters.agent(r.agent))
             {
-                self.route(grouping, &times, c, r.at, r.agent, &mut keys);
+                self.route(grouping, times, c, r.at, r.agent, &mut keys);
                 let seconds = self.measure(r.span());
                 for k in &keys {
                     groups.get(*k).reply.push(seconds);
@@ -520,13 +545,13 @@ impl Computation<'_> {
             if !conv_agent_ok {
                 // Every remaining item matches the agent filter by the conversation's agent,
                 // except surveys (their own credit).
-                self.surveys(grouping, &times, c, &filters, &inside, &mut groups, &mut keys);
+                self.surveys(grouping, times, c, filters, &inside, &mut groups, &mut keys);
                 continue;
             }
 
             // Resolutions: every `resolved` event in the window.
             for t in c.resolutions.iter().filter(|t| inside(**t)) {
-                self.route(grouping, &times, c, *t, c.agent, &mut keys);
+                self.route(grouping, times, c, *t, c.agent, &mut keys);
                 for k in &keys {
                     groups.get(*k).resolutions += 1;
                 }
@@ -538,7 +563,7 @@ impl Computation<'_> {
                     start: c.opened_at,
                     end: resolved_at.max(c.opened_at),
                 });
-                self.route(grouping, &times, c, resolved_at, c.agent, &mut keys);
+                self.route(grouping, times, c, resolved_at, c.agent, &mut keys);
                 for k in &keys {
                     let a = groups.get(*k);
                     a.resolved += 1;
@@ -562,7 +587,7 @@ impl Computation<'_> {
             }
             // Duration and messages per chat by ended_at.
             if let Some(ended_at) = c.ended_at.filter(|t| inside(*t)) {
-                self.route(grouping, &times, c, ended_at, c.agent, &mut keys);
+                self.route(grouping, times, c, ended_at, c.agent, &mut keys);
                 let seconds = c.duration.map(|d| self.measure(d));
                 for k in &keys {
                     let a = groups.get(*k);
@@ -587,7 +612,7 @@ impl Computation<'_> {
                     }
                 }
                 if counts[0] + counts[1] > 0 {
-                    self.route(grouping, &times, c, c.opened_at, c.agent, &mut keys);
+                    self.route(grouping, times, c, c.opened_at, c.agent, &mut keys);
                     for k in &keys {
                         groups.get(*k).add_messages(&counts);
                     }
@@ -596,7 +621,7 @@ impl Computation<'_> {
                 for m in c.messages.iter().filter(|m| inside(m.at)) {
                     let mut counts = [0u64; 5];
                     count_message(&mut counts, m);
-                    self.route(grouping, &times, c, m.at, c.agent, &mut keys);
+                    self.route(grouping, times, c, m.at, c.agent, &mut keys);
                     for k in &keys {
                         groups.get(*k).add_messages(&counts);
                     }
@@ -604,12 +629,12 @@ impl Computation<'_> {
             }
             // Survey sends by their time.
             for (kind, t) in c.surveys_sent.iter().filter(|(_, t)| inside(*t)) {
-                self.route(grouping, &times, c, *t, c.agent, &mut keys);
+                self.route(grouping, times, c, *t, c.agent, &mut keys);
                 for k in &keys {
                     groups.get(*k).surveys_sent[survey_index(*kind)] += 1;
                 }
             }
-            self.surveys(grouping, &times, c, &filters, &inside, &mut groups, &mut keys);
+            self.surveys(grouping, times, c, filters, &inside, &mut groups, &mut keys);
         }
 
         groups
@@ -746,7 +771,10 @@ impl Computation<'_> {
         let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
         for (customer, opened_at) in &a.openers {
             let end = opened_at.saturating_add(attribution);
-            for (index, conv) in ds.conversions_of(*customer).skip_while(|(_, c)| c.at < *opened_at) {
+            for (index, conv) in ds
+                .conversions_of(*customer)
+                .skip_while(|(_, c)| c.at < *opened_at)
+            {
                 if conv.at > end {
                     break;
                 }
@@ -756,7 +784,9 @@ impl Computation<'_> {
                     if attributed.insert(index)
                         && let Some(v) = conv.value_minor
                     {
-                        *revenue.entry(ds.symbols.name(conv.currency).to_owned()).or_default() += v;
+                        *revenue
+                            .entry(ds.symbols.name(conv.currency).to_owned())
+                            .or_default() += v;
                     }
                 }
             }
@@ -940,7 +970,13 @@ impl TimeIndex {
         };
         let slots = calendar::buckets(tz, granularity, from, to)
             .into_iter()
-            .map(|b| (b.start, calendar::hour_of_day(tz, b.start), calendar::day_of_week(tz, b.start)))
+            .map(|b| {
+                (
+                    b.start,
+                    calendar::hour_of_day(tz, b.start),
+                    calendar::day_of_week(tz, b.start),
+                )
+            })
             .collect();
         Self { slots }
     }

@@ -98,7 +98,14 @@ fn fixture() -> Vec<Conv> {
         // stamped (and sorts) before the message itself.
         Conv::of("c5", "D")
             .opened("o", 8000, Channel::Whatsapp)
-            .push("st", 8004, Payload::MessageStatus(MessageStatusChanged { message_id: "m-m2".into(), status: DeliveryStatus::Failed }))
+            .push(
+                "st",
+                8004,
+                Payload::MessageStatus(MessageStatusChanged {
+                    message_id: "m-m2".into(),
+                    status: DeliveryStatus::Failed,
+                }),
+            )
             .customer("m1", 8000)
             .bot("m2", 8005)
             .push("r", 8010, resolved(ResolvedBy::Bot, None))

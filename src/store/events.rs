@@ -104,7 +104,11 @@ pub async fn store_batch(
 
 /// Recomputes the facts of `conversations` (sorted, distinct) from all their stored events,
 /// under their locks, inside `tx`.
-async fn recompute(tx: &mut Transaction<'_, Postgres>, tenant: TenantId, conversations: &[&str]) -> Result<(), Error> {
+async fn recompute(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: TenantId,
+    conversations: &[&str],
+) -> Result<(), Error> {
     sqlx::query(LOCK_CONVERSATIONS)
         .bind(tenant.to_string())
         .bind(conversations)
@@ -113,7 +117,11 @@ async fn recompute(tx: &mut Transaction<'_, Postgres>, tenant: TenantId, convers
     let by_conversation = load_events(tx, tenant, conversations).await?;
     let derived: Vec<ConversationFacts> = conversations
         .iter()
-        .filter_map(|id| by_conversation.get(*id).and_then(|events| facts::derive(id, events)))
+        .filter_map(|id| {
+            by_conversation
+                .get(*id)
+                .and_then(|events| facts::derive(id, events))
+        })
         .collect();
     upsert_facts(tx, tenant, &derived).await
 }
@@ -134,7 +142,9 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
         .bind(page)
         .fetch_all(pool)
         .await?;
-        let Some((last,)) = ids.last() else { return Ok(done) };
+        let Some((last,)) = ids.last() else {
+            return Ok(done);
+        };
         after = last.clone();
         let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
         let mut tx = pool.begin().await?;
@@ -146,8 +156,9 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
 
 /// Every tenant id.
 pub async fn tenants(pool: &PgPool) -> Result<Vec<TenantId>, Error> {
-    let rows: Vec<(TenantId,)> =
-        sqlx::query_as("select tenant_id from tenants order by tenant_id").fetch_all(pool).await?;
+    let rows: Vec<(TenantId,)> = sqlx::query_as("select tenant_id from tenants order by tenant_id")
+        .fetch_all(pool)
+        .await?;
     Ok(rows.into_iter().map(|(t,)| t).collect())
 }
 

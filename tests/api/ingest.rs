@@ -415,3 +415,20 @@ async fn stream_events_acks_each_batch_in_order_after_commit() {
     assert_eq!(app.event_count().await, 18);
     assert_eq!(facts(&app, "c-all").await.reopen_count, 1);
 }
+
+#[tokio::test]
+async fn reproject_rebuilds_the_same_facts_from_the_events() {
+    let app = TestApp::spawn().await;
+    let events = simulate(&SimConfig { conversations: 40, days: 1, seed: 3, ..SimConfig::default() });
+    app.ingest(&events).await.unwrap();
+    let before = store::events::all_conversation_facts(&app.pool, app.tenant).await.unwrap();
+    // Damage the projection: a stale record for every conversation.
+    sqlx::query("update conversations set facts = jsonb_set(facts, '{reopen_count}', '99') where tenant_id = $1")
+        .bind(app.tenant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let recomputed = store::events::reproject(&app.pool, app.tenant, 7).await.unwrap();
+    assert_eq!(recomputed, 40);
+    assert!(before == store::events::all_conversation_facts(&app.pool, app.tenant).await.unwrap());
+}

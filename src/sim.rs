@@ -395,16 +395,8 @@ impl<'a> Conversation<'a> {
                 }),
             );
         }
-        let at = self.advance(rng, 10, 300);
-        let agent = self.agent.clone();
-        self.push(
-            out,
-            at,
-            Payload::Resolved(Resolved {
-                by: ResolvedBy::Agent,
-                agent_id: agent,
-            }),
-        );
+        self.advance(rng, 10, 300);
+        self.resolve_by_agent(out);
         if rng.random_ratio(1, 10) {
             // The customer comes back hours or days later.
             let at = self.advance(rng, 3600, 3 * 86_400);
@@ -412,19 +404,25 @@ impl<'a> Conversation<'a> {
             self.message(rng, out, Sender::Customer, false);
             self.advance(rng, 30, 1800);
             self.message(rng, out, Sender::Agent, false);
-            let at = self.advance(rng, 30, 600);
-            let agent = self.agent.clone();
-            self.push(
-                out,
-                at,
-                Payload::Resolved(Resolved {
-                    by: ResolvedBy::Agent,
-                    agent_id: agent,
-                }),
-            );
+            self.advance(rng, 30, 600);
+            self.resolve_by_agent(out);
         }
         self.survey(rng, out);
         self.conversion(rng, out, &customer);
+    }
+
+    /// The assigned agent resolves the conversation now.
+    fn resolve_by_agent(&mut self, out: &mut Vec<Event>) {
+        let at = self.t;
+        let agent_id = self.agent.clone();
+        self.push(
+            out,
+            at,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id,
+            }),
+        );
     }
 
     fn on_shift_agent(&self, rng: &mut StdRng, at: DateTime<Utc>) -> String {

@@ -139,6 +139,21 @@ pub struct Survey {
     pub agent: Sym,
 }
 
+impl Msg {
+    /// Adds this message to `[received, sent, delivered, read, failed]` (METRICS.md §5: sent
+    /// = outbound agent, bot and system messages; read implies delivered).
+    pub fn count_into(&self, totals: &mut [u64; 5]) {
+        if self.sender == Sender::Customer {
+            totals[0] += 1;
+        } else {
+            totals[1] += 1;
+            totals[2] += self.delivered as u64;
+            totals[3] += self.read as u64;
+            totals[4] += self.failed as u64;
+        }
+    }
+}
+
 impl Survey {
     /// `(score - min) / (max - min)` in [0, 1].
     pub fn normalized(&self) -> f64 {
@@ -424,6 +439,17 @@ impl Dataset {
             (Some(_), Some(&start), Some(&end)) => Some(Span { start, end }),
             _ => None,
         };
+        let messages: Vec<Msg> = f
+            .messages
+            .iter()
+            .map(|m| Msg {
+                at: micros(m.at),
+                sender: m.sender,
+                delivered: m.delivered,
+                read: m.read,
+                failed: m.failed,
+            })
+            .collect();
         Conv {
             id: f.conversation_id.as_str().into(),
             opened_at: micros(f.opened_at),
@@ -473,17 +499,7 @@ impl Dataset {
                     (s.intern(&h.agent_id), span)
                 })
                 .collect(),
-            messages: f
-                .messages
-                .iter()
-                .map(|m| Msg {
-                    at: micros(m.at),
-                    sender: m.sender,
-                    delivered: m.delivered,
-                    read: m.read,
-                    failed: m.failed,
-                })
-                .collect(),
+            messages: messages.clone().into(),
             surveys: f
                 .surveys
                 .iter()
@@ -504,18 +520,11 @@ impl Dataset {
                 end: micros(f.last_event_at),
             },
             message_totals: {
-                let mut t = [0u64; 5];
-                for m in &f.messages {
-                    if m.sender == Sender::Customer {
-                        t[0] += 1;
-                    } else {
-                        t[1] += 1;
-                        t[2] += m.delivered as u64;
-                        t[3] += m.read as u64;
-                        t[4] += m.failed as u64;
-                    }
+                let mut totals = [0u64; 5];
+                for m in &messages {
+                    m.count_into(&mut totals);
                 }
-                t
+                totals
             },
         }
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::{
     calendar::{self, Granularity, Schedule},
     dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros},
-    event::{Channel, Priority, ResolvedBy, Sender, SurveyType},
+    event::{Channel, Priority, ResolvedBy, SurveyType},
     facts::State,
     query::{Filters, Query},
     stats::{DurationStats, mean, rate},
@@ -608,7 +608,7 @@ impl Computation<'_> {
                     counts = c.message_totals;
                 } else {
                     for m in c.messages.iter().filter(|m| inside(m.at)) {
-                        count_message(&mut counts, m);
+                        m.count_into(&mut counts);
                     }
                 }
                 if counts[0] + counts[1] > 0 {
@@ -620,7 +620,7 @@ impl Computation<'_> {
             } else {
                 for m in c.messages.iter().filter(|m| inside(m.at)) {
                     let mut counts = [0u64; 5];
-                    count_message(&mut counts, m);
+                    m.count_into(&mut counts);
                     self.route(grouping, times, c, m.at, c.agent, &mut keys);
                     for k in &keys {
                         groups.get(*k).add_messages(&counts);
@@ -888,18 +888,6 @@ impl Groups {
         let mut accs = self.accs;
         accs.sort_by_key(|(k, _)| *k);
         accs
-    }
-}
-
-/// `[received, sent, delivered, read, failed]` of one message.
-fn count_message(counts: &mut [u64; 5], m: &super::dataset::Msg) {
-    if m.sender == Sender::Customer {
-        counts[0] += 1;
-    } else {
-        counts[1] += 1;
-        counts[2] += m.delivered as u64;
-        counts[3] += m.read as u64;
-        counts[4] += m.failed as u64;
     }
 }
 

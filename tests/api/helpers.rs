@@ -206,6 +206,22 @@ impl Drop for TestApp {
     }
 }
 
+/// 2026-03-02 09:00:00 UTC plus `seconds`.
+pub fn t(seconds: i64) -> chrono::DateTime<chrono::Utc> {
+    use chrono::TimeZone;
+    chrono::Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + chrono::Duration::seconds(seconds)
+}
+
+/// An event at `t(at)`.
+pub fn ev(id: &str, conversation: Option<&str>, at: i64, payload: chatkpi::domain::event::Payload) -> Event {
+    Event {
+        event_id: id.into(),
+        conversation_id: conversation.map(str::to_owned),
+        occurred_at: t(at),
+        payload,
+    }
+}
+
 pub fn with_key<T>(message: T, key: &str) -> Request<T> {
     let mut request = Request::new(message);
     let value: MetadataValue<_> = format!("Bearer {key}").parse().unwrap();

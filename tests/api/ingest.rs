@@ -9,23 +9,9 @@ use chatkpi::{
     sim::{SimConfig, simulate},
     store,
 };
-use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 
-use crate::helpers::{TestApp, outcomes};
-
-fn t(seconds: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + Duration::seconds(seconds)
-}
-
-fn ev(id: &str, conversation: Option<&str>, at: i64, payload: Payload) -> Event {
-    Event {
-        event_id: id.into(),
-        conversation_id: conversation.map(str::to_owned),
-        occurred_at: t(at),
-        payload,
-    }
-}
+use crate::helpers::{TestApp, ev, outcomes, t};
 
 fn msg(id: &str, at: i64, sender: Sender, agent: Option<&str>) -> Event {
     ev(
@@ -419,16 +405,30 @@ async fn stream_events_acks_each_batch_in_order_after_commit() {
 #[tokio::test]
 async fn reproject_rebuilds_the_same_facts_from_the_events() {
     let app = TestApp::spawn().await;
-    let events = simulate(&SimConfig { conversations: 40, days: 1, seed: 3, ..SimConfig::default() });
+    let events = simulate(&SimConfig {
+        conversations: 40,
+        days: 1,
+        seed: 3,
+        ..SimConfig::default()
+    });
     app.ingest(&events).await.unwrap();
-    let before = store::events::all_conversation_facts(&app.pool, app.tenant).await.unwrap();
-    // Damage the projection: a stale record for every conversation.
-    sqlx::query("update conversations set facts = jsonb_set(facts, '{reopen_count}', '99') where tenant_id = $1")
-        .bind(app.tenant)
-        .execute(&app.pool)
+    let before = store::events::all_conversation_facts(&app.pool, app.tenant)
         .await
         .unwrap();
+    // Damage the projection: a stale record for every conversation.
+    sqlx::query(
+        "update conversations set facts = jsonb_set(facts, '{reopen_count}', '99') where tenant_id = $1",
+    )
+    .bind(app.tenant)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let recomputed = store::events::reproject(&app.pool, app.tenant, 7).await.unwrap();
     assert_eq!(recomputed, 40);
-    assert!(before == store::events::all_conversation_facts(&app.pool, app.tenant).await.unwrap());
+    assert!(
+        before
+            == store::events::all_conversation_facts(&app.pool, app.tenant)
+                .await
+                .unwrap()
+    );
 }

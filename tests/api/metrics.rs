@@ -8,24 +8,10 @@ use chatkpi::{
     grpc::{convert::chrono_to_timestamp, pb},
     sim::{SimConfig, simulate},
 };
-use chrono::{DateTime, Duration, TimeZone, Utc};
 use rand::{SeedableRng, seq::SliceRandom};
 use tonic::{Code, Request, transport::Channel as GrpcChannel};
 
-use crate::helpers::{Options, TestApp, with_key};
-
-fn t(seconds: i64) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + Duration::seconds(seconds)
-}
-
-fn ev(id: &str, conversation: Option<&str>, at: i64, payload: Payload) -> Event {
-    Event {
-        event_id: id.into(),
-        conversation_id: conversation.map(str::to_owned),
-        occurred_at: t(at),
-        payload,
-    }
-}
+use crate::helpers::{Options, TestApp, ev, t, with_key};
 
 fn opened(id: &str, conv: &str, at: i64, customer: &str, channel: Channel) -> Event {
     ev(

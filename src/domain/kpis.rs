@@ -549,11 +549,22 @@ impl Computation<'_> {
                 continue;
             }
 
-            // Resolutions: every `resolved` event in the window.
-            for t in c.resolutions.iter().filter(|t| inside(**t)) {
-                self.route(grouping, times, c, *t, c.agent, &mut keys);
-                for k in &keys {
-                    groups.get(*k).resolutions += 1;
+            // Resolutions: every `resolved` event in the window. When the whole conversation
+            // lies inside the window and the grouping ignores time, their number is the
+            // slice's length (no walk over them).
+            if per_conversation && from <= c.active.start && c.active.end < to {
+                if !c.resolutions.is_empty() {
+                    self.route(grouping, times, c, c.opened_at, c.agent, &mut keys);
+                    for k in &keys {
+                        groups.get(*k).resolutions += c.resolutions.len() as u64;
+                    }
+                }
+            } else {
+                for t in c.resolutions.iter().filter(|t| inside(**t)) {
+                    self.route(grouping, times, c, *t, c.agent, &mut keys);
+                    for k in &keys {
+                        groups.get(*k).resolutions += 1;
+                    }
                 }
             }
             // Final resolution placed by resolved_at.
@@ -669,9 +680,19 @@ impl Computation<'_> {
         }
     }
 
-    fn finish(&self, a: Acc, kinds: Option<&HashSet<Sym>>) -> GroupResult {
+    fn finish(&self, mut a: Acc, kinds: Option<&HashSet<Sym>>) -> GroupResult {
         let ds = self.dataset;
         let t = self.targets;
+        let mut durations = duration_stats(vec![
+            (std::mem::take(&mut a.frt), None),
+            (std::mem::take(&mut a.bot_frt), Some(t.bot_frt_seconds)),
+            (std::mem::take(&mut a.human_frt), Some(t.human_frt_seconds)),
+            (std::mem::take(&mut a.reply), None),
+            (std::mem::take(&mut a.wait), None),
+            (std::mem::take(&mut a.resolution), Some(t.resolution_seconds)),
+            (std::mem::take(&mut a.duration), None),
+        ])
+        .into_iter();
         let mut k = Kpis {
             conversations: a.conversations,
             messages_received: a.received,
@@ -681,13 +702,13 @@ impl Computation<'_> {
             messages_failed: a.failed,
             delivery_rate: rate(a.delivered, a.sent),
             read_rate: rate(a.read, a.delivered),
-            first_response: DurationStats::from_values(a.frt, None),
-            bot_first_response: DurationStats::from_values(a.bot_frt, Some(t.bot_frt_seconds)),
-            human_first_response: DurationStats::from_values(a.human_frt, Some(t.human_frt_seconds)),
-            reply: DurationStats::from_values(a.reply, None),
-            wait: DurationStats::from_values(a.wait, None),
-            resolution: DurationStats::from_values(a.resolution, Some(t.resolution_seconds)),
-            duration: DurationStats::from_values(a.duration, None),
+            first_response: durations.next().unwrap_or_default(),
+            bot_first_response: durations.next().unwrap_or_default(),
+            human_first_response: durations.next().unwrap_or_default(),
+            reply: durations.next().unwrap_or_default(),
+            wait: durations.next().unwrap_or_default(),
+            resolution: durations.next().unwrap_or_default(),
+            duration: durations.next().unwrap_or_default(),
             resolved: a.resolved,
             resolutions: a.resolutions,
             fcr_rate: rate(a.fcr, a.resolved),
@@ -975,6 +996,27 @@ impl TimeIndex {
         let i = self.slots.partition_point(|(start, _, _)| *start <= at);
         self.slots[i.saturating_sub(1)]
     }
+}
+
+/// Duration statistics of several value sets; large ones are computed on parallel threads.
+fn duration_stats(inputs: Vec<(Vec<f64>, Option<f64>)>) -> Vec<DurationStats> {
+    let total: usize = inputs.iter().map(|(v, _)| v.len()).sum();
+    if total < 200_000 {
+        return inputs
+            .into_iter()
+            .map(|(v, target)| DurationStats::from_values(v, target))
+            .collect();
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .map(|(v, target)| scope.spawn(move || DurationStats::from_values(v, target)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 fn survey_index(kind: SurveyType) -> usize {

@@ -40,7 +40,8 @@ impl DurationStats {
             return Self::default();
         }
         let n = values.len();
-        let sum_micros: i128 = values.iter().map(|v| (v * 1e6).round() as i128).sum();
+        // f64 -> i64 is one instruction (f64 -> i128 is a library call); the sum needs i128.
+        let sum_micros: i128 = values.iter().map(|v| (v * 1e6).round() as i64 as i128).sum();
         let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
         for v in &values {
             min = min.min(*v);

@@ -56,6 +56,25 @@ impl MetricsApi {
         R: Send + 'static,
         F: FnOnce(&Dataset, &Settings) -> Result<R, Error> + Send + 'static,
     {
+        let computed = self.compute_if_changed(tenant, query, None, f).await?;
+        computed
+            .map(|(result, _)| result)
+            .ok_or_else(|| Status::internal("internal error"))
+    }
+
+    /// Like [`MetricsApi::compute`], but returns `None` without computing when the refreshed
+    /// dataset still has version `seen` (watchers); else the result and the version used.
+    async fn compute_if_changed<R, F>(
+        &self,
+        tenant: TenantId,
+        query: Option<&Query>,
+        seen: Option<u64>,
+        f: F,
+    ) -> Result<Option<(R, u64)>, Status>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Dataset, &Settings) -> Result<R, Error> + Send + 'static,
+    {
         let settings = store::settings::get(&self.state.pool, tenant).await?;
         if query.is_some_and(|q| q.business_hours) && settings.business_hours.is_none() {
             return Err(Error::FailedPrecondition(
@@ -64,10 +83,14 @@ impl MetricsApi {
             .into());
         }
         let data = self.state.cache.fresh(tenant).await?;
+        let version = data.version;
+        if seen == Some(version) {
+            return Ok(None);
+        }
         let result = tokio::task::spawn_blocking(move || f(&data.dataset, &settings))
             .await
             .map_err(|e| Error::Internal(anyhow::Error::new(e)))??;
-        Ok(result)
+        Ok(Some((result, version)))
     }
 }
 
@@ -333,31 +356,29 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
                     q.window.to = Utc::now();
                     q.window.from = q.window.to - length;
                 }
-                let version = match api.state.cache.fresh(tenant).await {
-                    Ok(data) => data.version,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        break;
-                    }
-                };
-                // Debounce: push only when the tenant's data changed (or the window moved).
-                if last_version == Some(version) && !sliding {
-                    continue;
-                }
-                last_version = Some(version);
+                // Debounce: compute and push only when the tenant's data changed (a sliding
+                // window moves with the clock, so it is recomputed every tick).
+                let seen = if sliding { None } else { last_version };
                 let window = q.window;
                 let computed = api
-                    .compute(tenant, Some(&q), {
+                    .compute_if_changed(tenant, Some(&q), seen, {
                         let q = q.clone();
                         move |ds, settings| Ok(single(run(ds, settings, &q, Grouping::All)))
                     })
                     .await;
-                let message = computed.map(|k| pb::WatchOverviewResponse {
-                    computed_at: Some(chrono_to_timestamp(Utc::now())),
-                    kpis: Some(conv::kpis_to_proto(&k)),
-                    from: Some(chrono_to_timestamp(window.from)),
-                    to: Some(chrono_to_timestamp(window.to)),
-                });
+                let message = match computed {
+                    Ok(None) => continue,
+                    Ok(Some((k, version))) => {
+                        last_version = Some(version);
+                        Ok(pb::WatchOverviewResponse {
+                            computed_at: Some(chrono_to_timestamp(Utc::now())),
+                            kpis: Some(conv::kpis_to_proto(&k)),
+                            from: Some(chrono_to_timestamp(window.from)),
+                            to: Some(chrono_to_timestamp(window.to)),
+                        })
+                    }
+                    Err(status) => Err(status),
+                };
                 let failed = message.is_err();
                 if tx.send(message).await.is_err() || failed {
                     break;

@@ -113,6 +113,48 @@ pub fn day_of_week(tz: Tz, t: Micros) -> u32 {
 /// Seconds of a day: 0..=86400.
 pub type DaySeconds = u32;
 
+/// Most open intervals of one weekday (every half hour its own interval is already absurd).
+pub const MAX_INTERVALS_PER_DAY: usize = 48;
+/// Most holidays of a schedule (a century of every public holiday).
+pub const MAX_HOLIDAYS: usize = 5000;
+
+/// Parses a wall-clock time "HH:MM" (00:00 to 24:00) into seconds of the day: exactly two digits,
+/// a colon, two digits.
+pub fn parse_hhmm(field: &str, text: &str) -> Result<DaySeconds, Error> {
+    let bad = || {
+        Error::invalid(
+            field,
+            format!("must be HH:MM between 00:00 and 24:00, got {text:?}"),
+        )
+    };
+    let bytes = text.as_bytes();
+    let digits = |a: u8, b: u8| -> Option<u32> {
+        (a.is_ascii_digit() && b.is_ascii_digit()).then(|| u32::from(a - b'0') * 10 + u32::from(b - b'0'))
+    };
+    let [h1, h2, b':', m1, m2] = bytes else {
+        return Err(bad());
+    };
+    let (h, m) = digits(*h1, *h2).zip(digits(*m1, *m2)).ok_or_else(bad)?;
+    if m >= 60 || h > 24 || (h == 24 && m != 0) {
+        return Err(bad());
+    }
+    Ok(h * 3600 + m * 60)
+}
+
+/// Parses a holiday date "YYYY-MM-DD" between 1970 and 2099 (the range queries can ask about).
+pub fn parse_holiday(field: &str, text: &str) -> Result<NaiveDate, Error> {
+    let date = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .filter(|d| text.len() == 10 && (1970..2100).contains(&d.year()))
+        .ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!("must be a date YYYY-MM-DD between 1970 and 2099, got {text:?}"),
+            )
+        })?;
+    Ok(date)
+}
+
 /// A tenant's business hours (METRICS.md §7).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
@@ -121,6 +163,52 @@ pub struct Schedule {
     /// sorted and non-overlapping.
     pub weekly: [Vec<(DaySeconds, DaySeconds)>; 7],
     pub holidays: BTreeSet<NaiveDate>,
+    /// Open time of whole days, summed once per block of days: a span of any length costs a few
+    /// lookups instead of a walk over its days.
+    days: OpenDays,
+}
+
+/// First date of the [`OpenDays`] cache; every date a query can touch (1970-2099, with a day of
+/// margin on each side) lies in the blocks after it.
+const OPEN_DAYS_FIRST: NaiveDate = NaiveDate::from_ymd_opt(1969, 12, 1).expect("valid date");
+/// Days per cached block.
+const OPEN_DAYS_BLOCK: usize = 1024;
+/// Blocks covering 1969-12-01 to 2100-04-16.
+const OPEN_DAYS_BLOCKS: usize = 47;
+
+/// Cumulative open microseconds of whole days, one lazily computed block of
+/// [`OPEN_DAYS_BLOCK`] days at a time (`block[i]` = open time of the block's first `i` days).
+#[derive(Default)]
+struct OpenDays(Vec<std::sync::OnceLock<Box<[i64]>>>);
+
+impl OpenDays {
+    fn new() -> Self {
+        Self(
+            (0..OPEN_DAYS_BLOCKS)
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        )
+    }
+}
+
+impl Clone for OpenDays {
+    /// A clone starts empty: the cache is derived from the schedule.
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl PartialEq for OpenDays {
+    /// Two schedules are equal by their definition, whatever either has cached.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for OpenDays {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OpenDays")
+    }
 }
 
 impl Schedule {
@@ -130,7 +218,22 @@ impl Schedule {
         mut weekly: [Vec<(DaySeconds, DaySeconds)>; 7],
         holidays: BTreeSet<NaiveDate>,
     ) -> Result<Self, Error> {
+        if holidays.len() > MAX_HOLIDAYS {
+            return Err(Error::invalid(
+                "business_hours.holidays",
+                format!("at most {MAX_HOLIDAYS} holidays, got {}", holidays.len()),
+            ));
+        }
         for (day, intervals) in weekly.iter_mut().enumerate() {
+            if intervals.len() > MAX_INTERVALS_PER_DAY {
+                return Err(Error::invalid(
+                    format!("business_hours.days[{day}].intervals"),
+                    format!(
+                        "at most {MAX_INTERVALS_PER_DAY} intervals a day, got {}",
+                        intervals.len()
+                    ),
+                ));
+            }
             intervals.sort_unstable();
             for (i, &(start, end)) in intervals.iter().enumerate() {
                 if start >= end || end > 86_400 {
@@ -151,6 +254,7 @@ impl Schedule {
             time_zone,
             weekly,
             holidays,
+            days: OpenDays::new(),
         })
     }
 
@@ -162,24 +266,77 @@ impl Schedule {
         micros(local_instant(self.time_zone, date.and_time(time)))
     }
 
+    /// Open microseconds of `date`'s intervals clipped to `[from, to)`.
+    fn open_micros(&self, date: NaiveDate, from: Micros, to: Micros) -> i64 {
+        if self.holidays.contains(&date) {
+            return 0;
+        }
+        self.weekly[date.weekday().num_days_from_monday() as usize]
+            .iter()
+            .map(|&(open, close)| {
+                let start = self.instant(date, open).max(from);
+                let end = self.instant(date, close).min(to);
+                (end - start).max(0)
+            })
+            .sum()
+    }
+
+    /// Open microseconds of the whole days `first..=last`.
+    fn open_micros_of_days(&self, first: NaiveDate, last: NaiveDate) -> i64 {
+        if first > last {
+            return 0;
+        }
+        let index = |d: NaiveDate| (d - OPEN_DAYS_FIRST).num_days();
+        let (a, b) = (index(first), index(last));
+        let limit = (OPEN_DAYS_BLOCKS * OPEN_DAYS_BLOCK) as i64;
+        if a < 0 || b >= limit {
+            // Outside the cached range (query validation keeps dates inside it): walk the days.
+            return first
+                .iter_days()
+                .take_while(|d| *d <= last)
+                .map(|d| self.open_micros(d, Micros::MIN, Micros::MAX))
+                .sum();
+        }
+        let (a, b) = (a as usize, b as usize);
+        let mut total = 0;
+        for block in a / OPEN_DAYS_BLOCK..=b / OPEN_DAYS_BLOCK {
+            let sums = self.days.0[block].get_or_init(|| self.block_sums(block));
+            let lo = a.max(block * OPEN_DAYS_BLOCK) - block * OPEN_DAYS_BLOCK;
+            let hi = b.min((block + 1) * OPEN_DAYS_BLOCK - 1) - block * OPEN_DAYS_BLOCK;
+            total += sums[hi + 1] - sums[lo];
+        }
+        total
+    }
+
+    fn block_sums(&self, block: usize) -> Box<[i64]> {
+        let first = OPEN_DAYS_FIRST + Duration::days((block * OPEN_DAYS_BLOCK) as i64);
+        let mut sums = Vec::with_capacity(OPEN_DAYS_BLOCK + 1);
+        let mut total = 0;
+        sums.push(0);
+        for day in first.iter_days().take(OPEN_DAYS_BLOCK) {
+            total += self.open_micros(day, Micros::MIN, Micros::MAX);
+            sums.push(total);
+        }
+        sums.into_boxed_slice()
+    }
+
     /// Seconds of `span` that fall inside open hours (holidays closed all day).
+    ///
+    /// The local days strictly between the span's first and last day are open for whole days,
+    /// so their time comes from cached sums; only the edge days are clipped to the span. The sum
+    /// is in whole microseconds, so the result does not depend on how it was split.
     pub fn open_seconds(&self, span: Span) -> f64 {
         if span.end <= span.start {
             return 0.0;
         }
-        let first = local(self.time_zone, span.start).date_naive() - Duration::days(1);
+        let first = local(self.time_zone, span.start).date_naive();
         let last = local(self.time_zone, span.end).date_naive();
-        let mut total: i64 = 0;
-        let mut date = first;
-        while date <= last {
-            if !self.holidays.contains(&date) {
-                for &(open, close) in &self.weekly[date.weekday().num_days_from_monday() as usize] {
-                    let start = self.instant(date, open).max(span.start);
-                    let end = self.instant(date, close).min(span.end);
-                    total += (end - start).max(0);
-                }
-            }
-            date += Duration::days(1);
+        // The day before the first can only matter around DST gaps; it is clipped like an edge.
+        let mut total = self.open_micros(first - Duration::days(1), span.start, span.end)
+            + self.open_micros(first, span.start, span.end);
+        if last > first {
+            total += self.open_micros_of_days(first + Duration::days(1), last - Duration::days(1));
+            total += self.open_micros(last, span.start, span.end);
         }
         total as f64 / 1e6
     }
@@ -262,5 +419,55 @@ mod tests {
             end: at("2026-03-10T10:00:42+01:00"),
         };
         assert_eq!(s.open_seconds(inside), 42.0);
+    }
+
+    /// The definition: every local day of the span (and the one before), clipped to it.
+    fn open_seconds_by_walking_days(s: &Schedule, span: Span) -> f64 {
+        if span.end <= span.start {
+            return 0.0;
+        }
+        let first = local(s.time_zone, span.start).date_naive() - Duration::days(1);
+        let last = local(s.time_zone, span.end).date_naive();
+        let total: i64 = first
+            .iter_days()
+            .take_while(|d| *d <= last)
+            .map(|d| s.open_micros(d, span.start, span.end))
+            .sum();
+        total as f64 / 1e6
+    }
+
+    #[test]
+    fn long_spans_equal_the_day_walk_across_dst_and_holidays() {
+        use rand::{Rng, SeedableRng};
+        let tz: Tz = "America/New_York".parse().unwrap();
+        let mut weekly: [Vec<(u32, u32)>; 7] = Default::default();
+        weekly[0] = vec![(0, 2 * 3600 + 1800), (9 * 3600, 17 * 3600)];
+        weekly[2] = vec![(1800, 3 * 3600)];
+        weekly[6] = vec![(23 * 3600, 86_400)];
+        let holidays = [
+            NaiveDate::from_ymd_opt(2026, 3, 9).unwrap(),
+            NaiveDate::from_ymd_opt(2026, 11, 2).unwrap(),
+        ]
+        .into_iter()
+        .collect();
+        let s = Schedule::new(tz, weekly, holidays).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let base = at("2025-12-20T00:00:00Z");
+        for _ in 0..300 {
+            let start = base + rng.random_range(0..400 * 86_400_000_000i64);
+            let end = start + rng.random_range(0..120 * 86_400_000_000i64);
+            let span = Span { start, end };
+            assert_eq!(
+                s.open_seconds(span),
+                open_seconds_by_walking_days(&s, span),
+                "{span:?}"
+            );
+        }
+        // A century (a backlog age from 2000 to 2099) against the walk over its 36,500 days.
+        let century = Span {
+            start: at("2000-01-01T00:00:00Z"),
+            end: at("2099-12-31T00:00:00Z"),
+        };
+        assert_eq!(s.open_seconds(century), open_seconds_by_walking_days(&s, century));
     }
 }

@@ -11,6 +11,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_ID_CHARS: usize = 128;
 /// Longest conversion kind, in characters.
 pub const MAX_KIND_CHARS: usize = 64;
+/// Largest `conversion.value_minor` (10^15 minor units, e.g. ten trillion EUR): revenue sums of
+/// millions of such values still fit in a signed 64-bit integer, so no KPI can overflow.
+pub const MAX_VALUE_MINOR: i64 = 1_000_000_000_000_000;
+/// Survey scale bounds must lie in `[-MAX_SCALE_ABS, MAX_SCALE_ABS]` (a 0-100 scale is the widest
+/// in use; this keeps every normalisation free of integer overflow).
+pub const MAX_SCALE_ABS: i32 = 1000;
 
 /// One validated event of one tenant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,10 +295,14 @@ impl FieldError {
     }
 }
 
-/// Checks an id of METRICS.md §2: 1-128 characters.
+/// Checks an id of METRICS.md §2: 1-128 characters, none of them NUL (PostgreSQL text and
+/// jsonb cannot store U+0000, so such an event could never be stored: it is rejected here, alone,
+/// instead of failing the batch it travels in).
 pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
     let chars = value.chars().count();
-    if chars == 0 {
+    if value.contains('\0') {
+        Err(FieldError::new(field, "must not contain NUL (U+0000)"))
+    } else if chars == 0 {
         Err(FieldError::new(field, "must be set (1-128 characters)"))
     } else if chars > MAX_ID_CHARS {
         Err(FieldError::new(
@@ -346,6 +356,14 @@ pub fn check_survey_scale(
         min: scale_min.unwrap_or(default.min),
         max: scale_max.unwrap_or(default.max),
     };
+    for (field, bound) in [("scale_min", scale.min), ("scale_max", scale.max)] {
+        if !(-MAX_SCALE_ABS..=MAX_SCALE_ABS).contains(&bound) {
+            return Err(FieldError::new(
+                field,
+                format!("must be between -{MAX_SCALE_ABS} and {MAX_SCALE_ABS}, got {bound}"),
+            ));
+        }
+    }
     if survey == SurveyType::Nps && scale != default {
         let field = if scale.min != default.min {
             "scale_min"
@@ -397,6 +415,18 @@ pub fn check_conversion_kind(field: &str, kind: &str) -> Result<(), FieldError> 
     }
 }
 
+/// METRICS.md §2 `value_minor >= 0`, and at most [`MAX_VALUE_MINOR`] so revenue sums stay exact.
+pub fn check_value_minor(field: &str, value: i64) -> Result<(), FieldError> {
+    if (0..=MAX_VALUE_MINOR).contains(&value) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            field,
+            format!("must be between 0 and {MAX_VALUE_MINOR}, got {value}"),
+        ))
+    }
+}
+
 /// ISO 4217 shape: three uppercase ASCII letters.
 pub fn check_currency(field: &str, currency: &str) -> Result<(), FieldError> {
     if currency.len() == 3 && currency.chars().all(|c| c.is_ascii_uppercase()) {
@@ -424,6 +454,28 @@ mod tests {
         assert_eq!(
             check_id("event_id", &"a".repeat(129)).unwrap_err().field,
             "event_id"
+        );
+        let nul = check_id("agent_id", "ann\0").unwrap_err();
+        assert_eq!(
+            (nul.field.as_str(), nul.reason.as_str()),
+            ("agent_id", "must not contain NUL (U+0000)")
+        );
+    }
+
+    #[test]
+    fn values_and_scales_stay_in_ranges_the_kpis_can_sum() {
+        assert!(check_value_minor("v", 0).is_ok());
+        assert!(check_value_minor("v", MAX_VALUE_MINOR).is_ok());
+        assert!(check_value_minor("v", MAX_VALUE_MINOR + 1).is_err());
+        assert!(check_value_minor("v", -1).is_err());
+        assert!(check_survey_scale(SurveyType::Csat, 50, Some(0), Some(100)).is_ok());
+        let wide = check_survey_scale(SurveyType::Csat, 0, Some(i32::MIN), Some(i32::MAX)).unwrap_err();
+        assert_eq!(wide.field, "scale_min");
+        assert_eq!(
+            check_survey_scale(SurveyType::Csat, 5, Some(1), Some(1001))
+                .unwrap_err()
+                .field,
+            "scale_max"
         );
     }
 

@@ -17,6 +17,31 @@ pub const DEFAULT_ATTRIBUTION_WINDOW: Duration = Duration::days(7);
 /// Longest repeat or attribution window accepted.
 pub const MAX_LOOKAHEAD: Duration = Duration::days(366);
 
+/// Query instants (window bounds, backlog instants) must lie in
+/// `[EARLIEST_INSTANT, LATEST_INSTANT)`: every event is after 2000-01-01, and the bounds keep all
+/// calendar arithmetic (previous windows, lookaheads, buckets, business hours) far from the
+/// limits of the date types, so no value a client sends can overflow it.
+pub fn earliest_instant() -> DateTime<Utc> {
+    DateTime::from_timestamp(0, 0).expect("the epoch is a valid instant")
+}
+
+/// See [`earliest_instant`]: 2100-01-01T00:00:00Z.
+pub fn latest_instant() -> DateTime<Utc> {
+    DateTime::from_timestamp(4_102_444_800, 0).expect("2100-01-01 is a valid instant")
+}
+
+/// Checks that `t` is a query instant chatkpi can compute with (see [`earliest_instant`]).
+pub fn check_instant(field: &str, t: DateTime<Utc>) -> Result<DateTime<Utc>, Error> {
+    if t < earliest_instant() || t >= latest_instant() {
+        Err(Error::invalid(
+            field,
+            format!("must be between 1970-01-01T00:00:00Z and 2100-01-01T00:00:00Z, got {t}"),
+        ))
+    } else {
+        Ok(t)
+    }
+}
+
 /// A half-open window `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -25,8 +50,10 @@ pub struct Window {
 }
 
 impl Window {
-    /// Validates `from < to` and the length limit; `field` prefixes error paths.
+    /// Validates the instants' range, `from < to` and the length limit.
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Self, Error> {
+        check_instant("from", from)?;
+        check_instant("to", to)?;
         if from >= to {
             return Err(Error::invalid(
                 "to",
@@ -120,14 +147,43 @@ pub fn parse_time_zone(field: &str, name: &str) -> Result<Tz, Error> {
         .map_err(|_| Error::invalid(field, format!("unknown IANA time zone {name:?}")))
 }
 
-/// Checks a lookahead window (repeat / attribution).
-pub fn check_lookahead(field: &str, d: Duration) -> Result<Duration, Error> {
-    if d < Duration::zero() || d > MAX_LOOKAHEAD {
-        Err(Error::invalid(
+/// Checks a lookahead window (repeat / attribution) given as seconds and nanoseconds (the
+/// protobuf `Duration` shape), before any arithmetic on it can overflow.
+pub fn check_lookahead(field: &str, seconds: i64, nanos: i32) -> Result<Duration, Error> {
+    let invalid = || {
+        Error::invalid(
             field,
             format!("must be between 0 and {} days", MAX_LOOKAHEAD.num_days()),
-        ))
-    } else {
-        Ok(d)
+        )
+    };
+    if !(0..=MAX_LOOKAHEAD.num_seconds()).contains(&seconds) || !(0..1_000_000_000).contains(&nanos) {
+        return Err(invalid());
+    }
+    let d = Duration::seconds(seconds) + Duration::nanoseconds(nanos as i64);
+    if d > MAX_LOOKAHEAD { Err(invalid()) } else { Ok(d) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookaheads_out_of_range_are_rejected_without_overflow() {
+        assert_eq!(check_lookahead("w", 0, 0).unwrap(), Duration::zero());
+        assert_eq!(check_lookahead("w", 86_400, 0).unwrap(), Duration::days(1));
+        assert!(check_lookahead("w", 10_000_000_000_000_000, 0).is_err());
+        assert!(check_lookahead("w", i64::MIN, 0).is_err());
+        assert!(check_lookahead("w", 366 * 86_400, 1).is_err());
+        assert!(check_lookahead("w", 1, -5).is_err());
+    }
+
+    #[test]
+    fn windows_outside_the_supported_range_are_rejected() {
+        let far = DateTime::from_timestamp(-8_000_000_000_000, 0).unwrap();
+        let err = Window::new(far, earliest_instant()).unwrap_err();
+        assert!(err.to_string().starts_with("from: must be between"), "{err}");
+        let late = DateTime::from_timestamp(8_000_000_000_000, 0).unwrap();
+        assert!(Window::new(earliest_instant(), late).is_err());
+        assert!(Window::new(latest_instant() - Duration::days(1), latest_instant()).is_err());
     }
 }

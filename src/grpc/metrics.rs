@@ -254,6 +254,9 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
             None => default_at,
         };
+        // The backlog age is measured up to `at`: a far-future instant would make every age
+        // (and, in business hours, every calendar walk) unbounded.
+        crate::domain::query::check_instant("at", at)?;
         let q = query.clone();
         let backlog = self
             .compute(tenant, Some(&query), move |ds, settings| {

@@ -369,6 +369,108 @@ async fn invalid_queries_are_rejected_with_the_field() {
 }
 
 #[tokio::test]
+async fn hostile_query_values_are_invalid_arguments_not_panics() {
+    let app = loaded().await;
+    let mut client = metrics(&app.channel);
+    let ts = |seconds: i64| Some(pbjson_types::Timestamp { seconds, nanos: 0 });
+    // Near the ends of what chrono can represent (years -262143 and +262142).
+    let ancient = pb::Query {
+        from: ts(-8_000_000_000_000),
+        to: ts(-7_999_999_000_000),
+        ..Default::default()
+    };
+    let status = client
+        .get_overview(app.authed(pb::GetOverviewRequest {
+            query: Some(ancient),
+            compare_previous: true,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("query.from: must be between"),
+        "{}",
+        status.message()
+    );
+    let remote = pb::Query {
+        to: ts(8_000_000_000_000),
+        ..query(0, 10)
+    };
+    let status = client
+        .get_time_series(app.authed(pb::GetTimeSeriesRequest {
+            query: Some(remote),
+            granularity: pb::Granularity::Month as i32,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("query.to: must be between"),
+        "{}",
+        status.message()
+    );
+    let mut huge_lookahead = query(0, 10);
+    huge_lookahead.repeat_window = Some(pbjson_types::Duration {
+        seconds: 10_000_000_000_000_000,
+        nanos: 0,
+    });
+    let status = client
+        .get_overview(app.authed(pb::GetOverviewRequest {
+            query: Some(huge_lookahead),
+            compare_previous: false,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::InvalidArgument,
+            "query.repeat_window: must be between 0 and 366 days"
+        )
+    );
+    // A backlog instant in year 9999 is refused at once (its age would be unbounded).
+    let status = client
+        .get_backlog(app.authed(pb::GetBacklogRequest {
+            query: None,
+            at: ts(253_402_300_000),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("at: must be between"),
+        "{}",
+        status.message()
+    );
+    // Business hours that only look like times or dates.
+    for (open, holiday, field) in [
+        ("+9:00", "2026-12-25", "business_hours.days[0].intervals[0].open"),
+        ("09:00", "0000-01-01", "business_hours.holidays[0]"),
+        ("09:00", "+12345-01-01", "business_hours.holidays[0]"),
+    ] {
+        let status = client
+            .update_settings(app.authed(pb::UpdateSettingsRequest {
+                business_hours: Some(pb::BusinessHours {
+                    time_zone: "UTC".into(),
+                    days: vec![pb::DayHours {
+                        weekday: 1,
+                        intervals: vec![pb::OpenInterval {
+                            open: open.into(),
+                            close: "18:00".into(),
+                        }],
+                    }],
+                    holidays: vec![holiday.into()],
+                }),
+                ..Default::default()
+            }))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{open} {holiday}");
+        assert!(status.message().starts_with(field), "{}", status.message());
+    }
+}
+
+#[tokio::test]
 async fn settings_round_trip_and_drive_business_hours_and_the_scorecard() {
     let app = loaded().await;
     let mut client = metrics(&app.channel);

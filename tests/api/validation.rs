@@ -180,6 +180,18 @@ async fn each_validation_rule_rejects_only_its_event_with_the_field_path() {
             "conversion.kind",
         ),
         (
+            with("v-value-huge", |e| {
+                e.payload = conversion("sale", Some(i64::MAX), Some("EUR"))
+            }),
+            "conversion.value_minor",
+        ),
+        (
+            with("v-scale-wide", |e| {
+                e.payload = survey(pb::SurveyType::Csat, 0, Some(i32::MIN), Some(i32::MAX))
+            }),
+            "survey_response.scale_min",
+        ),
+        (
             with("v-tag", |e| {
                 e.payload = Some(P::TagsChanged(pb::TagsChanged {
                     added: vec!["ok".into(), String::new()],
@@ -189,6 +201,8 @@ async fn each_validation_rule_rejects_only_its_event_with_the_field_path() {
             "tags_changed.added[1]",
         ),
     ];
+    let mut cases = cases;
+    cases.extend(nul_cases());
     // Valid events around the bad ones: they must be stored.
     let mut batch = vec![valid("ok-1")];
     batch.extend(cases.iter().map(|(e, _)| e.clone()));
@@ -212,6 +226,102 @@ async fn each_validation_rule_rejects_only_its_event_with_the_field_path() {
     }
     assert_eq!(response.rejected as usize, cases.len());
     assert_eq!(app.event_count().await, 2);
+}
+
+/// A NUL character (which PostgreSQL text cannot store) in every string field an event can carry,
+/// with the path each must be rejected under.
+fn nul_cases() -> Vec<(pb::Event, &'static str)> {
+    const NUL: &str = "x\u{0}y";
+    let opened = |change: fn(&mut pb::ConversationOpened)| {
+        let mut o = pb::ConversationOpened {
+            customer_id: "c".into(),
+            channel: pb::Channel::Sms as i32,
+            ..Default::default()
+        };
+        change(&mut o);
+        Some(P::ConversationOpened(o))
+    };
+    vec![
+        (with(NUL, |_| {}), "event_id"),
+        (
+            with("n-conv", |e| e.conversation_id = NUL.into()),
+            "conversation_id",
+        ),
+        (
+            with("n-customer", |e| {
+                e.payload = opened(|o| o.customer_id = NUL.into())
+            }),
+            "conversation_opened.customer_id",
+        ),
+        (
+            with("n-inbox", |e| e.payload = opened(|o| o.inbox = Some(NUL.into()))),
+            "conversation_opened.inbox",
+        ),
+        (
+            with("n-team", |e| e.payload = opened(|o| o.team = Some(NUL.into()))),
+            "conversation_opened.team",
+        ),
+        (
+            with("n-message", |e| {
+                e.payload = Some(P::Message(pb::Message {
+                    message_id: NUL.into(),
+                    sender: pb::Sender::Customer as i32,
+                    agent_id: String::new(),
+                    private: false,
+                }))
+            }),
+            "message.message_id",
+        ),
+        (
+            with("n-agent", |e| {
+                e.payload = Some(P::Message(pb::Message {
+                    message_id: "m".into(),
+                    sender: pb::Sender::Agent as i32,
+                    agent_id: NUL.into(),
+                    private: false,
+                }))
+            }),
+            "message.agent_id",
+        ),
+        (
+            with("n-assigned", |e| {
+                e.payload = Some(P::Assigned(pb::Assigned {
+                    agent_id: NUL.into(),
+                    team: None,
+                }))
+            }),
+            "assigned.agent_id",
+        ),
+        (
+            with("n-tag", |e| {
+                e.payload = Some(P::TagsChanged(pb::TagsChanged {
+                    added: vec![],
+                    removed: vec![NUL.into()],
+                }))
+            }),
+            "tags_changed.removed[0]",
+        ),
+        (
+            with("n-status", |e| {
+                e.payload = Some(P::AgentStatus(pb::AgentStatus {
+                    agent_id: NUL.into(),
+                    status: pb::Presence::Online as i32,
+                }))
+            }),
+            "agent_status.agent_id",
+        ),
+        (
+            with("n-conversion", |e| {
+                e.payload = Some(P::Conversion(pb::Conversion {
+                    customer_id: NUL.into(),
+                    kind: "sale".into(),
+                    value_minor: None,
+                    currency: None,
+                }))
+            }),
+            "conversion.customer_id",
+        ),
+    ]
 }
 
 #[tokio::test]

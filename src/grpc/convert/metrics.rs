@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use chrono::{DateTime, Duration, Utc};
 
 use super::{chrono_to_timestamp, required_enum, timestamp_to_chrono};
 use crate::{
     domain::{
         Error,
-        calendar::{DaySeconds, Granularity, Schedule},
+        calendar::{self, DaySeconds, Granularity, Schedule},
         dataset::{Conv, Dataset, Span, to_datetime},
         event::{FieldError, SurveyType},
         kpis::{Dimension, Kpis, Targets},
@@ -40,13 +40,7 @@ fn required_time(field: &str, ts: &Option<pbjson_types::Timestamp>) -> Result<Da
 fn lookahead(field: &str, d: &Option<pbjson_types::Duration>, default: Duration) -> Result<Duration, Error> {
     match d {
         None => Ok(default),
-        Some(d) => {
-            if !(-999_999_999..=999_999_999).contains(&d.nanos) {
-                return Err(Error::invalid(field, "nanos out of range"));
-            }
-            let value = Duration::seconds(d.seconds) + Duration::nanoseconds(d.nanos as i64);
-            query::check_lookahead(field, value)
-        }
+        Some(d) => query::check_lookahead(field, d.seconds, d.nanos),
     }
 }
 
@@ -361,21 +355,6 @@ pub fn conversation_to_proto(ds: &Dataset, c: &Conv, measure: &dyn Fn(Span) -> f
     }
 }
 
-fn parse_hhmm(field: &str, text: &str) -> Result<DaySeconds, Error> {
-    let bad = || {
-        Error::invalid(
-            field,
-            format!("must be HH:MM between 00:00 and 24:00, got {text:?}"),
-        )
-    };
-    let (h, m) = text.split_once(':').ok_or_else(bad)?;
-    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if m >= 60 || h > 24 || (h == 24 && m != 0) || text.len() != 5 {
-        return Err(bad());
-    }
-    Ok(h * 3600 + m * 60)
-}
-
 fn format_hhmm(secs: DaySeconds) -> String {
     format!("{:02}:{:02}", secs / 3600, (secs % 3600) / 60)
 }
@@ -397,11 +376,11 @@ pub fn schedule_from_proto(b: &pb::BusinessHours) -> Result<Schedule, Error> {
             ));
         }
         for (j, interval) in day.intervals.iter().enumerate() {
-            let open = parse_hhmm(
+            let open = calendar::parse_hhmm(
                 &format!("business_hours.days[{i}].intervals[{j}].open"),
                 &interval.open,
             )?;
-            let close = parse_hhmm(
+            let close = calendar::parse_hhmm(
                 &format!("business_hours.days[{i}].intervals[{j}].close"),
                 &interval.close,
             )?;
@@ -410,13 +389,10 @@ pub fn schedule_from_proto(b: &pb::BusinessHours) -> Result<Schedule, Error> {
     }
     let mut holidays = BTreeSet::new();
     for (i, h) in b.holidays.iter().enumerate() {
-        let date = NaiveDate::parse_from_str(h, "%Y-%m-%d").map_err(|_| {
-            Error::invalid(
-                format!("business_hours.holidays[{i}]"),
-                format!("must be YYYY-MM-DD, got {h:?}"),
-            )
-        })?;
-        holidays.insert(date);
+        holidays.insert(calendar::parse_holiday(
+            &format!("business_hours.holidays[{i}]"),
+            h,
+        )?);
     }
     Schedule::new(tz, weekly, holidays)
 }

@@ -301,13 +301,8 @@ fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
             let f = within("conversion");
             check_id("customer_id", &c.customer_id).map_err(&f)?;
             ev::check_conversion_kind("kind", &c.kind).map_err(&f)?;
-            if let Some(v) = c.value_minor
-                && v < 0
-            {
-                return Err(f(FieldError::new(
-                    "value_minor",
-                    format!("must be >= 0, got {v}"),
-                )));
+            if let Some(v) = c.value_minor {
+                ev::check_value_minor("value_minor", v).map_err(&f)?;
             }
             match (&c.currency, c.value_minor) {
                 (Some(cur), _) => ev::check_currency("currency", cur).map_err(&f)?,

@@ -131,10 +131,15 @@ pub struct ServeConfig {
     /// Most database connections the server opens.
     #[arg(long, env = "CHATKPI_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
-    /// Tenants whose query dataset is kept in memory (least recently used beyond this are
-    /// dropped and reloaded on their next query).
-    #[arg(long, env = "CHATKPI_CACHE_TENANTS", default_value_t = 64)]
-    pub cache_tenants: u32,
+    /// Memory for query data (day segments, names, presence, conversions of every tenant), in
+    /// bytes or with a unit (512MiB, 2GiB). What does not fit is evicted and read again from
+    /// PostgreSQL when a query needs it.
+    #[arg(long, env = "CHATKPI_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
+    pub cache_bytes: u64,
+    /// Writer tasks per tenant: each stores whole batches in its own transactions, several
+    /// waiting batches at a time.
+    #[arg(long, env = "CHATKPI_WRITERS_PER_TENANT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub writers_per_tenant: u32,
     /// On SIGTERM / Ctrl-C, how long in-flight requests and streams may take to finish, in
     /// seconds, before the server stops anyway.
     #[arg(long, env = "CHATKPI_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
@@ -194,4 +199,46 @@ pub struct SimulateArgs {
     /// Parallel streams to the server.
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
+}
+
+/// Parses a size: a number of bytes, optionally followed by a unit (KiB, MiB, GiB, TiB; KB,
+/// MB, GB, TB are powers of 1000).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a size such as 512MiB, got {text:?}"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB, GiB, TiB)")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_bytes("1024"), Ok(1024));
+        assert_eq!(parse_bytes("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2 GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("3GB"), Ok(3_000_000_000));
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("99999999999TiB").is_err());
+    }
 }

@@ -14,11 +14,11 @@
 //! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring, settings, logs, subcommands.
 //! - [`sim`]: the deterministic helpdesk simulator.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
-pub mod ingest;
 pub mod sim;
 pub mod startup;
 pub mod store;

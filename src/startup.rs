@@ -1,15 +1,7 @@
 //! Builds the server (listener, pool, services, health, reflection) and runs it until a
 //! shutdown signal, with a bounded drain.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -19,8 +11,9 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
+    app::{App, AppConfig, Readiness},
     config::ServeConfig,
-    grpc::{AppState, events::EventsApi, metrics::MetricsApi, pb},
+    grpc::{events::EventsApi, metrics::MetricsApi, pb},
     store,
 };
 
@@ -33,7 +26,7 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub struct Application {
     listener: TcpListener,
     pool: PgPool,
-    state: Arc<AppState>,
+    app: Arc<App>,
     grace: Duration,
 }
 
@@ -46,17 +39,18 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let pool = store::lazy_pool(&config.database.database_url, config.db_max_connections)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let ready = Arc::new(AtomicBool::new(false));
-        let state = Arc::new(AppState::new(
+        let app = Arc::new(App::new(
             pool.clone(),
-            ready,
-            config.max_batch as usize,
-            config.cache_tenants as usize,
+            &AppConfig {
+                max_batch: config.max_batch as usize,
+                writers_per_tenant: config.writers_per_tenant as usize,
+                cache_bytes: config.cache_bytes,
+            },
         ));
         Ok(Self {
             listener,
             pool,
-            state,
+            app,
             grace: Duration::from_secs(config.shutdown_grace_secs),
         })
     }
@@ -85,15 +79,15 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
 
-        let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.state.clone()))
+        let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.app.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
 
         let metrics =
-            pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.state.clone()));
+            pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.app.clone()));
 
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
-            self.state.ready.clone(),
+            self.app.ready.clone(),
             reporter.clone(),
         ));
 
@@ -146,7 +140,7 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Migrates as soon as the database answers, then keeps health in step with reachability.
-async fn watch_database(pool: PgPool, ready: Arc<AtomicBool>, reporter: HealthReporter) {
+async fn watch_database(pool: PgPool, ready: Readiness, reporter: HealthReporter) {
     let mut delay = Duration::from_millis(200);
     loop {
         match store::migrate(&pool).await {
@@ -158,8 +152,9 @@ async fn watch_database(pool: PgPool, ready: Arc<AtomicBool>, reporter: HealthRe
             }
         }
     }
+    upgrade_projection(&pool).await;
     tracing::info!("database migrated, serving");
-    ready.store(true, Ordering::Release);
+    ready.set(true);
     set_status(&reporter, ServingStatus::Serving).await;
     let mut serving = true;
     loop {
@@ -167,13 +162,34 @@ async fn watch_database(pool: PgPool, ready: Arc<AtomicBool>, reporter: HealthRe
         let up = store::ping(&pool).await;
         if up != serving {
             serving = up;
-            ready.store(up, Ordering::Release);
+            ready.set(up);
             if up {
                 tracing::info!("database reachable again, serving");
                 set_status(&reporter, ServingStatus::Serving).await;
             } else {
                 tracing::warn!("database unreachable, not serving");
                 set_status(&reporter, ServingStatus::NotServing).await;
+            }
+        }
+    }
+}
+
+/// Derives again, from their events, the conversations stored by an older fact derivation
+/// (their facts or record layout changed); queries wait (NOT_SERVING) until it is done, so no
+/// answer mixes two derivations.
+async fn upgrade_projection(pool: &PgPool) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store::events::reproject_outdated(pool).await {
+            Ok(0) => return,
+            Ok(n) => {
+                tracing::info!(conversations = n, "conversations derived again after an upgrade");
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot derive outdated conversations yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(HEALTH_INTERVAL);
             }
         }
     }

@@ -18,18 +18,7 @@ use super::{
 /// An interned string; `NONE` = absent.
 pub type Sym = u32;
 pub const NONE: Sym = 0;
-/// Microseconds since the Unix epoch.
-pub type Micros = i64;
-/// End of an interval that is still going.
-pub const OPEN_END: Micros = i64::MAX;
-
-pub fn micros(t: DateTime<Utc>) -> Micros {
-    t.timestamp_micros()
-}
-
-pub fn to_datetime(m: Micros) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(m).unwrap_or(DateTime::<Utc>::MAX_UTC)
-}
+pub use super::time::{Micros, OPEN_END, Span, micros, to_datetime};
 
 /// String interner: `Sym` 0 is the empty string (absent).
 #[derive(Debug, Default)]
@@ -83,19 +72,6 @@ impl Symbols {
 
     pub fn name(&self, sym: Sym) -> &str {
         self.names.get(sym as usize).map_or("", |s| s)
-    }
-}
-
-/// `[start, end)` in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Span {
-    pub start: Micros,
-    pub end: Micros,
-}
-
-impl Span {
-    pub fn seconds(&self) -> f64 {
-        (self.end - self.start) as f64 / 1e6
     }
 }
 
@@ -361,7 +337,11 @@ impl Dataset {
         for c in &mut self.conversations {
             c.next_contact = match (c.resolved_at, opens.get(&c.customer)) {
                 (Some(resolved_at), Some(list)) if c.customer != NONE => {
-                    list.get(list.partition_point(|t| *t <= resolved_at)).copied()
+                    // The conversation itself is never its own repeat contact (it opens after
+                    // its resolution only when its `conversation_opened` is stamped late).
+                    let i = list.partition_point(|t| *t <= resolved_at);
+                    let skip_self = c.opened_at > resolved_at && list.get(i) == Some(&c.opened_at);
+                    list.get(i + usize::from(skip_self)).copied()
                 }
                 _ => None,
             };
@@ -516,7 +496,7 @@ impl Dataset {
             next_contact: None,
             // Unknown start (older stored facts): a span no window contains.
             active: Span {
-                start: f.first_event_at.map_or(Micros::MIN, micros),
+                start: micros(f.first_event_at),
                 end: micros(f.last_event_at),
             },
             message_totals: {

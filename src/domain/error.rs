@@ -16,6 +16,9 @@ pub enum Error {
     /// Missing, malformed or unknown API key.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// The client went away or its deadline passed: the work was stopped.
+    #[error("cancelled")]
+    Cancelled,
     /// The database cannot be reached right now; safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),

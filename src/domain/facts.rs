@@ -19,10 +19,15 @@ use super::event::{
     Channel, DeliveryStatus, Event, Initiator, Payload, Priority, ResolvedBy, Scale, Sender, SurveyType,
 };
 
+/// The version of the derivation rules and of the stored record layout. A stored conversation
+/// written by an older one is derived again from its events (`chatkpi reproject`, or at startup).
+pub const DERIVATION: i16 = 2;
+
 /// Where a conversation stands after its `resolved` / `reopened` / `abandoned` events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    #[default]
     Open,
     Resolved,
     Abandoned,
@@ -190,10 +195,8 @@ pub struct ConversationFacts {
     pub surveys: Vec<SurveyAnswer>,
     pub surveys_sent: Vec<SurveySend>,
     /// The earliest `occurred_at` among the conversation's events: every item of the
-    /// conversation lies in `[first_event_at, last_event_at]`. Absent in facts stored before
-    /// this field existed (readers then treat the span as unknown).
-    #[serde(default)]
-    pub first_event_at: Option<DateTime<Utc>>,
+    /// conversation lies in `[first_event_at, last_event_at]`.
+    pub first_event_at: DateTime<Utc>,
     /// The latest `occurred_at` among the conversation's events.
     pub last_event_at: DateTime<Utc>,
 }
@@ -207,6 +210,42 @@ impl ConversationFacts {
     /// Responses after the first (reply times).
     pub fn replies(&self) -> &[Response] {
         self.responses.get(1..).unwrap_or(&[])
+    }
+
+    /// When the conversation stopped being open for good: the time of its final ending state
+    /// change, or `None` while it is open (no backlog membership or handling after it).
+    pub fn live_until(&self) -> Option<DateTime<Utc>> {
+        if self.state == State::Open {
+            None
+        } else {
+            Some(self.state_changes.last().map_or(self.last_event_at, |c| c.at))
+        }
+    }
+
+    /// Sets the durations that follow from the instants (METRICS.md §3): wait (human queue start
+    /// to first assignment), resolution (`resolved_at - opened_at`, never negative: a
+    /// late-stamped `conversation_opened` may follow the resolution, docs/metrics.md) and
+    /// duration (first to last counted message of an ended conversation).
+    pub(crate) fn fill_derived_durations(&mut self) {
+        self.wait_seconds = match (self.human_queue_start, self.first_assigned_at) {
+            (Some(start), Some(assigned)) => Some(seconds_between(start, assigned)),
+            _ => None,
+        };
+        self.resolution_seconds = self
+            .resolved_at
+            .map(|at| seconds_between(self.opened_at, at).max(0.0));
+        self.duration_seconds = None;
+        if self.ended_at.is_some() {
+            let mut counted = self
+                .messages
+                .iter()
+                .filter(|m| m.sender != Sender::System)
+                .map(|m| m.at);
+            if let Some(first_at) = counted.next() {
+                let last_at = counted.next_back().unwrap_or(first_at);
+                self.duration_seconds = Some(seconds_between(first_at, last_at));
+            }
+        }
     }
 }
 
@@ -240,7 +279,8 @@ pub fn sort_events(events: &mut [&Event]) {
     });
 }
 
-fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+/// `to - from` in seconds, exact to the microsecond.
+pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     let d = to - from;
     match d.num_microseconds() {
         Some(us) => us as f64 / 1e6,
@@ -256,20 +296,29 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
         .iter()
         .filter(|e| e.payload.belongs_to_conversation())
         .collect();
-    if ordered.is_empty() {
-        return None;
-    }
     sort_events(&mut ordered);
-
-    // Delivery receipts may arrive (and sort) before their message: collect them first.
-    let mut receipts: HashMap<&str, (bool, bool, bool)> = HashMap::new();
+    let mut walk = Walk::new(conversation_id, ordered.first()?.occurred_at);
     for e in &ordered {
+        walk.apply(e);
+    }
+    let mut facts = walk.finish();
+    attach_receipts(&mut facts, &ordered);
+    Some(facts)
+}
+
+/// Delivery flags of one message: (delivered, read, failed).
+type Receipt = (bool, bool, bool);
+
+/// Attaches delivery receipts to their messages, whenever they arrived (METRICS.md §5: a receipt
+/// may arrive, and sort, before its message; read implies delivered).
+fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
+    let mut receipts: HashMap<&str, Receipt> = HashMap::new();
+    for e in ordered {
         if let Payload::MessageStatus(s) = &e.payload {
             let flags = receipts.entry(s.message_id.as_str()).or_default();
             match s.status {
                 DeliveryStatus::Sent => {}
                 DeliveryStatus::Delivered => flags.0 = true,
-                // Read implies delivered (METRICS.md §5).
                 DeliveryStatus::Read => {
                     flags.0 = true;
                     flags.1 = true;
@@ -278,172 +327,132 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
             }
         }
     }
+    for m in &mut f.messages {
+        if let Some(&(delivered, read, failed)) = receipts.get(m.message_id.as_str()) {
+            m.delivered = delivered;
+            m.read = read;
+            m.failed = failed;
+        }
+    }
+}
 
-    let first = ordered[0];
-    let mut f = ConversationFacts {
-        conversation_id: conversation_id.to_owned(),
-        opened_at: first.occurred_at,
-        has_opened_event: false,
-        channel: Channel::Other,
-        inbox: None,
-        customer_id: None,
-        initiated_by: Initiator::Customer,
-        team: None,
-        priority: Priority::Normal,
-        assignee: None,
-        agent: None,
-        tags: Vec::new(),
-        first_customer_message_at: None,
-        responses: Vec::new(),
-        human_queue_start: None,
-        first_human_response: None,
-        first_assigned_at: None,
-        wait_seconds: None,
-        waiting_since: None,
-        state: State::Open,
-        resolved_at: None,
-        resolved_by: None,
-        resolving_agent: None,
-        reopen_count: 0,
-        ended_at: None,
-        resolution_seconds: None,
-        duration_seconds: None,
-        message_counts: MessageCounts::default(),
-        human_involved: false,
-        bot_involved: false,
-        resolutions: Vec::new(),
-        state_changes: Vec::new(),
-        assignments: Vec::new(),
-        handling: Vec::new(),
-        messages: Vec::new(),
-        surveys: Vec::new(),
-        surveys_sent: Vec::new(),
-        first_event_at: Some(first.occurred_at),
-        last_event_at: first.occurred_at,
-    };
+/// The walk over a conversation's ordered events (METRICS.md §3): the facts so far and what the
+/// rules that look back need to remember.
+struct Walk {
+    f: ConversationFacts,
+    tags: BTreeSet<String>,
+    last_assigned_agent: Option<String>,
+    last_message_agent: Option<String>,
+    handoffs: Vec<DateTime<Utc>>,
+    /// (time, agent) of every non-private agent message.
+    agent_messages: Vec<(DateTime<Utc>, String)>,
+    /// Times of `assigned` events with an agent.
+    assigned_at: Vec<DateTime<Utc>>,
+    last_resolved: Option<(DateTime<Utc>, ResolvedBy, Option<String>)>,
+    abandoned_at: Option<DateTime<Utc>>,
+    /// The latest answer per survey type, and whether it named its agent.
+    surveys: [Option<(SurveyAnswer, bool)>; 3],
+    handling_open: Option<HandlingInterval>,
+}
 
-    let mut tags = BTreeSet::new();
-    let mut last_assigned_agent: Option<String> = None;
-    let mut last_message_agent: Option<String> = None;
-    let mut handoffs: Vec<DateTime<Utc>> = Vec::new();
-    let mut agent_messages: Vec<(DateTime<Utc>, &str)> = Vec::new();
-    let mut assigned_at: Vec<DateTime<Utc>> = Vec::new();
-    let mut last_resolved: Option<(DateTime<Utc>, ResolvedBy, Option<String>)> = None;
-    let mut abandoned_at: Option<DateTime<Utc>> = None;
-    let mut surveys: [Option<(SurveyAnswer, bool)>; 3] = [None, None, None];
-    let mut handling_open: Option<HandlingInterval> = None;
+impl Walk {
+    fn new(conversation_id: &str, first_at: DateTime<Utc>) -> Self {
+        Walk {
+            f: ConversationFacts {
+                conversation_id: conversation_id.to_owned(),
+                opened_at: first_at,
+                has_opened_event: false,
+                channel: Channel::Other,
+                inbox: None,
+                customer_id: None,
+                initiated_by: Initiator::Customer,
+                team: None,
+                priority: Priority::Normal,
+                assignee: None,
+                agent: None,
+                tags: Vec::new(),
+                first_customer_message_at: None,
+                responses: Vec::new(),
+                human_queue_start: None,
+                first_human_response: None,
+                first_assigned_at: None,
+                wait_seconds: None,
+                waiting_since: None,
+                state: State::Open,
+                resolved_at: None,
+                resolved_by: None,
+                resolving_agent: None,
+                reopen_count: 0,
+                ended_at: None,
+                resolution_seconds: None,
+                duration_seconds: None,
+                message_counts: MessageCounts::default(),
+                human_involved: false,
+                bot_involved: false,
+                resolutions: Vec::new(),
+                state_changes: Vec::new(),
+                assignments: Vec::new(),
+                handling: Vec::new(),
+                messages: Vec::new(),
+                surveys: Vec::new(),
+                surveys_sent: Vec::new(),
+                first_event_at: first_at,
+                last_event_at: first_at,
+            },
+            tags: BTreeSet::new(),
+            last_assigned_agent: None,
+            last_message_agent: None,
+            handoffs: Vec::new(),
+            agent_messages: Vec::new(),
+            assigned_at: Vec::new(),
+            last_resolved: None,
+            abandoned_at: None,
+            surveys: [None, None, None],
+            handling_open: None,
+        }
+    }
 
-    for e in &ordered {
+    /// Applies one event (in METRICS.md §2 order).
+    fn apply(&mut self, e: &Event) {
         let t = e.occurred_at;
-        f.last_event_at = f.last_event_at.max(t);
-        let before = (f.assignee.clone(), f.state);
+        self.f.last_event_at = self.f.last_event_at.max(t);
+        let before = (self.f.assignee.clone(), self.f.state);
         match &e.payload {
-            Payload::ConversationOpened(o) => {
-                // Only the first `conversation_opened` counts (METRICS.md §3).
-                if !f.has_opened_event {
-                    f.has_opened_event = true;
-                    f.opened_at = t;
-                    f.channel = o.channel;
-                    f.inbox = o.inbox.clone();
-                    f.customer_id = Some(o.customer_id.clone());
-                    f.initiated_by = o.initiated_by;
-                    if o.team.is_some() {
-                        f.team = o.team.clone();
-                    }
-                    if let Some(p) = o.priority {
-                        f.priority = p;
-                    }
-                }
-            }
-            Payload::Assigned(a) => {
-                f.assignee = a.agent_id.clone();
-                if let Some(agent) = &a.agent_id {
-                    last_assigned_agent = Some(agent.clone());
-                    assigned_at.push(t);
-                }
-                if a.team.is_some() {
-                    f.team = a.team.clone();
-                }
-                f.assignments.push(AssignmentChange {
-                    at: t,
-                    agent_id: a.agent_id.clone(),
-                });
-            }
+            Payload::ConversationOpened(o) => self.opened(t, o),
+            Payload::Assigned(a) => self.assigned(t, a),
             Payload::ConversationUpdated(u) => {
                 if let Some(p) = u.priority {
-                    f.priority = p;
+                    self.f.priority = p;
                 }
                 if u.team.is_some() {
-                    f.team = u.team.clone();
+                    self.f.team = u.team.clone();
                 }
             }
             Payload::TagsChanged(c) => {
                 // Within one event: add `added`, then remove `removed`.
-                tags.extend(c.added.iter().cloned());
+                self.tags.extend(c.added.iter().cloned());
                 for tag in &c.removed {
-                    tags.remove(tag);
-                }
-            }
-            Payload::Message(m) if !m.private => {
-                f.messages.push(MessageFact {
-                    message_id: m.message_id.clone(),
-                    sender: m.sender,
-                    agent_id: m.agent_id.clone(),
-                    at: t,
-                    delivered: false,
-                    read: false,
-                    failed: false,
-                });
-                match m.sender {
-                    Sender::Customer => {
-                        f.message_counts.customer += 1;
-                        f.first_customer_message_at.get_or_insert(t);
-                        f.waiting_since.get_or_insert(t);
-                    }
-                    Sender::Agent | Sender::Bot => {
-                        if m.sender == Sender::Agent {
-                            f.message_counts.agent += 1;
-                            f.human_involved = true;
-                            let agent = m.agent_id.as_deref().unwrap_or_default();
-                            last_message_agent = Some(agent.to_owned());
-                            agent_messages.push((t, agent));
-                        } else {
-                            f.message_counts.bot += 1;
-                            f.bot_involved = true;
-                        }
-                        // An agent or bot message while a customer waits is a response.
-                        if let Some(since) = f.waiting_since.take() {
-                            f.responses.push(Response {
-                                responder: m.sender,
-                                agent_id: m.agent_id.clone(),
-                                waiting_since: since,
-                                at: t,
-                                seconds: seconds_between(since, t),
-                            });
-                        }
-                    }
-                    // System messages are never responses and are not counted.
-                    Sender::System => {}
+                    self.tags.remove(tag);
                 }
             }
             // Private notes: never responses, never counted, not outbound.
-            Payload::Message(_) => {}
-            Payload::MessageStatus(_) => {}
-            Payload::Handoff => handoffs.push(t),
+            Payload::Message(m) if !m.private => self.message(t, m),
+            Payload::Message(_) | Payload::MessageStatus(_) => {}
+            Payload::Handoff => self.handoffs.push(t),
             Payload::Resolved(r) => {
-                f.resolutions.push(t);
-                last_resolved = Some((t, r.by, r.agent_id.clone()));
-                f.state = State::Resolved;
+                self.f.resolutions.push(t);
+                self.last_resolved = Some((t, r.by, r.agent_id.clone()));
+                self.f.state = State::Resolved;
             }
             Payload::Reopened => {
-                if f.state == State::Resolved {
-                    f.reopen_count += 1;
+                if self.f.state == State::Resolved {
+                    self.f.reopen_count += 1;
                 }
-                f.state = State::Open;
+                self.f.state = State::Open;
             }
             Payload::Abandoned => {
-                abandoned_at = Some(t);
-                f.state = State::Abandoned;
+                self.abandoned_at = Some(t);
+                self.f.state = State::Abandoned;
             }
             Payload::SurveyResponse(s) => {
                 // Later answers replace earlier ones of the same type (METRICS.md §4).
@@ -454,116 +463,197 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
                     at: t,
                     agent_id: s.agent_id.clone(),
                 };
-                surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
+                self.surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
             }
-            Payload::SurveySent(s) => f.surveys_sent.push(SurveySend {
+            Payload::SurveySent(s) => self.f.surveys_sent.push(SurveySend {
                 survey: s.survey,
                 at: t,
             }),
             Payload::Conversion(_) | Payload::AgentStatus(_) => {}
         }
-
-        if before.1 != f.state {
-            f.state_changes.push(StateChange {
+        if before.1 != self.f.state {
+            self.f.state_changes.push(StateChange {
                 at: t,
-                state: f.state,
+                state: self.f.state,
             });
         }
-        // Handling: assignee set and state open (METRICS.md §5 utilization).
-        if before != (f.assignee.clone(), f.state) {
-            if let Some(mut open) = handling_open.take() {
-                open.end = Some(t);
-                if open.end != Some(open.start) {
-                    f.handling.push(open);
+        if before != (self.f.assignee.clone(), self.f.state) {
+            self.track_handling(t);
+        }
+    }
+
+    /// Only the first `conversation_opened` counts (METRICS.md §3).
+    fn opened(&mut self, t: DateTime<Utc>, o: &super::event::ConversationOpened) {
+        let f = &mut self.f;
+        if f.has_opened_event {
+            return;
+        }
+        f.has_opened_event = true;
+        f.opened_at = t;
+        f.channel = o.channel;
+        f.inbox = o.inbox.clone();
+        f.customer_id = Some(o.customer_id.clone());
+        f.initiated_by = o.initiated_by;
+        if o.team.is_some() {
+            f.team = o.team.clone();
+        }
+        if let Some(p) = o.priority {
+            f.priority = p;
+        }
+    }
+
+    fn assigned(&mut self, t: DateTime<Utc>, a: &super::event::Assigned) {
+        self.f.assignee = a.agent_id.clone();
+        if let Some(agent) = &a.agent_id {
+            self.last_assigned_agent = Some(agent.clone());
+            self.assigned_at.push(t);
+        }
+        if a.team.is_some() {
+            self.f.team = a.team.clone();
+        }
+        self.f.assignments.push(AssignmentChange {
+            at: t,
+            agent_id: a.agent_id.clone(),
+        });
+    }
+
+    /// A non-private message: counted, and a response when an agent or bot answers a waiting
+    /// customer (METRICS.md §3 responses).
+    fn message(&mut self, t: DateTime<Utc>, m: &super::event::Message) {
+        let f = &mut self.f;
+        f.messages.push(MessageFact {
+            message_id: m.message_id.clone(),
+            sender: m.sender,
+            agent_id: m.agent_id.clone(),
+            at: t,
+            delivered: false,
+            read: false,
+            failed: false,
+        });
+        match m.sender {
+            Sender::Customer => {
+                f.message_counts.customer += 1;
+                f.first_customer_message_at.get_or_insert(t);
+                f.waiting_since.get_or_insert(t);
+            }
+            Sender::Agent | Sender::Bot => {
+                if m.sender == Sender::Agent {
+                    f.message_counts.agent += 1;
+                    f.human_involved = true;
+                    let agent = m.agent_id.clone().unwrap_or_default();
+                    self.last_message_agent = Some(agent.clone());
+                    self.agent_messages.push((t, agent));
+                } else {
+                    f.message_counts.bot += 1;
+                    f.bot_involved = true;
+                }
+                if let Some(since) = f.waiting_since.take() {
+                    f.responses.push(Response {
+                        responder: m.sender,
+                        agent_id: m.agent_id.clone(),
+                        waiting_since: since,
+                        at: t,
+                        seconds: seconds_between(since, t),
+                    });
                 }
             }
-            if let (Some(agent), State::Open) = (&f.assignee, f.state) {
-                handling_open = Some(HandlingInterval {
-                    agent_id: agent.clone(),
-                    start: t,
-                    end: None,
-                });
+            // System messages are never responses and are not counted.
+            Sender::System => {}
+        }
+    }
+
+    /// Handling: the assignee is set and the state is open (METRICS.md §5 utilization). Called
+    /// when either changed at `t`; zero-length intervals are dropped (docs/metrics.md).
+    fn track_handling(&mut self, t: DateTime<Utc>) {
+        if let Some(mut open) = self.handling_open.take() {
+            open.end = Some(t);
+            if open.end != Some(open.start) {
+                self.f.handling.push(open);
             }
         }
-    }
-    f.handling.extend(handling_open);
-
-    // Attach delivery receipts, whenever they arrived.
-    for m in &mut f.messages {
-        if let Some(&(delivered, read, failed)) = receipts.get(m.message_id.as_str()) {
-            m.delivered = delivered;
-            m.read = read;
-            m.failed = failed;
+        if let (Some(agent), State::Open) = (&self.f.assignee, self.f.state) {
+            self.handling_open = Some(HandlingInterval {
+                agent_id: agent.clone(),
+                start: t,
+                end: None,
+            });
         }
     }
 
-    f.tags = tags.into_iter().collect();
-    f.agent = last_assigned_agent.or(last_message_agent);
+    fn finish(mut self) -> ConversationFacts {
+        self.f.handling.extend(self.handling_open.take());
+        self.f.tags = std::mem::take(&mut self.tags).into_iter().collect();
+        self.f.agent = self.last_assigned_agent.take().or(self.last_message_agent.take());
+        self.finish_human_queue();
+        self.finish_state();
+        self.finish_surveys();
+        self.f.fill_derived_durations();
+        self.f
+    }
 
-    // Human queue: first handoff at or after the first customer message, else that message.
-    if let Some(first_customer) = f.first_customer_message_at {
-        let start = handoffs
+    /// Human queue: the first handoff at or after the first customer message, else that message
+    /// (METRICS.md §3); the first human response, first assignment and wait follow from it.
+    fn finish_human_queue(&mut self) {
+        let f = &mut self.f;
+        let Some(first_customer) = f.first_customer_message_at else {
+            return;
+        };
+        let start = self
+            .handoffs
             .iter()
             .copied()
             .find(|h| *h >= first_customer)
             .unwrap_or(first_customer);
         f.human_queue_start = Some(start);
-        f.first_human_response = agent_messages
-            .iter()
-            .find(|(at, _)| *at >= start)
-            .map(|(at, agent)| HumanResponse {
-                agent_id: (*agent).to_owned(),
-                at: *at,
-                seconds: seconds_between(start, *at),
-            });
-        f.first_assigned_at = assigned_at
+        f.first_human_response =
+            self.agent_messages
+                .iter()
+                .find(|(at, _)| *at >= start)
+                .map(|(at, agent)| HumanResponse {
+                    agent_id: agent.clone(),
+                    at: *at,
+                    seconds: seconds_between(start, *at),
+                });
+        f.first_assigned_at = self
+            .assigned_at
             .iter()
             .copied()
             .find(|at| *at >= start)
             .or(f.first_human_response.as_ref().map(|r| r.at));
-        f.wait_seconds = f.first_assigned_at.map(|at| seconds_between(start, at));
     }
 
-    match f.state {
-        State::Resolved => {
-            if let Some((at, by, agent)) = last_resolved {
-                f.resolved_at = Some(at);
-                f.resolved_by = Some(by);
-                f.resolving_agent = agent;
-                f.ended_at = Some(at);
-                // A late-stamped `conversation_opened` could follow the resolution; a negative
-                // resolution time is meaningless, so it is clamped at zero (docs/metrics-notes.md).
-                f.resolution_seconds = Some(seconds_between(f.opened_at, at).max(0.0));
+    /// The final state's times: resolution (the last `resolved`) or abandonment.
+    fn finish_state(&mut self) {
+        let f = &mut self.f;
+        match f.state {
+            State::Resolved => {
+                if let Some((at, by, agent)) = self.last_resolved.take() {
+                    f.resolved_at = Some(at);
+                    f.resolved_by = Some(by);
+                    f.resolving_agent = agent;
+                    f.ended_at = Some(at);
+                }
             }
-        }
-        State::Abandoned => f.ended_at = abandoned_at,
-        State::Open => {}
-    }
-
-    if f.ended_at.is_some() {
-        let mut counted = f
-            .messages
-            .iter()
-            .filter(|m| m.sender != Sender::System)
-            .map(|m| m.at);
-        if let Some(first_at) = counted.next() {
-            let last_at = counted.next_back().unwrap_or(first_at);
-            f.duration_seconds = Some(seconds_between(first_at, last_at));
+            State::Abandoned => f.ended_at = self.abandoned_at,
+            State::Open => {}
         }
     }
 
-    let agent = f.agent.clone();
-    f.surveys = surveys
-        .into_iter()
-        .flatten()
-        .map(|(mut answer, explicit)| {
-            if !explicit {
-                answer.agent_id = agent.clone();
-            }
-            answer
-        })
-        .collect();
-    Some(f)
+    /// The counting answers, in survey-type order, credited to their agent or else the
+    /// conversation's agent (METRICS.md §4).
+    fn finish_surveys(&mut self) {
+        let agent = self.f.agent.clone();
+        self.f.surveys = std::mem::take(&mut self.surveys)
+            .into_iter()
+            .flatten()
+            .map(|(mut answer, explicit)| {
+                if !explicit {
+                    answer.agent_id = agent.clone();
+                }
+                answer
+            })
+            .collect();
+    }
 }
 
 fn survey_slot(survey: SurveyType) -> usize {

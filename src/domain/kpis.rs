@@ -336,7 +336,7 @@ impl Computation<'_> {
         let q = self.query;
         let filters = Compiled::new(ds, &q.filters);
         let (from, to) = (micros(q.window.from), micros(q.window.to));
-        let times = TimeIndex::new(grouping, q.time_zone, from, to);
+        let times = TimeIndex::new(grouping, q.time_zone, (from - (to - from)).min(from), to);
         // Groupings that do not depend on an item's time route every item of a conversation
         // that is credited to the conversation's agent to the same groups: count those per
         // conversation and route once.

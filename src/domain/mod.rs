@@ -3,18 +3,25 @@
 //! Nothing here knows about tonic or sqlx.
 
 pub mod calendar;
+pub mod codec;
 pub mod dataset;
 pub mod error;
 pub mod event;
 pub mod facts;
+pub mod intern;
+pub mod kpi;
 pub mod kpis;
 pub mod query;
+pub mod record;
 pub mod stats;
 pub mod tenant;
+pub mod time;
 
 pub use error::Error;
 pub mod live;
 pub mod scorecard;
+pub mod segment;
+pub mod settings;
 
 #[cfg(test)]
 pub(crate) mod testkit;

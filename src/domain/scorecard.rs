@@ -1,6 +1,9 @@
 //! Scorecards (METRICS.md §8): each targeted KPI, its target and whether it is met.
 
-use super::{kpis::Kpis, kpis::Targets, live::AgentUtilization, stats::DurationStats};
+use super::{
+    kpi::{Kpis, Targets, live::AgentUtilization},
+    stats::DurationStats,
+};
 
 /// One KPI against its target.
 #[derive(Debug, Clone, PartialEq)]

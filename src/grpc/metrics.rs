@@ -1,123 +1,46 @@
-//! `chatkpi.v1.MetricsService`: decode the query, refresh the tenant's dataset, compute on the
-//! blocking pool (KPI passes are CPU work), encode the answer.
+//! `chatkpi.v1.MetricsService`: decode the question, call the KPI use case, encode the answer.
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use chrono::Utc;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    AppState,
+    auth,
     convert::{chrono_to_timestamp, metrics as conv, timestamp_to_chrono},
     pb,
 };
 use crate::{
+    app::App,
     domain::{
         Error,
-        calendar::{self, Granularity},
-        dataset::{Dataset, micros, to_datetime},
-        kpis::{Computation, Dimension, GroupKey, Grouping, Kpis},
-        live,
-        query::Query,
-        scorecard,
+        query::{self, Query},
+        settings::SettingsUpdate,
         tenant::TenantId,
+        time::{micros, to_datetime},
     },
-    store::{self, settings::Settings},
 };
-
-/// Most buckets a time series may return.
-const MAX_BUCKETS: usize = 10_000;
-/// Drill-down rows buffered ahead of the client.
-const DRILL_DOWN_BUFFER: usize = 256;
 
 /// The MetricsService implementation.
 #[derive(Clone)]
 pub struct MetricsApi {
-    state: Arc<AppState>,
+    app: Arc<App>,
 }
 
 impl MetricsApi {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(app: Arc<App>) -> Self {
+        Self { app }
     }
 
-    /// Authenticates and checks readiness; returns the tenant.
     async fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
-        let tenant = self.state.auth.tenant(request.metadata()).await?;
-        self.state.ensure_ready()?;
-        Ok(tenant)
-    }
-
-    /// Loads settings, refreshes the dataset and runs `f` on the blocking pool.
-    async fn compute<R, F>(&self, tenant: TenantId, query: Option<&Query>, f: F) -> Result<R, Status>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Dataset, &Settings) -> Result<R, Error> + Send + 'static,
-    {
-        let computed = self.compute_if_changed(tenant, query, None, f).await?;
-        computed
-            .map(|(result, _)| result)
-            .ok_or_else(|| Status::internal("internal error"))
-    }
-
-    /// Like [`MetricsApi::compute`], but returns `None` without computing when the refreshed
-    /// dataset still has version `seen` (watchers); else the result and the version used.
-    async fn compute_if_changed<R, F>(
-        &self,
-        tenant: TenantId,
-        query: Option<&Query>,
-        seen: Option<u64>,
-        f: F,
-    ) -> Result<Option<(R, u64)>, Status>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Dataset, &Settings) -> Result<R, Error> + Send + 'static,
-    {
-        let settings = store::settings::get(&self.state.pool, tenant).await?;
-        if query.is_some_and(|q| q.business_hours) && settings.business_hours.is_none() {
-            return Err(Error::FailedPrecondition(
-                "query.business_hours: the tenant has no business hours; set them with UpdateSettings".into(),
-            )
-            .into());
-        }
-        let data = self.state.cache.fresh(tenant).await?;
-        let version = data.version;
-        if seen == Some(version) {
-            return Ok(None);
-        }
-        let result = tokio::task::spawn_blocking(move || f(&data.dataset, &settings))
-            .await
-            .map_err(|e| Error::Internal(anyhow::Error::new(e)))??;
-        Ok(Some((result, version)))
+        Ok(auth::tenant(&self.app, request.metadata()).await?)
     }
 }
 
-/// KPIs of one grouping over the query.
-fn run(ds: &Dataset, settings: &Settings, query: &Query, grouping: Grouping) -> Vec<(GroupKey, Kpis)> {
-    Computation {
-        dataset: ds,
-        query,
-        schedule: settings.business_hours.as_ref(),
-        targets: &settings.targets,
-    }
-    .run(grouping)
-}
-
-fn single(mut groups: Vec<(GroupKey, Kpis)>) -> Kpis {
-    groups.pop().map(|(_, k)| k).unwrap_or_default()
-}
-
-fn key_label(ds: &Dataset, key: GroupKey) -> String {
-    match key {
-        GroupKey::All => String::new(),
-        GroupKey::Value(sym) => ds.symbols.name(sym).to_owned(),
-        GroupKey::Channel(c) => c.as_str().to_owned(),
-        GroupKey::Priority(p) => p.as_str().to_owned(),
-        GroupKey::Number(n) => n.to_string(),
-        GroupKey::Bucket(start) => to_datetime(start).to_rfc3339(),
-    }
+fn window_query(q: Option<&pb::Query>) -> Result<Query, Error> {
+    conv::query_from_proto(q, true, Utc::now())
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -130,20 +53,10 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetOverviewRequest>,
     ) -> Result<Response<pb::GetOverviewResponse>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
-        let q = query.clone();
-        let (current, previous) = self
-            .compute(tenant, Some(&query), move |ds, settings| {
-                let current = single(run(ds, settings, &q, Grouping::All));
-                let previous = r.compare_previous.then(|| {
-                    let mut p = q.clone();
-                    p.window = q.window.previous();
-                    single(run(ds, settings, &p, Grouping::All))
-                });
-                Ok((current, previous))
-            })
-            .await?;
+        let query = window_query(r.query.as_ref())?;
+        let (current, previous) = self.app.kpis.overview(tenant, &query, r.compare_previous).await?;
         Ok(Response::new(pb::GetOverviewResponse {
             current: Some(conv::kpis_to_proto(&current)),
             previous: previous.as_ref().map(conv::kpis_to_proto),
@@ -156,23 +69,20 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetBreakdownRequest>,
     ) -> Result<Response<pb::GetBreakdownResponse>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
-        let dimension: Dimension = conv::dimension_from_proto(r.dimension)?;
-        let q = query.clone();
-        let rows = self
-            .compute(tenant, Some(&query), move |ds, settings| {
-                let groups = run(ds, settings, &q, Grouping::By(dimension));
-                Ok(groups
-                    .into_iter()
-                    .map(|(key, k)| pb::BreakdownRow {
-                        value: key_label(ds, key),
-                        kpis: Some(conv::kpis_to_proto(&k)),
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-        Ok(Response::new(pb::GetBreakdownResponse { rows }))
+        let query = window_query(r.query.as_ref())?;
+        let dimension = conv::dimension_from_proto(r.dimension)?;
+        let rows = self.app.kpis.breakdown(tenant, &query, dimension).await?;
+        Ok(Response::new(pb::GetBreakdownResponse {
+            rows: rows
+                .iter()
+                .map(|(value, k)| pb::BreakdownRow {
+                    value: value.clone(),
+                    kpis: Some(conv::kpis_to_proto(k)),
+                })
+                .collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(tenant))]
@@ -181,41 +91,21 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetTimeSeriesRequest>,
     ) -> Result<Response<pb::GetTimeSeriesResponse>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
-        let granularity: Granularity = conv::granularity_from_proto(r.granularity)?;
-        let buckets = calendar::buckets(
-            query.time_zone,
-            granularity,
-            micros(query.window.from),
-            micros(query.window.to),
-        );
-        if buckets.len() > MAX_BUCKETS {
-            return Err(Error::invalid(
-                "granularity",
-                format!(
-                    "{} buckets exceed the limit of {MAX_BUCKETS}; use a coarser granularity",
-                    buckets.len()
-                ),
-            )
-            .into());
-        }
-        let q = query.clone();
-        let points = self
-            .compute(tenant, Some(&query), move |ds, settings| {
-                let groups = run(ds, settings, &q, Grouping::Series(granularity));
-                Ok(groups
-                    .into_iter()
-                    .zip(buckets)
-                    .map(|((_, k), span)| pb::TimeSeriesPoint {
-                        start: Some(chrono_to_timestamp(to_datetime(span.start))),
-                        end: Some(chrono_to_timestamp(to_datetime(span.end))),
-                        kpis: Some(conv::kpis_to_proto(&k)),
-                    })
-                    .collect::<Vec<_>>())
-            })
-            .await?;
-        Ok(Response::new(pb::GetTimeSeriesResponse { points }))
+        let query = window_query(r.query.as_ref())?;
+        let granularity = conv::granularity_from_proto(r.granularity)?;
+        let points = self.app.kpis.time_series(tenant, &query, granularity).await?;
+        Ok(Response::new(pb::GetTimeSeriesResponse {
+            points: points
+                .iter()
+                .map(|(span, k)| pb::TimeSeriesPoint {
+                    start: Some(chrono_to_timestamp(to_datetime(span.start))),
+                    end: Some(chrono_to_timestamp(to_datetime(span.end))),
+                    kpis: Some(conv::kpis_to_proto(k)),
+                })
+                .collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(tenant))]
@@ -224,14 +114,9 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetUtilizationRequest>,
     ) -> Result<Response<pb::GetUtilizationResponse>, Status> {
         let tenant = self.tenant(&request).await?;
-        let r = request.into_inner();
-        let mut query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
-        // Utilization is presence time, not a duration of an item: business hours do not apply.
-        query.business_hours = false;
-        let q = query.clone();
-        let (agents, team) = self
-            .compute(tenant, None, move |ds, _| Ok(live::utilization(ds, &q)))
-            .await?;
+        tracing::Span::current().record("tenant", tenant);
+        let query = window_query(request.get_ref().query.as_ref())?;
+        let (agents, team) = self.app.kpis.utilization(tenant, &query).await?;
         Ok(Response::new(pb::GetUtilizationResponse {
             agents: agents.iter().map(conv::utilization_to_proto).collect(),
             team: Some(conv::utilization_to_proto(&team)),
@@ -244,6 +129,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetBacklogRequest>,
     ) -> Result<Response<pb::GetBacklogResponse>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
         let default_at = match r.query.as_ref().and_then(|q| q.to.as_ref()) {
             Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
@@ -256,18 +142,8 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         };
         // The backlog age is measured up to `at`: a far-future instant would make every age
         // (and, in business hours, every calendar walk) unbounded.
-        crate::domain::query::check_instant("at", at)?;
-        let q = query.clone();
-        let backlog = self
-            .compute(tenant, Some(&query), move |ds, settings| {
-                Ok(live::backlog(
-                    ds,
-                    &q,
-                    settings.business_hours.as_ref(),
-                    micros(at),
-                ))
-            })
-            .await?;
+        query::check_instant("at", at)?;
+        let backlog = self.app.kpis.backlog(tenant, &query, micros(at)).await?;
         Ok(Response::new(pb::GetBacklogResponse {
             at: Some(chrono_to_timestamp(at)),
             open: backlog.open,
@@ -285,43 +161,20 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<Self::ListConversationsStream>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
+        let query = window_query(r.query.as_ref())?;
         let kind = conv::drill_down_from_proto(r.kpi)?;
-        let limit = if r.limit == 0 {
-            usize::MAX
-        } else {
-            r.limit as usize
-        };
-        let (tx, rx) = tokio::sync::mpsc::channel(DRILL_DOWN_BUFFER);
-        let errors = tx.clone();
-        let api = self.clone();
-        // Rows are produced on the blocking pool and sent as the client reads them: memory stays
-        // bounded by the buffer whatever the number of conversations.
-        tokio::spawn(async move {
-            let q = query.clone();
-            let produced = api
-                .compute(tenant, Some(&query), move |ds, settings| {
-                    let computation = Computation {
-                        dataset: ds,
-                        query: &q,
-                        schedule: settings.business_hours.as_ref(),
-                        targets: &settings.targets,
-                    };
-                    for c in live::drill_down(ds, &q, kind).into_iter().take(limit) {
-                        let row = conv::conversation_to_proto(ds, c, &|span| computation.measure(span));
-                        if tx.blocking_send(Ok(row)).is_err() {
-                            break; // the client went away
-                        }
-                    }
-                    Ok(())
-                })
-                .await;
-            if let Err(status) = produced {
-                let _ = errors.send(Err(status)).await;
-            }
+        let rows = self
+            .app
+            .kpis
+            .drill_down(tenant, &query, kind, r.limit as usize)
+            .await?;
+        let stream = ReceiverStream::new(rows).map(|row| match row {
+            Ok(row) => Ok(conv::conversation_to_proto(row)),
+            Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type WatchOverviewStream = BoxStream<pb::WatchOverviewResponse>;
@@ -332,8 +185,9 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::WatchOverviewRequest>,
     ) -> Result<Response<Self::WatchOverviewStream>, Status> {
         let tenant = self.tenant(&request).await?;
+        tracing::Span::current().record("tenant", tenant);
         let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
+        let query = window_query(r.query.as_ref())?;
         let interval = match &r.min_interval {
             None => Duration::from_secs(5),
             Some(d) if (1..=3600).contains(&d.seconds) => Duration::from_secs(d.seconds as u64),
@@ -341,54 +195,17 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
                 return Err(Error::invalid("min_interval", "must be between 1 and 3600 seconds").into());
             }
         };
-        let sliding = r.sliding;
-        let api = self.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
-            let mut last_version: Option<u64> = None;
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if tx.is_closed() {
-                    break;
-                }
-                let mut q = query.clone();
-                if sliding {
-                    let length = q.window.length();
-                    q.window.to = Utc::now();
-                    q.window.from = q.window.to - length;
-                }
-                // Debounce: compute and push only when the tenant's data changed (a sliding
-                // window moves with the clock, so it is recomputed every tick).
-                let seen = if sliding { None } else { last_version };
-                let window = q.window;
-                let computed = api
-                    .compute_if_changed(tenant, Some(&q), seen, {
-                        let q = q.clone();
-                        move |ds, settings| Ok(single(run(ds, settings, &q, Grouping::All)))
-                    })
-                    .await;
-                let message = match computed {
-                    Ok(None) => continue,
-                    Ok(Some((k, version))) => {
-                        last_version = Some(version);
-                        Ok(pb::WatchOverviewResponse {
-                            computed_at: Some(chrono_to_timestamp(Utc::now())),
-                            kpis: Some(conv::kpis_to_proto(&k)),
-                            from: Some(chrono_to_timestamp(window.from)),
-                            to: Some(chrono_to_timestamp(window.to)),
-                        })
-                    }
-                    Err(status) => Err(status),
-                };
-                let failed = message.is_err();
-                if tx.send(message).await.is_err() || failed {
-                    break;
-                }
-            }
+        let updates = self.app.kpis.watch(tenant, query, interval, r.sliding);
+        let stream = ReceiverStream::new(updates).map(|update| match update {
+            Ok(u) => Ok(pb::WatchOverviewResponse {
+                computed_at: Some(chrono_to_timestamp(Utc::now())),
+                kpis: Some(conv::kpis_to_proto(&u.kpis)),
+                from: Some(chrono_to_timestamp(to_datetime(u.window.start))),
+                to: Some(chrono_to_timestamp(to_datetime(u.window.end))),
+            }),
+            Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_settings(
@@ -396,8 +213,8 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetSettingsRequest>,
     ) -> Result<Response<pb::GetSettingsResponse>, Status> {
         let tenant = self.tenant(&request).await?;
-        let settings = store::settings::get(&self.state.pool, tenant).await?;
-        Ok(Response::new(settings_to_proto(&settings)))
+        let settings = self.app.kpis.settings(tenant).await?;
+        Ok(Response::new(conv::settings_to_proto(&settings)))
     }
 
     async fn update_settings(
@@ -406,7 +223,6 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     ) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
         let tenant = self.tenant(&request).await?;
         let r = request.into_inner();
-        let mut settings = store::settings::get(&self.state.pool, tenant).await?;
         if r.clear_business_hours && r.business_hours.is_some() {
             return Err(Error::invalid(
                 "clear_business_hours",
@@ -414,18 +230,17 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             )
             .into());
         }
-        if r.clear_business_hours {
-            settings.business_hours = None;
-        }
-        if let Some(b) = &r.business_hours {
-            settings.business_hours = Some(conv::schedule_from_proto(b)?);
-        }
-        if let Some(t) = &r.targets {
-            settings.targets = conv::targets_from_proto(t)?;
-        }
-        store::settings::put(&self.state.pool, tenant, &settings).await?;
+        let update = SettingsUpdate {
+            business_hours: match (&r.business_hours, r.clear_business_hours) {
+                (Some(b), _) => Some(Some(conv::schedule_from_proto(b)?)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            },
+            targets: r.targets.as_ref().map(conv::targets_from_proto).transpose()?,
+        };
+        let settings = self.app.kpis.update_settings(tenant, update).await?;
         Ok(Response::new(pb::UpdateSettingsResponse {
-            settings: Some(settings_to_proto(&settings)),
+            settings: Some(conv::settings_to_proto(&settings)),
         }))
     }
 
@@ -435,47 +250,21 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
         let tenant = self.tenant(&request).await?;
-        let r = request.into_inner();
-        let query = conv::query_from_proto(r.query.as_ref(), true, Utc::now())?;
-        let q = query.clone();
-        let response = self
-            .compute(tenant, Some(&query), move |ds, settings| {
-                let targets = &settings.targets;
-                let overall = single(run(ds, settings, &q, Grouping::All));
-                let (agent_util, team_util) = live::utilization(ds, &q);
-                let agents = run(ds, settings, &q, Grouping::By(Dimension::Agent))
-                    .into_iter()
-                    .filter(|(key, _)| *key != GroupKey::Value(crate::domain::dataset::NONE))
-                    .map(|(key, k)| {
-                        let name = key_label(ds, key);
-                        let util = agent_util.iter().find(|u| u.agent == name);
-                        conv::scorecard_to_proto(&name, &scorecard::lines(&k, util, targets))
-                    })
-                    .collect();
-                let teams = run(ds, settings, &q, Grouping::By(Dimension::Team))
-                    .into_iter()
-                    .filter(|(key, _)| *key != GroupKey::Value(crate::domain::dataset::NONE))
-                    .map(|(key, k)| {
-                        conv::scorecard_to_proto(&key_label(ds, key), &scorecard::lines(&k, None, targets))
-                    })
-                    .collect();
-                Ok(pb::GetScorecardResponse {
-                    overall: Some(conv::scorecard_to_proto(
-                        "",
-                        &scorecard::lines(&overall, Some(&team_util), targets),
-                    )),
-                    agents,
-                    teams,
-                })
-            })
-            .await?;
-        Ok(Response::new(response))
-    }
-}
-
-fn settings_to_proto(s: &Settings) -> pb::GetSettingsResponse {
-    pb::GetSettingsResponse {
-        business_hours: s.business_hours.as_ref().map(conv::schedule_to_proto),
-        targets: Some(conv::targets_to_proto(&s.targets)),
+        tracing::Span::current().record("tenant", tenant);
+        let query = window_query(request.get_ref().query.as_ref())?;
+        let cards = self.app.kpis.scorecard(tenant, &query).await?;
+        Ok(Response::new(pb::GetScorecardResponse {
+            overall: Some(conv::scorecard_to_proto("", &cards.overall)),
+            agents: cards
+                .agents
+                .iter()
+                .map(|(name, lines)| conv::scorecard_to_proto(name, lines))
+                .collect(),
+            teams: cards
+                .teams
+                .iter()
+                .map(|(name, lines)| conv::scorecard_to_proto(name, lines))
+                .collect(),
+        }))
     }
 }

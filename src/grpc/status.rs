@@ -13,6 +13,7 @@ impl From<Error> for Status {
             Error::NotFound(what) => Status::not_found(format!("{what} not found")),
             Error::FailedPrecondition(why) => Status::failed_precondition(why),
             Error::Unauthenticated(why) => Status::unauthenticated(why),
+            Error::Cancelled => Status::cancelled("the request was cancelled"),
             Error::Unavailable(why) => {
                 tracing::warn!(reason = %why, "request failed: unavailable");
                 Status::unavailable(why)

@@ -18,6 +18,7 @@ use crate::domain::{
     Error,
     event::{Event, Payload},
     facts::{self, ConversationFacts},
+    record,
     tenant::TenantId,
 };
 
@@ -49,26 +50,32 @@ where tenant_id = $1
 "#;
 
 const UPSERT_CONVERSATIONS: &str = r#"
-insert into conversations (tenant_id, conversation_id, opened_at, channel, customer_id, agent,
-                           state, resolved_at, ended_at, last_event_at, facts, updated_at,
-                           change_xid)
-select $1, c.id, c.opened_at, c.channel, c.customer_id, c.agent, c.state, c.resolved_at,
-       c.ended_at, c.last_event_at, c.facts::jsonb, now(), pg_current_xact_id()
-from unnest($2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[],
-            $8::timestamptz[], $9::timestamptz[], $10::timestamptz[], $11::text[])
-    as c(id, opened_at, channel, customer_id, agent, state, resolved_at, ended_at,
-         last_event_at, facts)
+insert into conversations (tenant_id, conversation_id, segment_day, opened_at, active_from,
+                           last_event_at, live_until, channel, customer_id, agent, state,
+                           resolved_at, ended_at, record, derivation, updated_at, change_xid)
+select $1, c.id, (c.opened_at at time zone 'UTC')::date, c.opened_at, c.active_from,
+       c.last_event_at, coalesce(c.live_until, 'infinity'), c.channel, c.customer_id, c.agent,
+       c.state, c.resolved_at, c.ended_at, c.record, $14, now(), pg_current_xact_id()
+from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+            $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
+            $11::timestamptz[], $12::timestamptz[], $13::bytea[])
+    as c(id, opened_at, active_from, last_event_at, live_until, channel, customer_id, agent,
+         state, resolved_at, ended_at, record)
 order by c.id
 on conflict (tenant_id, conversation_id) do update set
     opened_at = excluded.opened_at,
+    active_from = excluded.active_from,
+    last_event_at = excluded.last_event_at,
+    live_until = excluded.live_until,
     channel = excluded.channel,
     customer_id = excluded.customer_id,
     agent = excluded.agent,
     state = excluded.state,
     resolved_at = excluded.resolved_at,
     ended_at = excluded.ended_at,
-    last_event_at = excluded.last_event_at,
-    facts = excluded.facts,
+    record = excluded.record,
+    facts = null,
+    derivation = excluded.derivation,
     updated_at = excluded.updated_at,
     change_xid = excluded.change_xid
 "#;
@@ -154,6 +161,23 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
     }
 }
 
+/// Derives again every conversation stored by an older derivation (`derivation` below
+/// [`facts::DERIVATION`]), tenant by tenant; returns how many were derived.
+pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {
+    let tenants: Vec<(TenantId,)> = sqlx::query_as(
+        "select distinct tenant_id from conversations where derivation < $1 order by tenant_id",
+    )
+    .bind(facts::DERIVATION)
+    .fetch_all(pool)
+    .await?;
+    let mut done = 0;
+    for (tenant,) in tenants {
+        tracing::info!(tenant, "deriving the tenant's conversations again (upgrade)");
+        done += reproject(pool, tenant, 2000).await?;
+    }
+    Ok(done)
+}
+
 /// Every tenant id.
 pub async fn tenants(pool: &PgPool) -> Result<Vec<TenantId>, Error> {
     let rows: Vec<(TenantId,)> = sqlx::query_as("select tenant_id from tenants order by tenant_id")
@@ -222,40 +246,48 @@ async fn upsert_facts(
     tenant: TenantId,
     facts: &[ConversationFacts],
 ) -> Result<(), Error> {
-    let mut ids = Vec::with_capacity(facts.len());
-    let mut opened = Vec::with_capacity(facts.len());
-    let mut channels = Vec::with_capacity(facts.len());
-    let mut customers = Vec::with_capacity(facts.len());
-    let mut agents = Vec::with_capacity(facts.len());
-    let mut states = Vec::with_capacity(facts.len());
-    let mut resolved = Vec::with_capacity(facts.len());
-    let mut ended = Vec::with_capacity(facts.len());
-    let mut last = Vec::with_capacity(facts.len());
-    let mut records = Vec::with_capacity(facts.len());
+    let n = facts.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut opened = Vec::with_capacity(n);
+    let mut active_from = Vec::with_capacity(n);
+    let mut last = Vec::with_capacity(n);
+    let mut live_until = Vec::with_capacity(n);
+    let mut channels = Vec::with_capacity(n);
+    let mut customers = Vec::with_capacity(n);
+    let mut agents = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut resolved = Vec::with_capacity(n);
+    let mut ended = Vec::with_capacity(n);
+    let mut records = Vec::with_capacity(n);
     for f in facts {
         ids.push(f.conversation_id.as_str());
         opened.push(f.opened_at);
+        active_from.push(f.first_event_at);
+        last.push(f.last_event_at);
+        live_until.push(f.live_until());
         channels.push(f.channel.as_str());
         customers.push(f.customer_id.as_deref());
         agents.push(f.agent.as_deref());
         states.push(f.state.as_str());
         resolved.push(f.resolved_at);
         ended.push(f.ended_at);
-        last.push(f.last_event_at);
-        records.push(serde_json::to_string(f).map_err(|err| Error::Internal(anyhow::Error::new(err)))?);
+        records.push(record::encode(f));
     }
     sqlx::query(UPSERT_CONVERSATIONS)
         .bind(tenant)
         .bind(&ids)
         .bind(&opened)
+        .bind(&active_from)
+        .bind(&last)
+        .bind(&live_until)
         .bind(&channels)
         .bind(&customers)
         .bind(&agents)
         .bind(&states)
         .bind(&resolved)
         .bind(&ended)
-        .bind(&last)
         .bind(&records)
+        .bind(facts::DERIVATION)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -267,13 +299,13 @@ pub async fn conversation_facts(
     tenant: TenantId,
     conversation_id: &str,
 ) -> Result<Option<ConversationFacts>, Error> {
-    let row: Option<(Json<ConversationFacts>,)> =
-        sqlx::query_as("select facts from conversations where tenant_id = $1 and conversation_id = $2")
+    let row: Option<(Vec<u8>,)> =
+        sqlx::query_as("select record from conversations where tenant_id = $1 and conversation_id = $2")
             .bind(tenant)
             .bind(conversation_id)
             .fetch_optional(pool)
             .await?;
-    Ok(row.map(|(Json(f),)| f))
+    row.map(|(bytes,)| decode(conversation_id, &bytes)).transpose()
 }
 
 /// The stored facts of every conversation of a tenant, ordered by conversation id.
@@ -281,12 +313,17 @@ pub async fn all_conversation_facts(
     pool: &PgPool,
     tenant: TenantId,
 ) -> Result<Vec<ConversationFacts>, Error> {
-    let rows: Vec<(Json<ConversationFacts>,)> =
-        sqlx::query_as("select facts from conversations where tenant_id = $1 order by conversation_id")
-            .bind(tenant)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(Json(f),)| f).collect())
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+        "select conversation_id, record from conversations where tenant_id = $1 order by conversation_id",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    rows.iter().map(|(id, bytes)| decode(id, bytes)).collect()
+}
+
+fn decode(conversation_id: &str, bytes: &[u8]) -> Result<ConversationFacts, Error> {
+    record::decode(conversation_id, bytes).map_err(|e| Error::Internal(anyhow::Error::new(e)))
 }
 
 /// Number of stored events of a tenant.

@@ -5,6 +5,7 @@
 
 pub mod dataset;
 pub mod events;
+pub mod segments;
 pub mod settings;
 pub mod tenants;
 

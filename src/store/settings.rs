@@ -9,8 +9,9 @@ use sqlx::{PgPool, types::Json};
 use crate::domain::{
     Error,
     calendar::{DaySeconds, Schedule},
-    kpis::Targets,
+    kpi::Targets,
     query::parse_time_zone,
+    settings::{Settings, SettingsUpdate},
     tenant::TenantId,
 };
 
@@ -40,13 +41,6 @@ fn from_doc(doc: ScheduleDoc) -> Result<Schedule, Error> {
     Schedule::new(tz, weekly, doc.holidays.into_iter().collect::<BTreeSet<_>>())
 }
 
-/// A tenant's settings.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Settings {
-    pub business_hours: Option<Schedule>,
-    pub targets: Targets,
-}
-
 /// The tenant's settings (defaults when never set).
 pub async fn get(pool: &PgPool, tenant: TenantId) -> Result<Settings, Error> {
     let row: Option<(Option<Json<ScheduleDoc>>, Json<Targets>)> =
@@ -63,17 +57,34 @@ pub async fn get(pool: &PgPool, tenant: TenantId) -> Result<Settings, Error> {
     }
 }
 
-/// Stores the tenant's settings whole.
-pub async fn put(pool: &PgPool, tenant: TenantId, settings: &Settings) -> Result<(), Error> {
+/// Applies `update` to the tenant's settings in one transaction (the row is locked while it is
+/// read, changed and written, so concurrent updates of different fields never lose each other's
+/// change) and returns the result.
+pub async fn update(pool: &PgPool, tenant: TenantId, update: SettingsUpdate) -> Result<Settings, Error> {
+    let mut tx = pool.begin().await?;
+    // Make sure the row exists, so `for update` has something to lock.
+    sqlx::query("insert into tenant_settings (tenant_id) values ($1) on conflict (tenant_id) do nothing")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let (hours, Json(targets)): (Option<Json<ScheduleDoc>>, Json<Targets>) =
+        sqlx::query_as("select business_hours, targets from tenant_settings where tenant_id = $1 for update")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
+    let current = Settings {
+        business_hours: hours.map(|Json(doc)| from_doc(doc)).transpose()?,
+        targets,
+    };
+    let settings = current.apply(update);
     sqlx::query(
-        "insert into tenant_settings (tenant_id, business_hours, targets, updated_at) values ($1, $2, $3, now()) \
-         on conflict (tenant_id) do update set business_hours = excluded.business_hours, \
-         targets = excluded.targets, updated_at = now()",
+        "update tenant_settings set business_hours = $2, targets = $3, updated_at = now() where tenant_id = $1",
     )
     .bind(tenant)
     .bind(settings.business_hours.as_ref().map(|s| Json(to_doc(s))))
     .bind(Json(&settings.targets))
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await?;
+    Ok(settings)
 }

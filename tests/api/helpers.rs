@@ -113,7 +113,8 @@ impl TestApp {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_batch: options.max_batch,
             db_max_connections: 8,
-            cache_tenants: 64,
+            cache_bytes: 256 << 20,
+            writers_per_tenant: 2,
             shutdown_grace_secs: options.grace_secs,
         };
         let app = Application::build(&config).await.expect("build server");

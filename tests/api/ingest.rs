@@ -415,14 +415,12 @@ async fn reproject_rebuilds_the_same_facts_from_the_events() {
     let before = store::events::all_conversation_facts(&app.pool, app.tenant)
         .await
         .unwrap();
-    // Damage the projection: a stale record for every conversation.
-    sqlx::query(
-        "update conversations set facts = jsonb_set(facts, '{reopen_count}', '99') where tenant_id = $1",
-    )
-    .bind(app.tenant)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // Damage the projection: an unreadable record for every conversation.
+    sqlx::query("update conversations set record = '\\x00'::bytea where tenant_id = $1")
+        .bind(app.tenant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let recomputed = store::events::reproject(&app.pool, app.tenant, 7).await.unwrap();
     assert_eq!(recomputed, 40);
     assert!(

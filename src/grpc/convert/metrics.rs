@@ -10,12 +10,14 @@ use crate::{
     domain::{
         Error,
         calendar::{self, DaySeconds, Granularity, Schedule},
-        dataset::{Conv, Dataset, Span, to_datetime},
-        event::{FieldError, SurveyType},
-        kpis::{Dimension, Kpis, Targets},
-        live::{AgentUtilization, DrillDown},
+        event::FieldError,
+        kpi::{
+            Dimension, Kpis, Targets,
+            live::{AgentUtilization, ConversationRow, DrillDown},
+        },
         query::{self, Filters, Query, Window},
         scorecard,
+        settings::Settings,
         stats::DurationStats,
     },
     grpc::pb,
@@ -309,49 +311,43 @@ pub fn scorecard_to_proto(scope: &str, lines: &[scorecard::Line]) -> pb::Scoreca
     }
 }
 
-fn ts(m: Option<i64>) -> Option<pbjson_types::Timestamp> {
-    m.map(|m| chrono_to_timestamp(to_datetime(m)))
+/// A drill-down row.
+pub fn conversation_to_proto(c: ConversationRow) -> pb::ConversationFacts {
+    pb::ConversationFacts {
+        conversation_id: c.conversation_id,
+        customer_id: c.customer_id,
+        channel: c.channel.to_owned(),
+        inbox: c.inbox,
+        team: c.team,
+        priority: c.priority.to_owned(),
+        agent: c.agent,
+        assignee: c.assignee,
+        tags: c.tags,
+        state: c.state.to_owned(),
+        opened_at: Some(chrono_to_timestamp(c.opened_at)),
+        resolved_at: c.resolved_at.map(chrono_to_timestamp),
+        ended_at: c.ended_at.map(chrono_to_timestamp),
+        first_response_seconds: c.first_response_seconds,
+        first_responder: c.first_responder,
+        human_first_response_seconds: c.human_first_response_seconds,
+        wait_seconds: c.wait_seconds,
+        resolution_seconds: c.resolution_seconds,
+        duration_seconds: c.duration_seconds,
+        reopen_count: c.reopen_count,
+        customer_messages: c.customer_messages,
+        agent_messages: c.agent_messages,
+        bot_messages: c.bot_messages,
+        csat_score: c.csat_score,
+        nps_score: c.nps_score,
+        ces_score: c.ces_score,
+        reply_seconds: c.reply_seconds,
+    }
 }
 
-/// A drill-down row; `measure` applies the query's business-hours rule to durations.
-pub fn conversation_to_proto(ds: &Dataset, c: &Conv, measure: &dyn Fn(Span) -> f64) -> pb::ConversationFacts {
-    let name = |s| ds.symbols.name(s).to_owned();
-    let mut tags: Vec<String> = c.tags.iter().map(|t| name(*t)).collect();
-    tags.sort_unstable();
-    let score = |kind: SurveyType| c.surveys.iter().find(|s| s.kind == kind).map(|s| s.score);
-    pb::ConversationFacts {
-        conversation_id: c.id.to_string(),
-        customer_id: name(c.customer),
-        channel: c.channel.as_str().to_owned(),
-        inbox: name(c.inbox),
-        team: name(c.team),
-        priority: c.priority.as_str().to_owned(),
-        agent: name(c.agent),
-        assignee: name(c.assignee),
-        tags,
-        state: c.state.as_str().to_owned(),
-        opened_at: ts(Some(c.opened_at)),
-        resolved_at: ts(c.resolved_at),
-        ended_at: ts(c.ended_at),
-        first_response_seconds: c.first_response().map(|r| measure(r.span())),
-        first_responder: c.first_response().map(|r| name(r.agent)).unwrap_or_default(),
-        human_first_response_seconds: c.human_first.map(|r| measure(r.span())),
-        wait_seconds: c.wait.map(measure),
-        resolution_seconds: c.resolved_at.map(|r| {
-            measure(Span {
-                start: c.opened_at,
-                end: r.max(c.opened_at),
-            })
-        }),
-        duration_seconds: c.duration.map(measure),
-        reopen_count: c.reopen_count,
-        customer_messages: c.counts[0],
-        agent_messages: c.counts[1],
-        bot_messages: c.counts[2],
-        csat_score: score(SurveyType::Csat),
-        nps_score: score(SurveyType::Nps),
-        ces_score: score(SurveyType::Ces),
-        reply_seconds: c.replies().iter().map(|r| measure(r.span())).collect(),
+pub fn settings_to_proto(s: &Settings) -> pb::GetSettingsResponse {
+    pb::GetSettingsResponse {
+        business_hours: s.business_hours.as_ref().map(schedule_to_proto),
+        targets: Some(targets_to_proto(&s.targets)),
     }
 }
 

@@ -10,23 +10,14 @@ use super::pb;
 
 pub mod metrics;
 use crate::domain::event::{
-    self as ev, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
-    Event, FieldError, Initiator, Message, MessageStatusChanged, Payload, Presence, Priority, Resolved,
-    ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged, check_id, check_optional_id,
+    Channel, DeliveryStatus, Event, FieldError, Initiator, Payload, Presence, Priority, ResolvedBy, Sender,
+    SurveyType,
+    input::{self, Choice, EventInput, PayloadInput},
 };
 
-/// Timestamp -> chrono (microsecond precision), rejecting out-of-range nanos.
+/// Timestamp -> chrono (microsecond precision), rejecting out-of-range values.
 pub fn timestamp_to_chrono(field: &str, ts: &pbjson_types::Timestamp) -> Result<DateTime<Utc>, FieldError> {
-    if !(0..1_000_000_000).contains(&ts.nanos) {
-        return Err(FieldError::new(
-            field,
-            format!("nanos must be 0..999999999, got {}", ts.nanos),
-        ));
-    }
-    // Postgres keeps microseconds: truncate here so the validated event equals the stored one
-    // and facts never depend on which of the two they were derived from.
-    DateTime::from_timestamp(ts.seconds, (ts.nanos as u32 / 1000) * 1000)
-        .ok_or_else(|| FieldError::new(field, format!("seconds out of range: {}", ts.seconds)))
+    input::timestamp(field, ts.seconds, ts.nanos)
 }
 
 /// chrono -> Timestamp.
@@ -52,14 +43,15 @@ where
     }
 }
 
-/// Decodes an optional proto enum: unspecified = `None`, unknown values are errors.
-fn optional_enum<P, D>(field: &str, raw: i32, map: impl Fn(P) -> Option<D>) -> Result<Option<D>, FieldError>
+/// A proto enum as received: unspecified (`map` gives `None`), known, or a number this version
+/// does not know. Whether it must be set is the domain's rule.
+fn choice<P, D>(raw: i32, map: impl Fn(P) -> Option<D>) -> Choice<D>
 where
     P: TryFrom<i32>,
 {
     match P::try_from(raw) {
-        Ok(p) => Ok(map(p)),
-        Err(_) => Err(FieldError::new(field, format!("unknown enum value {raw}"))),
+        Ok(p) => map(p).map_or(Choice::Unset, Choice::Known),
+        Err(_) => Choice::Unknown(raw),
     }
 }
 
@@ -111,8 +103,8 @@ pub(crate) fn priority(p: pb::Priority) -> Option<Priority> {
 
 fn initiator(p: pb::Initiator) -> Option<Initiator> {
     match p {
-        // Unspecified = customer (METRICS.md §2 default).
-        pb::Initiator::Unspecified | pb::Initiator::Customer => Some(Initiator::Customer),
+        pb::Initiator::Unspecified => None,
+        pb::Initiator::Customer => Some(Initiator::Customer),
         pb::Initiator::Business => Some(Initiator::Business),
     }
 }
@@ -146,190 +138,77 @@ fn presence(p: pb::Presence) -> Option<Presence> {
     })
 }
 
-/// Prefixes a payload-level error with the payload's field name.
-fn within(prefix: &'static str) -> impl Fn(FieldError) -> FieldError {
-    move |e| FieldError::new(format!("{prefix}.{}", e.field), e.reason)
-}
-
-fn optional_string(s: &Option<String>) -> Option<String> {
-    s.clone()
-}
-
-/// Validates and converts one proto event (METRICS.md §2). `now` bounds `occurred_at`.
-pub fn event_from_proto(e: &pb::Event, now: DateTime<Utc>) -> Result<Event, FieldError> {
-    check_id("event_id", &e.event_id)?;
-    let occurred_at = match &e.occurred_at {
-        Some(ts) => timestamp_to_chrono("occurred_at", ts)?,
-        None => return Err(FieldError::new("occurred_at", "must be set")),
-    };
-    ev::check_occurred_at("occurred_at", occurred_at, now)?;
-    let Some(payload) = &e.payload else {
-        return Err(FieldError::new(
-            "payload",
-            "must be set (one of conversation_opened, message, ...)",
-        ));
-    };
-    let payload = payload_from_proto(payload)?;
-
-    let conversation_id = if !payload.belongs_to_conversation() && e.conversation_id.is_empty() {
-        None
-    } else if matches!(payload, Payload::AgentStatus(_)) {
-        // Presence belongs to an agent, not a conversation: the id is ignored (documented in
-        // the proto and docs/metrics-notes.md).
-        None
-    } else {
-        check_id("conversation_id", &e.conversation_id)?;
-        Some(e.conversation_id.clone())
-    };
-    Ok(Event {
+/// Proto event -> the domain's unchecked input ([`Event::parse`] validates it).
+pub fn event_input(e: &pb::Event) -> EventInput {
+    EventInput {
         event_id: e.event_id.clone(),
-        conversation_id,
-        occurred_at,
-        payload,
-    })
+        conversation_id: e.conversation_id.clone(),
+        occurred_at: e.occurred_at.as_ref().map(|t| (t.seconds, t.nanos)),
+        payload: e.payload.as_ref().map(payload_input),
+    }
 }
 
-fn payload_from_proto(p: &pb::event::Payload) -> Result<Payload, FieldError> {
+fn payload_input(p: &pb::event::Payload) -> PayloadInput {
     use pb::event::Payload as P;
-    Ok(match p {
-        P::ConversationOpened(o) => {
-            let f = within("conversation_opened");
-            check_id("customer_id", &o.customer_id).map_err(&f)?;
-            check_optional_id("inbox", o.inbox.as_deref()).map_err(&f)?;
-            check_optional_id("team", o.team.as_deref()).map_err(&f)?;
-            Payload::ConversationOpened(ConversationOpened {
-                customer_id: o.customer_id.clone(),
-                channel: required_enum("channel", o.channel, channel).map_err(&f)?,
-                inbox: optional_string(&o.inbox),
-                team: optional_string(&o.team),
-                priority: optional_enum("priority", o.priority, priority).map_err(&f)?,
-                initiated_by: required_enum("initiated_by", o.initiated_by, initiator).map_err(&f)?,
-            })
-        }
-        P::Message(m) => {
-            let f = within("message");
-            check_id("message_id", &m.message_id).map_err(&f)?;
-            let sender = required_enum("sender", m.sender, sender).map_err(&f)?;
-            let agent_id = if sender == Sender::Agent {
-                // METRICS.md §2: agent_id is required when sender = agent.
-                check_id("agent_id", &m.agent_id)
-                    .map_err(|e| {
-                        FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason))
-                    })
-                    .map_err(&f)?;
-                Some(m.agent_id.clone())
-            } else {
-                None
-            };
-            Payload::Message(Message {
-                message_id: m.message_id.clone(),
-                sender,
-                agent_id,
-                private: m.private,
-            })
-        }
-        P::MessageStatus(s) => {
-            let f = within("message_status");
-            check_id("message_id", &s.message_id).map_err(&f)?;
-            Payload::MessageStatus(MessageStatusChanged {
-                message_id: s.message_id.clone(),
-                status: required_enum("status", s.status, delivery).map_err(&f)?,
-            })
-        }
-        P::Assigned(a) => {
-            let f = within("assigned");
-            let agent_id = if a.agent_id.is_empty() {
-                None
-            } else {
-                check_id("agent_id", &a.agent_id).map_err(&f)?;
-                Some(a.agent_id.clone())
-            };
-            check_optional_id("team", a.team.as_deref()).map_err(&f)?;
-            Payload::Assigned(Assigned {
-                agent_id,
-                team: optional_string(&a.team),
-            })
-        }
-        P::ConversationUpdated(u) => {
-            let f = within("conversation_updated");
-            check_optional_id("team", u.team.as_deref()).map_err(&f)?;
-            Payload::ConversationUpdated(ConversationUpdated {
-                priority: optional_enum("priority", u.priority, priority).map_err(&f)?,
-                team: optional_string(&u.team),
-            })
-        }
-        P::TagsChanged(t) => {
-            let f = within("tags_changed");
-            for (i, tag) in t.added.iter().enumerate() {
-                check_id(&format!("added[{i}]"), tag).map_err(&f)?;
-            }
-            for (i, tag) in t.removed.iter().enumerate() {
-                check_id(&format!("removed[{i}]"), tag).map_err(&f)?;
-            }
-            Payload::TagsChanged(TagsChanged {
-                added: t.added.clone(),
-                removed: t.removed.clone(),
-            })
-        }
-        P::Handoff(_) => Payload::Handoff,
-        P::Resolved(r) => {
-            let f = within("resolved");
-            check_optional_id("agent_id", r.agent_id.as_deref()).map_err(&f)?;
-            Payload::Resolved(Resolved {
-                by: required_enum("by", r.by, resolved_by).map_err(&f)?,
-                agent_id: optional_string(&r.agent_id),
-            })
-        }
-        P::Reopened(_) => Payload::Reopened,
-        P::Abandoned(_) => Payload::Abandoned,
-        P::SurveyResponse(s) => {
-            let f = within("survey_response");
-            let kind = required_enum("survey", s.survey, survey).map_err(&f)?;
-            let scale = ev::check_survey_scale(kind, s.score, s.scale_min, s.scale_max).map_err(&f)?;
-            check_optional_id("agent_id", s.agent_id.as_deref()).map_err(&f)?;
-            Payload::SurveyResponse(SurveyResponse {
-                survey: kind,
-                score: s.score,
-                scale,
-                agent_id: optional_string(&s.agent_id),
-            })
-        }
-        P::SurveySent(s) => Payload::SurveySent(SurveySent {
-            survey: required_enum("survey", s.survey, survey).map_err(within("survey_sent"))?,
-        }),
-        P::Conversion(c) => {
-            let f = within("conversion");
-            check_id("customer_id", &c.customer_id).map_err(&f)?;
-            ev::check_conversion_kind("kind", &c.kind).map_err(&f)?;
-            if let Some(v) = c.value_minor {
-                ev::check_value_minor("value_minor", v).map_err(&f)?;
-            }
-            match (&c.currency, c.value_minor) {
-                (Some(cur), _) => ev::check_currency("currency", cur).map_err(&f)?,
-                (None, Some(_)) => {
-                    return Err(f(FieldError::new(
-                        "currency",
-                        "must be set when value_minor is set",
-                    )));
-                }
-                (None, None) => {}
-            }
-            Payload::Conversion(Conversion {
-                customer_id: c.customer_id.clone(),
-                kind: c.kind.clone(),
-                value_minor: c.value_minor,
-                currency: optional_string(&c.currency),
-            })
-        }
-        P::AgentStatus(a) => {
-            let f = within("agent_status");
-            check_id("agent_id", &a.agent_id).map_err(&f)?;
-            Payload::AgentStatus(ev::AgentStatus {
-                agent_id: a.agent_id.clone(),
-                status: required_enum("status", a.status, presence).map_err(&f)?,
-            })
-        }
-    })
+    match p {
+        P::ConversationOpened(o) => PayloadInput::ConversationOpened {
+            customer_id: o.customer_id.clone(),
+            channel: choice(o.channel, channel),
+            inbox: o.inbox.clone(),
+            team: o.team.clone(),
+            priority: choice(o.priority, priority),
+            initiated_by: choice(o.initiated_by, initiator),
+        },
+        P::Message(m) => PayloadInput::Message {
+            message_id: m.message_id.clone(),
+            sender: choice(m.sender, sender),
+            agent_id: m.agent_id.clone(),
+            private: m.private,
+        },
+        P::MessageStatus(s) => PayloadInput::MessageStatus {
+            message_id: s.message_id.clone(),
+            status: choice(s.status, delivery),
+        },
+        P::Assigned(a) => PayloadInput::Assigned {
+            agent_id: a.agent_id.clone(),
+            team: a.team.clone(),
+        },
+        P::ConversationUpdated(u) => PayloadInput::ConversationUpdated {
+            priority: choice(u.priority, priority),
+            team: u.team.clone(),
+        },
+        P::TagsChanged(t) => PayloadInput::TagsChanged {
+            added: t.added.clone(),
+            removed: t.removed.clone(),
+        },
+        P::Handoff(_) => PayloadInput::Handoff,
+        P::Resolved(r) => PayloadInput::Resolved {
+            by: choice(r.by, resolved_by),
+            agent_id: r.agent_id.clone(),
+        },
+        P::Reopened(_) => PayloadInput::Reopened,
+        P::Abandoned(_) => PayloadInput::Abandoned,
+        P::SurveyResponse(s) => PayloadInput::SurveyResponse {
+            survey: choice(s.survey, survey),
+            score: s.score,
+            scale_min: s.scale_min,
+            scale_max: s.scale_max,
+            agent_id: s.agent_id.clone(),
+        },
+        P::SurveySent(s) => PayloadInput::SurveySent {
+            survey: choice(s.survey, survey),
+        },
+        P::Conversion(c) => PayloadInput::Conversion {
+            customer_id: c.customer_id.clone(),
+            kind: c.kind.clone(),
+            value_minor: c.value_minor,
+            currency: c.currency.clone(),
+        },
+        P::AgentStatus(a) => PayloadInput::AgentStatus {
+            agent_id: a.agent_id.clone(),
+            status: choice(a.status, presence),
+        },
+    }
 }
 
 /// Domain event -> proto event (the simulator's output and client examples).
@@ -459,97 +338,32 @@ fn survey_to_proto(s: SurveyType) -> pb::SurveyType {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
-    fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap()
-    }
-
-    fn base(payload: pb::event::Payload) -> pb::Event {
-        pb::Event {
-            event_id: "e1".into(),
-            conversation_id: "c1".into(),
-            occurred_at: Some(chrono_to_timestamp(now())),
-            payload: Some(payload),
-        }
+    #[test]
+    fn every_proto_enum_number_maps_to_unset_known_or_unknown() {
+        assert_eq!(choice(0, channel), Choice::Unset);
+        assert_eq!(
+            choice(pb::Channel::Sms as i32, channel),
+            Choice::Known(Channel::Sms)
+        );
+        assert_eq!(choice(42, channel), Choice::Unknown(42));
+        assert_eq!(choice(0, initiator), Choice::Unset);
     }
 
     #[test]
-    fn agent_messages_need_an_agent_id() {
-        let e = base(pb::event::Payload::Message(pb::Message {
-            message_id: "m".into(),
-            sender: pb::Sender::Agent as i32,
-            agent_id: String::new(),
-            private: false,
-        }));
-        let err = event_from_proto(&e, now()).unwrap_err();
-        assert_eq!(err.field, "message.agent_id");
-        assert!(err.reason.contains("SENDER_AGENT"), "{}", err.reason);
-    }
-
-    #[test]
-    fn unknown_and_unspecified_enums_are_rejected() {
-        let mut e = base(pb::event::Payload::AgentStatus(pb::AgentStatus {
-            agent_id: "a".into(),
-            status: 99,
-        }));
-        assert_eq!(
-            event_from_proto(&e, now()).unwrap_err().field,
-            "agent_status.status"
-        );
-        e.payload = Some(pb::event::Payload::ConversationOpened(pb::ConversationOpened {
-            customer_id: "c".into(),
-            ..Default::default()
-        }));
-        let err = event_from_proto(&e, now()).unwrap_err();
-        assert_eq!(
-            (err.field.as_str(), err.reason.as_str()),
-            ("conversation_opened.channel", "must be set")
-        );
-    }
-
-    #[test]
-    fn agent_status_ignores_conversation_and_conversion_may_omit_it() {
-        let mut e = base(pb::event::Payload::AgentStatus(pb::AgentStatus {
-            agent_id: "a".into(),
-            status: pb::Presence::Online as i32,
-        }));
-        assert_eq!(event_from_proto(&e, now()).unwrap().conversation_id, None);
-        e.conversation_id.clear();
-        e.payload = Some(pb::event::Payload::Handoff(pb::Handoff {}));
-        assert_eq!(event_from_proto(&e, now()).unwrap_err().field, "conversation_id");
-        e.payload = Some(pb::event::Payload::Conversion(pb::Conversion {
-            customer_id: "c".into(),
-            kind: "sale".into(),
-            value_minor: Some(100),
-            currency: None,
-        }));
-        assert_eq!(
-            event_from_proto(&e, now()).unwrap_err().field,
-            "conversion.currency"
-        );
-    }
-
-    #[test]
-    fn every_event_round_trips_through_the_proto() {
-        use crate::sim::{SimConfig, simulate};
-        let events = simulate(&SimConfig {
-            conversations: 50,
-            days: 2,
-            seed: 3,
-            ..SimConfig::default()
-        });
-        let mut kinds = std::collections::BTreeSet::new();
-        for e in &events {
-            kinds.insert(e.payload.kind());
-            let back =
-                event_from_proto(&event_to_proto(e), e.occurred_at).expect("simulated events are valid");
-            assert_eq!(&back, e);
-        }
-        assert_eq!(
-            kinds.len(),
-            14,
-            "the simulator produces every event type: {kinds:?}"
-        );
+    fn domain_events_survive_the_proto_both_ways() {
+        let e = Event {
+            event_id: "e".into(),
+            conversation_id: Some("c".into()),
+            occurred_at: chrono::DateTime::from_timestamp(1_780_000_000, 123_456_000).unwrap(),
+            payload: Payload::Message(crate::domain::event::Message {
+                message_id: "m".into(),
+                sender: Sender::Agent,
+                agent_id: Some("ann".into()),
+                private: true,
+            }),
+        };
+        let back = Event::parse(&event_input(&event_to_proto(&e)), e.occurred_at).unwrap();
+        assert_eq!(back, e);
     }
 }

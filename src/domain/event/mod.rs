@@ -1,8 +1,9 @@
 //! The validated conversation events of METRICS.md §2, independent of the wire format.
 //!
-//! Values of these types have passed validation (`grpc/convert.rs` builds them from the proto
-//! with field paths in its errors); the rules themselves live here so every adapter (gRPC, the
-//! simulator, the JSON-lines reader) enforces the same ones.
+//! Values of these types have passed validation: [`Event::parse`] ([`input`]) builds them from
+//! what a client sent, with field paths in its errors, and every write path goes through it.
+
+pub mod input;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
@@ -258,6 +259,27 @@ named_enum!(
     /// Agent presence.
     Presence { Online => "online", Busy => "busy", Away => "away", Offline => "offline" }
 );
+
+impl Default for Channel {
+    /// METRICS.md §3: a conversation without `conversation_opened` is on channel `other`.
+    fn default() -> Self {
+        Channel::Other
+    }
+}
+
+impl Default for Priority {
+    /// METRICS.md §1: priority `normal` until set.
+    fn default() -> Self {
+        Priority::Normal
+    }
+}
+
+impl Default for Initiator {
+    /// METRICS.md §2: `initiated_by` defaults to the customer.
+    fn default() -> Self {
+        Initiator::Customer
+    }
+}
 
 /// An inclusive score scale `[min, max]` with `min < max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

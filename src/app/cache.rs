@@ -1,0 +1,586 @@
+//! The query cache: each tenant's day segments, names, presence and conversions in memory,
+//! within one byte budget, brought up to date with PostgreSQL before every query.
+//!
+//! A query asks for a [`View`] with the [`Reads`] of its computation. Under the tenant's refresh
+//! lock, in one read-only repeatable-read transaction, the cache
+//! 1. reads what changed since the tenant's previous refresh (conversation records, presence
+//!    and conversions written at or after its xmin) and merges it into the segments it holds;
+//! 2. picks the days whose bounds the computation reads and loads the missing ones: from a
+//!    persisted snapshot plus the records changed since it, or from the records alone;
+//! 3. releases the lock and returns `Arc`s of immutable segments: the computation, and any
+//!    stream to a slow client, never holds the tenant's lock.
+//!
+//! The budget is in bytes (moka weighs every entry); evicted segments are read again when a
+//! query needs them. Segments built from records are persisted as snapshots in the background,
+//! so the next process loads a day in one read.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::NaiveDate;
+use moka::sync::Cache;
+use sqlx::PgPool;
+use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
+
+use crate::{
+    domain::{
+        Error,
+        event::Payload,
+        facts::ConversationFacts,
+        intern::Interner,
+        kpi::{ConversionRec, Data, PresenceChange, Reads},
+        record,
+        segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
+        tenant::TenantId,
+        time::{OPEN_END, Span, micros},
+    },
+    store::segments::{self as store, SideEvent, StoredConversation},
+};
+
+/// A segment that drifted from its snapshot by this share of its rows is persisted again.
+const PERSIST_DRIFT: usize = 10;
+/// ...but at most once per this interval per day.
+const PERSIST_INTERVAL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Tenant(TenantId),
+    /// (tenant, the tenant state's generation, day): a tenant state that was evicted and
+    /// rebuilt has new ids for its names, so its old segments are never used again.
+    Segment(TenantId, u64, NaiveDate),
+}
+
+#[derive(Clone)]
+enum Value {
+    Tenant(Arc<TenantEntry>),
+    Segment(Arc<Segment>),
+}
+
+impl Value {
+    fn weight(&self) -> u32 {
+        let bytes = match self {
+            Value::Tenant(t) => t.weight.load(Ordering::Relaxed) as usize,
+            Value::Segment(s) => s.heap_bytes(),
+        };
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+}
+
+/// What a computation reads, consistent as of one database snapshot.
+pub struct View {
+    pub data: Data,
+    /// Names of customer ids (drill-down rows).
+    pub customers: Arc<RwLock<Interner>>,
+    /// Incremented whenever the tenant's data changed: watchers skip unchanged ticks.
+    pub version: u64,
+}
+
+struct TenantEntry {
+    state: Arc<Mutex<TenantState>>,
+    /// Bytes held by the tenant's names, presence and conversions (its segments weigh apart).
+    weight: AtomicU32,
+}
+
+/// One tenant's query state; guarded by the tenant's refresh lock.
+struct TenantState {
+    tenant: TenantId,
+    generation: u64,
+    /// xmin of the database snapshot of the last refresh; `None` before the first.
+    xmin: Option<i64>,
+    /// Where each day's conversations lie in time (widened by changes, exact once a segment of
+    /// the day is built).
+    days: BTreeMap<NaiveDate, Bounds>,
+    /// Symbol names; shared with running computations, copied on the rare new name.
+    symbols: Arc<Interner>,
+    customers: Arc<RwLock<Interner>>,
+    /// Presence changes with their event ids, sorted by (agent, time, event id).
+    presence: Vec<(Box<str>, PresenceChange)>,
+    presence_view: Arc<Vec<PresenceChange>>,
+    /// Conversions sorted by time.
+    conversions: Arc<Vec<ConversionRec>>,
+    /// Presence and conversion events a later refresh may read again (written by transactions
+    /// at or after the last xmin), to apply each once.
+    recent_side_events: HashMap<Box<str>, i64>,
+    version: u64,
+    persisted_at: HashMap<NaiveDate, Instant>,
+}
+
+impl TenantState {
+    fn new(tenant: TenantId, generation: u64) -> Self {
+        Self {
+            tenant,
+            generation,
+            xmin: None,
+            days: BTreeMap::new(),
+            symbols: Arc::new(Interner::new()),
+            customers: Arc::new(RwLock::new(Interner::new())),
+            presence: Vec::new(),
+            presence_view: Arc::default(),
+            conversions: Arc::default(),
+            recent_side_events: HashMap::new(),
+            version: 0,
+            persisted_at: HashMap::new(),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.symbols.heap_bytes()
+            + read(&self.customers).heap_bytes()
+            + self.presence.capacity() * (std::mem::size_of::<PresenceChange>() + 48)
+            + self.conversions.capacity() * std::mem::size_of::<ConversionRec>()
+            + self.days.len() * 96
+            + self.recent_side_events.len() * 64
+    }
+
+    /// The tenant id of symbol `name`; the shared table is copied only for a new name.
+    fn symbol(&mut self, name: &str) -> u32 {
+        match self.symbols.get(name) {
+            Some(id) => id,
+            None => Arc::make_mut(&mut self.symbols).intern(name),
+        }
+    }
+}
+
+fn read(lock: &RwLock<Interner>) -> std::sync::RwLockReadGuard<'_, Interner> {
+    // Interning cannot leave the table half-updated: recover from a poisoned lock.
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write(lock: &RwLock<Interner>) -> std::sync::RwLockWriteGuard<'_, Interner> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The cache of every tenant's query data.
+pub struct QueryCache {
+    pool: PgPool,
+    budget: u64,
+    entries: Cache<Key, Value>,
+    generations: AtomicU64,
+    /// One snapshot write at a time: persisting is background work.
+    snapshot_writes: Arc<Semaphore>,
+}
+
+impl QueryCache {
+    /// A cache holding at most `budget` bytes of query data.
+    pub fn new(pool: PgPool, budget: u64) -> Arc<Self> {
+        let entries = Cache::builder()
+            .max_capacity(budget)
+            .weigher(|_: &Key, v: &Value| v.weight())
+            .build();
+        Arc::new(Self {
+            pool,
+            budget,
+            entries,
+            generations: AtomicU64::new(1),
+            snapshot_writes: Arc::new(Semaphore::new(1)),
+        })
+    }
+
+    /// Bytes held (approximately: moka applies writes in the background).
+    pub fn bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    fn tenant(&self, tenant: TenantId) -> Arc<TenantEntry> {
+        let value = self.entries.get_with(Key::Tenant(tenant), || {
+            let generation = self.generations.fetch_add(1, Ordering::Relaxed);
+            Value::Tenant(Arc::new(TenantEntry {
+                state: Arc::new(Mutex::new(TenantState::new(tenant, generation))),
+                weight: AtomicU32::new(0),
+            }))
+        });
+        match value {
+            Value::Tenant(t) => t,
+            // Keys and values are paired by construction.
+            Value::Segment(_) => unreachable!("a tenant key holds a tenant entry"),
+        }
+    }
+
+    /// The tenant's data for a computation that reads `reads`, up to date with everything
+    /// committed when it was asked for.
+    pub async fn view(self: &Arc<Self>, tenant: TenantId, reads: &Reads) -> Result<View, Error> {
+        let entry = self.tenant(tenant);
+        let state = entry.state.clone().lock_owned().await;
+        match self.refresh(state, reads).await {
+            Ok((view, bytes)) => {
+                entry
+                    .weight
+                    .store(u32::try_from(bytes).unwrap_or(u32::MAX), Ordering::Relaxed);
+                if bytes as u64 > self.budget / 4 {
+                    // Names of a huge history: start the tenant afresh with what queries read.
+                    tracing::warn!(
+                        tenant,
+                        bytes,
+                        "tenant query state over a quarter of the cache, resetting it"
+                    );
+                    self.entries.invalidate(&Key::Tenant(tenant));
+                } else {
+                    // Re-inserting makes moka weigh the entry again.
+                    self.entries.insert(Key::Tenant(tenant), Value::Tenant(entry));
+                }
+                Ok(view)
+            }
+            Err(err) => {
+                if matches!(err, Error::Internal(_)) {
+                    // The state may be half-updated: the next query starts the tenant afresh.
+                    self.entries.invalidate(&Key::Tenant(tenant));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn refresh(
+        self: &Arc<Self>,
+        state: OwnedMutexGuard<TenantState>,
+        reads: &Reads,
+    ) -> Result<(View, usize), Error> {
+        let tenant = state.tenant;
+        let mut db = store::Reads::begin(&self.pool).await?;
+        let xmin = db.xmin;
+        let (changed, days) = match state.xmin {
+            Some(since) => (db.changed_since(tenant, since).await?, None),
+            None => (Vec::new(), Some(db.days(tenant).await?)),
+        };
+        let side = db.side_events(tenant, state.xmin.unwrap_or(0)).await?;
+
+        let cache = self.clone();
+        let reads_owned = reads.clone();
+        let (state, mut picked, missing) = blocking(move || {
+            let mut state = state;
+            if let Some(days) = days {
+                state.set_days(days);
+            }
+            let changed_any = !changed.is_empty();
+            cache.apply_changes(&mut state, changed, xmin)?;
+            let side_any = state.apply_side_events(side, xmin);
+            if changed_any || side_any || state.xmin.is_none() {
+                state.version += 1;
+            }
+            let (picked, missing) = cache.pick(&state, &reads_owned);
+            Ok((state, picked, missing))
+        })
+        .await?;
+
+        let mut state = state;
+        if !missing.is_empty() {
+            let (s, loaded) = self.load(state, &mut db, missing).await?;
+            state = s;
+            picked.extend(loaded);
+        }
+        db.finish().await?;
+        state.xmin = Some(xmin);
+        state
+            .recent_side_events
+            .retain(|_, ingest_xid| *ingest_xid >= xmin);
+        self.persist_drifted(&mut state, &picked);
+        let view = View {
+            data: Data {
+                segments: picked,
+                symbols: state.symbols.clone(),
+                customers: read(&state.customers).len(),
+                presence: state.presence_view.clone(),
+                conversions: state.conversions.clone(),
+            },
+            customers: state.customers.clone(),
+            version: state.version,
+        };
+        let bytes = state.heap_bytes();
+        Ok((view, bytes))
+    }
+
+    /// The cached segments the computation reads, and the days it reads that are not cached.
+    fn pick(&self, state: &TenantState, reads: &Reads) -> (Vec<Arc<Segment>>, Vec<NaiveDate>) {
+        let mut picked = Vec::new();
+        let mut missing = Vec::new();
+        for (day, bounds) in &state.days {
+            if !reads.wants(bounds) {
+                continue;
+            }
+            match self.cached(state, *day) {
+                Some(seg) => picked.push(seg),
+                None => missing.push(*day),
+            }
+        }
+        (picked, missing)
+    }
+
+    fn cached(&self, state: &TenantState, day: NaiveDate) -> Option<Arc<Segment>> {
+        match self
+            .entries
+            .get(&Key::Segment(state.tenant, state.generation, day))
+        {
+            Some(Value::Segment(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn put(&self, state: &mut TenantState, seg: Arc<Segment>) {
+        state.days.insert(seg.day, seg.bounds);
+        self.entries.insert(
+            Key::Segment(state.tenant, state.generation, seg.day),
+            Value::Segment(seg),
+        );
+    }
+
+    /// Merges changed conversations into the cached segments of their days and widens the
+    /// bounds of every day they belong to.
+    fn apply_changes(
+        &self,
+        state: &mut TenantState,
+        changed: Vec<StoredConversation>,
+        xmin: i64,
+    ) -> Result<(), Error> {
+        let mut by_day: BTreeMap<NaiveDate, Vec<ConversationFacts>> = BTreeMap::new();
+        for row in changed {
+            by_day.entry(row.day).or_default().push(decode(&row)?);
+        }
+        for (day, facts) in by_day {
+            let bounds = state.days.entry(day).or_insert(Bounds::EMPTY);
+            for f in &facts {
+                bounds.rows += 1;
+                bounds.widen(
+                    micros(f.opened_at),
+                    Span {
+                        start: micros(f.first_event_at),
+                        end: micros(f.last_event_at),
+                    },
+                    f.live_until().map_or(OPEN_END, micros),
+                );
+            }
+            if let Some(seg) = self.cached(state, day) {
+                let customers = state.customers.clone();
+                let merged = seg.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers));
+                self.put(state, Arc::new(merged));
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads the segments of `days`: each from its snapshot and the records changed since, or
+    /// from its records when it has no usable snapshot.
+    async fn load(
+        self: &Arc<Self>,
+        state: OwnedMutexGuard<TenantState>,
+        db: &mut store::Reads,
+        days: Vec<NaiveDate>,
+    ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
+        let tenant = state.tenant;
+        let xmin = db.xmin;
+        let snapshots = db.snapshots(tenant, &days).await?;
+        let since: HashMap<NaiveDate, i64> = snapshots.iter().map(|s| (s.day, s.built_xmin)).collect();
+        let wanted: Vec<(NaiveDate, i64)> = days
+            .iter()
+            .map(|d| (*d, since.get(d).copied().unwrap_or(0)))
+            .collect();
+        let rows = db.days_since(tenant, &wanted).await?;
+        let cache = self.clone();
+        let (state, mut loaded, damaged) = blocking(move || {
+            let mut state = state;
+            let mut rows_by_day = group(rows)?;
+            let mut loaded = Vec::new();
+            let mut damaged = Vec::new();
+            let mut snapshots: HashMap<NaiveDate, store::StoredSnapshot> =
+                snapshots.into_iter().map(|s| (s.day, s)).collect();
+            for day in days {
+                let facts = rows_by_day.remove(&day).unwrap_or_default();
+                let customers = state.customers.clone();
+                let seg = match snapshots.remove(&day) {
+                    Some(snap) => {
+                        let base = snapshot::decode(day, &snap.body, &mut |n| state.symbol(n), &mut write(&customers));
+                        match base {
+                            Ok(base) if facts.is_empty() => base,
+                            Ok(base) => base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
+                            Err(err) => {
+                                tracing::warn!(tenant, %day, error = %err, "ignoring a damaged segment snapshot");
+                                damaged.push(day);
+                                continue;
+                            }
+                        }
+                    }
+                    None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
+                };
+                let seg = Arc::new(seg);
+                cache.put(&mut state, seg.clone());
+                loaded.push(seg);
+            }
+            Ok((state, loaded, damaged))
+        })
+        .await?;
+        if damaged.is_empty() {
+            return Ok((state, loaded));
+        }
+        let all: Vec<(NaiveDate, i64)> = damaged.iter().map(|d| (*d, 0)).collect();
+        let rows = db.days_since(tenant, &all).await?;
+        let cache = self.clone();
+        let (state, rebuilt) = blocking(move || {
+            let mut state = state;
+            let mut rows_by_day = group(rows)?;
+            let mut rebuilt = Vec::new();
+            for day in damaged {
+                let facts = rows_by_day.remove(&day).unwrap_or_default();
+                let customers = state.customers.clone();
+                let seg = Arc::new(Segment::build(
+                    day,
+                    &facts,
+                    xmin,
+                    &mut |n| state.symbol(n),
+                    &mut write(&customers),
+                ));
+                cache.put(&mut state, seg.clone());
+                rebuilt.push(seg);
+            }
+            Ok((state, rebuilt))
+        })
+        .await?;
+        loaded.extend(rebuilt);
+        Ok((state, loaded))
+    }
+
+    /// Persists, in the background, the segments that have no snapshot or drifted from it.
+    fn persist_drifted(self: &Arc<Self>, state: &mut TenantState, segments: &[Arc<Segment>]) {
+        for seg in segments {
+            let unpersisted = seg.unpersisted.load(Ordering::Relaxed);
+            let drifted = unpersisted == NEVER_PERSISTED
+                || unpersisted.saturating_mul(PERSIST_DRIFT) > seg.len().max(1_000);
+            let recent = state
+                .persisted_at
+                .get(&seg.day)
+                .is_some_and(|at| at.elapsed() < PERSIST_INTERVAL);
+            if !drifted || recent || seg.is_empty() {
+                continue;
+            }
+            state.persisted_at.insert(seg.day, Instant::now());
+            let (cache, seg, customers, tenant) =
+                (self.clone(), seg.clone(), state.customers.clone(), state.tenant);
+            tokio::spawn(async move {
+                let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
+                    return;
+                };
+                let encoded = {
+                    let seg = seg.clone();
+                    tokio::task::spawn_blocking(move || snapshot::encode(&seg, &read(&customers))).await
+                };
+                let result = match encoded {
+                    Ok(body) => {
+                        store::save_snapshot(&cache.pool, tenant, seg.day, seg.as_of, seg.len(), &body).await
+                    }
+                    Err(err) => Err(Error::Internal(anyhow::Error::new(err))),
+                };
+                match result {
+                    Ok(()) => seg.unpersisted.store(0, Ordering::Relaxed),
+                    Err(err) => {
+                        tracing::warn!(tenant, day = %seg.day, error = %err, "could not persist a segment snapshot")
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl TenantState {
+    /// The day bounds of a tenant's first refresh.
+    fn set_days(&mut self, days: Vec<store::DayRows>) {
+        self.days = days
+            .into_iter()
+            .map(|d| {
+                let bounds = Bounds {
+                    rows: usize::try_from(d.rows).unwrap_or(usize::MAX),
+                    opened: Span {
+                        start: micros(d.opened_from),
+                        end: micros(d.opened_to),
+                    },
+                    active: Span {
+                        start: micros(d.active_from),
+                        end: micros(d.active_to),
+                    },
+                    live_until: d.live_until.map_or(OPEN_END, micros),
+                };
+                (d.day, bounds)
+            })
+            .collect();
+    }
+
+    /// Applies presence and conversion events not applied before; returns whether any was new.
+    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64) -> bool {
+        let mut presence_changed = false;
+        let mut new_conversions = Vec::new();
+        for e in events {
+            if self.recent_side_events.contains_key(e.event_id.as_str()) {
+                continue;
+            }
+            let at = micros(e.occurred_at);
+            match &e.payload {
+                Payload::AgentStatus(p) => {
+                    let change = PresenceChange {
+                        agent: self.symbol(&p.agent_id),
+                        at,
+                        status: p.status,
+                    };
+                    let key = (change.agent, change.at, e.event_id.as_str());
+                    let i = self
+                        .presence
+                        .partition_point(|(id, c)| (c.agent, c.at, id.as_ref()) < key);
+                    self.presence.insert(i, (e.event_id.as_str().into(), change));
+                    presence_changed = true;
+                }
+                Payload::Conversion(c) => {
+                    let customer = write(&self.customers).intern(&c.customer_id);
+                    let rec = ConversionRec {
+                        at,
+                        customer,
+                        kind: self.symbol(&c.kind),
+                        value_minor: c.value_minor,
+                        currency: match c.currency.as_deref() {
+                            Some(cur) => self.symbol(cur),
+                            None => 0,
+                        },
+                    };
+                    new_conversions.push(rec);
+                }
+                _ => continue,
+            }
+            if e.ingest_xid >= xmin {
+                self.recent_side_events.insert(e.event_id.into(), e.ingest_xid);
+            }
+        }
+        if presence_changed {
+            self.presence_view = Arc::new(self.presence.iter().map(|(_, c)| *c).collect());
+        }
+        let conversions_changed = !new_conversions.is_empty();
+        if conversions_changed {
+            let all = Arc::make_mut(&mut self.conversions);
+            all.extend(new_conversions);
+            all.sort_by_key(|c| c.at);
+        }
+        presence_changed || conversions_changed
+    }
+}
+
+fn decode(row: &StoredConversation) -> Result<ConversationFacts, Error> {
+    record::decode(&row.conversation_id, &row.record).map_err(|e| Error::Internal(anyhow::Error::new(e)))
+}
+
+fn group(rows: Vec<StoredConversation>) -> Result<HashMap<NaiveDate, Vec<ConversationFacts>>, Error> {
+    let mut by_day: HashMap<NaiveDate, Vec<ConversationFacts>> = HashMap::new();
+    for row in &rows {
+        by_day.entry(row.day).or_default().push(decode(row)?);
+    }
+    Ok(by_day)
+}
+
+/// Runs CPU work off the async threads; a panic becomes an internal error.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache work failed")))?
+}

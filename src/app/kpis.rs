@@ -1,0 +1,411 @@
+//! The KPI use case: a tenant's question, answered from an up-to-date [`View`] of its data.
+//!
+//! Each call reads the tenant's settings (business hours, targets), checks the preconditions,
+//! asks the cache for the day segments the computation reads, and computes on the blocking pool
+//! with a cancellation flag that is raised when the caller goes away (the gRPC future is dropped
+//! when the client cancels or its deadline passes). Streams (drill-down, watch) hold only
+//! immutable segments while they wait for a slow reader, never a lock.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::Utc;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::cache::{QueryCache, View};
+use crate::{
+    domain::{
+        Error,
+        calendar::{self, Granularity},
+        kpi::{
+            Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, Reads,
+            live::{AgentUtilization, Backlog, ConversationRow, DrillDown},
+        },
+        query::Query,
+        scorecard::{self, Line},
+        settings::{Settings, SettingsUpdate},
+        tenant::TenantId,
+        time::{Micros, Span, micros},
+    },
+    store,
+};
+
+/// Most buckets a time series may return.
+pub const MAX_BUCKETS: usize = 10_000;
+/// Drill-down rows rendered ahead of a slow reader.
+const DRILL_DOWN_AHEAD: usize = 256;
+
+/// Raises a [`Cancel`] flag when dropped: computations of a request that went away stop.
+struct CancelOnDrop(Arc<Cancel>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Scorecards of the whole tenant, each agent and each team.
+pub struct Scorecards {
+    pub overall: Vec<Line>,
+    pub agents: Vec<(String, Vec<Line>)>,
+    pub teams: Vec<(String, Vec<Line>)>,
+}
+
+/// One push of a watched overview.
+pub struct WatchUpdate {
+    pub kpis: Kpis,
+    pub window: Span,
+}
+
+/// Answers KPI questions.
+#[derive(Clone)]
+pub struct KpiService {
+    pool: PgPool,
+    cache: Arc<QueryCache>,
+}
+
+impl KpiService {
+    pub fn new(pool: PgPool, cache: Arc<QueryCache>) -> Self {
+        Self { pool, cache }
+    }
+
+    /// The query cache (its size is exported as a metric).
+    pub fn cache(&self) -> &Arc<QueryCache> {
+        &self.cache
+    }
+
+    /// The settings a query needs; business hours without a schedule is a precondition failure.
+    async fn settings_for(&self, tenant: TenantId, query: &Query) -> Result<Settings, Error> {
+        let settings = store::settings::get(&self.pool, tenant).await?;
+        if query.business_hours && settings.business_hours.is_none() {
+            return Err(Error::FailedPrecondition(
+                "query.business_hours: the tenant has no business hours; set them with UpdateSettings".into(),
+            ));
+        }
+        Ok(settings)
+    }
+
+    /// Computes `f` over the tenant's data for `query`; `Ok(None)` without computing when the
+    /// data still has version `seen` (watchers).
+    async fn compute<R, F>(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        reads: Reads,
+        seen: Option<u64>,
+        f: F,
+    ) -> Result<Option<(R, u64)>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
+    {
+        let settings = self.settings_for(tenant, query).await?;
+        let view = self.cache.view(tenant, &reads).await?;
+        if seen == Some(view.version) {
+            return Ok(None);
+        }
+        let cancel = Arc::new(Cancel::default());
+        let _cancel_on_drop = CancelOnDrop(cancel.clone());
+        let query = query.clone();
+        let version = view.version;
+        let result = tokio::task::spawn_blocking(move || {
+            let computation = Computation {
+                data: &view.data,
+                query: &query,
+                schedule: settings.business_hours.as_ref(),
+                targets: &settings.targets,
+                cancel: &cancel,
+            };
+            f(&computation, &view)
+        })
+        .await
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("KPI computation failed")))??;
+        Ok(Some((result, version)))
+    }
+
+    async fn compute_now<R, F>(&self, tenant: TenantId, query: &Query, reads: Reads, f: F) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
+    {
+        let computed = self.compute(tenant, query, reads, None, f).await?;
+        computed.map(|(r, _)| r).ok_or_else(|| {
+            Error::Internal(anyhow::anyhow!(
+                "a computation without a version check returned nothing"
+            ))
+        })
+    }
+
+    /// Every KPI of the window, and of the window before when asked.
+    pub async fn overview(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        compare_previous: bool,
+    ) -> Result<(Kpis, Option<Kpis>), Error> {
+        let mut reads = Reads::summary(query, Grouping::All);
+        let previous = compare_previous.then(|| {
+            let mut p = query.clone();
+            p.window = query.window.previous();
+            p
+        });
+        if let Some(p) = &previous {
+            reads = reads.and(Reads::summary(p, Grouping::All));
+        }
+        self.compute_now(tenant, query, reads, move |c, _| {
+            let current = single(c.run(Grouping::All)?);
+            let previous = match previous {
+                Some(p) => Some(single(Computation { query: &p, ..*c }.run(Grouping::All)?)),
+                None => None,
+            };
+            Ok((current, previous))
+        })
+        .await
+    }
+
+    /// The KPIs per value of `dimension`, by value.
+    pub async fn breakdown(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        dimension: Dimension,
+    ) -> Result<Vec<(String, Kpis)>, Error> {
+        let grouping = Grouping::By(dimension);
+        self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
+            let rows = c.run(grouping)?;
+            Ok(rows.into_iter().map(|(key, k)| (c.data.label(key), k)).collect())
+        })
+        .await
+    }
+
+    /// The KPIs per calendar bucket of the window, empty buckets included.
+    pub async fn time_series(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        granularity: Granularity,
+    ) -> Result<Vec<(Span, Kpis)>, Error> {
+        let buckets = calendar::buckets(
+            query.time_zone,
+            granularity,
+            micros(query.window.from),
+            micros(query.window.to),
+        );
+        if buckets.len() > MAX_BUCKETS {
+            return Err(Error::invalid(
+                "granularity",
+                format!(
+                    "{} buckets exceed the limit of {MAX_BUCKETS}; use a coarser granularity",
+                    buckets.len()
+                ),
+            ));
+        }
+        let grouping = Grouping::Series(granularity);
+        self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
+            let groups = c.run(grouping)?;
+            Ok(groups
+                .into_iter()
+                .zip(buckets)
+                .map(|((_, k), span)| (span, k))
+                .collect())
+        })
+        .await
+    }
+
+    /// Utilization per agent and for the team. Business hours do not apply (docs/metrics.md).
+    pub async fn utilization(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+    ) -> Result<(Vec<AgentUtilization>, AgentUtilization), Error> {
+        let mut query = query.clone();
+        query.business_hours = false;
+        self.compute_now(tenant, &query, Reads::utilization(&query), |c, _| c.utilization())
+            .await
+    }
+
+    /// Backlog and live counts at `at`.
+    pub async fn backlog(&self, tenant: TenantId, query: &Query, at: Micros) -> Result<Backlog, Error> {
+        self.compute_now(tenant, query, Reads::backlog(at), move |c, _| c.backlog(at))
+            .await
+    }
+
+    /// Each targeted KPI against its target: overall, per agent and per team (METRICS.md §8).
+    pub async fn scorecard(&self, tenant: TenantId, query: &Query) -> Result<Scorecards, Error> {
+        let reads = Reads::summary(query, Grouping::All).and(Reads::utilization(query));
+        self.compute_now(tenant, query, reads, |c, _| {
+            let targets = c.targets;
+            let overall = single(c.run(Grouping::All)?);
+            let (agent_util, team_util) = c.utilization()?;
+            let named = |grouping| -> Result<Vec<(String, Kpis)>, Error> {
+                Ok(c.run(grouping)?
+                    .into_iter()
+                    .filter(|(key, _)| *key != GroupKey::Value(0))
+                    .map(|(key, k)| (c.data.label(key), k))
+                    .collect())
+            };
+            let agents = named(Grouping::By(Dimension::Agent))?
+                .into_iter()
+                .map(|(name, k)| {
+                    let util = agent_util.iter().find(|u| u.agent == name);
+                    let lines = scorecard::lines(&k, util, targets);
+                    (name, lines)
+                })
+                .collect();
+            let teams = named(Grouping::By(Dimension::Team))?
+                .into_iter()
+                .map(|(name, k)| {
+                    let lines = scorecard::lines(&k, None, targets);
+                    (name, lines)
+                })
+                .collect();
+            Ok(Scorecards {
+                overall: scorecard::lines(&overall, Some(&team_util), targets),
+                agents,
+                teams,
+            })
+        })
+        .await
+    }
+
+    /// The conversations behind a KPI, streamed: at most `limit` (0 = all) rows, rendered a
+    /// few hundred ahead of the reader. The stream ends early when the reader goes away.
+    pub async fn drill_down(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        kind: DrillDown,
+        limit: usize,
+    ) -> Result<mpsc::Receiver<Result<ConversationRow, Error>>, Error> {
+        let reads = match kind {
+            DrillDown::Backlog => Reads::backlog(micros(query.window.to)),
+            _ => Reads::summary(query, Grouping::All),
+        };
+        let settings = self.settings_for(tenant, query).await?;
+        let view = self.cache.view(tenant, &reads).await?;
+        let (tx, rx) = mpsc::channel(DRILL_DOWN_AHEAD);
+        let query = query.clone();
+        tokio::spawn(async move {
+            let cancel = Arc::new(Cancel::default());
+            let _cancel_on_drop = CancelOnDrop(cancel.clone());
+            let view = Arc::new(view);
+            let (settings, q, c) = (Arc::new(settings), Arc::new(query), cancel.clone());
+            let selected = {
+                let (view, settings, q) = (view.clone(), settings.clone(), q.clone());
+                tokio::task::spawn_blocking(move || computation(&view, &q, &settings, &c).drill_down(kind))
+                    .await
+            };
+            let refs = match selected {
+                Ok(Ok(refs)) => refs,
+                Ok(Err(err)) => {
+                    let _ = tx.send(Err(err)).await;
+                    return;
+                }
+                Err(err) => {
+                    let _ = tx.send(Err(Error::Internal(anyhow::Error::new(err)))).await;
+                    return;
+                }
+            };
+            let limit = if limit == 0 { usize::MAX } else { limit };
+            for chunk in refs[..refs.len().min(limit)].chunks(64) {
+                // Names are read in short bursts: a refresh adding customers never waits long.
+                let rows: Vec<ConversationRow> = {
+                    let comp = computation(&view, &q, &settings, &cancel);
+                    let customers = view.customers.read().unwrap_or_else(|p| p.into_inner());
+                    chunk
+                        .iter()
+                        .map(|(s, row)| comp.drill_row(&view.data.segments[*s], *row, &customers))
+                        .collect()
+                };
+                for row in rows {
+                    if tx.send(Ok(row)).await.is_err() {
+                        return; // the reader went away
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Pushes a fresh overview at most every `interval` while the tenant's data changes (every
+    /// tick when `sliding`, the window moving with the clock). Ends when the reader goes away.
+    pub fn watch(
+        &self,
+        tenant: TenantId,
+        query: Query,
+        interval: Duration,
+        sliding: bool,
+    ) -> mpsc::Receiver<Result<WatchUpdate, Error>> {
+        let (tx, rx) = mpsc::channel(1);
+        let service = self.clone();
+        tokio::spawn(async move {
+            let mut last_version: Option<u64> = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if tx.is_closed() {
+                    break;
+                }
+                let mut q = query.clone();
+                if sliding {
+                    let length = q.window.length();
+                    q.window.to = Utc::now();
+                    q.window.from = q.window.to - length;
+                }
+                // Debounce: compute and push only when the data changed (a sliding window moves
+                // with the clock, so it is recomputed every tick).
+                let seen = if sliding { None } else { last_version };
+                let window = Span {
+                    start: micros(q.window.from),
+                    end: micros(q.window.to),
+                };
+                let reads = Reads::summary(&q, Grouping::All);
+                let computed = service
+                    .compute(tenant, &q, reads, seen, |c, _| Ok(single(c.run(Grouping::All)?)))
+                    .await;
+                let message = match computed {
+                    Ok(None) => continue,
+                    Ok(Some((kpis, version))) => {
+                        last_version = Some(version);
+                        Ok(WatchUpdate { kpis, window })
+                    }
+                    Err(err) => Err(err),
+                };
+                let failed = message.is_err();
+                if tx.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    pub async fn settings(&self, tenant: TenantId) -> Result<Settings, Error> {
+        store::settings::get(&self.pool, tenant).await
+    }
+
+    /// Applies a settings change atomically; queries use it from their next call.
+    pub async fn update_settings(&self, tenant: TenantId, update: SettingsUpdate) -> Result<Settings, Error> {
+        store::settings::update(&self.pool, tenant, update).await
+    }
+}
+
+fn computation<'a>(
+    view: &'a View,
+    query: &'a Query,
+    settings: &'a Settings,
+    cancel: &'a Cancel,
+) -> Computation<'a> {
+    Computation {
+        data: &view.data,
+        query,
+        schedule: settings.business_hours.as_ref(),
+        targets: &settings.targets,
+        cancel,
+    }
+}
+
+fn single(mut groups: Vec<(GroupKey, Kpis)>) -> Kpis {
+    groups.pop().map(|(_, k)| k).unwrap_or_default()
+}

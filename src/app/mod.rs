@@ -1,0 +1,84 @@
+//! The application layer: the use cases between the adapters (`grpc/`) and the store.
+//!
+//! - [`ingest`]: validate, de-duplicate and store batches, one outcome per event, through the
+//!   per-tenant write queues of [`writer`];
+//! - [`kpis`]: answer KPI questions (settings, preconditions, scorecards, streams) from the
+//!   query [`cache`];
+//! - [`keys`]: resolve API keys to tenants.
+
+pub mod cache;
+pub mod ingest;
+pub mod keys;
+pub mod kpis;
+pub mod writer;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use sqlx::PgPool;
+
+use crate::domain::Error;
+
+/// Whether the database is reachable and migrated: until it is, requests get UNAVAILABLE (a
+/// client retries) instead of "relation does not exist" as an internal error.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub fn check(&self) -> Result<(), Error> {
+        if self.is_ready() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable("database not ready".into()))
+        }
+    }
+}
+
+/// How the application is sized.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// Largest accepted batch, in events.
+    pub max_batch: usize,
+    /// Writer tasks per tenant.
+    pub writers_per_tenant: usize,
+    /// Query cache budget in bytes.
+    pub cache_bytes: u64,
+}
+
+/// Every use case, sharing one pool.
+pub struct App {
+    pub ingest: ingest::IngestService,
+    pub kpis: kpis::KpiService,
+    pub keys: keys::KeyService,
+    pub ready: Readiness,
+}
+
+impl App {
+    pub fn new(pool: PgPool, config: &AppConfig) -> Self {
+        let ready = Readiness::default();
+        Self {
+            ingest: ingest::IngestService::new(
+                ingest::PgEvents(pool.clone()),
+                config.writers_per_tenant,
+                config.max_batch,
+                ready.clone(),
+            ),
+            kpis: kpis::KpiService::new(
+                pool.clone(),
+                cache::QueryCache::new(pool.clone(), config.cache_bytes),
+            ),
+            keys: keys::KeyService::new(pool),
+            ready,
+        }
+    }
+}

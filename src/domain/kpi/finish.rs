@@ -1,0 +1,230 @@
+//! From a group's running totals to its KPIs (METRICS.md §5): duration statistics, rates,
+//! survey scores, conversion, retention, tag and channel shares.
+
+use std::collections::BTreeMap;
+
+use rayon::prelude::*;
+
+use super::{
+    ConversionRec,
+    acc::Acc,
+    types::{Ces, ConversionKpis, Csat, Kpis, Nps, Retention, Targets},
+};
+use crate::domain::{
+    event::Channel,
+    intern::Interner,
+    stats::{DurationStats, mean, rate},
+};
+
+/// A group's KPIs and its distinct customers (sorted), which a time series' next bucket needs
+/// for its retention.
+pub(super) struct Finished {
+    pub kpis: Kpis,
+    pub customers: Vec<u32>,
+}
+
+/// KPIs of one group.
+pub(super) fn finish(
+    mut a: Acc,
+    targets: &Targets,
+    symbols: &Interner,
+    conversions: &[ConversionRec],
+) -> Finished {
+    let t = targets;
+    let mut durations = duration_stats(vec![
+        (std::mem::take(&mut a.frt), None),
+        (std::mem::take(&mut a.bot_frt), Some(t.bot_frt_seconds)),
+        (std::mem::take(&mut a.human_frt), Some(t.human_frt_seconds)),
+        (std::mem::take(&mut a.reply), None),
+        (std::mem::take(&mut a.wait), None),
+        (std::mem::take(&mut a.resolution), Some(t.resolution_seconds)),
+        (std::mem::take(&mut a.duration), None),
+    ])
+    .into_iter();
+    let [received, sent, delivered, read, failed] = a.messages;
+    let mut k = Kpis {
+        conversations: a.conversations,
+        messages_received: received,
+        messages_sent: sent,
+        messages_delivered: delivered,
+        messages_read: read,
+        messages_failed: failed,
+        delivery_rate: rate(delivered, sent),
+        read_rate: rate(read, delivered),
+        first_response: durations.next().unwrap_or_default(),
+        bot_first_response: durations.next().unwrap_or_default(),
+        human_first_response: durations.next().unwrap_or_default(),
+        reply: durations.next().unwrap_or_default(),
+        wait: durations.next().unwrap_or_default(),
+        resolution: durations.next().unwrap_or_default(),
+        duration: durations.next().unwrap_or_default(),
+        resolved: a.resolved,
+        resolutions: a.resolutions,
+        fcr_rate: rate(a.fcr, a.resolved),
+        repeat_contact_rate: rate(a.repeat, a.resolved),
+        reopen_rate: rate(a.reopened, a.resolved),
+        missed: a.missed,
+        missed_rate: rate(a.missed, a.with_customer_message),
+        abandoned: a.abandoned,
+        ended: a.ended,
+        messages_per_chat: mean(a.ended_messages.iter().sum::<u64>() as f64, a.ended),
+        customer_messages_per_chat: mean(a.ended_messages[0] as f64, a.ended),
+        agent_messages_per_chat: mean(a.ended_messages[1] as f64, a.ended),
+        bot_messages_per_chat: mean(a.ended_messages[2] as f64, a.ended),
+        automation_rate: rate(a.no_human_resolved, a.resolved),
+        bot_resolutions: a.bot_resolutions,
+        bot_handoff_rate: rate(a.bot_and_human, a.bot_involved),
+        ..Kpis::default()
+    };
+    k.csat = csat(std::mem::take(&mut a.csat), a.surveys_sent[0]);
+    k.nps = nps(&a.nps, a.surveys_sent[1]);
+    k.ces = ces(std::mem::take(&mut a.ces), a.surveys_sent[2]);
+    let customers = sorted_distinct(std::mem::take(&mut a.customers));
+    k.conversion = conversion(&customers, &mut a, symbols, conversions);
+    k.retention = retention(
+        sorted_distinct(std::mem::take(&mut a.previous_customers)),
+        &customers,
+    );
+    k.tags = tags(&a, symbols);
+    k.channels = Channel::ALL
+        .iter()
+        .filter(|c| a.channels[**c as usize] > 0)
+        .map(|c| {
+            let n = a.channels[*c as usize];
+            (*c, n, rate(n, a.conversations))
+        })
+        .collect();
+    Finished { kpis: k, customers }
+}
+
+/// Retention (METRICS.md §5): the share of `previous` customers (sorted, distinct) found in
+/// `current` (sorted, distinct).
+pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
+    let retained = previous
+        .iter()
+        .filter(|c| current.binary_search(c).is_ok())
+        .count() as u64;
+    Retention {
+        previous_customers: previous.len() as u64,
+        retained,
+        rate: rate(retained, previous.len() as u64),
+    }
+}
+
+fn sorted_distinct(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// CSAT: satisfied = normalized score >= 0.75; mean mapped to 1-5. Sums run over sorted
+/// values, so the result does not depend on the order items were visited in.
+fn csat(mut answers: Vec<(i32, i32, i32)>, sent: u64) -> Csat {
+    answers.sort_unstable();
+    let mut distribution: BTreeMap<(i32, i32, i32), u64> = BTreeMap::new();
+    let (mut satisfied, mut sum) = (0, 0.0);
+    for (score, min, max) in &answers {
+        let n = f64::from(score - min) / f64::from(max - min);
+        satisfied += u64::from(n >= 0.75);
+        sum += 1.0 + 4.0 * n;
+        *distribution.entry((*score, *min, *max)).or_default() += 1;
+    }
+    let responses = answers.len() as u64;
+    Csat {
+        responses,
+        mean_score: mean(sum, responses),
+        satisfied_percent: rate(satisfied, responses),
+        satisfied,
+        distribution: distribution
+            .into_iter()
+            .map(|((s, lo, hi), n)| (s, lo, hi, n))
+            .collect(),
+        sent,
+        response_rate: rate(responses, sent),
+    }
+}
+
+/// NPS: promoters 9-10, detractors 0-6.
+fn nps(scores: &[i32], sent: u64) -> Nps {
+    let promoters = scores.iter().filter(|s| **s >= 9).count() as u64;
+    let detractors = scores.iter().filter(|s| **s <= 6).count() as u64;
+    let n = scores.len() as u64;
+    Nps {
+        responses: n,
+        promoters,
+        passives: n - promoters - detractors,
+        detractors,
+        score: (n > 0).then(|| 100.0 * (promoters as f64 - detractors as f64) / n as f64),
+        sent,
+        response_rate: rate(n, sent),
+    }
+}
+
+/// CES: mean of the answers mapped to 1-7 (summed in sorted order).
+fn ces(mut answers: Vec<f64>, sent: u64) -> Ces {
+    answers.sort_unstable_by(f64::total_cmp);
+    let responses = answers.len() as u64;
+    Ces {
+        responses,
+        mean_score: mean(answers.iter().sum(), responses),
+        sent,
+        response_rate: rate(responses, sent),
+    }
+}
+
+/// Conversion rate and revenue: distinct customers of the group's openers, those of them with
+/// an attributed conversion, and each attributed conversion's value once (METRICS.md §5).
+fn conversion(
+    customers: &[u32],
+    a: &mut Acc,
+    symbols: &Interner,
+    conversions: &[ConversionRec],
+) -> ConversionKpis {
+    let converted = sorted_distinct(std::mem::take(&mut a.converted));
+    let attributed = sorted_distinct(std::mem::take(&mut a.attributed));
+    // Values are at most 10^15 each (validation): an i128 sum cannot overflow, and the total
+    // stays exact up to i64::MAX, where it saturates (about 9,000 maximal sales).
+    let mut revenue: BTreeMap<String, i128> = BTreeMap::new();
+    for i in &attributed {
+        let c = &conversions[*i as usize];
+        if let Some(v) = c.value_minor {
+            *revenue.entry(symbols.name(c.currency).to_owned()).or_default() += i128::from(v);
+        }
+    }
+    ConversionKpis {
+        customers: customers.len() as u64,
+        converted: converted.len() as u64,
+        rate: rate(converted.len() as u64, customers.len() as u64),
+        revenue: revenue
+            .into_iter()
+            .map(|(currency, v)| (currency, i64::try_from(v).unwrap_or(i64::MAX)))
+            .collect(),
+        conversions: attributed.len() as u64,
+    }
+}
+
+/// Per tag: conversations carrying it and their share, by conversations descending then name.
+fn tags(a: &Acc, symbols: &Interner) -> Vec<(String, u64, Option<f64>)> {
+    let mut tags: Vec<(String, u64, Option<f64>)> = a
+        .tags
+        .iter()
+        .map(|(t, n)| (symbols.name(*t).to_owned(), *n, rate(*n, a.conversations)))
+        .collect();
+    tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+    tags
+}
+
+/// Duration statistics of several value sets, computed in parallel when they are large.
+fn duration_stats(inputs: Vec<(Vec<f64>, Option<f64>)>) -> Vec<DurationStats> {
+    let total: usize = inputs.iter().map(|(v, _)| v.len()).sum();
+    if total < 100_000 {
+        return inputs
+            .into_iter()
+            .map(|(v, target)| DurationStats::from_values(v, target))
+            .collect();
+    }
+    inputs
+        .into_par_iter()
+        .map(|(v, target)| DurationStats::from_values(v, target))
+        .collect()
+}

@@ -1,0 +1,149 @@
+//! Lookups across a tenant's days by customer, built once per computation from the segments'
+//! hot columns: repeat contacts (METRICS.md §5 FCR) and conversion attribution.
+//!
+//! Customers are dense ids, so each lookup table is a compressed sparse row (CSR) structure: one
+//! offset per customer into one array of items, filled by a counting sort in linear time.
+
+use std::{collections::HashSet, sync::Arc};
+
+use super::ConversionRec;
+use crate::domain::{
+    segment::{Segment, Sym},
+    time::{Micros, Span},
+};
+
+/// Items grouped by customer id.
+struct Csr<T> {
+    starts: Vec<u32>,
+    items: Vec<T>,
+}
+
+impl<T: Copy + Default> Csr<T> {
+    /// Groups `(customer, item)` pairs; items of one customer keep their input order.
+    fn build(customers: usize, pairs: &[(u32, T)]) -> Self {
+        let mut starts = vec![0u32; customers + 1];
+        for (c, _) in pairs {
+            starts[*c as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut next = starts.clone();
+        let mut items = vec![T::default(); pairs.len()];
+        for (c, item) in pairs {
+            let slot = &mut next[*c as usize];
+            items[*slot as usize] = *item;
+            *slot += 1;
+        }
+        Self { starts, items }
+    }
+
+    fn of(&self, customer: u32) -> &[T] {
+        match (
+            self.starts.get(customer as usize),
+            self.starts.get(customer as usize + 1),
+        ) {
+            (Some(&a), Some(&b)) => &self.items[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+}
+
+/// Identifies a conversation within a computation: (segment index, row).
+pub(super) type RowRef = (u32, u32);
+
+/// The per-customer lookups of one computation.
+pub(super) struct Joins {
+    /// Conversations opened in the lookahead range, per customer, by opened_at.
+    opens: Csr<(Micros, u32, u32)>,
+    /// Zero disables the repeat check (METRICS.md §5).
+    repeat_window: Micros,
+    /// Conversions of the kinds asked for, per customer, by time (indexes into the
+    /// computation's conversions).
+    conversions: Csr<u32>,
+    attribution_window: Micros,
+}
+
+impl Joins {
+    /// `lookahead`: conversations opened in it may be repeat contacts; `conversions` are the
+    /// tenant's (sorted by time), of which those in `conversion_range` and of `kinds` (all when
+    /// `None`) can be attributed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        segments: &[Arc<Segment>],
+        customers: usize,
+        lookahead: Span,
+        repeat_window: Micros,
+        conversions: &[ConversionRec],
+        conversion_range: Span,
+        kinds: Option<&HashSet<Sym>>,
+        attribution_window: Micros,
+    ) -> Self {
+        let mut opens: Vec<(u32, (Micros, u32, u32))> = Vec::new();
+        if repeat_window > 0 {
+            for (s, seg) in segments.iter().enumerate() {
+                if !seg.bounds.opened_in(lookahead.start, lookahead.end) {
+                    continue;
+                }
+                for (row, (&opened, &customer)) in seg.opened_at.iter().zip(&seg.customer).enumerate() {
+                    if customer != 0 && lookahead.contains(opened) {
+                        opens.push((customer, (opened, s as u32, row as u32)));
+                    }
+                }
+            }
+        }
+        let mut opens = Csr::build(customers, &opens);
+        for c in 0..customers {
+            let (a, b) = (opens.starts[c] as usize, opens.starts[c + 1] as usize);
+            opens.items[a..b].sort_unstable();
+        }
+        let first = conversions.partition_point(|c| c.at < conversion_range.start);
+        let pairs: Vec<(u32, u32)> = conversions[first..]
+            .iter()
+            .enumerate()
+            .take_while(|(_, c)| c.at < conversion_range.end)
+            .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)))
+            .map(|(i, c)| (c.customer, (first + i) as u32))
+            .collect();
+        Self {
+            opens,
+            repeat_window,
+            conversions: Csr::build(customers, &pairs),
+            attribution_window,
+        }
+    }
+
+    /// Whether another conversation of `customer` was opened in `(resolved_at, resolved_at +
+    /// repeat_window]` (METRICS.md §5 repeat contact; `me` never counts as its own repeat).
+    pub fn repeat(&self, customer: u32, resolved_at: Micros, me: RowRef) -> bool {
+        if self.repeat_window == 0 || customer == 0 {
+            return false;
+        }
+        let limit = resolved_at.saturating_add(self.repeat_window);
+        let opens = self.opens.of(customer);
+        opens[opens.partition_point(|(t, _, _)| *t <= resolved_at)..]
+            .iter()
+            .take_while(|(t, _, _)| *t <= limit)
+            .any(|(_, s, r)| (*s, *r) != me)
+    }
+
+    /// Appends the conversions of `customer` in `[opened_at, opened_at + attribution_window]`
+    /// (METRICS.md §5 conversion rate) to `out`.
+    pub fn attributed(
+        &self,
+        customer: u32,
+        opened_at: Micros,
+        conversions: &[ConversionRec],
+        out: &mut Vec<u32>,
+    ) {
+        let end = opened_at.saturating_add(self.attribution_window);
+        out.extend(
+            self.conversions
+                .of(customer)
+                .iter()
+                .copied()
+                .skip_while(|i| conversions[*i as usize].at < opened_at)
+                .take_while(|i| conversions[*i as usize].at <= end),
+        );
+    }
+}

@@ -1,0 +1,388 @@
+//! KPI computation (METRICS.md §4-§8) over a tenant's day segments.
+//!
+//! A computation reads [`Data`]: the segments a query needs (chosen by their [`Bounds`]), the
+//! tenant's symbol names, presence and conversions. Overview, breakdowns and time series share
+//! one scan ([`scan`]) that places every item by its METRICS.md §4 time, filters it by the §6
+//! rules and routes it ([`route`]) to its group; the segments are split into parts scanned in
+//! parallel ([`acc`] totals merge in any order), and each group's totals become KPIs in
+//! [`finish`]. Repeat contacts and conversion attribution need a customer's other days; they
+//! come from per-query lookups by customer ([`joins`]). Backlog, utilization and drill-down are
+//! in [`live`].
+//!
+//! Every answer is exact: counts and sums are integers, means are sums over sorted values or
+//! whole microseconds, percentiles are selected from every value (PostgreSQL
+//! `percentile_cont`).
+//!
+//! [`Bounds`]: crate::domain::segment::Bounds
+
+mod acc;
+mod filter;
+pub mod finish;
+mod joins;
+pub mod live;
+mod route;
+mod scan;
+pub mod types;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use rayon::prelude::*;
+
+pub use self::types::*;
+use self::{acc::Groups, filter::Compiled, joins::Joins, route::Router, scan::Scan};
+use super::{
+    Error,
+    calendar::{self, Schedule},
+    event::Presence,
+    intern::Interner,
+    query::Query,
+    segment::{Segment, Sym},
+    time::{Micros, Span, micros},
+};
+
+/// Rows scanned by one parallel part: small enough to spread a day over both cores, large
+/// enough that merging the parts' totals costs nothing.
+/// (Tests use small parts so that merging parts is exercised.)
+const PART_ROWS: usize = if cfg!(test) { 97 } else { 16_384 };
+
+/// An `agent_status` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub agent: Sym,
+    pub at: Micros,
+    pub status: Presence,
+}
+
+/// A `conversion` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversionRec {
+    pub at: Micros,
+    /// Tenant customer id.
+    pub customer: u32,
+    pub kind: Sym,
+    pub value_minor: Option<i64>,
+    pub currency: Sym,
+}
+
+/// A consistent snapshot of what a tenant's computations read.
+#[derive(Clone, Default)]
+pub struct Data {
+    /// The segments the query needs (any order); a conversation is in exactly one segment.
+    pub segments: Vec<Arc<Segment>>,
+    /// Names of the tenant's symbols.
+    pub symbols: Arc<Interner>,
+    /// Number of tenant customer ids (every customer id is below it).
+    pub customers: usize,
+    /// Presence changes, sorted by (agent, time, event id).
+    pub presence: Arc<Vec<PresenceChange>>,
+    /// Conversions, sorted by (time, event id).
+    pub conversions: Arc<Vec<ConversionRec>>,
+}
+
+impl Data {
+    /// The text of a group key: a dimension value's name ("" = not set), a channel or priority
+    /// name, an hour (0-23) or ISO weekday (1-7), or a bucket's start in RFC 3339.
+    pub fn label(&self, key: GroupKey) -> String {
+        match key {
+            GroupKey::All => String::new(),
+            GroupKey::Value(sym) => self.symbols.name(sym).to_owned(),
+            GroupKey::Channel(c) => c.as_str().to_owned(),
+            GroupKey::Priority(p) => p.as_str().to_owned(),
+            GroupKey::Number(n) => n.to_string(),
+            GroupKey::Bucket(start) => super::time::to_datetime(start).to_rfc3339(),
+        }
+    }
+}
+
+/// Set when the client went away or its deadline passed: computations stop at the next part.
+#[derive(Debug, Default)]
+pub struct Cancel(AtomicBool);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One question over one tenant's data.
+pub struct Computation<'a> {
+    pub data: &'a Data,
+    pub query: &'a Query,
+    /// The tenant's schedule, used when `query.business_hours`.
+    pub schedule: Option<&'a Schedule>,
+    pub targets: &'a Targets,
+    pub cancel: &'a Cancel,
+}
+
+impl Computation<'_> {
+    /// A duration as the query measures it: whole, or inside business hours (METRICS.md §7).
+    pub fn measure(&self, span: Span) -> f64 {
+        match (self.query.business_hours, self.schedule) {
+            (true, Some(s)) => s.open_seconds(span),
+            _ => span.seconds().max(0.0),
+        }
+    }
+
+    fn window(&self) -> Span {
+        Span {
+            start: micros(self.query.window.from),
+            end: micros(self.query.window.to),
+        }
+    }
+
+    /// KPIs per group of `grouping` (METRICS.md §6). Groups without items are not returned,
+    /// except every bucket of a time series, which is always present.
+    pub fn run(&self, grouping: Grouping) -> Result<Vec<(GroupKey, Kpis)>, Error> {
+        let scan = self.scan(grouping);
+        let mut groups = self.scan_parts(&scan)?;
+        let buckets = match grouping {
+            Grouping::Series(g) => {
+                calendar::buckets(self.query.time_zone, g, scan.window.start, scan.window.end)
+            }
+            _ => Vec::new(),
+        };
+        for b in &buckets {
+            groups.get(GroupKey::Bucket(b.start));
+        }
+        self.cancel.check()?;
+        let d = self.data;
+        let mut out: Vec<(GroupKey, finish::Finished)> = groups
+            .into_sorted()
+            .into_par_iter()
+            .map(|(key, acc)| (key, finish::finish(acc, self.targets, &d.symbols, &d.conversions)))
+            .collect();
+        if let Grouping::Series(_) = grouping {
+            series_retention(&mut out);
+        }
+        // Rows by value name, not by id (ids depend on arrival order).
+        if let Grouping::By(_) = grouping {
+            out.sort_by(|(a, _), (b, _)| match (a, b) {
+                (GroupKey::Value(x), GroupKey::Value(y)) => d.symbols.name(*x).cmp(d.symbols.name(*y)),
+                _ => a.cmp(b),
+            });
+        }
+        Ok(out.into_iter().map(|(key, f)| (key, f.kpis)).collect())
+    }
+
+    /// Everything the scan of `grouping` shares: filters, routing, the previous window and the
+    /// customer lookups.
+    fn scan(&self, grouping: Grouping) -> Scan<'_> {
+        let q = self.query;
+        let window = self.window();
+        let (previous, first_bucket) = previous_window(q, grouping);
+        // Hour-of-day and weekday rows also place the previous window's customers by their own
+        // local hour and weekday.
+        let router = Router::new(
+            grouping,
+            q.time_zone,
+            previous.start.min(window.start),
+            window.end,
+        );
+        let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
+            q.conversion_kinds
+                .iter()
+                .filter_map(|k| self.data.symbols.get(k))
+                .collect()
+        });
+        let repeat_window = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
+        let joins = Joins::new(
+            &self.data.segments,
+            self.data.customers,
+            Span {
+                start: window.start,
+                end: window.end.saturating_add(repeat_window),
+            },
+            repeat_window,
+            &self.data.conversions,
+            Span {
+                start: window.start,
+                end: window.end.saturating_add(attribution),
+            },
+            kinds.as_ref(),
+            attribution,
+        );
+        Scan {
+            comp: self,
+            grouping,
+            filters: Compiled::new(&self.data.symbols, &q.filters),
+            router,
+            joins,
+            window,
+            previous,
+            first_bucket,
+            conversions: &self.data.conversions,
+        }
+    }
+
+    /// Scans the relevant segments in parallel parts and merges their groups.
+    fn scan_parts(&self, scan: &Scan<'_>) -> Result<Groups, Error> {
+        let parts: Vec<(usize, std::ops::Range<usize>)> = self
+            .data
+            .segments
+            .iter()
+            .enumerate()
+            .filter(|(_, seg)| {
+                seg.bounds.active_in(scan.window.start, scan.window.end)
+                    || seg.bounds.opened_in(scan.previous.start, scan.previous.end)
+            })
+            .flat_map(|(s, seg)| {
+                (0..seg.len())
+                    .step_by(PART_ROWS)
+                    .map(move |start| (s, start..(start + PART_ROWS).min(seg.len())))
+            })
+            .collect();
+        parts
+            .into_par_iter()
+            .map_init(scan::Scratch::default, |scratch, (s, rows)| {
+                self.cancel.check()?;
+                let mut groups = Groups::default();
+                scan.part(s, &self.data.segments[s], rows, &mut groups, scratch);
+                Ok(groups)
+            })
+            .try_reduce(Groups::default, |a, b| Ok(a.merge(b)))
+    }
+}
+
+/// The window whose customers retention compares with (METRICS.md §5: the window of the same
+/// length ending at `from`; for a time series, one bucket length before its first bucket,
+/// docs/metrics.md), and a series' first bucket.
+fn previous_window(q: &Query, grouping: Grouping) -> (Span, Option<Micros>) {
+    let window = Span {
+        start: micros(q.window.from),
+        end: micros(q.window.to),
+    };
+    match grouping {
+        Grouping::Series(g) => {
+            let first = calendar::buckets(q.time_zone, g, window.start, window.end)
+                .first()
+                .copied();
+            let start = first.map_or(window.start, |b| b.start - (b.end - b.start));
+            (
+                Span {
+                    start,
+                    end: window.start,
+                },
+                first.map(|b| b.start),
+            )
+        }
+        _ => (
+            Span {
+                start: window.start - (window.end - window.start),
+                end: window.start,
+            },
+            None,
+        ),
+    }
+}
+
+/// Which day segments a computation reads, by what their [`Bounds`] must overlap: the cache
+/// loads exactly those.
+///
+/// [`Bounds`]: crate::domain::segment::Bounds
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reads {
+    /// Items placed in these spans (any item of a conversation lies in its active span).
+    active: Vec<Span>,
+    /// Conversations opened in these spans (retention's window before, repeat lookahead).
+    opened: Vec<Span>,
+    /// Conversations open at these instants (backlog).
+    open_at: Vec<Micros>,
+    /// Conversations that can be handled in these spans (utilization).
+    handled: Vec<Span>,
+}
+
+impl Reads {
+    /// What a summary (overview, breakdown, series, drill-down) of `q` grouped by `grouping`
+    /// reads.
+    pub fn summary(q: &Query, grouping: Grouping) -> Reads {
+        let window = Span {
+            start: micros(q.window.from),
+            end: micros(q.window.to),
+        };
+        let (previous, _) = previous_window(q, grouping);
+        let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        let mut opened = vec![previous];
+        if repeat > 0 {
+            opened.push(Span {
+                start: window.start,
+                end: window.end.saturating_add(repeat),
+            });
+        }
+        Reads {
+            active: vec![window],
+            opened,
+            ..Reads::default()
+        }
+    }
+
+    /// What a backlog at `at` reads.
+    pub fn backlog(at: Micros) -> Reads {
+        Reads {
+            open_at: vec![at],
+            ..Reads::default()
+        }
+    }
+
+    /// What utilization over `q`'s window reads.
+    pub fn utilization(q: &Query) -> Reads {
+        Reads {
+            handled: vec![Span {
+                start: micros(q.window.from),
+                end: micros(q.window.to),
+            }],
+            ..Reads::default()
+        }
+    }
+
+    /// Both.
+    pub fn and(mut self, other: Reads) -> Reads {
+        self.active.extend(other.active);
+        self.opened.extend(other.opened);
+        self.open_at.extend(other.open_at);
+        self.handled.extend(other.handled);
+        self
+    }
+
+    /// Whether a segment with these bounds is read.
+    pub fn wants(&self, b: &crate::domain::segment::Bounds) -> bool {
+        self.active.iter().any(|w| b.active_in(w.start, w.end))
+            || self.opened.iter().any(|w| b.opened_in(w.start, w.end))
+            || self.open_at.iter().any(|at| b.open_at(*at))
+            || self.handled.iter().any(|w| b.handled_in(w.start, w.end))
+    }
+}
+
+/// Series retention: the previous bucket's customers (the first bucket's were collected from
+/// the window before it).
+fn series_retention(out: &mut [(GroupKey, finish::Finished)]) {
+    let mut previous: Option<Vec<u32>> = None;
+    for (_, f) in out.iter_mut() {
+        if let Some(prev) = previous.take() {
+            f.kpis.retention = finish::retention(prev, &f.customers);
+        }
+        previous = Some(std::mem::take(&mut f.customers));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,374 @@
+//! The scan: every item of a conversation placed by its METRICS.md §4 time, filtered by the §6
+//! rules and added to the group it routes to. One function per family of items:
+//!
+//! | items | placed by | matched against the agent filter by |
+//! | --- | --- | --- |
+//! | volume, wait, missed, abandoned, bot handoff, tags, channels, customers ([`Scan::opened`]) | `opened_at` | the conversation's agent |
+//! | first response, bot FRT, human FRT ([`Scan::first_responses`]) | `opened_at` | the responding agent |
+//! | customers of the window before ([`Scan::previous_customers`]) | `opened_at` | the conversation's agent |
+//! | reply times ([`Scan::replies`]) | the response's time | the responding agent |
+//! | resolutions ([`Scan::resolutions`]) | each `resolved` | the conversation's agent |
+//! | resolved, resolution time, FCR, repeat, reopen, automation ([`Scan::final_resolution`]) | `resolved_at` | the conversation's agent |
+//! | duration, messages per chat ([`Scan::ended`]) | `ended_at` | the conversation's agent |
+//! | messages and delivery funnel ([`Scan::messages`]) | the message's time | the conversation's agent |
+//! | survey sends ([`Scan::survey_sends`]) | the send's time | the conversation's agent |
+//! | survey answers ([`Scan::surveys`]) | the answer's time | the credited agent |
+
+use std::ops::Range;
+
+use super::{
+    Computation, ConversionRec,
+    acc::{Acc, Groups},
+    filter::Compiled,
+    joins::{Joins, RowRef},
+    route::Router,
+    types::{GroupKey, Grouping},
+};
+use crate::domain::{
+    event::{ResolvedBy, SurveyType},
+    facts::State,
+    segment::{Conv, Parts, Segment},
+    time::{Micros, Span},
+};
+
+/// What every part of one computation's scan shares.
+pub(super) struct Scan<'a> {
+    pub comp: &'a Computation<'a>,
+    pub grouping: Grouping,
+    pub filters: Compiled,
+    pub router: Router,
+    pub joins: Joins,
+    /// The query window.
+    pub window: Span,
+    /// The window before, for retention's previous customers.
+    pub previous: Span,
+    /// A time series keys previous customers to its first bucket.
+    pub first_bucket: Option<Micros>,
+    pub conversions: &'a [ConversionRec],
+}
+
+/// Reusable buffers of one part.
+#[derive(Default)]
+pub(super) struct Scratch {
+    conv: Conv,
+    keys: Vec<GroupKey>,
+    attributed: Vec<u32>,
+}
+
+impl Scan<'_> {
+    /// Whether a row can hold an item of this computation, from its hot columns alone.
+    fn relevant(&self, seg: &Segment, row: usize) -> bool {
+        let (opened, start, end) = (seg.opened_at[row], seg.active_start[row], seg.active_end[row]);
+        (start < self.window.end && end >= self.window.start) || self.previous.contains(opened)
+    }
+
+    /// Scans `rows` of segment `s` into `groups`.
+    pub fn part(
+        &self,
+        s: usize,
+        seg: &Segment,
+        rows: Range<usize>,
+        groups: &mut Groups,
+        scratch: &mut Scratch,
+    ) {
+        for row in rows {
+            if !self.relevant(seg, row) {
+                continue;
+            }
+            let parts = if self.needs_messages(seg, row) {
+                Parts::All
+            } else {
+                Parts::Head
+            };
+            seg.decode(row, parts, &mut scratch.conv);
+            let Scratch {
+                conv,
+                keys,
+                attributed,
+            } = scratch;
+            self.conversation(conv, (s as u32, row as u32), groups, keys, attributed);
+        }
+    }
+
+    /// Whether the conversation's messages must be placed one by one: they are not all inside
+    /// the window in one group.
+    fn needs_messages(&self, seg: &Segment, row: usize) -> bool {
+        !self.all_in_one_group(Span {
+            start: seg.active_start[row],
+            end: seg.active_end[row],
+        })
+    }
+
+    /// Whether every item of a conversation active over `active` is inside the window and in the
+    /// same group: its items can then be counted at once.
+    fn all_in_one_group(&self, active: Span) -> bool {
+        self.window.start <= active.start
+            && active.end < self.window.end
+            && self.router.same_group(active.start, active.end)
+    }
+
+    fn conversation(
+        &self,
+        c: &Conv,
+        me: RowRef,
+        groups: &mut Groups,
+        keys: &mut Vec<GroupKey>,
+        attributed: &mut Vec<u32>,
+    ) {
+        let filters = &self.filters;
+        if !filters.conversation_except_agent(c) {
+            return;
+        }
+        let agent_ok = filters.agent(c.agent);
+        if self.window.contains(c.opened_at) {
+            if agent_ok {
+                self.opened(c, groups, keys, attributed);
+            }
+            self.first_responses(c, groups, keys);
+        }
+        if agent_ok {
+            self.previous_customers(c, groups, keys);
+        }
+        self.replies(c, groups, keys);
+        self.surveys(c, groups, keys);
+        if !agent_ok {
+            // Every other item matches the agent filter by the conversation's agent.
+            return;
+        }
+        self.resolutions(c, groups, keys);
+        self.final_resolution(c, me, groups, keys);
+        self.ended(c, groups, keys);
+        self.messages(c, groups, keys);
+        self.survey_sends(c, groups, keys);
+    }
+
+    /// Items placed by `opened_at` and credited to the conversation's agent.
+    fn opened(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>, attributed: &mut Vec<u32>) {
+        attributed.clear();
+        if c.customer != 0 {
+            self.joins
+                .attributed(c.customer, c.opened_at, self.conversions, attributed);
+        }
+        let wait = c.wait.map(|w| self.comp.measure(w));
+        self.router.route(c, c.opened_at, c.agent, keys);
+        for k in keys.iter() {
+            let a = groups.get(*k);
+            a.conversations += 1;
+            a.channels[c.channel as usize] += 1;
+            for t in &c.tags {
+                *a.tags.entry(*t).or_default() += 1;
+            }
+            if let Some(w) = wait {
+                a.wait.push(w);
+            }
+            if c.has_customer_message {
+                a.with_customer_message += 1;
+                // Missed: ended without any response (docs/metrics.md: open ones are not yet).
+                if c.ended_at.is_some() && c.responses.is_empty() {
+                    a.missed += 1;
+                }
+            }
+            if c.state == State::Abandoned {
+                a.abandoned += 1;
+            }
+            if c.bot_involved {
+                a.bot_involved += 1;
+                a.bot_and_human += u64::from(c.human_involved);
+            }
+            if c.customer != 0 {
+                a.customers.push(c.customer);
+                if !attributed.is_empty() {
+                    a.converted.push(c.customer);
+                    a.attributed.extend_from_slice(attributed);
+                }
+            }
+        }
+    }
+
+    /// First response and first human response: placed by `opened_at`, matched and credited by
+    /// the responding agent (a bot response matches no agent).
+    fn first_responses(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        if let Some(r) = c.first_response().filter(|r| self.filters.agent(r.agent)) {
+            self.router.route(c, c.opened_at, r.agent, keys);
+            let seconds = self.comp.measure(r.span());
+            for k in keys.iter() {
+                let a = groups.get(*k);
+                a.frt.push(seconds);
+                if r.agent == 0 {
+                    a.bot_frt.push(seconds);
+                }
+            }
+        }
+        if let Some(h) = c.human_first.filter(|h| self.filters.agent(h.agent)) {
+            self.router.route(c, c.opened_at, h.agent, keys);
+            let seconds = self.comp.measure(h.span());
+            for k in keys.iter() {
+                groups.get(*k).human_frt.push(seconds);
+            }
+        }
+    }
+
+    /// Retention: customers who opened a conversation in the window before.
+    fn previous_customers(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        if c.customer == 0 || !self.previous.contains(c.opened_at) {
+            return;
+        }
+        match (self.grouping, self.first_bucket) {
+            // A series' first bucket looks back one bucket length (docs/metrics.md).
+            (Grouping::Series(_), Some(first)) => {
+                groups
+                    .get(GroupKey::Bucket(first))
+                    .previous_customers
+                    .push(c.customer);
+            }
+            (Grouping::Series(_), None) => {}
+            _ => {
+                self.router.route(c, c.opened_at, c.agent, keys);
+                for k in keys.iter() {
+                    groups.get(*k).previous_customers.push(c.customer);
+                }
+            }
+        }
+    }
+
+    /// Reply times by the response's own time, matched by the responding agent.
+    fn replies(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        for r in c
+            .replies()
+            .iter()
+            .filter(|r| self.window.contains(r.at) && self.filters.agent(r.agent))
+        {
+            self.router.route(c, r.at, r.agent, keys);
+            let seconds = self.comp.measure(r.span());
+            for k in keys.iter() {
+                groups.get(*k).reply.push(seconds);
+            }
+        }
+    }
+
+    /// Every `resolved` event in the window.
+    fn resolutions(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        if c.resolutions.is_empty() {
+            return;
+        }
+        if self.all_in_one_group(c.active) {
+            self.router.route(c, c.opened_at, c.agent, keys);
+            for k in keys.iter() {
+                groups.get(*k).resolutions += c.resolutions.len() as u64;
+            }
+            return;
+        }
+        for t in c.resolutions.iter().filter(|t| self.window.contains(**t)) {
+            self.router.route(c, *t, c.agent, keys);
+            for k in keys.iter() {
+                groups.get(*k).resolutions += 1;
+            }
+        }
+    }
+
+    /// The final resolution, placed by `resolved_at`: resolved, resolution time, FCR, repeat
+    /// contact, reopen, automation and bot resolutions.
+    fn final_resolution(&self, c: &Conv, me: RowRef, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        let Some(resolved_at) = c.resolved_at.filter(|t| self.window.contains(*t)) else {
+            return;
+        };
+        let repeat = self.joins.repeat(c.customer, resolved_at, me);
+        let seconds = self.comp.measure(Span {
+            start: c.opened_at,
+            end: resolved_at.max(c.opened_at),
+        });
+        self.router.route(c, resolved_at, c.agent, keys);
+        for k in keys.iter() {
+            let a = groups.get(*k);
+            a.resolved += 1;
+            a.resolution.push(seconds);
+            a.reopened += u64::from(c.reopen_count > 0);
+            a.repeat += u64::from(repeat);
+            a.fcr += u64::from(c.reopen_count == 0 && !repeat);
+            a.no_human_resolved += u64::from(!c.human_involved);
+            a.bot_resolutions += u64::from(c.resolved_by == Some(ResolvedBy::Bot));
+        }
+    }
+
+    /// Duration and messages per chat, placed by `ended_at`.
+    fn ended(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        let Some(ended_at) = c.ended_at.filter(|t| self.window.contains(*t)) else {
+            return;
+        };
+        let seconds = c.duration.map(|d| self.comp.measure(d));
+        self.router.route(c, ended_at, c.agent, keys);
+        for k in keys.iter() {
+            let a = groups.get(*k);
+            a.ended += 1;
+            for (sum, n) in a.ended_messages.iter_mut().zip(c.counts) {
+                *sum += u64::from(n);
+            }
+            if let Some(s) = seconds {
+                a.duration.push(s);
+            }
+        }
+    }
+
+    /// Messages and their delivery funnel, by the message's own time.
+    fn messages(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        if self.all_in_one_group(c.active) {
+            // Every message is inside the window, in one group: no walk over them.
+            if c.message_totals[0] + c.message_totals[1] > 0 {
+                self.router.route(c, c.opened_at, c.agent, keys);
+                for k in keys.iter() {
+                    groups.get(*k).add_messages(&c.message_totals);
+                }
+            }
+            return;
+        }
+        for m in c.messages.iter().filter(|m| self.window.contains(m.at)) {
+            let mut counts = [0u64; 5];
+            m.count_into(&mut counts);
+            self.router.route(c, m.at, c.agent, keys);
+            for k in keys.iter() {
+                groups.get(*k).add_messages(&counts);
+            }
+        }
+    }
+
+    /// `survey_sent` events, by their time.
+    fn survey_sends(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        for (kind, t) in c.surveys_sent.iter().filter(|(_, t)| self.window.contains(*t)) {
+            self.router.route(c, *t, c.agent, keys);
+            for k in keys.iter() {
+                groups.get(*k).surveys_sent[survey_index(*kind)] += 1;
+            }
+        }
+    }
+
+    /// Survey answers by their time, credited to (and filtered by) their agent.
+    fn surveys(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        for s in c
+            .surveys
+            .iter()
+            .filter(|s| self.window.contains(s.at) && self.filters.agent(s.agent))
+        {
+            self.router.route(c, s.at, s.agent, keys);
+            for k in keys.iter() {
+                add_survey(groups.get(*k), s.kind, s.score, s.min, s.max, s.normalized());
+            }
+        }
+    }
+}
+
+fn add_survey(a: &mut Acc, kind: SurveyType, score: i32, min: i32, max: i32, normalized: f64) {
+    match kind {
+        SurveyType::Csat => a.csat.push((score, min, max)),
+        SurveyType::Nps => a.nps.push(score),
+        // METRICS.md §5: CES on a 1-7 scale.
+        SurveyType::Ces => a.ces.push(1.0 + 6.0 * normalized),
+    }
+}
+
+pub(super) fn survey_index(kind: SurveyType) -> usize {
+    match kind {
+        SurveyType::Csat => 0,
+        SurveyType::Nps => 1,
+        SurveyType::Ces => 2,
+    }
+}

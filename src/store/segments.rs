@@ -1,0 +1,231 @@
+//! Reads of the query engine: a tenant's day segments (persisted snapshots and conversation
+//! records), the rows changed since a snapshot of the database, and the events that belong to no
+//! conversation (presence, conversions). All reads of one refresh run in one read-only
+//! repeatable-read transaction ([`Reads`]), so a query sees one consistent state.
+//!
+//! Change tracking: every conversation row and event carries the id of the transaction that
+//! wrote it (`change_xid`, `ingest_xid`). A reader that remembers the xmin of its previous
+//! snapshot re-reads exactly the rows written since (`>= xmin`), including those of
+//! transactions that were still running then, whatever the commit order.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::{PgPool, Postgres, Transaction, types::Json};
+
+use crate::domain::{Error, event::Payload, tenant::TenantId};
+
+/// One conversation record of a day segment.
+pub struct StoredConversation {
+    pub day: NaiveDate,
+    pub conversation_id: String,
+    pub record: Vec<u8>,
+}
+
+/// What the rows of one day span (see `segment::Bounds`).
+pub struct DayRows {
+    pub day: NaiveDate,
+    pub rows: i64,
+    pub opened_from: DateTime<Utc>,
+    pub opened_to: DateTime<Utc>,
+    pub active_from: DateTime<Utc>,
+    pub active_to: DateTime<Utc>,
+    /// `None`: a conversation of the day is still open.
+    pub live_until: Option<DateTime<Utc>>,
+}
+
+/// A persisted segment.
+pub struct StoredSnapshot {
+    pub day: NaiveDate,
+    pub built_xmin: i64,
+    pub body: Vec<u8>,
+}
+
+/// A presence or conversion event.
+pub struct SideEvent {
+    pub event_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: Payload,
+    pub ingest_xid: i64,
+}
+
+/// A read-only, repeatable-read transaction and the xmin of its snapshot.
+pub struct Reads {
+    tx: Transaction<'static, Postgres>,
+    pub xmin: i64,
+}
+
+impl Reads {
+    pub async fn begin(pool: &PgPool) -> Result<Self, Error> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        let (xmin,): (i64,) = sqlx::query_as("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(Self { tx, xmin })
+    }
+
+    pub async fn finish(self) -> Result<(), Error> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Where each day's conversations lie in time (a tenant's first query).
+    pub async fn days(&mut self, tenant: TenantId) -> Result<Vec<DayRows>, Error> {
+        type Row = (
+            NaiveDate,
+            i64,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            DateTime<Utc>,
+            Option<DateTime<Utc>>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "select segment_day, count(*), min(opened_at), max(opened_at), min(active_from), \
+             max(last_event_at), \
+             case when max(live_until) = 'infinity' then null else max(live_until) end \
+             from conversations where tenant_id = $1 group by segment_day",
+        )
+        .bind(tenant)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(day, rows, opened_from, opened_to, active_from, active_to, live_until)| DayRows {
+                    day,
+                    rows,
+                    opened_from,
+                    opened_to,
+                    active_from,
+                    active_to,
+                    live_until,
+                },
+            )
+            .collect())
+    }
+
+    /// Conversations written by transactions at or after `xmin`.
+    pub async fn changed_since(
+        &mut self,
+        tenant: TenantId,
+        xmin: i64,
+    ) -> Result<Vec<StoredConversation>, Error> {
+        let rows: Vec<(NaiveDate, String, Vec<u8>)> = sqlx::query_as(
+            "select segment_day, conversation_id, record from conversations \
+             where tenant_id = $1 and change_xid >= $2::text::xid8",
+        )
+        .bind(tenant)
+        .bind(xmin.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(stored(rows))
+    }
+
+    /// The persisted segments of `days`.
+    pub async fn snapshots(
+        &mut self,
+        tenant: TenantId,
+        days: &[NaiveDate],
+    ) -> Result<Vec<StoredSnapshot>, Error> {
+        let rows: Vec<(NaiveDate, i64, Vec<u8>)> = sqlx::query_as(
+            "select segment_day, built_xmin::text::bigint, body from segments \
+             where tenant_id = $1 and segment_day = any($2)",
+        )
+        .bind(tenant)
+        .bind(days)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(day, built_xmin, body)| StoredSnapshot {
+                day,
+                built_xmin,
+                body,
+            })
+            .collect())
+    }
+
+    /// The conversations of each day written at or after its xmin (0 = every conversation).
+    pub async fn days_since(
+        &mut self,
+        tenant: TenantId,
+        days: &[(NaiveDate, i64)],
+    ) -> Result<Vec<StoredConversation>, Error> {
+        let (dates, xmins): (Vec<NaiveDate>, Vec<String>) =
+            days.iter().map(|(d, x)| (*d, x.to_string())).unzip();
+        let rows: Vec<(NaiveDate, String, Vec<u8>)> = sqlx::query_as(
+            "select c.segment_day, c.conversation_id, c.record \
+             from unnest($2::date[], $3::text[]) as d(day, since) \
+             join conversations c on c.tenant_id = $1 and c.segment_day = d.day \
+             where c.change_xid >= d.since::xid8",
+        )
+        .bind(tenant)
+        .bind(&dates)
+        .bind(&xmins)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(stored(rows))
+    }
+
+    /// Presence and conversion events written at or after `xmin` (0 = all).
+    pub async fn side_events(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<SideEvent>, Error> {
+        let rows: Vec<(String, DateTime<Utc>, Json<Payload>, i64)> = sqlx::query_as(
+            "select event_id, occurred_at, payload, ingest_xid::text::bigint from events \
+             where tenant_id = $1 and kind in ('agent_status', 'conversion') \
+               and ingest_xid >= $2::text::xid8",
+        )
+        .bind(tenant)
+        .bind(xmin.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event_id, occurred_at, Json(payload), ingest_xid)| SideEvent {
+                event_id,
+                occurred_at,
+                payload,
+                ingest_xid,
+            })
+            .collect())
+    }
+}
+
+fn stored(rows: Vec<(NaiveDate, String, Vec<u8>)>) -> Vec<StoredConversation> {
+    rows.into_iter()
+        .map(|(day, conversation_id, record)| StoredConversation {
+            day,
+            conversation_id,
+            record,
+        })
+        .collect()
+}
+
+/// Persists a segment unless a snapshot built at a later xmin is already stored (another replica
+/// may have written one meanwhile).
+pub async fn save_snapshot(
+    pool: &PgPool,
+    tenant: TenantId,
+    day: NaiveDate,
+    built_xmin: i64,
+    rows: usize,
+    body: &[u8],
+) -> Result<(), Error> {
+    sqlx::query(
+        "insert into segments (tenant_id, segment_day, built_xmin, row_count, body) \
+         values ($1, $2, $3::text::xid8, $4, $5) \
+         on conflict (tenant_id, segment_day) do update set \
+           built_xmin = excluded.built_xmin, row_count = excluded.row_count, body = excluded.body, \
+           written_at = now() \
+         where segments.built_xmin < excluded.built_xmin",
+    )
+    .bind(tenant)
+    .bind(day)
+    .bind(built_xmin.to_string())
+    .bind(i32::try_from(rows).unwrap_or(i32::MAX))
+    .bind(body)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

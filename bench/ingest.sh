@@ -24,6 +24,7 @@ else
 fi
 cargo build --release --locked --quiet
 BIN=target/release/chatkpi
+BENCH=target/release/chatkpi-bench
 
 log "postgres: $(psql "$DATABASE_URL" -Atqc "select 'synchronous_commit=' || current_setting('synchronous_commit') || ' fsync=' || current_setting('fsync') || ' shared_buffers=' || current_setting('shared_buffers')")"
 $BIN migrate >/dev/null
@@ -38,7 +39,7 @@ for _ in $(seq 1 100); do
 done
 
 log "streaming $CONVERSATIONS conversations over $DAYS days on $STREAMS streams"
-$BIN simulate --conversations "$CONVERSATIONS" --days "$DAYS" --seed 42 --start 2026-01-01 \
+$BENCH simulate --conversations "$CONVERSATIONS" --days "$DAYS" --seed 42 --start 2026-01-01 \
   --server "http://127.0.0.1:$PORT" --api-key "$KEY" --streams "$STREAMS" --batch 1000
 grep -E 'VmHWM|VmRSS' /proc/$SERVER/status | sed 's/^/server /'
 psql "$DATABASE_URL" -Atqc "select 'stored events=' || (select count(*) from events) || ' conversations=' || (select count(*) from conversations)"

@@ -1,6 +1,6 @@
 //! Command line and environment configuration (every flag has an env variable).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -39,74 +39,6 @@ pub enum Command {
     /// Manage tenants and their API keys.
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Generate a realistic helpdesk event stream; write JSON lines or stream it to a server.
-    Simulate(SimulateArgs),
-    /// Bulk path for benchmark data sets (not for production ingest): simulate a helpdesk,
-    /// derive the facts in-process and COPY events and facts straight into Postgres.
-    BulkLoad(BulkLoadArgs),
-    /// Benchmark client (not a test): time overview, breakdown by agent and daily series
-    /// queries against a running server and print latency percentiles.
-    BenchQueries(BenchQueriesArgs),
-}
-
-/// Bulk loader settings.
-#[derive(Debug, Clone, Args)]
-pub struct BulkLoadArgs {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    /// Name of the tenant created for the data.
-    #[arg(long, default_value = "bulk")]
-    pub tenant_name: String,
-    #[command(flatten)]
-    pub sim: SimShape,
-    /// Store only what KPI queries read (derived facts, presence and conversion events), not
-    /// the message-level conversation events the facts were derived from: for data sets larger
-    /// than the disk can hold in full.
-    #[arg(long)]
-    pub facts_only: bool,
-}
-
-/// The simulated helpdesk's size and seed.
-#[derive(Debug, Clone, Args)]
-pub struct SimShape {
-    /// Number of conversations.
-    #[arg(long, default_value_t = 1000)]
-    pub conversations: u64,
-    /// Days the conversations are spread over.
-    #[arg(long, default_value_t = 30)]
-    pub days: u32,
-    /// Seed.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// First simulated day (UTC), YYYY-MM-DD.
-    #[arg(long)]
-    pub start: chrono::NaiveDate,
-    /// Number of agents.
-    #[arg(long, default_value_t = 60)]
-    pub agents: u32,
-}
-
-/// Query benchmark settings.
-#[derive(Debug, Clone, Args)]
-pub struct BenchQueriesArgs {
-    /// Server, e.g. http://127.0.0.1:50051.
-    #[arg(long)]
-    pub server: String,
-    /// API key of the tenant to query.
-    #[arg(long, env = "CHATKPI_API_KEY")]
-    pub api_key: String,
-    /// Window start (RFC 3339).
-    #[arg(long)]
-    pub from: chrono::DateTime<chrono::Utc>,
-    /// Window end (RFC 3339).
-    #[arg(long)]
-    pub to: chrono::DateTime<chrono::Utc>,
-    /// Timed calls per query kind (after one warm-up call).
-    #[arg(long, default_value_t = 20)]
-    pub iterations: usize,
-    /// Time zone of the queries.
-    #[arg(long, default_value = "Europe/Berlin")]
-    pub time_zone: String,
 }
 
 /// Where the database is.
@@ -164,41 +96,6 @@ pub enum TenantCommand {
         #[arg(long)]
         tenant: i64,
     },
-}
-
-/// Simulator settings.
-#[derive(Debug, Clone, Args)]
-pub struct SimulateArgs {
-    /// Number of conversations.
-    #[arg(long, default_value_t = 1000)]
-    pub conversations: u64,
-    /// Days the conversations are spread over.
-    #[arg(long, default_value_t = 7)]
-    pub days: u32,
-    /// Seed: the same seed and settings give the same events.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// First simulated day (UTC), YYYY-MM-DD. Default: `days` days before today.
-    #[arg(long)]
-    pub start: Option<chrono::NaiveDate>,
-    /// Number of agents.
-    #[arg(long, default_value_t = 20)]
-    pub agents: u32,
-    /// Write JSON lines (proto3 JSON mapping of chatkpi.v1.Event) to this file; `-` = stdout.
-    #[arg(long, conflicts_with = "server")]
-    pub out: Option<PathBuf>,
-    /// Stream to this server, e.g. http://127.0.0.1:50051.
-    #[arg(long)]
-    pub server: Option<String>,
-    /// API key for --server.
-    #[arg(long, env = "CHATKPI_API_KEY")]
-    pub api_key: Option<String>,
-    /// Events per streamed batch.
-    #[arg(long, default_value_t = 1000)]
-    pub batch: usize,
-    /// Parallel streams to the server.
-    #[arg(long, default_value_t = 1)]
-    pub streams: usize,
 }
 
 /// Parses a size: a number of bytes, optionally followed by a unit (KiB, MiB, GiB, TiB; KB,

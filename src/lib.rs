@@ -16,10 +16,10 @@
 
 pub mod app;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod grpc;
-pub mod sim;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -23,8 +23,5 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(database) => cli::migrate(database).await,
         Command::Reproject { database, tenant } => cli::reproject(database, *tenant).await,
         Command::Tenant(command) => cli::tenant(command).await,
-        Command::Simulate(sim) => cli::simulate(sim).await,
-        Command::BenchQueries(args) => cli::bench_queries(args).await,
-        Command::BulkLoad(args) => cli::bulk_load(args).await,
     }
 }

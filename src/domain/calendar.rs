@@ -8,7 +8,7 @@ use chrono_tz::Tz;
 
 use super::{
     Error,
-    dataset::{Micros, Span, micros},
+    time::{Micros, Span, micros},
 };
 
 /// Time-series bucket sizes.
@@ -45,7 +45,7 @@ fn midnight(tz: Tz, date: NaiveDate) -> Micros {
 }
 
 fn local(tz: Tz, t: Micros) -> DateTime<Tz> {
-    super::dataset::to_datetime(t).with_timezone(&tz)
+    super::time::to_datetime(t).with_timezone(&tz)
 }
 
 /// Start of the bucket containing `t`.

@@ -4,13 +4,11 @@
 
 pub mod calendar;
 pub mod codec;
-pub mod dataset;
 pub mod error;
 pub mod event;
 pub mod facts;
 pub mod intern;
 pub mod kpi;
-pub mod kpis;
 pub mod query;
 pub mod record;
 pub mod stats;
@@ -18,7 +16,6 @@ pub mod tenant;
 pub mod time;
 
 pub use error::Error;
-pub mod live;
 pub mod scorecard;
 pub mod segment;
 pub mod settings;

@@ -161,6 +161,16 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
     }
 }
 
+/// Stores derived facts directly, without their events, in one transaction. For tools that load
+/// large benchmark data sets (the service derives facts from stored events and never calls
+/// this).
+pub async fn store_facts(pool: &PgPool, tenant: TenantId, facts: &[ConversationFacts]) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    upsert_facts(&mut tx, tenant, facts).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Derives again every conversation stored by an older derivation (`derivation` below
 /// [`facts::DERIVATION`]), tenant by tenant; returns how many were derived.
 pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {

@@ -3,7 +3,6 @@
 //! The store calls the pure fact derivation of `domain::facts` inside its write transaction, so
 //! the events and the facts derived from them commit together.
 
-pub mod dataset;
 pub mod events;
 pub mod segments;
 pub mod settings;

@@ -6,9 +6,9 @@ use chatkpi::{
         facts::{ConversationFacts, State},
     },
     grpc::{convert::event_to_proto, pb},
-    sim::{SimConfig, simulate},
     store,
 };
+use chatkpi_tools::sim::{SimConfig, simulate};
 use rand::{Rng, SeedableRng, seq::SliceRandom};
 
 use crate::helpers::{TestApp, ev, outcomes, t};

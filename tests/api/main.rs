@@ -6,8 +6,10 @@
 //! unreachable every test fails with that message: nothing is skipped.
 
 mod auth;
+mod engine;
 mod helpers;
 mod ingest;
 mod metrics;
+mod reference;
 mod server;
 mod validation;

@@ -1,12 +1,12 @@
 //! MetricsService end to end: KPIs over ingested events, validation, settings, drill-down,
 //! watch across replicas, and identical answers for shuffled duplicated input.
 
+use chatkpi_tools::sim::{SimConfig, simulate};
 use std::time::Duration as StdDuration;
 
 use chatkpi::{
     domain::event::*,
     grpc::{convert::chrono_to_timestamp, pb},
-    sim::{SimConfig, simulate},
 };
 use rand::{SeedableRng, seq::SliceRandom};
 use tonic::{Code, Request, transport::Channel as GrpcChannel};

@@ -86,7 +86,7 @@ impl Computation<'_> {
     pub fn backlog(&self, at: Micros) -> Result<Backlog, Error> {
         let mut out = Backlog::default();
         let mut ages = Vec::new();
-        self.each_in_backlog(at, |c| {
+        self.each_in_backlog(at, |_, _, c| {
             out.open += 1;
             out.unassigned += u64::from(c.assignee_at(at) == 0);
             out.unanswered += u64::from(c.waiting_at(at));
@@ -99,11 +99,18 @@ impl Computation<'_> {
         Ok(out)
     }
 
+    /// The conversations of the backlog at `at` that match the filters, as (segment, row).
+    pub fn backlog_rows(&self, at: Micros) -> Result<Vec<(usize, usize)>, Error> {
+        let mut out = Vec::new();
+        self.each_in_backlog(at, |s, row, _| out.push((s, row)))?;
+        Ok(out)
+    }
+
     /// Calls `f` with every conversation of the backlog at `at` that matches the filters.
-    fn each_in_backlog(&self, at: Micros, mut f: impl FnMut(&Conv)) -> Result<(), Error> {
+    fn each_in_backlog(&self, at: Micros, mut f: impl FnMut(usize, usize, &Conv)) -> Result<(), Error> {
         let filters = Compiled::new(&self.data.symbols, &self.query.filters);
         let mut c = Conv::default();
-        for seg in &self.data.segments {
+        for (s, seg) in self.data.segments.iter().enumerate() {
             if !seg.bounds.open_at(at) {
                 continue;
             }
@@ -115,7 +122,7 @@ impl Computation<'_> {
                 }
                 seg.decode(row, Parts::All, &mut c);
                 if c.state_at(at) == State::Open && filters.conversation(&c) {
-                    f(&c);
+                    f(s, row, &c);
                 }
             }
         }
@@ -235,24 +242,8 @@ impl Computation<'_> {
         let window = self.window();
         let mut out: Vec<(usize, usize)> = Vec::new();
         if kind == DrillDown::Backlog {
-            // Open at `to` (backlog rule: opened at or before it, not ended as of it).
-            let filters = Compiled::new(&self.data.symbols, &self.query.filters);
-            let mut c = Conv::default();
-            for (s, seg) in self.data.segments.iter().enumerate() {
-                if !seg.bounds.open_at(window.end) {
-                    continue;
-                }
-                self.cancel.check()?;
-                for row in 0..seg.len() {
-                    if seg.opened_at[row] > window.end || seg.live_until[row] <= window.end {
-                        continue;
-                    }
-                    seg.decode(row, Parts::All, &mut c);
-                    if c.state_at(window.end) == State::Open && filters.conversation(&c) {
-                        out.push((s, row));
-                    }
-                }
-            }
+            // Open at `to` (the backlog rule: opened at or before it, not ended as of it).
+            out = self.backlog_rows(window.end)?;
         } else {
             let scan = self.scan(super::Grouping::All);
             let mut c = Conv::default();

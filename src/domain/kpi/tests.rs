@@ -1,547 +1,792 @@
-//! The segment engine against the exact reference computation ([`crate::domain::kpis`], the
-//! straightforward in-memory engine whose answers matched an independent implementation) on a
-//! simulated helpdesk plus hand-made edge cases: every grouping, filters, time zones across DST
-//! changes, business hours with holidays, windows that cut conversations in half, lookahead
-//! knobs, backlog instants, utilization and drill-downs must give identical answers.
+//! KPI computation on small hand-made datasets; every expectation is worked out in the comments.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
-
-use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono::{Duration, NaiveDate};
 use chrono_tz::Tz;
 
-use super::{live::DrillDown, *};
-use crate::{
-    domain::{
-        calendar::{Granularity, Schedule},
-        dataset::Dataset,
-        event::*,
-        facts::{ConversationFacts, derive},
-        kpis as reference, live as reference_live,
-        query::{Filters as QueryFilters, Query, Window},
-        segment::Segment,
-        time::micros,
-    },
-    sim::{SimConfig, simulate},
+use super::*;
+use crate::domain::{
+    calendar::Schedule,
+    event::*,
+    kpi::live::DrillDown,
+    query::{Query, Window},
+    testkit::{Conv, Dataset, t},
+    time::micros,
 };
 
-/// The same tenant in both engines.
-struct World {
-    reference: Dataset,
-    data: Data,
-}
+/// The backlog, utilization and drill-down calls of these tests, on the segment engine.
+mod live {
+    use super::*;
 
-fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 3, 22, 0, 0, 0).unwrap()
-}
-
-fn at(hours: f64) -> DateTime<Utc> {
-    start() + Duration::milliseconds((hours * 3_600_000.0) as i64)
-}
-
-fn ev(id: &str, conversation: Option<&str>, t: DateTime<Utc>, payload: Payload) -> Event {
-    Event {
-        event_id: id.into(),
-        conversation_id: conversation.map(str::to_owned),
-        occurred_at: t,
-        payload,
+    /// A listed conversation.
+    pub struct Listed {
+        pub id: String,
     }
-}
 
-fn message(id: &str, conversation: &str, t: DateTime<Utc>, sender: Sender, agent: Option<&str>) -> Event {
-    ev(
-        id,
-        Some(conversation),
-        t,
-        Payload::Message(Message {
-            message_id: id.into(),
-            sender,
-            agent_id: agent.map(str::to_owned),
-            private: false,
-        }),
-    )
-}
-
-fn opened(id: &str, conversation: &str, t: DateTime<Utc>, customer: &str) -> Event {
-    ev(
-        id,
-        Some(conversation),
-        t,
-        Payload::ConversationOpened(ConversationOpened {
-            customer_id: customer.into(),
-            channel: Channel::Sms,
-            inbox: None,
-            team: Some("support".into()),
-            priority: Some(Priority::High),
-            initiated_by: Initiator::Customer,
-        }),
-    )
-}
-
-/// Conversations the simulator does not produce.
-fn edge_cases() -> Vec<Event> {
-    let resolved = |id: &str, c: &str, t| {
-        ev(
-            id,
-            Some(c),
-            t,
-            Payload::Resolved(Resolved {
-                by: ResolvedBy::Agent,
-                agent_id: Some("agent-001".into()),
-            }),
-        )
-    };
-    vec![
-        // Its `conversation_opened` is stamped an hour after its resolution, and the same
-        // customer comes back the next day: a repeat contact, but never its own.
-        message("x1-m1", "edge-late", at(30.0), Sender::Customer, None),
-        message("x1-m2", "edge-late", at(30.1), Sender::Agent, Some("agent-001")),
-        resolved("x1-r", "edge-late", at(30.2)),
-        opened("x1-o", "edge-late", at(31.2), "edge-customer"),
-        opened("x2-o", "edge-next", at(50.0), "edge-customer"),
-        message("x2-m1", "edge-next", at(50.0), Sender::Customer, None),
-        // Open for good: assigned, never answered, never resolved.
-        opened("x3-o", "edge-open", at(40.0), "edge-open-customer"),
-        message("x3-m1", "edge-open", at(40.0), Sender::Customer, None),
-        ev(
-            "x3-a",
-            Some("edge-open"),
-            at(40.5),
-            Payload::Assigned(Assigned {
-                agent_id: Some("agent-002".into()),
-                team: None,
-            }),
-        ),
-        // A conversion exactly at the end of a one-day attribution window.
-        ev(
-            "x4-c",
-            Some("edge-open"),
-            at(64.0),
-            Payload::Conversion(Conversion {
-                customer_id: "edge-open-customer".into(),
-                kind: "sale".into(),
-                value_minor: Some(1_000_000_000_000_000),
-                currency: Some("USD".into()),
-            }),
-        ),
-        // Presence far before every window: it carries into them.
-        ev(
-            "x5-p",
-            None,
-            at(-200.0),
-            Payload::AgentStatus(AgentStatus {
-                agent_id: "agent-edge".into(),
-                status: Presence::Away,
-            }),
-        ),
-    ]
-}
-
-fn world() -> World {
-    let mut events = simulate(&SimConfig {
-        conversations: 1500,
-        days: 14,
-        seed: 17,
-        start: start().date_naive(),
-        agents: 12,
-    });
-    events.extend(edge_cases());
-    build(&events)
-}
-
-fn build(events: &[Event]) -> World {
-    let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
-    for e in events {
-        if let Some(c) = e.conversation_id.as_deref() {
-            by_conversation.entry(c).or_default().push(e.clone());
-        }
-    }
-    let facts: Vec<ConversationFacts> = by_conversation
-        .iter()
-        .filter_map(|(id, events)| derive(id, events))
-        .collect();
-
-    let mut reference = Dataset::new();
-    for f in &facts {
-        reference.upsert(f);
-    }
-    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
-    let mut by_day: BTreeMap<NaiveDate, Vec<ConversationFacts>> = BTreeMap::new();
-    for f in facts {
-        by_day.entry(f.opened_at.date_naive()).or_default().push(f);
-    }
-    let segments: Vec<Arc<Segment>> = by_day
-        .iter()
-        .map(|(day, facts)| {
-            Arc::new(Segment::build(
-                *day,
-                facts,
-                0,
-                &mut |n: &str| symbols.intern(n),
-                &mut customers,
-            ))
-        })
-        .collect();
-    let mut presence = Vec::new();
-    let mut conversions = Vec::new();
-    for e in events {
-        match &e.payload {
-            Payload::AgentStatus(p) => {
-                reference.add_presence(&e.event_id, &p.agent_id, e.occurred_at, p.status);
-                presence.push((
-                    &e.event_id,
-                    symbols.intern(&p.agent_id),
-                    micros(e.occurred_at),
-                    p.status,
-                ));
-            }
-            Payload::Conversion(c) => {
-                reference.add_conversion(
-                    &e.event_id,
-                    &c.customer_id,
-                    e.occurred_at,
-                    &c.kind,
-                    c.value_minor,
-                    c.currency.as_deref(),
-                );
-                let rec = ConversionRec {
-                    at: micros(e.occurred_at),
-                    customer: customers.intern(&c.customer_id),
-                    kind: symbols.intern(&c.kind),
-                    value_minor: c.value_minor,
-                    currency: symbols.intern_opt(c.currency.as_deref()),
-                };
-                conversions.push((&e.event_id, rec));
-            }
-            _ => {}
-        }
-    }
-    reference.finish();
-    presence.sort_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
-    conversions.sort_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
-    World {
-        reference,
-        data: Data {
-            segments,
-            symbols: Arc::new(symbols),
-            customers: customers.len(),
-            presence: Arc::new(
-                presence
-                    .into_iter()
-                    .map(|(_, agent, at, status)| PresenceChange { agent, at, status })
-                    .collect(),
-            ),
-            conversions: Arc::new(conversions.into_iter().map(|(_, c)| c).collect()),
-        },
-    }
-}
-
-/// Mon-Fri 09:00-17:00 and Saturday mornings in New York, with a holiday inside the data.
-fn schedule() -> Schedule {
-    let mut weekly: [Vec<(u32, u32)>; 7] = Default::default();
-    for day in weekly.iter_mut().take(5) {
-        day.push((9 * 3600, 17 * 3600));
-    }
-    weekly[5].push((9 * 3600, 12 * 3600));
-    let holidays = [NaiveDate::from_ymd_opt(2026, 3, 27).unwrap()]
-        .into_iter()
-        .collect();
-    Schedule::new("America/New_York".parse().unwrap(), weekly, holidays).unwrap()
-}
-
-/// One question asked of both engines.
-struct Case {
-    name: &'static str,
-    query: Query,
-}
-
-fn query(from: DateTime<Utc>, to: DateTime<Utc>, tz: &str) -> Query {
-    let mut q = Query::new(Window::new(from, to).unwrap());
-    q.time_zone = tz.parse::<Tz>().unwrap();
-    q
-}
-
-fn cases() -> Vec<Case> {
-    let whole = || query(at(0.0), at(15.0 * 24.0), "UTC");
-    let mut out = vec![
-        Case {
-            name: "whole range",
-            query: whole(),
-        },
-        Case {
-            name: "window cutting conversations in half, Berlin",
-            query: query(at(3.0 * 24.0 + 12.5), at(7.0 * 24.0 + 5.25), "Europe/Berlin"),
-        },
-        Case {
-            // 2026-03-29 in Berlin is 23 hours long.
-            name: "the Berlin DST day",
-            query: query(
-                Utc.with_ymd_and_hms(2026, 3, 28, 23, 0, 0).unwrap(),
-                Utc.with_ymd_and_hms(2026, 3, 29, 22, 0, 0).unwrap(),
-                "Europe/Berlin",
-            ),
-        },
-        Case {
-            name: "one hour, Kolkata",
-            query: query(at(50.0), at(51.0), "Asia/Kolkata"),
-        },
-    ];
-    let filtered = |name, change: fn(&mut QueryFilters)| {
-        let mut q = query(at(24.0), at(10.0 * 24.0), "America/New_York");
-        change(&mut q.filters);
-        Case { name, query: q }
-    };
-    out.push(filtered("channels", |f| {
-        f.channels = vec![Channel::Whatsapp, Channel::Webchat]
-    }));
-    out.push(filtered("agents with an unknown one", |f| {
-        f.agents = vec!["agent-001".into(), "agent-005".into(), "nobody".into()]
-    }));
-    out.push(filtered("tags", |f| {
-        f.tags = vec!["billing".into(), "followup".into()]
-    }));
-    out.push(filtered("team, priority and inbox", |f| {
-        f.teams = vec!["support".into(), "sales".into()];
-        f.priorities = vec![Priority::High, Priority::Urgent];
-        f.inboxes = vec!["wa-sales".into(), "wa-support".into()];
-    }));
-    out.push(filtered("only unknown values", |f| {
-        f.agents = vec!["nobody".into()]
-    }));
-    let mut bh = query(at(24.0), at(12.0 * 24.0), "America/New_York");
-    bh.business_hours = true;
-    out.push(Case {
-        name: "business hours",
-        query: bh,
-    });
-    let mut knobs = whole();
-    knobs.repeat_window = Duration::zero();
-    knobs.attribution_window = Duration::days(1);
-    knobs.conversion_kinds = vec!["sale".into(), "signup".into()];
-    out.push(Case {
-        name: "repeat check off, one-day attribution, two kinds",
-        query: knobs,
-    });
-    let mut long = query(at(2.0 * 24.0), at(6.0 * 24.0), "UTC");
-    long.repeat_window = Duration::days(30);
-    long.attribution_window = Duration::days(366);
-    out.push(Case {
-        name: "long lookaheads",
-        query: long,
-    });
-    out
-}
-
-fn groupings() -> Vec<Grouping> {
-    let mut out = vec![Grouping::All];
-    for d in [
-        Dimension::Channel,
-        Dimension::Inbox,
-        Dimension::Team,
-        Dimension::Agent,
-        Dimension::Tag,
-        Dimension::Priority,
-        Dimension::HourOfDay,
-        Dimension::DayOfWeek,
-    ] {
-        out.push(Grouping::By(d));
-    }
-    for g in [
-        Granularity::Hour,
-        Granularity::Day,
-        Granularity::Week,
-        Granularity::Month,
-    ] {
-        out.push(Grouping::Series(g));
-    }
-    out
-}
-
-fn reference_dimension(d: Dimension) -> reference::Dimension {
-    match d {
-        Dimension::Channel => reference::Dimension::Channel,
-        Dimension::Inbox => reference::Dimension::Inbox,
-        Dimension::Team => reference::Dimension::Team,
-        Dimension::Agent => reference::Dimension::Agent,
-        Dimension::Tag => reference::Dimension::Tag,
-        Dimension::Priority => reference::Dimension::Priority,
-        Dimension::HourOfDay => reference::Dimension::HourOfDay,
-        Dimension::DayOfWeek => reference::Dimension::DayOfWeek,
-    }
-}
-
-fn reference_grouping(g: Grouping) -> reference::Grouping {
-    match g {
-        Grouping::All => reference::Grouping::All,
-        Grouping::By(d) => reference::Grouping::By(reference_dimension(d)),
-        Grouping::Series(g) => reference::Grouping::Series(g),
-    }
-}
-
-impl World {
-    fn reference_rows(&self, q: &Query, schedule: Option<&Schedule>, g: Grouping) -> Vec<String> {
-        let targets = reference::Targets::default();
-        reference::Computation {
-            dataset: &self.reference,
+    fn run<R>(
+        ds: &Dataset,
+        q: &Query,
+        schedule: Option<&Schedule>,
+        f: impl FnOnce(&Computation<'_>) -> R,
+    ) -> R {
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        f(&Computation {
+            data: ds.data(),
             query: q,
             schedule,
             targets: &targets,
-        }
-        .run(reference_grouping(g))
-        .into_iter()
-        .map(|(key, k)| {
-            let label = match key {
-                reference::GroupKey::Value(s) => self.reference.symbols.name(s).to_owned(),
-                other => format!("{other:?}"),
-            };
-            format!("{label}: {k:?}")
+            cancel: &cancel,
         })
-        .collect()
     }
 
-    fn rows(&self, q: &Query, schedule: Option<&Schedule>, g: Grouping) -> Vec<String> {
-        let (targets, cancel) = (Targets::default(), Cancel::default());
-        self.computation(q, schedule, &targets, &cancel)
-            .run(g)
-            .unwrap()
-            .into_iter()
-            .map(|(key, k)| {
-                let label = match key {
-                    GroupKey::Value(s) => self.data.symbols.name(s).to_owned(),
-                    other => format!("{other:?}"),
-                };
-                format!("{label}: {k:?}")
+    fn listed(ds: &Dataset, rows: Vec<(usize, usize)>) -> Vec<Listed> {
+        rows.into_iter()
+            .map(|(s, row)| Listed {
+                id: ds.data().segments[s].id(row).to_owned(),
             })
             .collect()
     }
 
-    fn computation<'a>(
-        &'a self,
-        q: &'a Query,
-        schedule: Option<&'a Schedule>,
-        targets: &'a Targets,
-        cancel: &'a Cancel,
-    ) -> Computation<'a> {
-        Computation {
-            data: &self.data,
-            query: q,
-            schedule,
-            targets,
-            cancel,
-        }
+    pub fn utilization(
+        ds: &Dataset,
+        q: &Query,
+    ) -> (
+        Vec<super::live_kpis::AgentUtilization>,
+        super::live_kpis::AgentUtilization,
+    ) {
+        run(ds, q, None, |c| c.utilization().unwrap())
     }
+
+    pub fn backlog(
+        ds: &Dataset,
+        q: &Query,
+        schedule: Option<&Schedule>,
+        at: i64,
+    ) -> super::live_kpis::Backlog {
+        run(ds, q, schedule, |c| c.backlog(at).unwrap())
+    }
+
+    pub fn backlog_conversations(ds: &Dataset, q: &Query, at: i64) -> impl Iterator<Item = Listed> {
+        listed(ds, run(ds, q, None, |c| c.backlog_rows(at).unwrap())).into_iter()
+    }
+
+    pub fn drill_down(ds: &Dataset, q: &Query, kind: DrillDown) -> Vec<Listed> {
+        listed(ds, run(ds, q, None, |c| c.drill_down(kind).unwrap()))
+    }
+}
+use super::live as live_kpis;
+
+const DAY: i64 = 86_400;
+
+fn resolved(by: ResolvedBy, agent: Option<&str>) -> Payload {
+    Payload::Resolved(Resolved {
+        by,
+        agent_id: agent.map(str::to_owned),
+    })
+}
+
+fn survey(kind: SurveyType, score: i32, min: i32, max: i32) -> Payload {
+    Payload::SurveyResponse(SurveyResponse {
+        survey: kind,
+        score,
+        scale: Scale { min, max },
+        agent_id: None,
+    })
+}
+
+fn tags(added: &[&str]) -> Payload {
+    Payload::TagsChanged(TagsChanged {
+        added: added.iter().map(|s| s.to_string()).collect(),
+        removed: vec![],
+    })
+}
+
+/// The five conversations of the module doc, all opened on 2026-03-02 (UTC).
+fn fixture() -> Vec<Conv> {
+    vec![
+        // c1, customer A, WhatsApp: bot first (2 s), handoff, ann assigned and answers.
+        Conv::of("c1", "A")
+            .opened("o", 0, Channel::Whatsapp)
+            .push("tg", 1, tags(&["billing"]))
+            .customer("m1", 10)
+            .bot("m2", 12)
+            .push("h", 20, Payload::Handoff)
+            .customer("m3", 25)
+            .assigned("as", 30, Some("ann"))
+            .agent("m4", 40, "ann")
+            .push(
+                "st",
+                41,
+                Payload::MessageStatus(MessageStatusChanged {
+                    message_id: "m-m4".into(),
+                    status: DeliveryStatus::Read,
+                }),
+            )
+            .push("r", 100, resolved(ResolvedBy::Agent, Some("ann")))
+            .push("sv", 200, survey(SurveyType::Csat, 5, 1, 5)),
+        // c2, customer B, webchat: bob; resolved, reopened, resolved again.
+        Conv::of("c2", "B")
+            .opened("o", 1000, Channel::Webchat)
+            .push("tg", 1000, tags(&["billing", "refund"]))
+            .customer("m1", 1000)
+            .assigned("as", 1060, Some("bob"))
+            .agent("m2", 1120, "bob")
+            .push("r1", 1500, resolved(ResolvedBy::Agent, Some("bob")))
+            .push("re", 2000, Payload::Reopened)
+            .customer("m3", 2100)
+            .agent("m4", 2200, "bob")
+            .push("r2", 3000, resolved(ResolvedBy::Agent, Some("bob")))
+            .push("sv", 3100, survey(SurveyType::Nps, 9, 0, 10)),
+        // c3, customer A again (a repeat contact for c1): nobody answers, the customer leaves.
+        Conv::of("c3", "A")
+            .opened("o", 5000, Channel::Webchat)
+            .customer("m1", 5000)
+            .push("ab", 5600, Payload::Abandoned),
+        // c4, customer C, email: auto-ack and a private note only; still open and waiting.
+        Conv::of("c4", "C")
+            .opened("o", 7000, Channel::Email)
+            .customer("m1", 7000)
+            .msg("m2", 7001, Sender::System, None)
+            .push(
+                "n",
+                7100,
+                Payload::Message(Message {
+                    message_id: "n".into(),
+                    sender: Sender::Agent,
+                    agent_id: Some("carl".into()),
+                    private: true,
+                }),
+            ),
+        // c5, customer D, WhatsApp: the bot answers in 5 s and resolves. Its "failed" receipt is
+        // stamped (and sorts) before the message itself.
+        Conv::of("c5", "D")
+            .opened("o", 8000, Channel::Whatsapp)
+            .push(
+                "st",
+                8004,
+                Payload::MessageStatus(MessageStatusChanged {
+                    message_id: "m-m2".into(),
+                    status: DeliveryStatus::Failed,
+                }),
+            )
+            .customer("m1", 8000)
+            .bot("m2", 8005)
+            .push("r", 8010, resolved(ResolvedBy::Bot, None))
+            .push("sv", 8020, survey(SurveyType::Ces, 7, 1, 7)),
+    ]
+}
+
+fn dataset(convs: &[Conv]) -> Dataset {
+    let mut ds = Dataset::new();
+    for c in convs {
+        ds.upsert(&c.facts());
+    }
+    // B buys 3 days after opening c2 (inside the 7-day attribution); D signs up after 8 days.
+    ds.add_conversion("x1", "B", t(1000 + 3 * DAY), "sale", Some(5000), Some("EUR"));
+    ds.add_conversion("x2", "D", t(8000 + 8 * DAY), "signup", None, None);
+    // ann online 0-200; bob online 1000-4000 with a busy stretch (still logged in).
+    ds.add_presence("p1", "ann", t(0), Presence::Online);
+    ds.add_presence("p2", "ann", t(200), Presence::Offline);
+    ds.add_presence("p3", "bob", t(1000), Presence::Online);
+    ds.add_presence("p4", "bob", t(2500), Presence::Busy);
+    ds.add_presence("p5", "bob", t(4000), Presence::Offline);
+    ds.finish();
+    ds
+}
+
+fn day_query() -> Query {
+    Query::new(Window::new(t(0), t(DAY)).unwrap())
+}
+
+fn compute(ds: &Dataset, q: &Query, grouping: Grouping) -> Vec<(GroupKey, Kpis)> {
+    Computation {
+        data: ds.data(),
+        cancel: &Cancel::default(),
+        query: q,
+        schedule: None,
+        targets: &Targets::default(),
+    }
+    .run(grouping)
+    .expect("not cancelled")
+}
+
+fn overview(ds: &Dataset, q: &Query) -> Kpis {
+    compute(ds, q, Grouping::All)
+        .pop()
+        .map(|(_, k)| k)
+        .unwrap_or_default()
+}
+
+fn close(a: Option<f64>, b: f64) -> bool {
+    a.is_some_and(|a| (a - b).abs() < 1e-9)
 }
 
 #[test]
-fn every_grouping_of_every_case_equals_the_reference() {
-    let w = world();
-    let schedule = schedule();
-    let mut compared = 0;
-    for case in cases() {
-        let s = case.query.business_hours.then_some(&schedule);
-        for g in groupings() {
-            let expected = w.reference_rows(&case.query, s, g);
-            let actual = w.rows(&case.query, s, g);
-            assert_eq!(expected.len(), actual.len(), "{} / {g:?}: row count", case.name);
-            for (e, a) in expected.iter().zip(&actual) {
-                assert_eq!(e, a, "{} / {g:?}", case.name);
-            }
-            compared += actual.len();
-        }
-    }
-    assert!(compared > 1000, "{compared} rows compared");
-    // The data exercises what the cases are about.
-    let whole = w.rows(&cases()[0].query, None, Grouping::All).join("");
-    for wanted in ["resolutions: ", "reopen_rate: Some", "revenue: [(\"EUR\""] {
-        assert!(whole.contains(wanted), "{wanted} missing");
-    }
-}
-
-#[test]
-fn backlog_utilization_and_drill_downs_equal_the_reference() {
-    let w = world();
-    let schedule = schedule();
-    for case in cases() {
-        let q = &case.query;
-        let s = q.business_hours.then_some(&schedule);
-        let (targets, cancel) = (Targets::default(), Cancel::default());
-        let comp = w.computation(q, s, &targets, &cancel);
-        for instant in [at(-1.0), at(20.0), at(41.0), at(7.0 * 24.0), at(40.0 * 24.0)] {
-            let expected = reference_live::backlog(&w.reference, q, s, micros(instant));
-            let actual = comp.backlog(micros(instant)).unwrap();
-            assert_eq!(
-                format!("{expected:?}"),
-                format!("{actual:?}"),
-                "{} at {instant}",
-                case.name
-            );
-        }
-        let (agents, team) = reference_live::utilization(&w.reference, q);
-        let (new_agents, new_team) = comp.utilization().unwrap();
-        assert_eq!(
-            format!("{agents:?} {team:?}"),
-            format!("{new_agents:?} {new_team:?}"),
-            "{}",
-            case.name
-        );
-        for (kind, reference_kind) in [
-            (DrillDown::Opened, reference_live::DrillDown::Opened),
-            (DrillDown::Resolved, reference_live::DrillDown::Resolved),
-            (DrillDown::Ended, reference_live::DrillDown::Ended),
-            (DrillDown::Missed, reference_live::DrillDown::Missed),
-            (DrillDown::Abandoned, reference_live::DrillDown::Abandoned),
-            (DrillDown::Backlog, reference_live::DrillDown::Backlog),
-            (DrillDown::NotFcr, reference_live::DrillDown::NotFcr),
-        ] {
-            let expected: Vec<String> = reference_live::drill_down(&w.reference, q, reference_kind)
-                .iter()
-                .map(|c| c.id.to_string())
-                .collect();
-            let actual: Vec<String> = comp
-                .drill_down(kind)
-                .unwrap()
-                .iter()
-                .map(|(s, row)| w.data.segments[*s].id(*row).to_owned())
-                .collect();
-            assert_eq!(expected, actual, "{} / {kind:?}", case.name);
-        }
-    }
-}
-
-#[test]
-fn a_conversation_opened_after_its_resolution_is_not_its_own_repeat_contact() {
-    let events = vec![
-        message("m1", "late", at(1.0), Sender::Customer, None),
-        ev(
-            "r",
-            Some("late"),
-            at(2.0),
-            Payload::Resolved(Resolved {
-                by: ResolvedBy::Agent,
-                agent_id: None,
-            }),
+fn overview_matches_the_hand_computed_fixture() {
+    let ds = dataset(&fixture());
+    let k = overview(&ds, &day_query());
+    assert_eq!(k.conversations, 5);
+    // Customer messages: 2 + 2 + 1 + 1 + 1. Outbound: bot+agent (c1), 2 agent (c2), the
+    // system auto-ack (c4), bot (c5); the private note is not outbound.
+    assert_eq!(
+        (
+            k.messages_received,
+            k.messages_sent,
+            k.messages_delivered,
+            k.messages_read
         ),
-        opened("o", "late", at(3.0), "solo"),
-    ];
-    let w = build(&events);
-    let q = query(at(0.0), at(24.0), "UTC");
-    let (targets, cancel) = (Targets::default(), Cancel::default());
-    let k = w
-        .computation(&q, None, &targets, &cancel)
-        .run(Grouping::All)
-        .unwrap();
-    assert_eq!((k[0].1.resolved, k[0].1.repeat_contact_rate), (1, Some(0.0)));
+        (7, 6, 1, 1)
+    );
+    assert!(close(k.delivery_rate, 100.0 / 6.0) && close(k.read_rate, 100.0));
+    // FRT: 2 (bot, c1), 120 (bob, c2), 5 (bot, c5).
+    let frt = &k.first_response;
+    assert_eq!(
+        (frt.count, frt.min, frt.p50, frt.max),
+        (3, Some(2.0), Some(5.0), Some(120.0))
+    );
+    assert!(close(frt.mean, 127.0 / 3.0));
+    assert!(
+        close(frt.p90, 5.0 + 0.8 * 115.0),
+        "percentile_cont: {:?}",
+        frt.p90
+    );
+    assert_eq!(k.bot_first_response.count, 2);
+    assert_eq!(
+        k.bot_first_response.within_target,
+        Some(100.0),
+        "2 s and 5 s are within 15 s"
+    );
+    // Human FRT: 40 - 20 (handoff) for c1, 120 for c2; one of two within 60 s.
+    assert_eq!(
+        (k.human_first_response.min, k.human_first_response.max),
+        (Some(20.0), Some(120.0))
+    );
+    assert_eq!(k.human_first_response.within_target, Some(50.0));
+    // Replies: 15 (c1, customer waited 25 -> 40) and 100 (c2, 2100 -> 2200).
+    assert_eq!(
+        (k.reply.count, k.reply.min, k.reply.max),
+        (2, Some(15.0), Some(100.0))
+    );
+    // Wait: 10 (handoff 20 -> assigned 30) and 60 (1000 -> 1060).
+    assert_eq!((k.wait.count, k.wait.mean), (2, Some(35.0)));
+    // Resolution: 100, 2000 (c2 final resolve at 3000), 10.
+    assert_eq!((k.resolution.count, k.resolution.p50), (3, Some(100.0)));
+    assert_eq!((k.resolved, k.resolutions), (3, 4));
+    // FCR: c1 has a repeat contact (c3), c2 was reopened, c5 is clean.
+    assert!(
+        close(k.fcr_rate, 100.0 / 3.0)
+            && close(k.repeat_contact_rate, 100.0 / 3.0)
+            && close(k.reopen_rate, 100.0 / 3.0)
+    );
+    assert_eq!((k.missed, k.abandoned), (1, 1));
+    assert!(close(k.missed_rate, 20.0));
+    // Ended: c1, c2, c3, c5. Durations 30, 1200, 0, 5; messages 4 + 4 + 1 + 2.
+    assert_eq!(k.ended, 4);
+    assert_eq!(
+        (k.duration.count, k.duration.min, k.duration.max),
+        (4, Some(0.0), Some(1200.0))
+    );
+    assert!(close(k.messages_per_chat, 2.75) && close(k.customer_messages_per_chat, 1.5));
+    assert!(close(k.agent_messages_per_chat, 0.75) && close(k.bot_messages_per_chat, 0.5));
+    assert_eq!(
+        (k.csat.responses, k.csat.mean_score, k.csat.satisfied_percent),
+        (1, Some(5.0), Some(100.0))
+    );
+    assert_eq!(k.csat.response_rate, None, "no survey_sent: no rate");
+    assert_eq!((k.nps.promoters, k.nps.score), (1, Some(100.0)));
+    assert_eq!((k.ces.responses, k.ces.mean_score), (1, Some(7.0)));
+    assert!(close(k.automation_rate, 100.0 / 3.0));
+    assert_eq!(k.bot_resolutions, 1);
+    assert!(
+        close(k.bot_handoff_rate, 50.0),
+        "bot in c1 and c5, a human only in c1"
+    );
+    assert_eq!((k.conversion.customers, k.conversion.converted), (4, 1));
+    assert!(close(k.conversion.rate, 25.0));
+    assert_eq!(k.conversion.revenue, vec![("EUR".to_string(), 5000)]);
+    assert_eq!(k.retention.previous_customers, 0);
+    assert_eq!(k.retention.rate, None);
+    assert_eq!(k.tags[0], ("billing".to_string(), 2, Some(40.0)));
+    assert_eq!(k.tags[1], ("refund".to_string(), 1, Some(20.0)));
+    assert_eq!(
+        k.channels,
+        vec![
+            (Channel::Whatsapp, 2, Some(40.0)),
+            (Channel::Webchat, 2, Some(40.0)),
+            (Channel::Email, 1, Some(20.0))
+        ]
+    );
 }
 
 #[test]
-fn a_cancelled_computation_stops_with_an_error() {
-    let w = world();
-    let q = cases().remove(0).query;
-    let (targets, cancel) = (Targets::default(), Cancel::default());
-    cancel.cancel();
-    let comp = w.computation(&q, None, &targets, &cancel);
-    assert!(matches!(comp.run(Grouping::All), Err(Error::Cancelled)));
-    assert!(matches!(comp.backlog(micros(at(20.0))), Err(Error::Cancelled)));
+fn an_empty_window_has_zero_counts_and_absent_means() {
+    let ds = dataset(&fixture());
+    let q = Query::new(Window::new(t(-10 * DAY), t(-9 * DAY)).unwrap());
+    let k = overview(&ds, &q);
+    assert_eq!((k.conversations, k.resolved, k.first_response.count), (0, 0, 0));
+    assert_eq!(
+        (k.first_response.mean, k.fcr_rate, k.nps.score),
+        (None, None, None)
+    );
+}
+
+#[test]
+fn breakdown_by_agent_credits_responses_to_the_responder() {
+    let ds = dataset(&fixture());
+    let rows = compute(&ds, &day_query(), Grouping::By(Dimension::Agent));
+    let row = |name: &str| {
+        let sym = ds.lookup(name).unwrap();
+        rows.iter()
+            .find(|(k, _)| *k == GroupKey::Value(sym))
+            .map(|(_, k)| k.clone())
+            .unwrap()
+    };
+    let ann = row("ann");
+    assert_eq!(ann.conversations, 1);
+    assert_eq!(ann.first_response.count, 0, "c1's first response was the bot's");
+    assert_eq!(
+        (ann.human_first_response.mean, ann.reply.mean),
+        (Some(20.0), Some(15.0))
+    );
+    assert_eq!(ann.csat.responses, 1, "credited to the conversation's agent");
+    let bob = row("bob");
+    assert_eq!(
+        (bob.conversations, bob.first_response.mean, bob.resolutions),
+        (1, Some(120.0), 2)
+    );
+    assert_eq!(bob.nps.promoters, 1);
+    // Bot responses and agent-less conversations land in the "" row.
+    let none = row("");
+    assert_eq!((none.conversations, none.first_response.count), (3, 2));
+}
+
+#[test]
+fn breakdown_by_tag_counts_a_conversation_under_each_tag() {
+    let ds = dataset(&fixture());
+    let rows = compute(&ds, &day_query(), Grouping::By(Dimension::Tag));
+    let count = |name: &str| {
+        let sym = ds.lookup(name).unwrap();
+        rows.iter()
+            .find(|(k, _)| *k == GroupKey::Value(sym))
+            .map(|(_, k)| k.conversations)
+    };
+    assert_eq!(
+        (count("billing"), count("refund"), count("")),
+        (Some(2), Some(1), Some(3))
+    );
+}
+
+#[test]
+fn breakdowns_by_channel_priority_inbox_team_hour_and_weekday() {
+    let ds = dataset(&fixture());
+    let q = day_query();
+    let by = |d| compute(&ds, &q, Grouping::By(d));
+    let channels: Vec<(GroupKey, u64)> = by(Dimension::Channel)
+        .into_iter()
+        .map(|(k, v)| (k, v.conversations))
+        .collect();
+    assert!(channels.contains(&(GroupKey::Channel(Channel::Webchat), 2)));
+    let priorities = by(Dimension::Priority);
+    assert_eq!(priorities.len(), 1);
+    assert_eq!(
+        (priorities[0].0, priorities[0].1.conversations),
+        (GroupKey::Priority(Priority::Normal), 5)
+    );
+    // Inbox "wa-1" (the builder's) on every conversation; no team.
+    assert_eq!(by(Dimension::Inbox)[0].1.conversations, 5);
+    assert_eq!(
+        by(Dimension::Team)[0].0,
+        GroupKey::Value(crate::domain::intern::NONE)
+    );
+    // Opened at 09:00, 09:16, 10:23, 10:56, 11:13 UTC on a Monday.
+    let hours: Vec<(GroupKey, u64)> = by(Dimension::HourOfDay)
+        .into_iter()
+        .map(|(k, v)| (k, v.conversations))
+        .collect();
+    assert_eq!(
+        hours,
+        vec![
+            (GroupKey::Number(9), 2),
+            (GroupKey::Number(10), 2),
+            (GroupKey::Number(11), 1)
+        ]
+    );
+    // Resolved is placed by the resolution's hour: c1 at 09:01 and c2 at 09:50, c5 at 11:13.
+    let resolved: Vec<u64> = by(Dimension::HourOfDay)
+        .into_iter()
+        .map(|(_, v)| v.resolved)
+        .collect();
+    assert_eq!(resolved, vec![2, 0, 1]);
+    let weekdays = by(Dimension::DayOfWeek);
+    assert_eq!(
+        (weekdays[0].0, weekdays[0].1.conversations),
+        (GroupKey::Number(1), 5)
+    );
+}
+
+#[test]
+fn filters_combine_with_and_and_responses_filter_by_the_responder() {
+    let ds = dataset(&fixture());
+    let mut q = day_query();
+    q.filters.channels = vec![Channel::Webchat];
+    assert_eq!(overview(&ds, &q).conversations, 2);
+    q.filters.tags = vec!["refund".into()];
+    assert_eq!(overview(&ds, &q).conversations, 1, "webchat AND refund");
+    let mut q = day_query();
+    q.filters.agents = vec!["ann".into()];
+    let k = overview(&ds, &q);
+    assert_eq!(k.conversations, 1);
+    assert_eq!(
+        k.first_response.count, 0,
+        "the bot's first response does not match agent ann"
+    );
+    assert_eq!(k.human_first_response.count, 1);
+    q.filters.agents = vec!["nobody".into()];
+    assert_eq!(
+        overview(&ds, &q).conversations,
+        0,
+        "an unknown value matches nothing"
+    );
+    let mut q = day_query();
+    q.filters.inboxes = vec!["wa-1".into()];
+    q.filters.priorities = vec![Priority::High];
+    assert_eq!(overview(&ds, &q).conversations, 0);
+    q.filters.priorities = vec![Priority::Normal, Priority::High];
+    assert_eq!(overview(&ds, &q).conversations, 5);
+    q.filters.teams = vec!["support".into()];
+    assert_eq!(overview(&ds, &q).conversations, 0);
+}
+
+#[test]
+fn repeat_contact_just_inside_and_just_outside_the_window() {
+    let at = |extra: i64| {
+        vec![
+            Conv::of("a", "X")
+                .opened("o", 0, Channel::Sms)
+                .customer("m", 1)
+                .agent("r", 2, "ann")
+                .push("z", 10, resolved(ResolvedBy::Agent, None)),
+            Conv::of("b", "X").opened("o", 10 + 7 * DAY + extra, Channel::Sms),
+        ]
+    };
+    let q = day_query();
+    let inside = overview(&dataset(&at(0)), &q);
+    assert_eq!(
+        (inside.repeat_contact_rate, inside.fcr_rate),
+        (Some(100.0), Some(0.0))
+    );
+    let outside = overview(&dataset(&at(1)), &q);
+    assert_eq!(
+        (outside.repeat_contact_rate, outside.fcr_rate),
+        (Some(0.0), Some(100.0))
+    );
+    let mut disabled = q.clone();
+    disabled.repeat_window = Duration::zero();
+    assert_eq!(overview(&dataset(&at(0)), &disabled).fcr_rate, Some(100.0));
+}
+
+#[test]
+fn conversion_at_the_edge_of_the_attribution_window() {
+    let convs = [Conv::of("a", "X").opened("o", 0, Channel::Sms)];
+    let with = |offset: i64| {
+        let mut ds = Dataset::new();
+        ds.upsert(&convs[0].facts());
+        ds.add_conversion("x", "X", t(offset), "sale", Some(100), Some("USD"));
+        ds.add_conversion("y", "X", t(-1), "sale", Some(1), Some("USD")); // before opening
+        ds.finish();
+        overview(&ds, &day_query()).conversion
+    };
+    let edge = with(7 * DAY);
+    assert_eq!(
+        (edge.converted, edge.revenue.clone()),
+        (1, vec![("USD".to_string(), 100)])
+    );
+    assert_eq!(with(7 * DAY + 1).converted, 0);
+    let mut q = day_query();
+    q.conversion_kinds = vec!["signup".into()];
+    let mut ds = Dataset::new();
+    ds.upsert(&convs[0].facts());
+    ds.add_conversion("x", "X", t(5), "sale", Some(100), Some("USD"));
+    ds.finish();
+    assert_eq!(overview(&ds, &q).conversion.converted, 0, "only signups count");
+}
+
+#[test]
+fn csat_on_1_to_10_and_a_replaced_answer() {
+    let convs = vec![
+        // 8 on 1-10: (8-1)/9 = 0.78 >= 0.75, satisfied; maps to 1 + 4 * 7/9 on 1-5.
+        Conv::of("a", "X")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Csat, 8, 1, 10)),
+        // 7 on 1-10: 0.67, not satisfied.
+        Conv::of("b", "Y")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Csat, 7, 1, 10)),
+        // 2 replaced by 4 on 1-5: only the 4 counts.
+        Conv::of("c", "Z")
+            .opened("o", 0, Channel::Sms)
+            .push("s1", 5, survey(SurveyType::Csat, 2, 1, 5))
+            .push("s2", 6, survey(SurveyType::Csat, 4, 1, 5))
+            .push(
+                "ss",
+                1,
+                Payload::SurveySent(SurveySent {
+                    survey: SurveyType::Csat,
+                }),
+            ),
+    ];
+    let k = overview(&dataset(&convs), &day_query());
+    assert_eq!(k.csat.responses, 3);
+    assert!(close(k.csat.satisfied_percent, 200.0 / 3.0));
+    let expected_mean = ((1.0 + 4.0 * 7.0 / 9.0) + (1.0 + 4.0 * 6.0 / 9.0) + 4.0) / 3.0;
+    assert!(close(k.csat.mean_score, expected_mean));
+    assert_eq!(
+        k.csat.distribution,
+        vec![(4, 1, 5, 1), (7, 1, 10, 1), (8, 1, 10, 1)]
+    );
+    assert_eq!((k.csat.sent, k.csat.response_rate), (1, Some(300.0)));
+}
+
+#[test]
+fn nps_and_ces_scales() {
+    let convs = vec![
+        Conv::of("a", "X")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Nps, 10, 0, 10)),
+        Conv::of("b", "Y")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Nps, 7, 0, 10)),
+        Conv::of("c", "Z")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Nps, 3, 0, 10)),
+        Conv::of("d", "W")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Nps, 6, 0, 10)),
+        // CES 3 on 1-5 maps to 1 + 6 * 2/4 = 4 on 1-7.
+        Conv::of("e", "V")
+            .opened("o", 0, Channel::Sms)
+            .push("s", 5, survey(SurveyType::Ces, 3, 1, 5)),
+    ];
+    let k = overview(&dataset(&convs), &day_query());
+    assert_eq!((k.nps.promoters, k.nps.passives, k.nps.detractors), (1, 1, 2));
+    assert_eq!(k.nps.score, Some(-25.0));
+    assert_eq!(k.ces.mean_score, Some(4.0));
+}
+
+#[test]
+fn utilization_counts_handling_inside_logged_in_time() {
+    let ds = dataset(&fixture());
+    let (agents, team) = live::utilization(&ds, &day_query());
+    // ann: logged in 200 s, handling 30..100 = 70 s. bob: 3000 s logged in (busy counts),
+    // handling 1060..1500 and 2000..3000 = 1440 s.
+    assert_eq!(agents.len(), 2);
+    assert_eq!(
+        (
+            agents[0].agent.as_str(),
+            agents[0].logged_in_seconds,
+            agents[0].handling_seconds
+        ),
+        ("ann", 200.0, 70.0)
+    );
+    assert_eq!(agents[0].utilization, Some(35.0));
+    assert_eq!(
+        (agents[1].logged_in_seconds, agents[1].handling_seconds),
+        (3000.0, 1440.0)
+    );
+    assert!(close(team.utilization, 100.0 * 1510.0 / 3200.0));
+}
+
+#[test]
+fn utilization_merges_overlapping_conversations_and_clips_to_presence_and_window() {
+    let convs = vec![
+        Conv::of("a", "X")
+            .opened("o", 0, Channel::Sms)
+            .assigned("as", 100, Some("ann"))
+            .push("r", 400, resolved(ResolvedBy::Agent, None)),
+        Conv::of("b", "Y")
+            .opened("o", 0, Channel::Sms)
+            .assigned("as", 300, Some("ann"))
+            .push("r", 600, resolved(ResolvedBy::Agent, None)),
+        // Still open and assigned at the end of the window: counts until ann logs off.
+        Conv::of("c", "Z")
+            .opened("o", 0, Channel::Sms)
+            .assigned("as", 900, Some("ann")),
+    ];
+    let mut ds = Dataset::new();
+    for c in &convs {
+        ds.upsert(&c.facts());
+    }
+    ds.add_presence("p1", "ann", t(200), Presence::Online);
+    ds.add_presence("p2", "ann", t(500), Presence::Away);
+    ds.add_presence("p3", "ann", t(1000), Presence::Offline);
+    ds.finish();
+    let (agents, _) = live::utilization(&ds, &day_query());
+    // Logged in 200..1000 = 800 s. Handling union 100..600 and 900..: inside presence
+    // 200..600 + 900..1000 = 500 s.
+    assert_eq!(
+        (agents[0].logged_in_seconds, agents[0].handling_seconds),
+        (800.0, 500.0)
+    );
+    // A window cutting through: [300, 950) -> logged in 650 s, handling 300..600 + 900..950.
+    let q = Query::new(Window::new(t(300), t(950)).unwrap());
+    let (agents, _) = live::utilization(&ds, &q);
+    assert_eq!(
+        (agents[0].logged_in_seconds, agents[0].handling_seconds),
+        (650.0, 350.0)
+    );
+}
+
+#[test]
+fn backlog_at_an_instant_between_resolve_and_reopen() {
+    let ds = dataset(&fixture());
+    let q = day_query();
+    let open_ids = |at: i64| -> Vec<String> {
+        live::backlog_conversations(&ds, &q, micros(t(at)))
+            .map(|c| c.id.to_string())
+            .collect()
+    };
+    // At 1700 c2 is resolved (1500) and not yet reopened (2000).
+    assert_eq!(open_ids(1700), Vec::<String>::new());
+    assert_eq!(open_ids(2500), vec!["c2".to_string()]);
+    let b = live::backlog(&ds, &q, None, micros(t(7500)));
+    // c4 only: opened 7000, unassigned, the customer waiting since 7000; age 500 s.
+    assert_eq!(
+        (b.open, b.unassigned, b.unanswered, b.age.mean),
+        (1, 1, 1, Some(500.0))
+    );
+    let b = live::backlog(&ds, &q, None, micros(t(1010)));
+    assert_eq!(
+        (b.open, b.unassigned, b.unanswered),
+        (1, 1, 1),
+        "c2 before bob took it"
+    );
+}
+
+#[test]
+fn drill_down_lists_the_conversations_behind_a_kpi() {
+    let ds = dataset(&fixture());
+    let q = day_query();
+    let ids = |kind| {
+        live::drill_down(&ds, &q, kind)
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(DrillDown::Opened), vec!["c1", "c2", "c3", "c4", "c5"]);
+    assert_eq!(ids(DrillDown::Resolved), vec!["c1", "c2", "c5"]);
+    assert_eq!(ids(DrillDown::NotFcr), vec!["c1", "c2"]);
+    assert_eq!(ids(DrillDown::Missed), vec!["c3"]);
+    assert_eq!(ids(DrillDown::Abandoned), vec!["c3"]);
+    assert_eq!(ids(DrillDown::Backlog), vec!["c4"]);
+    assert_eq!(ids(DrillDown::Ended), vec!["c1", "c2", "c3", "c5"]);
+}
+
+#[test]
+fn daily_series_in_berlin_puts_items_on_local_days_across_the_dst_change() {
+    // 2026-03-29 is 23 hours long in Berlin. 23:30 UTC on the 28th is 00:30 on the 29th;
+    // 22:30 UTC on the 29th is already 00:30 on the 30th.
+    let base = micros(t(0)); // 2026-03-02 09:00 UTC
+    let day_29 = chrono::DateTime::parse_from_rfc3339("2026-03-28T23:30:00Z")
+        .unwrap()
+        .timestamp()
+        - base / 1_000_000;
+    let day_30 = chrono::DateTime::parse_from_rfc3339("2026-03-29T22:30:00Z")
+        .unwrap()
+        .timestamp()
+        - base / 1_000_000;
+    let convs = vec![
+        Conv::of("a", "X").opened("o", day_29, Channel::Sms),
+        Conv::of("b", "Y").opened("o", day_30, Channel::Sms),
+    ];
+    let ds = dataset(&convs);
+    let from = chrono::DateTime::parse_from_rfc3339("2026-03-28T00:00:00+01:00")
+        .unwrap()
+        .to_utc();
+    let to = chrono::DateTime::parse_from_rfc3339("2026-03-31T00:00:00+02:00")
+        .unwrap()
+        .to_utc();
+    let mut q = Query::new(Window::new(from, to).unwrap());
+    q.time_zone = "Europe/Berlin".parse::<Tz>().unwrap();
+    let series = compute(
+        &ds,
+        &q,
+        Grouping::Series(crate::domain::calendar::Granularity::Day),
+    );
+    let counts: Vec<u64> = series.iter().map(|(_, k)| k.conversations).collect();
+    assert_eq!(counts, vec![0, 1, 1], "28th, 29th, 30th local");
+    // Retention in a series looks at the previous bucket: Y is new, X was not seen before.
+    assert_eq!(series[2].1.retention.previous_customers, 1);
+    assert_eq!(series[2].1.retention.retained, 0);
+}
+
+#[test]
+fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
+    // Friday 2026-03-06 17:30 Berlin: the customer writes; Tuesday 09:30 the agent answers.
+    // Monday the 9th is a holiday. Open Mon-Fri 09:00-18:00: 30 min Friday + 30 min Tuesday.
+    let fri = chrono::DateTime::parse_from_rfc3339("2026-03-06T17:30:00+01:00")
+        .unwrap()
+        .timestamp()
+        - micros(t(0)) / 1_000_000;
+    let tue = chrono::DateTime::parse_from_rfc3339("2026-03-10T09:30:00+01:00")
+        .unwrap()
+        .timestamp()
+        - micros(t(0)) / 1_000_000;
+    let convs = vec![
+        Conv::of("a", "X")
+            .opened("o", fri, Channel::Email)
+            .customer("m", fri)
+            .agent("r", tue, "ann"),
+    ];
+    let ds = dataset(&convs);
+    let mut weekly: [Vec<(u32, u32)>; 7] = Default::default();
+    for day in weekly.iter_mut().take(5) {
+        day.push((9 * 3600, 18 * 3600));
+    }
+    let holidays = [NaiveDate::from_ymd_opt(2026, 3, 9).unwrap()]
+        .into_iter()
+        .collect();
+    let schedule = Schedule::new("Europe/Berlin".parse().unwrap(), weekly, holidays).unwrap();
+    let mut q = Query::new(Window::new(t(0), t(10 * DAY)).unwrap());
+    let targets = Targets::default();
+    let plain = Computation {
+        data: ds.data(),
+        cancel: &Cancel::default(),
+        query: &q,
+        schedule: Some(&schedule),
+        targets: &targets,
+    }
+    .run(Grouping::All)
+    .unwrap();
+    assert_eq!(
+        plain[0].1.first_response.mean,
+        Some((tue - fri) as f64),
+        "business_hours off: wall-clock"
+    );
+    q.business_hours = true;
+    let open = Computation {
+        data: ds.data(),
+        cancel: &Cancel::default(),
+        query: &q,
+        schedule: Some(&schedule),
+        targets: &targets,
+    }
+    .run(Grouping::All)
+    .unwrap();
+    assert_eq!(open[0].1.first_response.mean, Some(3600.0));
+    assert_eq!(open[0].1.human_first_response.mean, Some(3600.0));
+}
+
+#[test]
+fn retention_is_the_share_of_last_windows_customers_who_came_back() {
+    // Window = day 2. Day 1: A, B, C. Day 2: A again and a new customer D.
+    let convs = vec![
+        Conv::of("a1", "A").opened("o", 0, Channel::Sms),
+        Conv::of("b1", "B").opened("o", 10, Channel::Sms),
+        Conv::of("c1", "C").opened("o", 20, Channel::Sms),
+        Conv::of("a2", "A").opened("o", DAY + 5, Channel::Sms),
+        Conv::of("d2", "D").opened("o", DAY + 6, Channel::Sms),
+    ];
+    let q = Query::new(Window::new(t(DAY), t(2 * DAY)).unwrap());
+    let k = overview(&dataset(&convs), &q);
+    assert_eq!((k.retention.previous_customers, k.retention.retained), (3, 1));
+    assert!(close(k.retention.rate, 100.0 / 3.0));
 }

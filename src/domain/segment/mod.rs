@@ -352,6 +352,3 @@ impl Segment {
         self.bounds.live_until == OPEN_END
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc, Weekday};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
 
-use crate::domain::event::*;
+use chatkpi::domain::event::*;
 
 /// What to simulate.
 #[derive(Debug, Clone)]

@@ -3,14 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use super::{
+use chatkpi::domain::{
     calendar::Schedule,
-    dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},
     event::Presence,
     facts::State,
-    kpis::Compiled,
     query::Query,
     stats::{DurationStats, rate},
+};
+
+use super::{
+    dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},
+    kpis::Compiled,
 };
 
 /// Backlog and live counts at an instant.

@@ -1,17 +1,18 @@
-//! KPI computation (METRICS.md §4-§6) over a tenant's [`Dataset`]: overview, breakdowns and
-//! time series share one pass that places every item by its METRICS.md §4 time, filters it by
-//! the §6 rules and routes it to its group (dimension value or calendar bucket).
+//! Reference KPI computation (METRICS.md §4-§6) over a [`Dataset`]: overview, breakdowns and
+//! time series share one pass over every conversation that places every item by its METRICS.md
+//! §4 time, filters it by the §6 rules and routes it to its group.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{
+use chatkpi::domain::{
     calendar::{self, Granularity, Schedule},
-    dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros},
     event::{Channel, Priority, ResolvedBy, SurveyType},
     facts::State,
     query::{Filters, Query},
     stats::{DurationStats, mean, rate},
 };
+
+use super::dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros};
 
 /// A breakdown dimension (METRICS.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,30 +366,11 @@ impl Computation<'_> {
             previous_from,
             buckets: &buckets,
         };
-        // The scan is split over the available cores; groups of each part are merged (every
-        // aggregate is order-independent).
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8);
-        let chunk = ds.conversations.len().div_ceil(threads).max(1);
-        let parts: Vec<Groups> = std::thread::scope(|scope| {
-            let handles: Vec<_> = ds
-                .conversations
-                .chunks(chunk)
-                .map(|convs| scope.spawn(|| self.scan(grouping, convs, &ctx)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
         let mut groups = Groups::default();
         for b in &buckets {
             groups.get(GroupKey::Bucket(b.start));
         }
-        for part in parts {
-            groups.merge(part);
-        }
+        groups.merge(self.scan(grouping, &ds.conversations, &ctx));
 
         let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
             q.conversion_kinds
@@ -998,25 +980,12 @@ impl TimeIndex {
     }
 }
 
-/// Duration statistics of several value sets; large ones are computed on parallel threads.
+/// Duration statistics of several value sets.
 fn duration_stats(inputs: Vec<(Vec<f64>, Option<f64>)>) -> Vec<DurationStats> {
-    let total: usize = inputs.iter().map(|(v, _)| v.len()).sum();
-    if total < 200_000 {
-        return inputs
-            .into_iter()
-            .map(|(v, target)| DurationStats::from_values(v, target))
-            .collect();
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = inputs
-            .into_iter()
-            .map(|(v, target)| scope.spawn(move || DurationStats::from_values(v, target)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    })
+    inputs
+        .into_iter()
+        .map(|(v, target)| DurationStats::from_values(v, target))
+        .collect()
 }
 
 fn survey_index(kind: SurveyType) -> usize {
@@ -1026,7 +995,3 @@ fn survey_index(kind: SurveyType) -> usize {
         SurveyType::Ces => 2,
     }
 }
-
-#[cfg(test)]
-#[path = "kpis_tests.rs"]
-mod tests;

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{
+use chatkpi::domain::{
     event::{Channel, Initiator, Presence, Priority, ResolvedBy, Sender, SurveyType},
     facts::{ConversationFacts, State},
 };
@@ -18,7 +18,7 @@ use super::{
 /// An interned string; `NONE` = absent.
 pub type Sym = u32;
 pub const NONE: Sym = 0;
-pub use super::time::{Micros, OPEN_END, Span, micros, to_datetime};
+pub use chatkpi::domain::time::{Micros, OPEN_END, Span, micros};
 
 /// String interner: `Sym` 0 is the empty string (absent).
 #[derive(Debug, Default)]
@@ -388,7 +388,7 @@ impl Dataset {
         let s = &mut self.symbols;
         let mut tags: Vec<Sym> = f.tags.iter().map(|t| s.intern(t)).collect();
         tags.sort_unstable();
-        let resp = |s: &mut Symbols, r: &super::facts::Response| Resp {
+        let resp = |s: &mut Symbols, r: &chatkpi::domain::facts::Response| Resp {
             waiting_since: micros(r.waiting_since),
             at: micros(r.at),
             agent: s.intern_opt(r.agent_id.as_deref()),

@@ -1,0 +1,870 @@
+//! The segment engine against the exact reference computation (`reference/`, the straightforward
+//! in-memory engine whose answers matched an independent implementation) on a simulated
+//! helpdesk plus hand-made edge cases: every grouping, filters, time zones across DST changes,
+//! business hours with holidays, windows that cut conversations in half, lookahead knobs,
+//! backlog instants, utilization and drill-downs must give identical answers. Also: segment
+//! rows and stored records keep exactly what the facts say.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+
+use chatkpi::domain::{
+    Error,
+    calendar::{Granularity, Schedule},
+    event::*,
+    facts::{ConversationFacts, derive},
+    intern::Interner,
+    kpi::{live::DrillDown, *},
+    query::{Filters as QueryFilters, Query, Window},
+    segment::{Conv, Parts, Segment},
+    time::micros,
+};
+use chatkpi_tools::sim::{SimConfig, simulate};
+
+use crate::reference::{dataset::Dataset, kpis as reference, live as reference_live};
+
+/// The same tenant in both engines.
+struct World {
+    reference: Dataset,
+    data: Data,
+}
+
+fn start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 22, 0, 0, 0).unwrap()
+}
+
+fn at(hours: f64) -> DateTime<Utc> {
+    start() + Duration::milliseconds((hours * 3_600_000.0) as i64)
+}
+
+fn ev(id: &str, conversation: Option<&str>, t: DateTime<Utc>, payload: Payload) -> Event {
+    Event {
+        event_id: id.into(),
+        conversation_id: conversation.map(str::to_owned),
+        occurred_at: t,
+        payload,
+    }
+}
+
+fn message(id: &str, conversation: &str, t: DateTime<Utc>, sender: Sender, agent: Option<&str>) -> Event {
+    ev(
+        id,
+        Some(conversation),
+        t,
+        Payload::Message(Message {
+            message_id: id.into(),
+            sender,
+            agent_id: agent.map(str::to_owned),
+            private: false,
+        }),
+    )
+}
+
+fn opened(id: &str, conversation: &str, t: DateTime<Utc>, customer: &str) -> Event {
+    ev(
+        id,
+        Some(conversation),
+        t,
+        Payload::ConversationOpened(ConversationOpened {
+            customer_id: customer.into(),
+            channel: Channel::Sms,
+            inbox: None,
+            team: Some("support".into()),
+            priority: Some(Priority::High),
+            initiated_by: Initiator::Customer,
+        }),
+    )
+}
+
+/// Conversations the simulator does not produce.
+fn edge_cases() -> Vec<Event> {
+    let resolved = |id: &str, c: &str, t| {
+        ev(
+            id,
+            Some(c),
+            t,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id: Some("agent-001".into()),
+            }),
+        )
+    };
+    vec![
+        // Its `conversation_opened` is stamped an hour after its resolution, and the same
+        // customer comes back the next day: a repeat contact, but never its own.
+        message("x1-m1", "edge-late", at(30.0), Sender::Customer, None),
+        message("x1-m2", "edge-late", at(30.1), Sender::Agent, Some("agent-001")),
+        resolved("x1-r", "edge-late", at(30.2)),
+        opened("x1-o", "edge-late", at(31.2), "edge-customer"),
+        opened("x2-o", "edge-next", at(50.0), "edge-customer"),
+        message("x2-m1", "edge-next", at(50.0), Sender::Customer, None),
+        // Open for good: assigned, never answered, never resolved.
+        opened("x3-o", "edge-open", at(40.0), "edge-open-customer"),
+        message("x3-m1", "edge-open", at(40.0), Sender::Customer, None),
+        ev(
+            "x3-a",
+            Some("edge-open"),
+            at(40.5),
+            Payload::Assigned(Assigned {
+                agent_id: Some("agent-002".into()),
+                team: None,
+            }),
+        ),
+        // A conversion exactly at the end of a one-day attribution window.
+        ev(
+            "x4-c",
+            Some("edge-open"),
+            at(64.0),
+            Payload::Conversion(Conversion {
+                customer_id: "edge-open-customer".into(),
+                kind: "sale".into(),
+                value_minor: Some(1_000_000_000_000_000),
+                currency: Some("USD".into()),
+            }),
+        ),
+        // Presence far before every window: it carries into them.
+        ev(
+            "x5-p",
+            None,
+            at(-200.0),
+            Payload::AgentStatus(AgentStatus {
+                agent_id: "agent-edge".into(),
+                status: Presence::Away,
+            }),
+        ),
+    ]
+}
+
+fn world() -> World {
+    let mut events = simulate(&SimConfig {
+        conversations: 1500,
+        days: 14,
+        seed: 17,
+        start: start().date_naive(),
+        agents: 12,
+    });
+    events.extend(edge_cases());
+    build(&events)
+}
+
+fn build(events: &[Event]) -> World {
+    let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
+    for e in events {
+        if let Some(c) = e.conversation_id.as_deref() {
+            by_conversation.entry(c).or_default().push(e.clone());
+        }
+    }
+    let facts: Vec<ConversationFacts> = by_conversation
+        .iter()
+        .filter_map(|(id, events)| derive(id, events))
+        .collect();
+
+    let mut reference = Dataset::new();
+    for f in &facts {
+        reference.upsert(f);
+    }
+    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+    let mut by_day: BTreeMap<NaiveDate, Vec<ConversationFacts>> = BTreeMap::new();
+    for f in facts {
+        by_day.entry(f.opened_at.date_naive()).or_default().push(f);
+    }
+    let segments: Vec<Arc<Segment>> = by_day
+        .iter()
+        .map(|(day, facts)| {
+            Arc::new(Segment::build(
+                *day,
+                facts,
+                0,
+                &mut |n: &str| symbols.intern(n),
+                &mut customers,
+            ))
+        })
+        .collect();
+    let mut presence = Vec::new();
+    let mut conversions = Vec::new();
+    for e in events {
+        match &e.payload {
+            Payload::AgentStatus(p) => {
+                reference.add_presence(&e.event_id, &p.agent_id, e.occurred_at, p.status);
+                presence.push((
+                    &e.event_id,
+                    symbols.intern(&p.agent_id),
+                    micros(e.occurred_at),
+                    p.status,
+                ));
+            }
+            Payload::Conversion(c) => {
+                reference.add_conversion(
+                    &e.event_id,
+                    &c.customer_id,
+                    e.occurred_at,
+                    &c.kind,
+                    c.value_minor,
+                    c.currency.as_deref(),
+                );
+                let rec = ConversionRec {
+                    at: micros(e.occurred_at),
+                    customer: customers.intern(&c.customer_id),
+                    kind: symbols.intern(&c.kind),
+                    value_minor: c.value_minor,
+                    currency: symbols.intern_opt(c.currency.as_deref()),
+                };
+                conversions.push((&e.event_id, rec));
+            }
+            _ => {}
+        }
+    }
+    reference.finish();
+    presence.sort_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
+    conversions.sort_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
+    World {
+        reference,
+        data: Data {
+            segments,
+            symbols: Arc::new(symbols),
+            customers: customers.len(),
+            presence: Arc::new(
+                presence
+                    .into_iter()
+                    .map(|(_, agent, at, status)| PresenceChange { agent, at, status })
+                    .collect(),
+            ),
+            conversions: Arc::new(conversions.into_iter().map(|(_, c)| c).collect()),
+        },
+    }
+}
+
+/// Mon-Fri 09:00-17:00 and Saturday mornings in New York, with a holiday inside the data.
+fn schedule() -> Schedule {
+    let mut weekly: [Vec<(u32, u32)>; 7] = Default::default();
+    for day in weekly.iter_mut().take(5) {
+        day.push((9 * 3600, 17 * 3600));
+    }
+    weekly[5].push((9 * 3600, 12 * 3600));
+    let holidays = [NaiveDate::from_ymd_opt(2026, 3, 27).unwrap()]
+        .into_iter()
+        .collect();
+    Schedule::new("America/New_York".parse().unwrap(), weekly, holidays).unwrap()
+}
+
+/// One question asked of both engines.
+struct Case {
+    name: &'static str,
+    query: Query,
+}
+
+fn query(from: DateTime<Utc>, to: DateTime<Utc>, tz: &str) -> Query {
+    let mut q = Query::new(Window::new(from, to).unwrap());
+    q.time_zone = tz.parse::<Tz>().unwrap();
+    q
+}
+
+fn cases() -> Vec<Case> {
+    let whole = || query(at(0.0), at(15.0 * 24.0), "UTC");
+    let mut out = vec![
+        Case {
+            name: "whole range",
+            query: whole(),
+        },
+        Case {
+            name: "window cutting conversations in half, Berlin",
+            query: query(at(3.0 * 24.0 + 12.5), at(7.0 * 24.0 + 5.25), "Europe/Berlin"),
+        },
+        Case {
+            // 2026-03-29 in Berlin is 23 hours long.
+            name: "the Berlin DST day",
+            query: query(
+                Utc.with_ymd_and_hms(2026, 3, 28, 23, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(2026, 3, 29, 22, 0, 0).unwrap(),
+                "Europe/Berlin",
+            ),
+        },
+        Case {
+            name: "one hour, Kolkata",
+            query: query(at(50.0), at(51.0), "Asia/Kolkata"),
+        },
+    ];
+    let filtered = |name, change: fn(&mut QueryFilters)| {
+        let mut q = query(at(24.0), at(10.0 * 24.0), "America/New_York");
+        change(&mut q.filters);
+        Case { name, query: q }
+    };
+    out.push(filtered("channels", |f| {
+        f.channels = vec![Channel::Whatsapp, Channel::Webchat]
+    }));
+    out.push(filtered("agents with an unknown one", |f| {
+        f.agents = vec!["agent-001".into(), "agent-005".into(), "nobody".into()]
+    }));
+    out.push(filtered("tags", |f| {
+        f.tags = vec!["billing".into(), "followup".into()]
+    }));
+    out.push(filtered("team, priority and inbox", |f| {
+        f.teams = vec!["support".into(), "sales".into()];
+        f.priorities = vec![Priority::High, Priority::Urgent];
+        f.inboxes = vec!["wa-sales".into(), "wa-support".into()];
+    }));
+    out.push(filtered("only unknown values", |f| {
+        f.agents = vec!["nobody".into()]
+    }));
+    let mut bh = query(at(24.0), at(12.0 * 24.0), "America/New_York");
+    bh.business_hours = true;
+    out.push(Case {
+        name: "business hours",
+        query: bh,
+    });
+    let mut knobs = whole();
+    knobs.repeat_window = Duration::zero();
+    knobs.attribution_window = Duration::days(1);
+    knobs.conversion_kinds = vec!["sale".into(), "signup".into()];
+    out.push(Case {
+        name: "repeat check off, one-day attribution, two kinds",
+        query: knobs,
+    });
+    let mut long = query(at(2.0 * 24.0), at(6.0 * 24.0), "UTC");
+    long.repeat_window = Duration::days(30);
+    long.attribution_window = Duration::days(366);
+    out.push(Case {
+        name: "long lookaheads",
+        query: long,
+    });
+    out
+}
+
+fn groupings() -> Vec<Grouping> {
+    let mut out = vec![Grouping::All];
+    for d in [
+        Dimension::Channel,
+        Dimension::Inbox,
+        Dimension::Team,
+        Dimension::Agent,
+        Dimension::Tag,
+        Dimension::Priority,
+        Dimension::HourOfDay,
+        Dimension::DayOfWeek,
+    ] {
+        out.push(Grouping::By(d));
+    }
+    for g in [
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Week,
+        Granularity::Month,
+    ] {
+        out.push(Grouping::Series(g));
+    }
+    out
+}
+
+fn reference_dimension(d: Dimension) -> reference::Dimension {
+    match d {
+        Dimension::Channel => reference::Dimension::Channel,
+        Dimension::Inbox => reference::Dimension::Inbox,
+        Dimension::Team => reference::Dimension::Team,
+        Dimension::Agent => reference::Dimension::Agent,
+        Dimension::Tag => reference::Dimension::Tag,
+        Dimension::Priority => reference::Dimension::Priority,
+        Dimension::HourOfDay => reference::Dimension::HourOfDay,
+        Dimension::DayOfWeek => reference::Dimension::DayOfWeek,
+    }
+}
+
+fn reference_grouping(g: Grouping) -> reference::Grouping {
+    match g {
+        Grouping::All => reference::Grouping::All,
+        Grouping::By(d) => reference::Grouping::By(reference_dimension(d)),
+        Grouping::Series(g) => reference::Grouping::Series(g),
+    }
+}
+
+impl World {
+    fn reference_rows(&self, q: &Query, schedule: Option<&Schedule>, g: Grouping) -> Vec<String> {
+        let targets = reference::Targets::default();
+        reference::Computation {
+            dataset: &self.reference,
+            query: q,
+            schedule,
+            targets: &targets,
+        }
+        .run(reference_grouping(g))
+        .into_iter()
+        .map(|(key, k)| {
+            let label = match key {
+                reference::GroupKey::Value(s) => self.reference.symbols.name(s).to_owned(),
+                other => format!("{other:?}"),
+            };
+            format!("{label}: {k:?}")
+        })
+        .collect()
+    }
+
+    fn rows(&self, q: &Query, schedule: Option<&Schedule>, g: Grouping) -> Vec<String> {
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        self.computation(q, schedule, &targets, &cancel)
+            .run(g)
+            .unwrap()
+            .into_iter()
+            .map(|(key, k)| {
+                let label = match key {
+                    GroupKey::Value(s) => self.data.symbols.name(s).to_owned(),
+                    other => format!("{other:?}"),
+                };
+                format!("{label}: {k:?}")
+            })
+            .collect()
+    }
+
+    fn computation<'a>(
+        &'a self,
+        q: &'a Query,
+        schedule: Option<&'a Schedule>,
+        targets: &'a Targets,
+        cancel: &'a Cancel,
+    ) -> Computation<'a> {
+        Computation {
+            data: &self.data,
+            query: q,
+            schedule,
+            targets,
+            cancel,
+        }
+    }
+}
+
+#[test]
+fn every_grouping_of_every_case_equals_the_reference() {
+    let w = world();
+    let schedule = schedule();
+    let mut compared = 0;
+    for case in cases() {
+        let s = case.query.business_hours.then_some(&schedule);
+        for g in groupings() {
+            let expected = w.reference_rows(&case.query, s, g);
+            let actual = w.rows(&case.query, s, g);
+            assert_eq!(expected.len(), actual.len(), "{} / {g:?}: row count", case.name);
+            for (e, a) in expected.iter().zip(&actual) {
+                assert_eq!(e, a, "{} / {g:?}", case.name);
+            }
+            compared += actual.len();
+        }
+    }
+    assert!(compared > 1000, "{compared} rows compared");
+    // The data exercises what the cases are about.
+    let whole = w.rows(&cases()[0].query, None, Grouping::All).join("");
+    for wanted in ["resolutions: ", "reopen_rate: Some", "revenue: [(\"EUR\""] {
+        assert!(whole.contains(wanted), "{wanted} missing");
+    }
+}
+
+#[test]
+fn backlog_utilization_and_drill_downs_equal_the_reference() {
+    let w = world();
+    let schedule = schedule();
+    for case in cases() {
+        let q = &case.query;
+        let s = q.business_hours.then_some(&schedule);
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        let comp = w.computation(q, s, &targets, &cancel);
+        for instant in [at(-1.0), at(20.0), at(41.0), at(7.0 * 24.0), at(40.0 * 24.0)] {
+            let expected = reference_live::backlog(&w.reference, q, s, micros(instant));
+            let actual = comp.backlog(micros(instant)).unwrap();
+            assert_eq!(
+                format!("{expected:?}"),
+                format!("{actual:?}"),
+                "{} at {instant}",
+                case.name
+            );
+        }
+        let (agents, team) = reference_live::utilization(&w.reference, q);
+        let (new_agents, new_team) = comp.utilization().unwrap();
+        assert_eq!(
+            format!("{agents:?} {team:?}"),
+            format!("{new_agents:?} {new_team:?}"),
+            "{}",
+            case.name
+        );
+        for (kind, reference_kind) in [
+            (DrillDown::Opened, reference_live::DrillDown::Opened),
+            (DrillDown::Resolved, reference_live::DrillDown::Resolved),
+            (DrillDown::Ended, reference_live::DrillDown::Ended),
+            (DrillDown::Missed, reference_live::DrillDown::Missed),
+            (DrillDown::Abandoned, reference_live::DrillDown::Abandoned),
+            (DrillDown::Backlog, reference_live::DrillDown::Backlog),
+            (DrillDown::NotFcr, reference_live::DrillDown::NotFcr),
+        ] {
+            let expected: Vec<String> = reference_live::drill_down(&w.reference, q, reference_kind)
+                .iter()
+                .map(|c| c.id.to_string())
+                .collect();
+            let actual: Vec<String> = comp
+                .drill_down(kind)
+                .unwrap()
+                .iter()
+                .map(|(s, row)| w.data.segments[*s].id(*row).to_owned())
+                .collect();
+            assert_eq!(expected, actual, "{} / {kind:?}", case.name);
+        }
+    }
+}
+
+#[test]
+fn a_conversation_opened_after_its_resolution_is_not_its_own_repeat_contact() {
+    let events = vec![
+        message("m1", "late", at(1.0), Sender::Customer, None),
+        ev(
+            "r",
+            Some("late"),
+            at(2.0),
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id: None,
+            }),
+        ),
+        opened("o", "late", at(3.0), "solo"),
+    ];
+    let w = build(&events);
+    let q = query(at(0.0), at(24.0), "UTC");
+    let (targets, cancel) = (Targets::default(), Cancel::default());
+    let k = w
+        .computation(&q, None, &targets, &cancel)
+        .run(Grouping::All)
+        .unwrap();
+    assert_eq!((k[0].1.resolved, k[0].1.repeat_contact_rate), (1, Some(0.0)));
+}
+
+#[test]
+fn a_cancelled_computation_stops_with_an_error() {
+    let w = world();
+    let q = cases().remove(0).query;
+    let (targets, cancel) = (Targets::default(), Cancel::default());
+    cancel.cancel();
+    let comp = w.computation(&q, None, &targets, &cancel);
+    assert!(matches!(comp.run(Grouping::All), Err(Error::Cancelled)));
+    assert!(matches!(comp.backlog(micros(at(20.0))), Err(Error::Cancelled)));
+}
+
+// Segment rows and stored records.
+
+fn simulated_facts(conversations: u64, seed: u64) -> Vec<ConversationFacts> {
+    let events = simulate(&SimConfig {
+        conversations,
+        days: 2,
+        seed,
+        ..SimConfig::default()
+    });
+    let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
+    for e in &events {
+        if let Some(c) = e.conversation_id.as_deref() {
+            by_conversation.entry(c).or_default().push(e.clone());
+        }
+    }
+    let mut facts: Vec<ConversationFacts> = by_conversation
+        .iter()
+        .filter_map(|(id, events)| derive(id, events))
+        .collect();
+    facts.sort_by(|a, b| a.conversation_id.cmp(&b.conversation_id));
+    facts
+}
+
+/// The query view of `f`, computed field by field from the facts (names, not ids).
+fn expected(f: &ConversationFacts) -> String {
+    let t = |d: chrono::DateTime<chrono::Utc>| micros(d);
+    let counted: Vec<i64> = f
+        .messages
+        .iter()
+        .filter(|m| m.sender != Sender::System)
+        .map(|m| t(m.at))
+        .collect();
+    let duration = f
+        .ended_at
+        .and(counted.first().zip(counted.last()))
+        .map(|(a, b)| (*a, *b));
+    let mut tags = f.tags.clone();
+    tags.sort();
+    format!(
+        "{:?}",
+        (
+            (
+                (
+                    t(f.opened_at),
+                    t(f.first_event_at),
+                    t(f.last_event_at),
+                    &f.customer_id
+                ),
+                (f.channel, f.priority, f.state, f.initiated_by),
+                (&f.inbox, &f.team, &f.agent, &f.assignee),
+                (
+                    f.first_customer_message_at.is_some(),
+                    f.human_involved,
+                    f.bot_involved
+                ),
+                (
+                    f.resolved_at.map(t),
+                    f.resolved_by,
+                    &f.resolving_agent,
+                    f.ended_at.map(t)
+                ),
+                (
+                    f.first_human_response.as_ref().map(|h| (
+                        t(f.human_queue_start.unwrap()),
+                        t(h.at),
+                        &h.agent_id
+                    )),
+                    f.human_queue_start
+                        .zip(f.first_assigned_at)
+                        .map(|(a, b)| (t(a), t(b))),
+                    duration,
+                    f.waiting_since.map(t),
+                ),
+                (
+                    f.reopen_count,
+                    f.message_counts.customer,
+                    f.message_counts.agent,
+                    f.message_counts.bot
+                ),
+            ),
+            (
+                f.responses
+                    .iter()
+                    .map(|r| (
+                        t(r.waiting_since),
+                        t(r.at),
+                        r.agent_id.clone().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>(),
+                tags,
+                f.resolutions.iter().map(|x| t(*x)).collect::<Vec<_>>(),
+                f.surveys
+                    .iter()
+                    .map(|a| (
+                        a.survey,
+                        a.score,
+                        a.scale.min,
+                        a.scale.max,
+                        t(a.at),
+                        a.agent_id.clone().unwrap_or_default()
+                    ))
+                    .collect::<Vec<_>>(),
+                f.surveys_sent
+                    .iter()
+                    .map(|s| (s.survey, t(s.at)))
+                    .collect::<Vec<_>>(),
+                f.messages
+                    .iter()
+                    .map(|m| (t(m.at), m.sender, m.delivered, m.read, m.failed))
+                    .collect::<Vec<_>>(),
+                f.state_changes
+                    .iter()
+                    .map(|c| (t(c.at), c.state))
+                    .collect::<Vec<_>>(),
+                f.assignments
+                    .iter()
+                    .map(|a| (t(a.at), a.agent_id.clone().unwrap_or_default()))
+                    .collect::<Vec<_>>(),
+                f.handling
+                    .iter()
+                    .map(|h| (
+                        h.agent_id.clone(),
+                        t(h.start),
+                        h.end.map_or(chatkpi::domain::time::OPEN_END, t)
+                    ))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+    )
+}
+
+/// The same view read back from a segment row.
+fn decoded(s: &Segment, row: usize, symbols: &Interner, customers: &Interner) -> String {
+    let mut c = Conv::default();
+    s.decode(row, Parts::All, &mut c);
+    let name = |sym: u32| symbols.name(sym).to_owned();
+    let opt = |sym: u32| (sym != 0).then(|| name(sym));
+    let mut tags: Vec<String> = c.tags.iter().map(|x| name(*x)).collect();
+    tags.sort();
+    let customer = (c.customer != 0).then(|| customers.name(c.customer).to_owned());
+    format!(
+        "{:?}",
+        (
+            (
+                (c.opened_at, c.active.start, c.active.end, &customer),
+                (c.channel, c.priority, c.state, c.initiated_by),
+                (opt(c.inbox), opt(c.team), opt(c.agent), opt(c.assignee)),
+                (c.has_customer_message, c.human_involved, c.bot_involved),
+                (c.resolved_at, c.resolved_by, opt(c.resolving_agent), c.ended_at),
+                (
+                    c.human_first.map(|h| (h.waiting_since, h.at, name(h.agent))),
+                    c.wait.map(|w| (w.start, w.end)),
+                    c.duration.map(|d| (d.start, d.end)),
+                    c.waiting_since,
+                ),
+                (c.reopen_count, c.counts[0], c.counts[1], c.counts[2]),
+            ),
+            (
+                c.responses
+                    .iter()
+                    .map(|r| (r.waiting_since, r.at, name(r.agent)))
+                    .collect::<Vec<_>>(),
+                tags,
+                c.resolutions.clone(),
+                c.surveys
+                    .iter()
+                    .map(|a| (a.kind, a.score, a.min, a.max, a.at, name(a.agent)))
+                    .collect::<Vec<_>>(),
+                c.surveys_sent.clone(),
+                c.messages
+                    .iter()
+                    .map(|m| (m.at, m.sender, m.delivered, m.read, m.failed))
+                    .collect::<Vec<_>>(),
+                c.state_changes.clone(),
+                c.assignments
+                    .iter()
+                    .map(|(at, a)| (*at, name(*a)))
+                    .collect::<Vec<_>>(),
+                c.handling
+                    .iter()
+                    .map(|(a, span)| (name(*a), span.start, span.end))
+                    .collect::<Vec<_>>(),
+            ),
+        )
+    )
+}
+
+fn segment_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 1, 5).unwrap()
+}
+
+fn assert_rows_match(s: &Segment, facts: &[ConversationFacts], symbols: &Interner, customers: &Interner) {
+    assert_eq!(s.len(), facts.len());
+    for f in facts {
+        let row = s.find(&f.conversation_id).expect("every conversation has a row");
+        assert_eq!(
+            decoded(s, row, symbols, customers),
+            expected(f),
+            "{}",
+            f.conversation_id
+        );
+    }
+}
+
+#[test]
+fn every_row_decodes_to_its_facts() {
+    let facts = simulated_facts(300, 4);
+    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+    let s = Segment::build(
+        segment_day(),
+        &facts,
+        42,
+        &mut |n: &str| symbols.intern(n),
+        &mut customers,
+    );
+    assert!(s.check());
+    assert_rows_match(&s, &facts, &symbols, &customers);
+    assert_eq!(s.bounds.rows, 300);
+    let first_opened = facts.iter().map(|f| micros(f.opened_at)).min().unwrap();
+    assert_eq!(s.bounds.opened.start, first_opened);
+}
+
+#[test]
+fn merging_replaces_and_adds_rows_in_id_order() {
+    let facts = simulated_facts(200, 5);
+    let (old, new) = facts.split_at(120);
+    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+    // Start from stale versions of half of the first 120 (their last event missing).
+    let s = Segment::build(
+        segment_day(),
+        old,
+        1,
+        &mut |n: &str| symbols.intern(n),
+        &mut customers,
+    );
+    let mut changed: Vec<ConversationFacts> = new.to_vec();
+    changed.extend(old.iter().step_by(2).cloned());
+    let merged = s.merge(&changed, 2, &mut |n: &str| symbols.intern(n), &mut customers);
+    assert_eq!(merged.as_of, 2);
+    assert!(merged.check());
+    assert_rows_match(&merged, &facts, &symbols, &customers);
+    let ids: Vec<&str> = (0..merged.len()).map(|r| merged.id(r)).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "rows stay sorted by id");
+}
+
+#[test]
+fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
+    let facts = simulated_facts(150, 6);
+    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+    let s = Segment::build(
+        segment_day(),
+        &facts,
+        9,
+        &mut |n: &str| symbols.intern(n),
+        &mut customers,
+    );
+    let bytes = chatkpi::domain::segment::snapshot::encode(&s, &customers);
+    // Another process: its tables already hold other names, so ids differ.
+    let (mut symbols2, mut customers2) = (Interner::new(), Interner::new());
+    symbols2.intern("someone-else");
+    customers2.intern("other-customer");
+    let loaded = chatkpi::domain::segment::snapshot::decode(
+        segment_day(),
+        &bytes,
+        &mut |n: &str| symbols2.intern(n),
+        &mut customers2,
+    )
+    .unwrap();
+    assert_eq!((loaded.as_of, loaded.bounds), (9, s.bounds));
+    assert_rows_match(&loaded, &facts, &symbols2, &customers2);
+    assert!(
+        chatkpi::domain::segment::snapshot::decode(
+            segment_day().succ_opt().unwrap(),
+            &bytes,
+            &mut |n: &str| symbols2.intern(n),
+            &mut customers2
+        )
+        .is_err()
+    );
+    for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
+        assert!(
+            chatkpi::domain::segment::snapshot::decode(
+                segment_day(),
+                &bytes[..cut],
+                &mut |n: &str| symbols2.intern(n),
+                &mut customers2
+            )
+            .is_err()
+        );
+    }
+}
+
+#[test]
+fn every_simulated_conversation_round_trips_exactly_and_compactly() {
+    let events = simulate(&SimConfig {
+        conversations: 400,
+        days: 3,
+        seed: 21,
+        ..SimConfig::default()
+    });
+    let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
+    for e in &events {
+        if let Some(c) = e.conversation_id.as_deref() {
+            by_conversation.entry(c).or_default().push(e.clone());
+        }
+    }
+    let (mut record_bytes, mut json_bytes) = (0, 0);
+    for (id, events) in &by_conversation {
+        let Some(f) = derive(id, events) else {
+            continue;
+        };
+        let bytes = chatkpi::domain::record::encode(&f);
+        record_bytes += bytes.len();
+        json_bytes += serde_json::to_vec(&f).unwrap().len();
+        assert_eq!(chatkpi::domain::record::decode(id, &bytes).unwrap(), f, "{id}");
+    }
+    assert!(
+        record_bytes * 4 < json_bytes,
+        "records {record_bytes} bytes vs JSON {json_bytes} bytes"
+    );
+}

@@ -1,0 +1,193 @@
+//! Query benchmark client: latency of the dashboard queries, measured at the gRPC client.
+
+use std::{io::Write, path::PathBuf, str::FromStr, time::Instant};
+
+use anyhow::Context;
+use chatkpi::{
+    client::{self, authed},
+    grpc::{convert::chrono_to_timestamp, pb},
+};
+use chrono::{DateTime, Duration, Utc};
+use tonic::transport::Channel;
+
+/// A query the benchmark times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// GetOverview over the window.
+    Overview,
+    /// GetOverview over the window's last day.
+    Overview1d,
+    /// GetBreakdown by agent over the window.
+    BreakdownAgent,
+    /// GetTimeSeries by day over the window, in the benchmark's time zone.
+    SeriesDay,
+}
+
+impl FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "overview" => Kind::Overview,
+            "overview_1d" => Kind::Overview1d,
+            "breakdown_agent" => Kind::BreakdownAgent,
+            "series_day" => Kind::SeriesDay,
+            other => {
+                return Err(format!(
+                    "unknown query kind {other:?} (overview, overview_1d, breakdown_agent, series_day)"
+                ));
+            }
+        })
+    }
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Overview => "overview",
+            Kind::Overview1d => "overview_1d",
+            Kind::BreakdownAgent => "breakdown_agent",
+            Kind::SeriesDay => "series_day",
+        }
+    }
+}
+
+/// What to time.
+pub struct Plan {
+    pub server: String,
+    pub api_key: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub time_zone: String,
+    pub kinds: Vec<Kind>,
+    pub iterations: usize,
+    /// Append every timing as `kind,milliseconds` lines to this file.
+    pub samples: Option<PathBuf>,
+    /// Time no untimed first call (measure a cold start).
+    pub no_warmup: bool,
+}
+
+/// Times every kind `iterations` times after one untimed first call (reported separately: on a
+/// fresh server it includes loading the tenant), and prints percentiles.
+pub async fn run(plan: &Plan) -> anyhow::Result<()> {
+    let channel = client::connect(&plan.server).await?;
+    let bearer = client::bearer(&plan.api_key)?;
+    let mut samples = match &plan.samples {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => None,
+    };
+    for kind in &plan.kinds {
+        let mut times = Vec::with_capacity(plan.iterations);
+        let first = usize::from(!plan.no_warmup);
+        for i in 0..plan.iterations + first {
+            let started = Instant::now();
+            let size = call(&channel, &bearer, plan, *kind).await?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            if i < first {
+                println!("{}: first call {ms:.1} ms (size {size})", kind.name());
+                continue;
+            }
+            times.push(ms);
+            if let Some(f) = samples.as_mut() {
+                writeln!(f, "{},{ms:.3}", kind.name())?;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "{}: n={} p50={:.1} ms p95={:.1} ms max={:.1} ms",
+            kind.name(),
+            times.len(),
+            nearest_rank(&times, 0.50),
+            nearest_rank(&times, 0.95),
+            times.last().copied().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// The `p` percentile of sorted samples, by nearest rank.
+pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// One call; returns a size of the answer (conversations, rows or points).
+async fn call(
+    channel: &Channel,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    plan: &Plan,
+    kind: Kind,
+) -> anyhow::Result<u64> {
+    let mut client = pb::metrics_service_client::MetricsServiceClient::new(channel.clone())
+        .max_decoding_message_size(64 * 1024 * 1024);
+    let from = match kind {
+        Kind::Overview1d => plan.to - Duration::days(1),
+        _ => plan.from,
+    };
+    let query = pb::Query {
+        from: Some(chrono_to_timestamp(from)),
+        to: Some(chrono_to_timestamp(plan.to)),
+        time_zone: plan.time_zone.clone(),
+        ..Default::default()
+    };
+    Ok(match kind {
+        Kind::Overview | Kind::Overview1d => {
+            let r = client
+                .get_overview(authed(
+                    pb::GetOverviewRequest {
+                        query: Some(query),
+                        compare_previous: false,
+                    },
+                    bearer,
+                ))
+                .await?;
+            r.into_inner().current.map_or(0, |k| k.conversations)
+        }
+        Kind::BreakdownAgent => {
+            let r = client
+                .get_breakdown(authed(
+                    pb::GetBreakdownRequest {
+                        query: Some(query),
+                        dimension: pb::Dimension::Agent as i32,
+                    },
+                    bearer,
+                ))
+                .await?;
+            r.into_inner().rows.len() as u64
+        }
+        Kind::SeriesDay => {
+            let r = client
+                .get_time_series(authed(
+                    pb::GetTimeSeriesRequest {
+                        query: Some(query),
+                        granularity: pb::Granularity::Day as i32,
+                    },
+                    bearer,
+                ))
+                .await?;
+            r.into_inner().points.len() as u64
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(nearest_rank(&v, 0.5), 10.0);
+        assert_eq!(nearest_rank(&v, 0.95), 19.0);
+        assert_eq!(nearest_rank(&[7.0], 0.95), 7.0);
+    }
+}

@@ -1,63 +1,99 @@
 #!/usr/bin/env bash
-# Query benchmark (not a test): a tenant with CONVERSATIONS simulated conversations over 30 days,
-# loaded through gRPC StreamEvents (kept between runs in database chatkpi_qbench_<N>), then
-# `chatkpi-bench bench-queries` times the overview, the breakdown by agent and the daily series in
-# Europe/Berlin over the 30-day window.
+# Query benchmark (not a test): a tenant with CONVERSATIONS simulated conversations over 30 days
+# (kept between runs in database chatkpi_qbench_<N>), then, in one run:
+#   1. warm latency of GetOverview (30 days and the last day), GetBreakdown by agent and a
+#      daily GetTimeSeries in Europe/Berlin, in ROUNDS rounds interleaved with the DuckDB anchor
+#      (the same overview over the same facts, bench/duckdb_overview.py, 2 threads);
+#   2. the server's RSS after it;
+#   3. cold starts: RESTARTS times, a fresh server answers its first overview (the tenant's
+#      segments are read from their persisted snapshots).
 #
-#   bench/query.sh [CONVERSATIONS] [ITERATIONS]      defaults: 1000000 20
-#   BULK=1 bench/query.sh 10000000 5
+#   bench/query.sh [CONVERSATIONS] [ITERATIONS] [ROUNDS]        defaults: 1000000 10 4
 #
-# With BULK=1 the data set is loaded by `chatkpi-bench bulk-load --facts-only` instead of gRPC: the
-# same simulator and fact derivation, written with COPY, storing the facts, presence and
-# conversions that queries read but not the message-level events (10 M conversations in full
-# would need about 75 GB of disk).
+# Environment: BULK=1 loads with `chatkpi-bench bulk-load --facts-only` (facts, presence and
+# conversions; not the message-level events) instead of streaming every event over gRPC;
+# CACHE_BYTES sets the server's --cache-bytes (default: the server's); RESTARTS (default 10);
+# DUCKDB=0 skips the anchor (pip install duckdb).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-. scripts/lib.sh
+. bench/lib.sh
 CONVERSATIONS=${1:-1000000}
-ITERATIONS=${2:-20}
+ITERATIONS=${2:-10}
+ROUNDS=${3:-4}
+RESTARTS=${RESTARTS:-10}
 PORT=${BENCH_PORT:-50072}
 DB=chatkpi_qbench_$CONVERSATIONS
 STATE=bench-data/$DB.key
+FACTS=bench-data/$DB
+FROM=2026-01-01T00:00:00Z
+TO=2026-01-31T00:00:00Z
+SERVE_FLAGS=()
+[ -n "${CACHE_BYTES:-}" ] && SERVE_FLAGS=(--cache-bytes "$CACHE_BYTES")
 
-ensure_protoc
+build_release
 unset DATABASE_URL
 [ -f "$STATE" ] || RECREATE_DATABASE=1
 RECREATE_DATABASE=${RECREATE_DATABASE:-0} ensure_database "$DB"
-cargo build --release --locked --quiet
-BIN=target/release/chatkpi
-BENCH=target/release/chatkpi-bench
 mkdir -p bench-data
 
-CHATKPI_LISTEN=127.0.0.1:$PORT RUST_LOG=warn $BIN serve &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
-
-if [ ! -f "$STATE" ] && [ "${BULK:-0}" = 1 ]; then
-  kill $SERVER; wait $SERVER || true
-  log "bulk-loading $CONVERSATIONS conversations over 30 days (facts only)"
-  KEY=$($BENCH bulk-load --facts-only --conversations "$CONVERSATIONS" --days 30 --seed 7 --start 2026-01-01 \
-    --agents 60 --tenant-name qbench 2>/dev/null | sed -n 's/^api_key=//p')
-  echo "$KEY" > "$STATE"
-  psql "$DATABASE_URL" -qc "vacuum analyze" >/dev/null
-  CHATKPI_LISTEN=127.0.0.1:$PORT RUST_LOG=warn $BIN serve &
-  SERVER=$!
-  for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.2; done
-fi
 if [ ! -f "$STATE" ]; then
-  KEY=$($BIN tenant create --name qbench | sed -n 's/^api_key=//p')
-  log "loading $CONVERSATIONS conversations over 30 days through gRPC"
-  $BENCH simulate --conversations "$CONVERSATIONS" --days 30 --seed 7 --start 2026-01-01 \
-    --agents 60 --server "http://127.0.0.1:$PORT" --api-key "$KEY" --streams 4 --batch 1000
-  echo "$KEY" > "$STATE"
+  if [ "${BULK:-0}" = 1 ]; then
+    log "bulk-loading $CONVERSATIONS conversations over 30 days (facts only)"
+    $BENCH bulk-load --facts-only --conversations "$CONVERSATIONS" --days 30 --seed 7 --start 2026-01-01 \
+      --agents 60 --tenant-name qbench 2>/dev/null >"$STATE.out"
+  else
+    start_server "$PORT"
+    $BIN tenant create --name qbench >"$STATE.out"
+    log "loading $CONVERSATIONS conversations over 30 days through gRPC"
+    $BENCH simulate --conversations "$CONVERSATIONS" --days 30 --seed 7 --start 2026-01-01 \
+      --agents 60 --server "http://127.0.0.1:$PORT" --api-key "$(sed -n 's/^api_key=//p' "$STATE.out")" \
+      --streams 4 --batch 1000
+    stop_server
+  fi
   psql "$DATABASE_URL" -qc "vacuum analyze" >/dev/null
+  mv "$STATE.out" "$STATE"
 fi
-KEY=$(cat "$STATE")
-psql "$DATABASE_URL" -Atqc "select 'stored events=' || (select count(*) from events) || ' conversations=' || (select count(*) from conversations)"
-$BENCH bench-queries --server "http://127.0.0.1:$PORT" --api-key "$KEY" \
-  --from 2026-01-01T00:00:00Z --to 2026-01-31T00:00:00Z --iterations "$ITERATIONS" --time-zone Europe/Berlin
-grep -E 'VmHWM|VmRSS' /proc/$SERVER/status | sed 's/^/server /'
-kill -TERM $SERVER
-wait $SERVER || true
-trap - EXIT
+KEY=$(sed -n 's/^api_key=//p' "$STATE")
+TENANT=$(sed -n 's/^tenant_id=//p' "$STATE")
+psql "$DATABASE_URL" -Atqc "select 'stored events=' || (select count(*) from events) || ' conversations=' || (select count(*) from conversations) || ' database=' || pg_size_pretty(pg_database_size(current_database()))"
+if [ "${DUCKDB:-1}" = 1 ] && [ ! -f "$FACTS.conversations.csv" ]; then
+  log "exporting the facts for DuckDB"
+  $BENCH export-facts --tenant "$TENANT" --out "$FACTS"
+fi
+
+SAMPLES=$(mktemp)
+start_server "$PORT" "${SERVE_FLAGS[@]}"
+log "first query (no snapshot yet on a fresh data set: built from the records)"
+$BENCH bench-queries --server "http://127.0.0.1:$PORT" --api-key "$KEY" --from $FROM --to $TO \
+  --time-zone Europe/Berlin --queries overview --iterations 1 --no-warmup
+for round in $(seq 1 "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  $BENCH bench-queries --server "http://127.0.0.1:$PORT" --api-key "$KEY" --from $FROM --to $TO \
+    --time-zone Europe/Berlin --queries overview,overview_1d,breakdown_agent,series_day \
+    --iterations "$ITERATIONS" --samples "$SAMPLES" >/dev/null
+  if [ "${DUCKDB:-1}" = 1 ]; then
+    python3 bench/duckdb_overview.py "$FACTS" $FROM $TO "$ITERATIONS" --samples "$SAMPLES" --quiet >/dev/null
+  fi
+done
+summarize "$SAMPLES"
+rss
+# Let the background snapshot writes finish before measuring cold starts.
+DAYS=$(psql "$DATABASE_URL" -Atqc "select count(distinct segment_day) from conversations where tenant_id = $TENANT")
+for _ in $(seq 1 120); do
+  [ "$(psql "$DATABASE_URL" -Atqc "select count(*) from segments where tenant_id = $TENANT")" -ge "$DAYS" ] && break
+  sleep 1
+done
+log "snapshots: $(psql "$DATABASE_URL" -Atqc "select count(*) || ' days, ' || pg_size_pretty(sum(length(body))) from segments where tenant_id = $TENANT")"
+stop_server
+
+COLD=$(mktemp)
+for i in $(seq 1 "$RESTARTS"); do
+  start_server "$PORT" "${SERVE_FLAGS[@]}"
+  $BENCH bench-queries --server "http://127.0.0.1:$PORT" --api-key "$KEY" --from $FROM --to $TO \
+    --time-zone Europe/Berlin --queries overview --iterations 1 --no-warmup --samples "$COLD" >/dev/null
+  [ "$i" = "$RESTARTS" ] && rss
+  stop_server
+done
+sed -i 's/^overview,/first_overview_after_restart,/' "$COLD"
+summarize "$COLD"
+rm -f "$SAMPLES" "$COLD"

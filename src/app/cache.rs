@@ -208,8 +208,15 @@ impl QueryCache {
     pub async fn view(self: &Arc<Self>, tenant: TenantId, reads: &Reads) -> Result<View, Error> {
         let entry = self.tenant(tenant);
         let state = entry.state.clone().lock_owned().await;
+        let started = Instant::now();
         match self.refresh(state, reads).await {
             Ok((view, bytes)) => {
+                tracing::debug!(
+                    tenant,
+                    segments = view.data.segments.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "query data ready"
+                );
                 entry
                     .weight
                     .store(u32::try_from(bytes).unwrap_or(u32::MAX), Ordering::Relaxed);
@@ -271,8 +278,17 @@ impl QueryCache {
 
         let mut state = state;
         if !missing.is_empty() {
+            let started = Instant::now();
+            let days = missing.len();
             let (s, loaded) = self.load(state, &mut db, missing).await?;
             state = s;
+            tracing::info!(
+                tenant,
+                days,
+                conversations = loaded.iter().map(|s| s.len()).sum::<usize>(),
+                ms = started.elapsed().as_millis() as u64,
+                "day segments loaded"
+            );
             picked.extend(loaded);
         }
         db.finish().await?;
@@ -364,84 +380,72 @@ impl QueryCache {
         Ok(())
     }
 
-    /// Loads the segments of `days`: each from its snapshot and the records changed since, or
-    /// from its records when it has no usable snapshot.
+    /// Loads the segments of `days`, one day at a time (memory holds one day's records): each
+    /// from its snapshot and the records changed since, or from its records when it has no
+    /// usable snapshot.
     async fn load(
         self: &Arc<Self>,
-        state: OwnedMutexGuard<TenantState>,
+        mut state: OwnedMutexGuard<TenantState>,
         db: &mut store::Reads,
         days: Vec<NaiveDate>,
     ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
         let tenant = state.tenant;
-        let xmin = db.xmin;
-        let snapshots = db.snapshots(tenant, &days).await?;
-        let since: HashMap<NaiveDate, i64> = snapshots.iter().map(|s| (s.day, s.built_xmin)).collect();
-        let wanted: Vec<(NaiveDate, i64)> = days
-            .iter()
-            .map(|d| (*d, since.get(d).copied().unwrap_or(0)))
-            .collect();
-        let rows = db.days_since(tenant, &wanted).await?;
-        let cache = self.clone();
-        let (state, mut loaded, damaged) = blocking(move || {
-            let mut state = state;
-            let mut rows_by_day = group(rows)?;
-            let mut loaded = Vec::new();
-            let mut damaged = Vec::new();
-            let mut snapshots: HashMap<NaiveDate, store::StoredSnapshot> =
-                snapshots.into_iter().map(|s| (s.day, s)).collect();
-            for day in days {
-                let facts = rows_by_day.remove(&day).unwrap_or_default();
-                let customers = state.customers.clone();
-                let seg = match snapshots.remove(&day) {
-                    Some(snap) => {
-                        let base = snapshot::decode(day, &snap.body, &mut |n| state.symbol(n), &mut write(&customers));
-                        match base {
-                            Ok(base) if facts.is_empty() => base,
-                            Ok(base) => base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
-                            Err(err) => {
-                                tracing::warn!(tenant, %day, error = %err, "ignoring a damaged segment snapshot");
-                                damaged.push(day);
-                                continue;
-                            }
-                        }
-                    }
-                    None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
-                };
-                let seg = Arc::new(seg);
-                cache.put(&mut state, seg.clone());
-                loaded.push(seg);
-            }
-            Ok((state, loaded, damaged))
-        })
-        .await?;
-        if damaged.is_empty() {
-            return Ok((state, loaded));
+        let mut loaded = Vec::with_capacity(days.len());
+        for day in days {
+            let snapshot = db.snapshots(tenant, &[day]).await?.pop();
+            let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
+            let rows = db.days_since(tenant, &[(day, since)]).await?;
+            let (s, seg) = self
+                .clone()
+                .build_day(state, day, snapshot, rows, db.xmin)
+                .await?;
+            state = s;
+            let seg = match seg {
+                Some(seg) => seg,
+                None => {
+                    // The snapshot was damaged: build the day from all its records.
+                    let rows = db.days_since(tenant, &[(day, 0)]).await?;
+                    let (s, seg) = self.clone().build_day(state, day, None, rows, db.xmin).await?;
+                    state = s;
+                    seg.ok_or_else(|| Error::Internal(anyhow::anyhow!("a segment built without a snapshot")))?
+                }
+            };
+            loaded.push(seg);
         }
-        let all: Vec<(NaiveDate, i64)> = damaged.iter().map(|d| (*d, 0)).collect();
-        let rows = db.days_since(tenant, &all).await?;
-        let cache = self.clone();
-        let (state, rebuilt) = blocking(move || {
-            let mut state = state;
-            let mut rows_by_day = group(rows)?;
-            let mut rebuilt = Vec::new();
-            for day in damaged {
-                let facts = rows_by_day.remove(&day).unwrap_or_default();
-                let customers = state.customers.clone();
-                let seg = Arc::new(Segment::build(
-                    day,
-                    &facts,
-                    xmin,
-                    &mut |n| state.symbol(n),
-                    &mut write(&customers),
-                ));
-                cache.put(&mut state, seg.clone());
-                rebuilt.push(seg);
-            }
-            Ok((state, rebuilt))
-        })
-        .await?;
-        loaded.extend(rebuilt);
         Ok((state, loaded))
+    }
+
+    /// Builds one day's segment from its snapshot (if any) and records, and caches it. `None`
+    /// when the snapshot is damaged.
+    async fn build_day(
+        self: Arc<Self>,
+        state: OwnedMutexGuard<TenantState>,
+        day: NaiveDate,
+        snapshot: Option<store::StoredSnapshot>,
+        rows: Vec<StoredConversation>,
+        xmin: i64,
+    ) -> Result<(OwnedMutexGuard<TenantState>, Option<Arc<Segment>>), Error> {
+        blocking(move || {
+            let mut state = state;
+            let facts = decode_all(&rows)?;
+            drop(rows);
+            let customers = state.customers.clone();
+            let seg = match snapshot {
+                Some(snap) => match snapshot::decode(day, &snap.body, &mut |n| state.symbol(n), &mut write(&customers)) {
+                    Ok(base) if facts.is_empty() => base,
+                    Ok(base) => base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
+                    Err(err) => {
+                        tracing::warn!(tenant = state.tenant, %day, error = %err, "ignoring a damaged segment snapshot");
+                        return Ok((state, None));
+                    }
+                },
+                None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
+            };
+            let seg = Arc::new(seg);
+            self.put(&mut state, seg.clone());
+            Ok((state, Some(seg)))
+        })
+        .await
     }
 
     /// Persists, in the background, the segments that have no snapshot or drifted from it.
@@ -568,12 +572,10 @@ fn decode(row: &StoredConversation) -> Result<ConversationFacts, Error> {
     record::decode(&row.conversation_id, &row.record).map_err(|e| Error::Internal(anyhow::Error::new(e)))
 }
 
-fn group(rows: Vec<StoredConversation>) -> Result<HashMap<NaiveDate, Vec<ConversationFacts>>, Error> {
-    let mut by_day: HashMap<NaiveDate, Vec<ConversationFacts>> = HashMap::new();
-    for row in &rows {
-        by_day.entry(row.day).or_default().push(decode(row)?);
-    }
-    Ok(by_day)
+/// Decodes records on every core (the costly part of building a segment from records).
+fn decode_all(rows: &[StoredConversation]) -> Result<Vec<ConversationFacts>, Error> {
+    use rayon::prelude::*;
+    rows.par_iter().map(decode).collect()
 }
 
 /// Runs CPU work off the async threads; a panic becomes an internal error.

@@ -60,7 +60,7 @@ pub async fn export(pool: &PgPool, tenant: i64, prefix: &Path) -> anyhow::Result
         "ces_max",
         "ces_at",
     ])?;
-    replies.write_record(["conversation_id", "at", "seconds_us", "agent"])?;
+    replies.write_record(["conversation_id", "replied_at", "seconds_us", "agent"])?;
     let mut after = String::new();
     let mut count = 0u64;
     loop {

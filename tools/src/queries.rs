@@ -72,6 +72,7 @@ pub struct Plan {
 pub async fn run(plan: &Plan) -> anyhow::Result<()> {
     let channel = client::connect(&plan.server).await?;
     let bearer = client::bearer(&plan.api_key)?;
+    wait_until_serving(&channel).await?;
     let mut samples = match &plan.samples {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -109,6 +110,28 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Waits (up to a minute) until the server's health says SERVING: a restarted server accepts
+/// connections before its database check is done.
+async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(channel.clone());
+    for _ in 0..600 {
+        let status = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().status);
+        if status.ok() == Some(ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the server did not report SERVING within a minute")
 }
 
 /// The `p` percentile of sorted samples, by nearest rank.

@@ -49,18 +49,18 @@ impl<T: Copy + Default> Csr<T> {
     }
 }
 
-/// Identifies a conversation within a computation: (segment index, row).
-pub(super) type RowRef = (u32, u32);
-
 /// The per-customer lookups of one computation.
 pub(super) struct Joins {
-    /// Conversations opened in the lookahead range, per customer, by opened_at.
-    opens: Csr<(Micros, u32, u32)>,
+    /// Open times of the conversations opened in the lookahead range, per customer, sorted.
+    opens: Csr<Micros>,
     /// Zero disables the repeat check (METRICS.md §5).
     repeat_window: Micros,
     /// Conversions of the kinds asked for, per customer, by time (indexes into the
     /// computation's conversions).
     conversions: Csr<u32>,
+    /// Customers with such a conversion, one bit each: most openers have none, and this small
+    /// table answers that without touching the large one.
+    converting: Vec<u64>,
     attribution_window: Micros,
 }
 
@@ -79,15 +79,15 @@ impl Joins {
         kinds: Option<&HashSet<Sym>>,
         attribution_window: Micros,
     ) -> Self {
-        let mut opens: Vec<(u32, (Micros, u32, u32))> = Vec::new();
+        let mut opens: Vec<(u32, Micros)> = Vec::new();
         if repeat_window > 0 {
-            for (s, seg) in segments.iter().enumerate() {
+            for seg in segments {
                 if !seg.bounds.opened_in(lookahead.start, lookahead.end) {
                     continue;
                 }
-                for (row, (&opened, &customer)) in seg.opened_at.iter().zip(&seg.customer).enumerate() {
+                for (&opened, &customer) in seg.opened_at.iter().zip(&seg.customer) {
                     if customer != 0 && lookahead.contains(opened) {
-                        opens.push((customer, (opened, s as u32, row as u32)));
+                        opens.push((customer, opened));
                     }
                 }
             }
@@ -105,26 +105,32 @@ impl Joins {
             .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)))
             .map(|(i, c)| (c.customer, (first + i) as u32))
             .collect();
+        let mut converting = vec![0u64; customers.div_ceil(64)];
+        for (c, _) in &pairs {
+            converting[*c as usize / 64] |= 1 << (*c % 64);
+        }
         Self {
             opens,
             repeat_window,
             conversions: Csr::build(customers, &pairs),
+            converting,
             attribution_window,
         }
     }
 
     /// Whether another conversation of `customer` was opened in `(resolved_at, resolved_at +
-    /// repeat_window]` (METRICS.md §5 repeat contact; `me` never counts as its own repeat).
-    pub fn repeat(&self, customer: u32, resolved_at: Micros, me: RowRef) -> bool {
+    /// repeat_window]` (METRICS.md §5 repeat contact). A conversation is never its own repeat
+    /// contact: when its own `opened_at` is in that range (a `conversation_opened` stamped
+    /// after the resolution) it is counted out.
+    pub fn repeat(&self, customer: u32, resolved_at: Micros, own_opened_at: Micros) -> bool {
         if self.repeat_window == 0 || customer == 0 {
             return false;
         }
         let limit = resolved_at.saturating_add(self.repeat_window);
         let opens = self.opens.of(customer);
-        opens[opens.partition_point(|(t, _, _)| *t <= resolved_at)..]
-            .iter()
-            .take_while(|(t, _, _)| *t <= limit)
-            .any(|(_, s, r)| (*s, *r) != me)
+        let inside = opens.iter().filter(|t| resolved_at < **t && **t <= limit).count();
+        let own = usize::from(resolved_at < own_opened_at && own_opened_at <= limit);
+        inside > own
     }
 
     /// Appends the conversions of `customer` in `[opened_at, opened_at + attribution_window]`
@@ -136,6 +142,10 @@ impl Joins {
         conversions: &[ConversionRec],
         out: &mut Vec<u32>,
     ) {
+        let word = self.converting.get(customer as usize / 64).copied().unwrap_or(0);
+        if word & (1 << (customer % 64)) == 0 {
+            return;
+        }
         let end = opened_at.saturating_add(self.attribution_window);
         out.extend(
             self.conversions

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{Computation, filter::Compiled, joins::RowRef};
+use super::{Computation, filter::Compiled};
 use crate::domain::{
     Error,
     event::{Presence, SurveyType},
@@ -257,7 +257,7 @@ impl Computation<'_> {
                         continue;
                     }
                     seg.decode(row, Parts::Head, &mut c);
-                    if scan.filters.conversation(&c) && self.drills(kind, &c, (s as u32, row as u32), &scan) {
+                    if scan.filters.conversation(&c) && self.drills(kind, &c, &scan) {
                         out.push((s, row));
                     }
                 }
@@ -271,7 +271,7 @@ impl Computation<'_> {
         Ok(out)
     }
 
-    fn drills(&self, kind: DrillDown, c: &Conv, me: RowRef, scan: &super::scan::Scan<'_>) -> bool {
+    fn drills(&self, kind: DrillDown, c: &Conv, scan: &super::scan::Scan<'_>) -> bool {
         let inside = |t: Option<Micros>| t.is_some_and(|t| scan.window.contains(t));
         match kind {
             DrillDown::Opened => inside(Some(c.opened_at)),
@@ -285,7 +285,7 @@ impl Computation<'_> {
             }
             DrillDown::Abandoned => inside(Some(c.opened_at)) && c.state == State::Abandoned,
             DrillDown::NotFcr => c.resolved_at.is_some_and(|r| {
-                inside(Some(r)) && (c.reopen_count > 0 || scan.joins.repeat(c.customer, r, me))
+                inside(Some(r)) && (c.reopen_count > 0 || scan.joins.repeat(c.customer, r, c.opened_at))
             }),
             DrillDown::Backlog => false,
         }

@@ -234,11 +234,12 @@ impl Computation<'_> {
         }
     }
 
-    /// Scans the relevant segments in parallel parts and merges their groups.
+    /// Scans the relevant segments in parallel parts and merges their groups. Each worker
+    /// folds the parts it takes into one set of groups, so totals are merged (and value lists
+    /// copied) once per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>) -> Result<Groups, Error> {
-        let parts: Vec<(usize, std::ops::Range<usize>)> = self
-            .data
-            .segments
+        let segments = &self.data.segments;
+        let parts: Vec<(usize, std::ops::Range<usize>)> = segments
             .iter()
             .enumerate()
             .filter(|(_, seg)| {
@@ -253,12 +254,15 @@ impl Computation<'_> {
             .collect();
         parts
             .into_par_iter()
-            .map_init(scan::Scratch::default, |scratch, (s, rows)| {
-                self.cancel.check()?;
-                let mut groups = Groups::default();
-                scan.part(s, &self.data.segments[s], rows, &mut groups, scratch);
-                Ok(groups)
-            })
+            .try_fold(
+                || (Groups::default(), scan::Scratch::default()),
+                |(mut groups, mut scratch), (s, rows)| {
+                    self.cancel.check()?;
+                    scan.part(&segments[s], rows, &mut groups, &mut scratch);
+                    Ok((groups, scratch))
+                },
+            )
+            .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
             .try_reduce(Groups::default, |a, b| Ok(a.merge(b)))
     }
 }

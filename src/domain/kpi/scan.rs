@@ -20,7 +20,7 @@ use super::{
     Computation, ConversionRec,
     acc::{Acc, Groups},
     filter::Compiled,
-    joins::{Joins, RowRef},
+    joins::Joins,
     route::Router,
     types::{GroupKey, Grouping},
 };
@@ -62,15 +62,8 @@ impl Scan<'_> {
         (start < self.window.end && end >= self.window.start) || self.previous.contains(opened)
     }
 
-    /// Scans `rows` of segment `s` into `groups`.
-    pub fn part(
-        &self,
-        s: usize,
-        seg: &Segment,
-        rows: Range<usize>,
-        groups: &mut Groups,
-        scratch: &mut Scratch,
-    ) {
+    /// Scans `rows` of `seg` into `groups`.
+    pub fn part(&self, seg: &Segment, rows: Range<usize>, groups: &mut Groups, scratch: &mut Scratch) {
         for row in rows {
             if !self.relevant(seg, row) {
                 continue;
@@ -86,7 +79,7 @@ impl Scan<'_> {
                 keys,
                 attributed,
             } = scratch;
-            self.conversation(conv, (s as u32, row as u32), groups, keys, attributed);
+            self.conversation(conv, groups, keys, attributed);
         }
     }
 
@@ -110,7 +103,6 @@ impl Scan<'_> {
     fn conversation(
         &self,
         c: &Conv,
-        me: RowRef,
         groups: &mut Groups,
         keys: &mut Vec<GroupKey>,
         attributed: &mut Vec<u32>,
@@ -136,7 +128,7 @@ impl Scan<'_> {
             return;
         }
         self.resolutions(c, groups, keys);
-        self.final_resolution(c, me, groups, keys);
+        self.final_resolution(c, groups, keys);
         self.ended(c, groups, keys);
         self.messages(c, groups, keys);
         self.survey_sends(c, groups, keys);
@@ -268,11 +260,11 @@ impl Scan<'_> {
 
     /// The final resolution, placed by `resolved_at`: resolved, resolution time, FCR, repeat
     /// contact, reopen, automation and bot resolutions.
-    fn final_resolution(&self, c: &Conv, me: RowRef, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+    fn final_resolution(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
         let Some(resolved_at) = c.resolved_at.filter(|t| self.window.contains(*t)) else {
             return;
         };
-        let repeat = self.joins.repeat(c.customer, resolved_at, me);
+        let repeat = self.joins.repeat(c.customer, resolved_at, c.opened_at);
         let seconds = self.comp.measure(Span {
             start: c.opened_at,
             end: resolved_at.max(c.opened_at),

@@ -1,0 +1,59 @@
+# Shared helpers of the benchmark scripts (sourced). Benchmarks are not tests: they print
+# figures for BENCHMARKS.md.
+
+. scripts/lib.sh
+
+BIN=target/release/chatkpi
+BENCH=target/release/chatkpi-bench
+
+# build_release: the service and chatkpi-bench, optimized.
+build_release() {
+  ensure_protoc
+  cargo build --release --locked --quiet
+}
+
+# start_server PORT [extra serve flags...]: starts `chatkpi serve` in the background on
+# 127.0.0.1:PORT against $DATABASE_URL, sets SERVER to its pid and waits until it listens.
+start_server() {
+  local port=$1
+  shift
+  CHATKPI_LISTEN=127.0.0.1:$port RUST_LOG=${RUST_LOG:-warn} $BIN serve "$@" &
+  SERVER=$!
+  for _ in $(seq 1 200); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  log "server did not start on port $port"
+  return 1
+}
+
+# stop_server: SIGTERM and wait.
+stop_server() {
+  kill -TERM "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+}
+
+# rss: the server's current and peak resident memory (MB).
+rss() {
+  awk '/VmRSS/ {r=$2} /VmHWM/ {h=$2} END {printf "server RSS %.0f MB (peak %.0f MB)\n", r/1024, h/1024}' "/proc/$SERVER/status"
+}
+
+# summarize FILE: p50/p95/max per kind of `kind,ms` samples, and chatkpi / DuckDB for the
+# overview when both are there.
+summarize() {
+  python3 - "$1" <<'PY'
+import collections, math, sys
+samples = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    kind, ms = line.strip().split(",")
+    samples[kind].append(float(ms))
+def rank(v, p):
+    v = sorted(v)
+    return v[max(1, min(len(v), math.ceil(p * len(v)))) - 1]
+for kind, v in samples.items():
+    print(f"{kind}: n={len(v)} p50={rank(v, .5):.1f} ms p95={rank(v, .95):.1f} ms max={max(v):.1f} ms")
+if "overview" in samples and "duckdb_overview" in samples:
+    o, d = samples["overview"], samples["duckdb_overview"]
+    print(f"chatkpi / DuckDB overview: p50 {rank(o, .5) / rank(d, .5):.2f}x, p95 {rank(o, .95) / rank(d, .95):.2f}x")
+PY
+}

@@ -68,6 +68,14 @@ pub struct ServeConfig {
     /// PostgreSQL when a query needs it.
     #[arg(long, env = "CHATKPI_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
+    /// Days of recent data to load, before reporting SERVING, for every tenant queried in the
+    /// last day (so the first dashboard query after a restart finds its data in memory); 0
+    /// disables. Stops at half the cache budget or after --warmup-secs.
+    #[arg(long, env = "CHATKPI_WARMUP_DAYS", default_value_t = 35)]
+    pub warmup_days: u32,
+    /// Longest warm-up before serving, in seconds.
+    #[arg(long, env = "CHATKPI_WARMUP_SECS", default_value_t = 60)]
+    pub warmup_secs: u64,
     /// Writer tasks per tenant: each stores whole batches in its own transactions, several
     /// waiting batches at a time.
     #[arg(long, env = "CHATKPI_WRITERS_PER_TENANT", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]

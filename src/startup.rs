@@ -11,7 +11,7 @@ use tonic::transport::Server;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    app::{App, AppConfig, Readiness},
+    app::{App, AppConfig},
     config::ServeConfig,
     grpc::{events::EventsApi, metrics::MetricsApi, pb},
     store,
@@ -28,6 +28,7 @@ pub struct Application {
     pool: PgPool,
     app: Arc<App>,
     grace: Duration,
+    warmup: (u32, Duration),
 }
 
 impl Application {
@@ -52,6 +53,7 @@ impl Application {
             pool,
             app,
             grace: Duration::from_secs(config.shutdown_grace_secs),
+            warmup: (config.warmup_days, Duration::from_secs(config.warmup_secs)),
         })
     }
 
@@ -87,7 +89,8 @@ impl Application {
 
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
-            self.app.ready.clone(),
+            self.app.clone(),
+            self.warmup,
             reporter.clone(),
         ));
 
@@ -140,7 +143,8 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Migrates as soon as the database answers, then keeps health in step with reachability.
-async fn watch_database(pool: PgPool, ready: Readiness, reporter: HealthReporter) {
+async fn watch_database(pool: PgPool, app: Arc<App>, warmup: (u32, Duration), reporter: HealthReporter) {
+    let ready = app.ready.clone();
     let mut delay = Duration::from_millis(200);
     loop {
         match store::migrate(&pool).await {
@@ -153,6 +157,10 @@ async fn watch_database(pool: PgPool, ready: Readiness, reporter: HealthReporter
         }
     }
     upgrade_projection(&pool).await;
+    // Queries read the database directly while warming (the readiness flag guards requests,
+    // not the cache): set it, but report SERVING only once warm.
+    ready.set(true);
+    app.kpis.cache().warm_up(warmup.0, warmup.1).await;
     tracing::info!("database migrated, serving");
     ready.set(true);
     set_status(&reporter, ServingStatus::Serving).await;

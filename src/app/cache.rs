@@ -34,7 +34,10 @@ use crate::{
         event::Payload,
         facts::ConversationFacts,
         intern::Interner,
-        kpi::{ConversionRec, Data, PresenceChange, Reads},
+        kpi::{
+            ConversionRec, Data, PresenceChange, Reads,
+            partial::{Partial, PartialKey, PartialStore},
+        },
         record,
         segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
         tenant::TenantId,
@@ -43,23 +46,33 @@ use crate::{
     store::segments::{self as store, SideEvent, StoredConversation},
 };
 
+/// Source of conversion-day versions (larger than every one before, see
+/// `Data::conversion_days`).
+static CONVERSION_VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+/// Connections reading a tenant's days at once when they are loaded.
+const READERS: usize = 2;
+
 /// A segment that drifted from its snapshot by this share of its rows is persisted again.
 const PERSIST_DRIFT: usize = 10;
 /// ...but at most once per this interval per day.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
     Tenant(TenantId),
     /// (tenant, the tenant state's generation, day): a tenant state that was evicted and
     /// rebuilt has new ids for its names, so its old segments are never used again.
     Segment(TenantId, u64, NaiveDate),
+    /// A segment's totals for one question shape (`kpi::partial`).
+    Partial(PartialKey),
 }
 
 #[derive(Clone)]
 enum Value {
     Tenant(Arc<TenantEntry>),
     Segment(Arc<Segment>),
+    Partial(Arc<Partial>),
 }
 
 impl Value {
@@ -67,6 +80,7 @@ impl Value {
         let bytes = match self {
             Value::Tenant(t) => t.weight.load(Ordering::Relaxed) as usize,
             Value::Segment(s) => s.heap_bytes(),
+            Value::Partial(p) => p.heap_bytes(),
         };
         u32::try_from(bytes).unwrap_or(u32::MAX)
     }
@@ -104,6 +118,8 @@ struct TenantState {
     presence_view: Arc<Vec<PresenceChange>>,
     /// Conversions sorted by time.
     conversions: Arc<Vec<ConversionRec>>,
+    /// A version per UTC day with conversions (see `Data::conversion_days`).
+    conversion_days: Arc<BTreeMap<NaiveDate, u64>>,
     /// Presence and conversion events a later refresh may read again (written by transactions
     /// at or after the last xmin), to apply each once.
     recent_side_events: HashMap<Box<str>, i64>,
@@ -123,6 +139,7 @@ impl TenantState {
             presence: Vec::new(),
             presence_view: Arc::default(),
             conversions: Arc::default(),
+            conversion_days: Arc::default(),
             recent_side_events: HashMap::new(),
             version: 0,
             persisted_at: HashMap::new(),
@@ -188,6 +205,54 @@ impl QueryCache {
         self.entries.weighted_size()
     }
 
+    /// Loads the last `days` days of the tenants queried in the last day (whose snapshots were
+    /// written recently), most recent first, until half the budget is used or `deadline`
+    /// passes: after a restart, their dashboards find their data in memory. Returns the
+    /// tenants warmed.
+    pub async fn warm_up(self: &Arc<Self>, days: u32, deadline: Duration) -> usize {
+        if days == 0 {
+            return 0;
+        }
+        let started = Instant::now();
+        let since = chrono::Utc::now() - chrono::Duration::days(1);
+        let tenants = match store::recently_queried(&self.pool, since).await {
+            Ok(t) => t,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list tenants to warm up");
+                return 0;
+            }
+        };
+        let mut warmed = 0;
+        for (tenant, last_day) in tenants {
+            if started.elapsed() > deadline || self.bytes() > self.budget / 2 {
+                break;
+            }
+            let to = last_day + chrono::Duration::days(1);
+            let from = to - chrono::Duration::days(i64::from(days));
+            let span = Span {
+                start: micros(from.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()),
+                end: micros(to.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()),
+            };
+            match tokio::time::timeout(
+                deadline.saturating_sub(started.elapsed()),
+                self.view(tenant, &Reads::active(span)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => warmed += 1,
+                Ok(Err(err)) => tracing::warn!(tenant, error = %err, "warm-up failed"),
+                Err(_) => break,
+            }
+        }
+        tracing::info!(
+            tenants = warmed,
+            ms = started.elapsed().as_millis() as u64,
+            cache_bytes = self.bytes(),
+            "query cache warmed up"
+        );
+        warmed
+    }
+
     fn tenant(&self, tenant: TenantId) -> Arc<TenantEntry> {
         let value = self.entries.get_with(Key::Tenant(tenant), || {
             let generation = self.generations.fetch_add(1, Ordering::Relaxed);
@@ -199,7 +264,7 @@ impl QueryCache {
         match value {
             Value::Tenant(t) => t,
             // Keys and values are paired by construction.
-            Value::Segment(_) => unreachable!("a tenant key holds a tenant entry"),
+            _ => unreachable!("a tenant key holds a tenant entry"),
         }
     }
 
@@ -215,6 +280,8 @@ impl QueryCache {
                     tenant,
                     segments = view.data.segments.len(),
                     ms = started.elapsed().as_millis() as u64,
+                    cache_bytes = self.entries.weighted_size(),
+                    cache_entries = self.entries.entry_count(),
                     "query data ready"
                 );
                 entry
@@ -252,27 +319,51 @@ impl QueryCache {
         let tenant = state.tenant;
         let mut db = store::Reads::begin(&self.pool).await?;
         let xmin = db.xmin;
-        let (changed, days) = match state.xmin {
-            Some(since) => (db.changed_since(tenant, since).await?, None),
-            None => (Vec::new(), Some(db.days(tenant).await?)),
+        let (changed, days, side) = match state.xmin {
+            Some(since) => (
+                db.changed_since(tenant, since).await?,
+                None,
+                SideEvents::Read(db.side_events(tenant, since).await?),
+            ),
+            None => {
+                let days = db.days(tenant).await?;
+                // A first refresh reads every presence and conversion event: on a second
+                // connection, on the same snapshot, while the segments load.
+                let (pool, exported) = (self.pool.clone(), db.export().await?);
+                let reading = tokio::spawn(async move {
+                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
+                    let events = r.side_events(tenant, 0).await?;
+                    r.finish().await?;
+                    Ok::<_, Error>(events)
+                });
+                (Vec::new(), Some(days), SideEvents::Reading(reading))
+            }
         };
-        let side = db.side_events(tenant, state.xmin.unwrap_or(0)).await?;
 
         let cache = self.clone();
         let reads_owned = reads.clone();
-        let (state, mut picked, missing) = blocking(move || {
+        let (state, mut picked, missing, side) = blocking(move || {
             let mut state = state;
+            let first = state.xmin.is_none();
             if let Some(days) = days {
                 state.set_days(days);
             }
             let changed_any = !changed.is_empty();
             cache.apply_changes(&mut state, changed, xmin)?;
-            let side_any = state.apply_side_events(side, xmin);
-            if changed_any || side_any || state.xmin.is_none() {
+            let side = match side {
+                SideEvents::Read(events) => {
+                    if state.apply_side_events(events, xmin) {
+                        state.version += 1;
+                    }
+                    None
+                }
+                SideEvents::Reading(reading) => Some(reading),
+            };
+            if changed_any || first {
                 state.version += 1;
             }
             let (picked, missing) = cache.pick(&state, &reads_owned);
-            Ok((state, picked, missing))
+            Ok((state, picked, missing, side))
         })
         .await?;
 
@@ -291,6 +382,17 @@ impl QueryCache {
             );
             picked.extend(loaded);
         }
+        if let Some(reading) = side {
+            let events = reading.await.map_err(|e| {
+                Error::Internal(anyhow::Error::new(e).context("presence and conversions reader failed"))
+            })??;
+            state = blocking(move || {
+                let mut state = state;
+                state.apply_side_events(events, xmin);
+                Ok(state)
+            })
+            .await?;
+        }
         db.finish().await?;
         state.xmin = Some(xmin);
         state
@@ -304,6 +406,8 @@ impl QueryCache {
                 customers: read(&state.customers).len(),
                 presence: state.presence_view.clone(),
                 conversions: state.conversions.clone(),
+                conversion_days: state.conversion_days.clone(),
+                tenant: state.generation,
             },
             customers: state.customers.clone(),
             version: state.version,
@@ -380,9 +484,13 @@ impl QueryCache {
         Ok(())
     }
 
-    /// Loads the segments of `days`, one day at a time (memory holds one day's records): each
-    /// from its snapshot and the records changed since, or from its records when it has no
-    /// usable snapshot.
+    /// Loads the segments of `days`: each from its snapshot and the records changed since, or
+    /// from its records when it has no usable snapshot.
+    ///
+    /// Three stages overlap: a reader on a second connection (on this refresh's exact database
+    /// snapshot) fetches one day after another, the blocking pool parses the snapshot and decodes
+    /// the records (no tenant state needed), and this task attaches names to the tenant's ids and
+    /// caches the segment. Memory holds a couple of days in flight, whatever the number of days.
     async fn load(
         self: &Arc<Self>,
         mut state: OwnedMutexGuard<TenantState>,
@@ -390,55 +498,87 @@ impl QueryCache {
         days: Vec<NaiveDate>,
     ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
         let tenant = state.tenant;
-        let mut loaded = Vec::with_capacity(days.len());
-        for day in days {
-            let snapshot = db.snapshots(tenant, &[day]).await?.pop();
-            let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
-            let rows = db.days_since(tenant, &[(day, since)]).await?;
-            let (s, seg) = self
-                .clone()
-                .build_day(state, day, snapshot, rows, db.xmin)
-                .await?;
+        let xmin = db.xmin;
+        let exported = db.export().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared, Error>>(2);
+        // Two readers, each taking every other day: PostgreSQL reads one day while another is
+        // sent and a third prepared.
+        let mut readers = Vec::new();
+        for part in 0..READERS {
+            let days: Vec<NaiveDate> = days.iter().copied().skip(part).step_by(READERS).collect();
+            let (pool, exported, tx) = (self.pool.clone(), exported.clone(), tx.clone());
+            readers.push(tokio::spawn(async move {
+                let read = async {
+                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
+                    for day in days {
+                        let snapshot = r.snapshots(tenant, &[day]).await?.pop();
+                        let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
+                        let rows = r.days_since(tenant, &[(day, since)]).await?;
+                        let prepared = blocking(move || prepare(day, snapshot, rows));
+                        if tx.send(prepared.await).await.is_err() {
+                            break; // the loader stopped on an error
+                        }
+                    }
+                    r.finish().await
+                };
+                if let Err(err) = read.await {
+                    let _ = tx.send(Err(err)).await;
+                }
+            }));
+        }
+        drop(tx);
+        let mut loaded = Vec::new();
+        while let Some(prepared) = rx.recv().await {
+            let prepared = prepared?;
+            let day = prepared.day;
+            let (s, seg) = self.clone().attach(state, prepared, xmin).await?;
             state = s;
             let seg = match seg {
                 Some(seg) => seg,
                 None => {
                     // The snapshot was damaged: build the day from all its records.
                     let rows = db.days_since(tenant, &[(day, 0)]).await?;
-                    let (s, seg) = self.clone().build_day(state, day, None, rows, db.xmin).await?;
+                    let prepared = blocking(move || prepare(day, None, rows)).await?;
+                    let (s, seg) = self.clone().attach(state, prepared, xmin).await?;
                     state = s;
                     seg.ok_or_else(|| Error::Internal(anyhow::anyhow!("a segment built without a snapshot")))?
                 }
             };
             loaded.push(seg);
         }
+        for reader in readers {
+            reader
+                .await
+                .map_err(|e| Error::Internal(anyhow::Error::new(e).context("segment reader failed")))?;
+        }
         Ok((state, loaded))
     }
 
-    /// Builds one day's segment from its snapshot (if any) and records, and caches it. `None`
-    /// when the snapshot is damaged.
-    async fn build_day(
+    /// Attaches a prepared day to the tenant's ids, merges its changed records and caches it.
+    /// `None` when its snapshot was damaged.
+    async fn attach(
         self: Arc<Self>,
         state: OwnedMutexGuard<TenantState>,
-        day: NaiveDate,
-        snapshot: Option<store::StoredSnapshot>,
-        rows: Vec<StoredConversation>,
+        prepared: Prepared,
         xmin: i64,
     ) -> Result<(OwnedMutexGuard<TenantState>, Option<Arc<Segment>>), Error> {
         blocking(move || {
             let mut state = state;
-            let facts = decode_all(&rows)?;
-            drop(rows);
+            let Prepared { day, base, facts } = prepared;
             let customers = state.customers.clone();
-            let seg = match snapshot {
-                Some(snap) => match snapshot::decode(day, &snap.body, &mut |n| state.symbol(n), &mut write(&customers)) {
-                    Ok(base) if facts.is_empty() => base,
-                    Ok(base) => base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
-                    Err(err) => {
-                        tracing::warn!(tenant = state.tenant, %day, error = %err, "ignoring a damaged segment snapshot");
-                        return Ok((state, None));
+            let seg = match base {
+                Some(Ok(parsed)) => {
+                    let base = parsed.attach(&mut |n| state.symbol(n), &mut write(&customers));
+                    if facts.is_empty() {
+                        base
+                    } else {
+                        base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers))
                     }
-                },
+                }
+                Some(Err(err)) => {
+                    tracing::warn!(tenant = state.tenant, %day, error = %err, "ignoring a damaged segment snapshot");
+                    return Ok((state, None));
+                }
                 None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
             };
             let seg = Arc::new(seg);
@@ -486,6 +626,19 @@ impl QueryCache {
                 }
             });
         }
+    }
+}
+
+impl PartialStore for QueryCache {
+    fn get(&self, key: &PartialKey) -> Option<Arc<Partial>> {
+        match self.entries.get(&Key::Partial(key.clone())) {
+            Some(Value::Partial(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn put(&self, key: PartialKey, partial: Arc<Partial>) {
+        self.entries.insert(Key::Partial(key), Value::Partial(partial));
     }
 }
 
@@ -560,6 +713,13 @@ impl TenantState {
         }
         let conversions_changed = !new_conversions.is_empty();
         if conversions_changed {
+            let days = Arc::make_mut(&mut self.conversion_days);
+            for c in &new_conversions {
+                days.insert(
+                    crate::domain::time::to_datetime(c.at).date_naive(),
+                    CONVERSION_VERSIONS.fetch_add(1, Ordering::Relaxed),
+                );
+            }
             let all = Arc::make_mut(&mut self.conversions);
             all.extend(new_conversions);
             all.sort_by_key(|c| c.at);
@@ -570,6 +730,32 @@ impl TenantState {
 
 fn decode(row: &StoredConversation) -> Result<ConversationFacts, Error> {
     record::decode(&row.conversation_id, &row.record).map_err(|e| Error::Internal(anyhow::Error::new(e)))
+}
+
+/// Presence and conversion events of a refresh: read, or being read on another connection.
+enum SideEvents {
+    Read(Vec<SideEvent>),
+    Reading(tokio::task::JoinHandle<Result<Vec<SideEvent>, Error>>),
+}
+
+/// A day read and decoded, not yet attached to the tenant's ids.
+struct Prepared {
+    day: NaiveDate,
+    base: Option<Result<snapshot::Parsed, snapshot::CorruptSnapshot>>,
+    facts: Vec<ConversationFacts>,
+}
+
+/// Parses a day's snapshot and decodes its records (no tenant state needed).
+fn prepare(
+    day: NaiveDate,
+    snapshot: Option<store::StoredSnapshot>,
+    rows: Vec<StoredConversation>,
+) -> Result<Prepared, Error> {
+    Ok(Prepared {
+        day,
+        base: snapshot.map(|s| snapshot::parse(day, s.body)),
+        facts: decode_all(&rows)?,
+    })
 }
 
 /// Decodes records on every core (the costly part of building a segment from records).

@@ -108,6 +108,7 @@ impl KpiService {
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let query = query.clone();
         let version = view.version;
+        let cache = self.cache.clone();
         let result = tokio::task::spawn_blocking(move || {
             let computation = Computation {
                 data: &view.data,
@@ -115,6 +116,7 @@ impl KpiService {
                 schedule: settings.business_hours.as_ref(),
                 targets: &settings.targets,
                 cancel: &cancel,
+                partials: Some(cache.as_ref()),
             };
             f(&computation, &view)
         })
@@ -403,6 +405,8 @@ fn computation<'a>(
         schedule: settings.business_hours.as_ref(),
         targets: &settings.targets,
         cancel,
+        // A drill-down lists conversations: no totals to reuse.
+        partials: None,
     }
 }
 

@@ -48,13 +48,17 @@ impl Interner {
 
     /// The name of `id` ("" for 0 or an unknown id).
     pub fn name(&self, id: u32) -> &str {
+        // Only whole `&str`s are ever appended, so every stored range is valid UTF-8.
+        std::str::from_utf8(self.bytes_of(id)).unwrap_or("")
+    }
+
+    /// The bytes of `id`'s name (lookups compare bytes: no UTF-8 check per probe).
+    fn bytes_of(&self, id: u32) -> &[u8] {
         let id = id as usize;
         if id == 0 || id >= self.ends.len() {
-            return "";
+            return &[];
         }
-        let (start, end) = (self.ends[id - 1] as usize, self.ends[id] as usize);
-        // Only whole `&str`s are ever appended, so every stored range is valid UTF-8.
-        std::str::from_utf8(&self.bytes[start..end]).unwrap_or("")
+        &self.bytes[self.ends[id - 1] as usize..self.ends[id] as usize]
     }
 
     /// The id of `name`, if it was interned ("" is always 0).
@@ -72,7 +76,7 @@ impl Interner {
             return NONE;
         }
         let hash = self.hasher.hash_one(name);
-        if let Some(id) = self.table.find(hash, |id| self.name(*id) == name) {
+        if let Some(id) = self.table.find(hash, |id| self.bytes_of(*id) == name.as_bytes()) {
             return *id;
         }
         self.bytes.extend_from_slice(name.as_bytes());

@@ -1,5 +1,12 @@
-//! Duration statistics of METRICS.md §5: count, mean, min, max and exact percentiles with
-//! linear interpolation between closest ranks (PostgreSQL `percentile_cont`).
+//! Duration statistics of METRICS.md §5: count, mean, min, max and percentiles with linear
+//! interpolation between closest ranks (PostgreSQL `percentile_cont`).
+//!
+//! [`Durations`] accumulates one KPI of one group. Count, mean, min, max and the share within a
+//! target are always exact. Percentiles are exact while the group has at most
+//! [`EXACT_PERCENTILES_UP_TO`] items; above that, every value is counted in a log-bucket
+//! histogram (buckets 2 % wide) and percentiles come from it with less than 1 % relative error
+//! (METRICS.md §5 allows 1 %). Which one applies depends only on the group's item count, so
+//! the same question always gets the same answer.
 
 /// Summary of a set of durations in seconds. Everything but `count` is absent over zero items.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -49,41 +56,249 @@ impl DurationStats {
         }
         let within_target =
             target.map(|t| 100.0 * values.iter().filter(|v| **v <= t).count() as f64 / n as f64);
-        let wanted = [0.50, 0.90, 0.95, 0.99];
-        let mut ranks: Vec<usize> = wanted
-            .iter()
-            .flat_map(|p| {
-                let pos = p * (n - 1) as f64;
-                [pos.floor() as usize, pos.ceil() as usize]
-            })
-            .collect();
-        ranks.sort_unstable();
-        ranks.dedup();
-        // Select ranks in ascending order, each in the part right of the previous one.
-        let mut at_rank = Vec::with_capacity(ranks.len());
-        let mut base = 0;
-        for &rank in &ranks {
-            let (_, nth, _) = values[base..].select_nth_unstable_by(rank - base, f64::total_cmp);
-            at_rank.push((rank, *nth));
-            base = rank;
-        }
-        let value = |rank: usize| at_rank.iter().find(|(r, _)| *r == rank).map_or(0.0, |(_, v)| *v);
-        let percentile = |p: f64| {
-            let pos = p * (n - 1) as f64;
-            let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-            Some(value(lo) + (value(hi) - value(lo)) * (pos - lo as f64))
-        };
+        let [p50, p90, p95, p99] = exact_percentiles(&mut values);
         Self {
             count: n as u64,
             mean: Some(sum_micros as f64 / 1e6 / n as f64),
             min: Some(min),
             max: Some(max),
-            p50: percentile(0.50),
-            p90: percentile(0.90),
-            p95: percentile(0.95),
-            p99: percentile(0.99),
+            p50: Some(p50),
+            p90: Some(p90),
+            p95: Some(p95),
+            p99: Some(p99),
             within_target,
         }
+    }
+}
+
+/// Groups with at most this many items get exact percentiles (see the module doc).
+pub const EXACT_PERCENTILES_UP_TO: usize = 10_000;
+
+/// Durations (seconds) of one KPI and one group, item by item or merged from parts.
+#[derive(Debug, Clone)]
+pub struct Durations {
+    count: u64,
+    /// Sum in whole microseconds: every duration is a difference of microsecond instants, so
+    /// the mean is exact and independent of the order items came in.
+    sum_micros: i128,
+    min: f64,
+    max: f64,
+    /// Items at or under the KPI's target (counted as they are added).
+    within: u64,
+    /// Every value, while there are at most [`EXACT_PERCENTILES_UP_TO`].
+    values: Vec<f64>,
+    /// Counts per log bucket, once there are more (then `values` is empty).
+    histogram: Option<Box<LogHistogram>>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            sum_micros: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            within: 0,
+            values: Vec::new(),
+            histogram: None,
+        }
+    }
+}
+
+impl Durations {
+    /// Adds one duration; `target` (seconds) counts it as within target when it is at or under.
+    pub fn push(&mut self, v: f64, target: Option<f64>) {
+        self.count += 1;
+        self.sum_micros += (v * 1e6).round() as i64 as i128;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.within += u64::from(target.is_some_and(|t| v <= t));
+        match &mut self.histogram {
+            Some(h) => h.add(v, 1),
+            None => {
+                self.values.push(v);
+                self.spill_if_large();
+            }
+        }
+    }
+
+    /// Adds another part's durations.
+    pub fn merge(&mut self, o: &Durations) {
+        self.count += o.count;
+        self.sum_micros += o.sum_micros;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        self.within += o.within;
+        if let Some(theirs) = &o.histogram {
+            self.histogram
+                .get_or_insert_with(|| Box::new(LogHistogram::new()))
+                .merge(theirs);
+        }
+        match &mut self.histogram {
+            Some(h) => {
+                for v in self.values.drain(..).chain(o.values.iter().copied()) {
+                    h.add(v, 1);
+                }
+            }
+            None => {
+                self.values.extend_from_slice(&o.values);
+                self.spill_if_large();
+            }
+        }
+    }
+
+    fn spill_if_large(&mut self) {
+        if self.values.len() > EXACT_PERCENTILES_UP_TO {
+            let mut h = Box::new(LogHistogram::new());
+            for v in self.values.drain(..) {
+                h.add(v, 1);
+            }
+            self.values = Vec::new();
+            self.histogram = Some(h);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Drops spare capacity (before the totals are kept).
+    pub fn shrink(&mut self) {
+        self.values.shrink_to_fit();
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.values.capacity() * 8 + self.histogram.as_ref().map_or(0, |_| LogHistogram::BYTES)
+    }
+
+    /// The statistics; `with_target` reports the share within target.
+    pub fn stats(mut self, with_target: bool) -> DurationStats {
+        if self.count == 0 {
+            return DurationStats::default();
+        }
+        let n = self.count;
+        let within_target = with_target.then(|| 100.0 * self.within as f64 / n as f64);
+        let [p50, p90, p95, p99] = match &self.histogram {
+            None => exact_percentiles(&mut self.values),
+            Some(h) => h.percentiles(n, self.min, self.max),
+        };
+        DurationStats {
+            count: n,
+            mean: Some(self.sum_micros as f64 / 1e6 / n as f64),
+            min: Some(self.min),
+            max: Some(self.max),
+            p50: Some(p50),
+            p90: Some(p90),
+            p95: Some(p95),
+            p99: Some(p99),
+            within_target,
+        }
+    }
+}
+
+/// The percentiles wanted, in order.
+const PERCENTILES: [f64; 4] = [0.50, 0.90, 0.95, 0.99];
+
+/// Exact p50, p90, p95 and p99 of non-empty `values` (reordered): only the ranks they need are
+/// selected (linear time) instead of sorting everything.
+fn exact_percentiles(values: &mut [f64]) -> [f64; 4] {
+    let n = values.len();
+    let mut ranks: Vec<usize> = PERCENTILES
+        .iter()
+        .flat_map(|p| {
+            let pos = p * (n - 1) as f64;
+            [pos.floor() as usize, pos.ceil() as usize]
+        })
+        .collect();
+    ranks.sort_unstable();
+    ranks.dedup();
+    // Select ranks in ascending order, each in the part right of the previous one.
+    let mut at_rank = Vec::with_capacity(ranks.len());
+    let mut base = 0;
+    for &rank in &ranks {
+        let (_, nth, _) = values[base..].select_nth_unstable_by(rank - base, f64::total_cmp);
+        at_rank.push((rank, *nth));
+        base = rank;
+    }
+    let value = |rank: usize| at_rank.iter().find(|(r, _)| *r == rank).map_or(0.0, |(_, v)| *v);
+    PERCENTILES.map(|p| {
+        let pos = p * (n - 1) as f64;
+        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+        value(lo) + (value(hi) - value(lo)) * (pos - lo as f64)
+    })
+}
+
+/// Counts of non-negative durations in logarithmic buckets: bucket `i` holds
+/// `[1e-6 * 1.02^i, 1e-6 * 1.02^(i+1))` seconds, plus one bucket for zero. A bucket's
+/// representative, its geometric middle, is within 1 % of every value in it.
+#[derive(Debug, Clone)]
+pub struct LogHistogram {
+    zero: u64,
+    buckets: Vec<u64>,
+}
+
+/// Bucket width.
+const BASE: f64 = 1.02;
+/// The smallest positive duration: one microsecond.
+const SMALLEST: f64 = 1e-6;
+/// Buckets up to 1e-6 * 1.02^1900 s (about 6e10 s): longer than any span between valid dates.
+const BUCKETS: usize = 1900;
+
+impl LogHistogram {
+    const BYTES: usize = BUCKETS * 8 + 16;
+
+    fn new() -> Self {
+        Self {
+            zero: 0,
+            buckets: vec![0; BUCKETS],
+        }
+    }
+
+    fn index(v: f64) -> Option<usize> {
+        (v > 0.0).then(|| (((v / SMALLEST).ln() / BASE.ln()).floor().max(0.0) as usize).min(BUCKETS - 1))
+    }
+
+    fn add(&mut self, v: f64, n: u64) {
+        match Self::index(v) {
+            Some(i) => self.buckets[i] += n,
+            None => self.zero += n,
+        }
+    }
+
+    fn merge(&mut self, o: &LogHistogram) {
+        self.zero += o.zero;
+        for (mine, theirs) in self.buckets.iter_mut().zip(&o.buckets) {
+            *mine += theirs;
+        }
+    }
+
+    fn representative(i: usize) -> f64 {
+        SMALLEST * BASE.powf(i as f64 + 0.5)
+    }
+
+    /// Approximate p50, p90, p95 and p99 of `n` values within `[min, max]`.
+    fn percentiles(&self, n: u64, min: f64, max: f64) -> [f64; 4] {
+        // The value at a 0-based rank: its bucket's representative, kept inside [min, max].
+        let at_rank = |rank: u64| -> f64 {
+            if rank < self.zero {
+                return 0.0;
+            }
+            let mut seen = self.zero;
+            for (i, count) in self.buckets.iter().enumerate() {
+                seen += count;
+                if rank < seen {
+                    return Self::representative(i).clamp(min, max);
+                }
+            }
+            max
+        };
+        PERCENTILES.map(|p| {
+            let pos = p * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as u64, pos.ceil() as u64);
+            let (a, b) = (at_rank(lo), at_rank(hi));
+            a + (b - a) * (pos - lo as f64)
+        })
     }
 }
 
@@ -127,6 +342,70 @@ mod tests {
             for (p, got) in [(0.5, s.p50), (0.9, s.p90), (0.95, s.p95), (0.99, s.p99)] {
                 assert_eq!(got, percentile_cont(&sorted, p), "n={n} p={p}");
             }
+        }
+    }
+
+    #[test]
+    fn accumulated_durations_equal_the_values_definition_below_the_limit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let values: Vec<f64> = (0..5000)
+            .map(|_| rng.random_range(0..100_000_000) as f64 / 1e6)
+            .collect();
+        let expected = DurationStats::from_values(values.clone(), Some(30.0));
+        // In two parts, merged, as a parallel scan does.
+        let (mut a, mut b) = (Durations::default(), Durations::default());
+        for (i, v) in values.iter().enumerate() {
+            if i % 3 == 0 {
+                a.push(*v, Some(30.0))
+            } else {
+                b.push(*v, Some(30.0))
+            }
+        }
+        a.merge(&b);
+        assert_eq!(a.stats(true), expected);
+    }
+
+    #[test]
+    fn above_the_limit_percentiles_are_within_one_percent_and_the_rest_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        // Long-tailed, with zeros and a few huge values.
+        let values: Vec<f64> = (0..(EXACT_PERCENTILES_UP_TO * 3))
+            .map(|i| match i % 50 {
+                0 => 0.0,
+                1 => rng.random_range(1..10_000_000_000_000i64) as f64 / 1e6,
+                _ => (rng.random::<f64>().powi(4) * 86_400.0 * 1e6).round() / 1e6,
+            })
+            .collect();
+        let exact = DurationStats::from_values(values.clone(), Some(120.0));
+        let mut parts = vec![Durations::default(); 7];
+        for (i, v) in values.iter().enumerate() {
+            parts[i % 7].push(*v, Some(120.0));
+        }
+        let mut all = Durations::default();
+        for p in &parts {
+            all.merge(p);
+        }
+        let approx = all.stats(true);
+        assert_eq!(
+            (
+                approx.count,
+                approx.mean,
+                approx.min,
+                approx.max,
+                approx.within_target
+            ),
+            (exact.count, exact.mean, exact.min, exact.max, exact.within_target)
+        );
+        for (a, e) in [
+            (approx.p50, exact.p50),
+            (approx.p90, exact.p90),
+            (approx.p95, exact.p95),
+            (approx.p99, exact.p99),
+        ] {
+            let (a, e) = (a.unwrap(), e.unwrap());
+            assert!((a - e).abs() <= 0.01 * e, "approximate {a} vs exact {e}");
         }
     }
 

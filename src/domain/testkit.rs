@@ -213,6 +213,7 @@ impl Dataset {
             customers: customers.len(),
             presence: Arc::new(presence.into_iter().map(|(_, c)| c).collect()),
             conversions: Arc::new(conversions),
+            ..Default::default()
         };
     }
 

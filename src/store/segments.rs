@@ -65,6 +65,37 @@ impl Reads {
         Ok(Self { tx, xmin })
     }
 
+    /// Exports this transaction's snapshot, so other connections read exactly the same state
+    /// ([`Reads::begin_at`]): loading runs on several connections at once.
+    pub async fn export(&mut self) -> Result<String, Error> {
+        let (id,): (String,) = sqlx::query_as("select pg_export_snapshot()")
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(id)
+    }
+
+    /// A read-only transaction on a snapshot exported by [`Reads::export`] (while the exporting
+    /// transaction is open).
+    pub async fn begin_at(pool: &PgPool, snapshot: &str, xmin: i64) -> Result<Self, Error> {
+        // Snapshot ids are hex words and dashes; anything else is not one.
+        if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::Internal(anyhow::anyhow!(
+                "not a snapshot id: {snapshot:?}"
+            )));
+        }
+        let mut tx = pool.begin().await?;
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        // SET takes no parameters; the id was checked to be hex words and dashes above.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "set transaction snapshot '{snapshot}'"
+        )))
+        .execute(&mut *tx)
+        .await?;
+        Ok(Self { tx, xmin })
+    }
+
     pub async fn finish(self) -> Result<(), Error> {
         self.tx.commit().await?;
         Ok(())
@@ -200,6 +231,22 @@ fn stored(rows: Vec<(NaiveDate, String, Vec<u8>)>) -> Vec<StoredConversation> {
             record,
         })
         .collect()
+}
+
+/// Tenants whose snapshots were written since `since` (their data was queried recently), with
+/// their latest snapshot day, most recently written first.
+pub async fn recently_queried(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<(TenantId, NaiveDate)>, Error> {
+    let rows: Vec<(TenantId, NaiveDate)> = sqlx::query_as(
+        "select tenant_id, max(segment_day) from segments where written_at > $1 \
+         group by tenant_id order by max(written_at) desc",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
 }
 
 /// Persists a segment unless a snapshot built at a later xmin is already stored (another replica

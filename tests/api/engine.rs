@@ -32,6 +32,8 @@ use crate::reference::{dataset::Dataset, kpis as reference, live as reference_li
 struct World {
     reference: Dataset,
     data: Data,
+    /// The segments' customer table (names of customer ids).
+    customers: Interner,
 }
 
 fn start() -> DateTime<Utc> {
@@ -224,6 +226,7 @@ fn build(events: &[Event]) -> World {
     conversions.sort_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
     World {
         reference,
+        customers: customers.clone(),
         data: Data {
             segments,
             symbols: Arc::new(symbols),
@@ -235,6 +238,7 @@ fn build(events: &[Event]) -> World {
                     .collect(),
             ),
             conversions: Arc::new(conversions.into_iter().map(|(_, c)| c).collect()),
+            ..Default::default()
         },
     }
 }
@@ -431,6 +435,7 @@ impl World {
             schedule,
             targets,
             cancel,
+            partials: None,
         }
     }
 }
@@ -867,4 +872,129 @@ fn every_simulated_conversation_round_trips_exactly_and_compactly() {
         record_bytes * 4 < json_bytes,
         "records {record_bytes} bytes vs JSON {json_bytes} bytes"
     );
+}
+
+/// Partial totals kept in a map, counting reuses.
+#[derive(Default)]
+struct MapStore {
+    partials: std::sync::Mutex<HashMap<partial::PartialKey, Arc<partial::Partial>>>,
+    hits: std::sync::atomic::AtomicUsize,
+}
+
+impl partial::PartialStore for MapStore {
+    fn get(&self, key: &partial::PartialKey) -> Option<Arc<partial::Partial>> {
+        let found = self.partials.lock().unwrap().get(key).cloned();
+        if found.is_some() {
+            self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        found
+    }
+
+    fn put(&self, key: partial::PartialKey, partial: Arc<partial::Partial>) {
+        self.partials.lock().unwrap().insert(key, partial);
+    }
+}
+
+impl World {
+    fn rows_with(
+        &self,
+        q: &Query,
+        schedule: Option<&Schedule>,
+        g: Grouping,
+        store: &MapStore,
+    ) -> Vec<String> {
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        Computation {
+            partials: Some(store),
+            ..self.computation(q, schedule, &targets, &cancel)
+        }
+        .run(g)
+        .unwrap()
+        .into_iter()
+        .map(|(key, k)| format!("{}: {k:?}", self.data.label(key)))
+        .collect()
+    }
+}
+
+#[test]
+fn kept_partial_totals_give_the_same_answers_and_follow_what_they_depend_on() {
+    let mut w = world();
+    w.data.tenant = 1;
+    let store = MapStore::default();
+    let schedule = schedule();
+    let plain = |w: &World, q: &Query, s, g| -> Vec<String> {
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        w.computation(q, s, &targets, &cancel)
+            .run(g)
+            .unwrap()
+            .into_iter()
+            .map(|(key, k)| format!("{}: {k:?}", w.data.label(key)))
+            .collect()
+    };
+    for case in cases() {
+        let s = case.query.business_hours.then_some(&schedule);
+        for g in groupings() {
+            let expected = plain(&w, &case.query, s, g);
+            assert_eq!(
+                w.rows_with(&case.query, s, g, &store),
+                expected,
+                "{} / {g:?} filling",
+                case.name
+            );
+            assert_eq!(
+                w.rows_with(&case.query, s, g, &store),
+                expected,
+                "{} / {g:?} reusing",
+                case.name
+            );
+        }
+    }
+    let hits = store.hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(hits > 100, "partials were reused {hits} times");
+
+    // A new conversation of a customer resolved two days earlier (a repeat contact for an
+    // interior day) and a new conversion: the kept totals of the days they affect are not reused.
+    let q = query(at(0.0), at(15.0 * 24.0), "UTC");
+    let before = w.rows_with(&q, None, Grouping::All, &store);
+    let day = (start() + Duration::days(4)).date_naive();
+    let (victim_segment, row) = w
+        .data
+        .segments
+        .iter()
+        .enumerate()
+        .find_map(|(s, seg)| (seg.day == (start() + Duration::days(2)).date_naive()).then_some((s, 0)))
+        .unwrap();
+    let mut c = Conv::default();
+    w.data.segments[victim_segment].decode(row, Parts::All, &mut c);
+    let customer = w.customers.name(c.customer).to_owned();
+    let resolved_at =
+        chatkpi::domain::time::to_datetime(c.resolved_at.expect("the day's first conversation is resolved"));
+    let repeat = derive(
+        "edge-repeat",
+        &[opened(
+            "xr-o",
+            "edge-repeat",
+            resolved_at + Duration::hours(1),
+            &customer,
+        )],
+    )
+    .unwrap();
+    let target = w
+        .data
+        .segments
+        .iter()
+        .position(|s| s.day == resolved_at.date_naive())
+        .unwrap();
+    let mut symbols = (*w.data.symbols).clone();
+    let mut customers = w.customers.clone();
+    let merged = w.data.segments[target].merge(&[repeat], 1, &mut |n| symbols.intern(n), &mut customers);
+    w.data.segments[target] = Arc::new(merged);
+    w.data.symbols = Arc::new(symbols);
+    w.data.customers = customers.len();
+    let mut days = (*w.data.conversion_days).clone();
+    days.insert(day, 1_000_000);
+    w.data.conversion_days = Arc::new(days);
+    let after = w.rows_with(&q, None, Grouping::All, &store);
+    assert_eq!(after, plain(&w, &q, None, Grouping::All));
+    assert_ne!(after, before, "the repeat contact changed the answer");
 }

@@ -115,6 +115,8 @@ impl TestApp {
             db_max_connections: 8,
             cache_bytes: 256 << 20,
             writers_per_tenant: 2,
+            warmup_days: 35,
+            warmup_secs: 10,
             shutdown_grace_secs: options.grace_secs,
         };
         let app = Application::build(&config).await.expect("build server");

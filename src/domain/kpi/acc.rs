@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::types::GroupKey;
-use crate::domain::segment::Sym;
+use crate::domain::{segment::Sym, stats::Durations};
 
 /// Running totals of one group (the inputs of [`super::finish`]).
 #[derive(Default)]
@@ -12,13 +12,13 @@ pub(super) struct Acc {
     pub conversations: u64,
     /// Messages: received, sent, delivered, read, failed.
     pub messages: [u64; 5],
-    pub frt: Vec<f64>,
-    pub bot_frt: Vec<f64>,
-    pub human_frt: Vec<f64>,
-    pub reply: Vec<f64>,
-    pub wait: Vec<f64>,
-    pub resolution: Vec<f64>,
-    pub duration: Vec<f64>,
+    pub frt: Durations,
+    pub bot_frt: Durations,
+    pub human_frt: Durations,
+    pub reply: Durations,
+    pub wait: Durations,
+    pub resolution: Durations,
+    pub duration: Durations,
     pub resolved: u64,
     pub resolutions: u64,
     pub fcr: u64,
@@ -55,16 +55,16 @@ pub(super) struct Acc {
 
 impl Acc {
     /// Adds another part's totals.
-    pub fn merge(&mut self, o: Acc) {
+    pub fn merge(&mut self, o: &Acc) {
         self.conversations += o.conversations;
         self.add_messages(&o.messages);
-        self.frt.extend(o.frt);
-        self.bot_frt.extend(o.bot_frt);
-        self.human_frt.extend(o.human_frt);
-        self.reply.extend(o.reply);
-        self.wait.extend(o.wait);
-        self.resolution.extend(o.resolution);
-        self.duration.extend(o.duration);
+        self.frt.merge(&o.frt);
+        self.bot_frt.merge(&o.bot_frt);
+        self.human_frt.merge(&o.human_frt);
+        self.reply.merge(&o.reply);
+        self.wait.merge(&o.wait);
+        self.resolution.merge(&o.resolution);
+        self.duration.merge(&o.duration);
         self.resolved += o.resolved;
         self.resolutions += o.resolutions;
         self.fcr += o.fcr;
@@ -78,23 +78,68 @@ impl Acc {
             self.ended_messages[i] += o.ended_messages[i];
             self.surveys_sent[i] += o.surveys_sent[i];
         }
-        self.csat.extend(o.csat);
-        self.nps.extend(o.nps);
-        self.ces.extend(o.ces);
+        self.csat.extend_from_slice(&o.csat);
+        self.nps.extend_from_slice(&o.nps);
+        self.ces.extend_from_slice(&o.ces);
         self.no_human_resolved += o.no_human_resolved;
         self.bot_resolutions += o.bot_resolutions;
         self.bot_involved += o.bot_involved;
         self.bot_and_human += o.bot_and_human;
-        self.customers.extend(o.customers);
-        self.converted.extend(o.converted);
-        self.attributed.extend(o.attributed);
-        self.previous_customers.extend(o.previous_customers);
-        for (tag, n) in o.tags {
-            *self.tags.entry(tag).or_default() += n;
+        self.customers.extend_from_slice(&o.customers);
+        self.converted.extend_from_slice(&o.converted);
+        self.attributed.extend_from_slice(&o.attributed);
+        self.previous_customers.extend_from_slice(&o.previous_customers);
+        for (tag, n) in &o.tags {
+            *self.tags.entry(*tag).or_default() += n;
         }
         for (mine, theirs) in self.channels.iter_mut().zip(o.channels) {
             *mine += theirs;
         }
+    }
+
+    /// Drops spare capacity (before the totals are kept).
+    pub fn shrink(&mut self) {
+        for d in [
+            &mut self.frt,
+            &mut self.bot_frt,
+            &mut self.human_frt,
+            &mut self.reply,
+            &mut self.wait,
+            &mut self.resolution,
+            &mut self.duration,
+        ] {
+            d.shrink();
+        }
+        self.csat.shrink_to_fit();
+        self.nps.shrink_to_fit();
+        self.ces.shrink_to_fit();
+        self.customers.shrink_to_fit();
+        self.converted.shrink_to_fit();
+        self.attributed.shrink_to_fit();
+        self.previous_customers.shrink_to_fit();
+        self.tags.shrink_to_fit();
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        [
+            &self.frt,
+            &self.bot_frt,
+            &self.human_frt,
+            &self.reply,
+            &self.wait,
+            &self.resolution,
+            &self.duration,
+        ]
+        .iter()
+        .map(|d| d.heap_bytes())
+        .sum::<usize>()
+            + self.csat.capacity() * 12
+            + (self.nps.capacity() + self.customers.capacity() + self.converted.capacity()) * 4
+            + (self.attributed.capacity() + self.previous_customers.capacity()) * 4
+            + self.ces.capacity() * 8
+            + self.tags.capacity() * 24
+            + std::mem::size_of::<Acc>()
     }
 
     pub fn add_messages(&mut self, counts: &[u64; 5]) {
@@ -130,11 +175,25 @@ impl Groups {
         &mut self.accs[i].1
     }
 
-    pub fn merge(mut self, other: Groups) -> Groups {
-        for (key, acc) in other.accs {
-            self.get(key).merge(acc);
+    pub fn merge(mut self, other: &Groups) -> Groups {
+        for (key, acc) in &other.accs {
+            self.get(*key).merge(acc);
         }
         self
+    }
+
+    /// Drops spare capacity (before the totals are kept).
+    pub fn shrink(&mut self) {
+        for (_, acc) in &mut self.accs {
+            acc.shrink();
+        }
+        self.accs.shrink_to_fit();
+        self.index.shrink_to_fit();
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.accs.iter().map(|(_, a)| a.heap_bytes()).sum::<usize>() + self.index.capacity() * 32
     }
 
     pub fn into_sorted(self) -> Vec<(GroupKey, Acc)> {

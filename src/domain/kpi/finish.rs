@@ -3,17 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use rayon::prelude::*;
-
 use super::{
     ConversionRec,
     acc::Acc,
-    types::{Ces, ConversionKpis, Csat, Kpis, Nps, Retention, Targets},
+    types::{Ces, ConversionKpis, Csat, Kpis, Nps, Retention},
 };
 use crate::domain::{
     event::Channel,
     intern::Interner,
-    stats::{DurationStats, mean, rate},
+    stats::{mean, rate},
 };
 
 /// A group's KPIs and its distinct customers (sorted), which a time series' next bucket needs
@@ -24,23 +22,8 @@ pub(super) struct Finished {
 }
 
 /// KPIs of one group.
-pub(super) fn finish(
-    mut a: Acc,
-    targets: &Targets,
-    symbols: &Interner,
-    conversions: &[ConversionRec],
-) -> Finished {
-    let t = targets;
-    let mut durations = duration_stats(vec![
-        (std::mem::take(&mut a.frt), None),
-        (std::mem::take(&mut a.bot_frt), Some(t.bot_frt_seconds)),
-        (std::mem::take(&mut a.human_frt), Some(t.human_frt_seconds)),
-        (std::mem::take(&mut a.reply), None),
-        (std::mem::take(&mut a.wait), None),
-        (std::mem::take(&mut a.resolution), Some(t.resolution_seconds)),
-        (std::mem::take(&mut a.duration), None),
-    ])
-    .into_iter();
+/// Within-target shares were counted as items were added (the scan knows the targets).
+pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRec]) -> Finished {
     let [received, sent, delivered, read, failed] = a.messages;
     let mut k = Kpis {
         conversations: a.conversations,
@@ -51,13 +34,13 @@ pub(super) fn finish(
         messages_failed: failed,
         delivery_rate: rate(delivered, sent),
         read_rate: rate(read, delivered),
-        first_response: durations.next().unwrap_or_default(),
-        bot_first_response: durations.next().unwrap_or_default(),
-        human_first_response: durations.next().unwrap_or_default(),
-        reply: durations.next().unwrap_or_default(),
-        wait: durations.next().unwrap_or_default(),
-        resolution: durations.next().unwrap_or_default(),
-        duration: durations.next().unwrap_or_default(),
+        first_response: std::mem::take(&mut a.frt).stats(false),
+        bot_first_response: std::mem::take(&mut a.bot_frt).stats(true),
+        human_first_response: std::mem::take(&mut a.human_frt).stats(true),
+        reply: std::mem::take(&mut a.reply).stats(false),
+        wait: std::mem::take(&mut a.wait).stats(false),
+        resolution: std::mem::take(&mut a.resolution).stats(true),
+        duration: std::mem::take(&mut a.duration).stats(false),
         resolved: a.resolved,
         resolutions: a.resolutions,
         fcr_rate: rate(a.fcr, a.resolved),
@@ -212,19 +195,4 @@ fn tags(a: &Acc, symbols: &Interner) -> Vec<(String, u64, Option<f64>)> {
         .collect();
     tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
     tags
-}
-
-/// Duration statistics of several value sets, computed in parallel when they are large.
-fn duration_stats(inputs: Vec<(Vec<f64>, Option<f64>)>) -> Vec<DurationStats> {
-    let total: usize = inputs.iter().map(|(v, _)| v.len()).sum();
-    if total < 100_000 {
-        return inputs
-            .into_iter()
-            .map(|(v, target)| DurationStats::from_values(v, target))
-            .collect();
-    }
-    inputs
-        .into_par_iter()
-        .map(|(v, target)| DurationStats::from_values(v, target))
-        .collect()
 }

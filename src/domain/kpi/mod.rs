@@ -20,6 +20,7 @@ mod filter;
 pub mod finish;
 mod joins;
 pub mod live;
+pub mod partial;
 mod route;
 mod scan;
 pub mod types;
@@ -35,7 +36,14 @@ use std::{
 use rayon::prelude::*;
 
 pub use self::types::*;
-use self::{acc::Groups, filter::Compiled, joins::Joins, route::Router, scan::Scan};
+use self::{
+    acc::Groups,
+    filter::Compiled,
+    joins::Joins,
+    partial::{Partial, PartialKey, PartialStore},
+    route::Router,
+    scan::Scan,
+};
 use super::{
     Error,
     calendar::{self, Schedule},
@@ -83,6 +91,11 @@ pub struct Data {
     pub presence: Arc<Vec<PresenceChange>>,
     /// Conversions, sorted by (time, event id).
     pub conversions: Arc<Vec<ConversionRec>>,
+    /// A version per UTC day with conversions, increased when one of its conversions arrives
+    /// (the dependency of cached partial totals on attribution, [`partial`]).
+    pub conversion_days: Arc<std::collections::BTreeMap<chrono::NaiveDate, u64>>,
+    /// The tenant's identity in the cache (partial totals of different tenants never mix).
+    pub tenant: u64,
 }
 
 impl Data {
@@ -131,6 +144,9 @@ pub struct Computation<'a> {
     pub schedule: Option<&'a Schedule>,
     pub targets: &'a Targets,
     pub cancel: &'a Cancel,
+    /// Where interior segments' totals are kept between computations (none: computed every
+    /// time).
+    pub partials: Option<&'a dyn PartialStore>,
 }
 
 impl Computation<'_> {
@@ -153,7 +169,7 @@ impl Computation<'_> {
     /// except every bucket of a time series, which is always present.
     pub fn run(&self, grouping: Grouping) -> Result<Vec<(GroupKey, Kpis)>, Error> {
         let scan = self.scan(grouping);
-        let mut groups = self.scan_parts(&scan)?;
+        let mut groups = self.scan_parts(&scan, grouping)?;
         let buckets = match grouping {
             Grouping::Series(g) => {
                 calendar::buckets(self.query.time_zone, g, scan.window.start, scan.window.end)
@@ -168,7 +184,7 @@ impl Computation<'_> {
         let mut out: Vec<(GroupKey, finish::Finished)> = groups
             .into_sorted()
             .into_par_iter()
-            .map(|(key, acc)| (key, finish::finish(acc, self.targets, &d.symbols, &d.conversions)))
+            .map(|(key, acc)| (key, finish::finish(acc, &d.symbols, &d.conversions)))
             .collect();
         if let Grouping::Series(_) = grouping {
             series_retention(&mut out);
@@ -234,25 +250,100 @@ impl Computation<'_> {
         }
     }
 
-    /// Scans the relevant segments in parallel parts and merges their groups. Each worker
-    /// folds the parts it takes into one set of groups, so totals are merged (and value lists
-    /// copied) once per worker, not once per part.
-    fn scan_parts(&self, scan: &Scan<'_>) -> Result<Groups, Error> {
+    /// Everything about the question that changes a segment's totals, except the window.
+    fn shape(&self, grouping: Grouping) -> Arc<str> {
+        let q = self.query;
+        let mut kinds = q.conversion_kinds.clone();
+        kinds.sort();
+        let schedule = if q.business_hours {
+            format!("{:?}", self.schedule)
+        } else {
+            String::new()
+        };
+        format!(
+            "{grouping:?}|{:?}|{}|{schedule}|{:?}|{:?}|{kinds:?}|{}|{:?}",
+            q.filters,
+            q.business_hours,
+            q.repeat_window,
+            q.attribution_window,
+            q.time_zone.name(),
+            self.targets
+        )
+        .into()
+    }
+
+    fn partial_key(&self, seg: &Segment, shape: &Arc<str>) -> PartialKey {
+        let q = self.query;
+        let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
+        let b = &seg.bounds;
+        PartialKey {
+            tenant: self.data.tenant,
+            shape: shape.clone(),
+            segment: seg.version,
+            opens_version: if repeat > 0 {
+                partial::opens_version(
+                    &self.data.segments,
+                    b.active.start,
+                    b.active.end.saturating_add(repeat),
+                )
+            } else {
+                0
+            },
+            conversions_version: partial::conversions_version(
+                &self.data.conversion_days,
+                b.opened.start,
+                b.opened.end.saturating_add(attribution),
+            ),
+        }
+    }
+
+    /// Totals of every relevant segment, merged. Interior segments (entirely inside the
+    /// window) come whole from the partial store or are computed whole and stored; the others
+    /// are scanned in parts. Work runs in parallel; each worker folds the parts it takes into
+    /// one set of groups, so value lists are merged once per worker, not once per part.
+    fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
         let segments = &self.data.segments;
-        let parts: Vec<(usize, std::ops::Range<usize>)> = segments
-            .iter()
-            .enumerate()
-            .filter(|(_, seg)| {
-                seg.bounds.active_in(scan.window.start, scan.window.end)
-                    || seg.bounds.opened_in(scan.previous.start, scan.previous.end)
+        let (w, previous) = (scan.window, scan.previous);
+        let shape = self.shape(grouping);
+        let mut cached: Vec<Arc<Partial>> = Vec::new();
+        let mut whole: Vec<(usize, PartialKey)> = Vec::new();
+        let mut parts: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (s, seg) in segments.iter().enumerate() {
+            let b = &seg.bounds;
+            if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
+                continue;
+            }
+            if b.active.start >= w.start && b.active.end < w.end {
+                let key = self.partial_key(seg, &shape);
+                match self.partials.and_then(|store| store.get(&key)) {
+                    Some(p) => cached.push(p),
+                    None => whole.push((s, key)),
+                }
+            } else {
+                parts.extend(
+                    (0..seg.len())
+                        .step_by(PART_ROWS)
+                        .map(|start| (s, start..(start + PART_ROWS).min(seg.len()))),
+                );
+            }
+        }
+        let computed: Vec<Arc<Partial>> = whole
+            .into_par_iter()
+            .map(|(s, key)| {
+                self.cancel.check()?;
+                let seg = &segments[s];
+                let mut groups = Groups::default();
+                scan.part(seg, 0..seg.len(), &mut groups, &mut scan::Scratch::default());
+                groups.shrink();
+                let partial = Arc::new(Partial(groups));
+                if let Some(store) = self.partials {
+                    store.put(key, partial.clone());
+                }
+                Ok(partial)
             })
-            .flat_map(|(s, seg)| {
-                (0..seg.len())
-                    .step_by(PART_ROWS)
-                    .map(move |start| (s, start..(start + PART_ROWS).min(seg.len())))
-            })
-            .collect();
-        parts
+            .collect::<Result<_, Error>>()?;
+        let mut groups = parts
             .into_par_iter()
             .try_fold(
                 || (Groups::default(), scan::Scratch::default()),
@@ -263,7 +354,11 @@ impl Computation<'_> {
                 },
             )
             .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
-            .try_reduce(Groups::default, |a, b| Ok(a.merge(b)))
+            .try_reduce(Groups::default, |a, b| Ok(a.merge(&b)))?;
+        for p in cached.iter().chain(&computed) {
+            groups = groups.merge(&p.0);
+        }
+        Ok(groups)
     }
 }
 
@@ -335,6 +430,14 @@ impl Reads {
         Reads {
             active: vec![window],
             opened,
+            ..Reads::default()
+        }
+    }
+
+    /// Every conversation with an item in `span` (a warm-up of recent days).
+    pub fn active(span: Span) -> Reads {
+        Reads {
+            active: vec![span],
             ..Reads::default()
         }
     }

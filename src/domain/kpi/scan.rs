@@ -151,7 +151,7 @@ impl Scan<'_> {
                 *a.tags.entry(*t).or_default() += 1;
             }
             if let Some(w) = wait {
-                a.wait.push(w);
+                a.wait.push(w, None);
             }
             if c.has_customer_message {
                 a.with_customer_message += 1;
@@ -183,11 +183,12 @@ impl Scan<'_> {
         if let Some(r) = c.first_response().filter(|r| self.filters.agent(r.agent)) {
             self.router.route(c, c.opened_at, r.agent, keys);
             let seconds = self.comp.measure(r.span());
+            let t = self.comp.targets;
             for k in keys.iter() {
                 let a = groups.get(*k);
-                a.frt.push(seconds);
+                a.frt.push(seconds, None);
                 if r.agent == 0 {
-                    a.bot_frt.push(seconds);
+                    a.bot_frt.push(seconds, Some(t.bot_frt_seconds));
                 }
             }
         }
@@ -195,7 +196,10 @@ impl Scan<'_> {
             self.router.route(c, c.opened_at, h.agent, keys);
             let seconds = self.comp.measure(h.span());
             for k in keys.iter() {
-                groups.get(*k).human_frt.push(seconds);
+                groups
+                    .get(*k)
+                    .human_frt
+                    .push(seconds, Some(self.comp.targets.human_frt_seconds));
             }
         }
     }
@@ -233,7 +237,7 @@ impl Scan<'_> {
             self.router.route(c, r.at, r.agent, keys);
             let seconds = self.comp.measure(r.span());
             for k in keys.iter() {
-                groups.get(*k).reply.push(seconds);
+                groups.get(*k).reply.push(seconds, None);
             }
         }
     }
@@ -273,7 +277,8 @@ impl Scan<'_> {
         for k in keys.iter() {
             let a = groups.get(*k);
             a.resolved += 1;
-            a.resolution.push(seconds);
+            a.resolution
+                .push(seconds, Some(self.comp.targets.resolution_seconds));
             a.reopened += u64::from(c.reopen_count > 0);
             a.repeat += u64::from(repeat);
             a.fcr += u64::from(c.reopen_count == 0 && !repeat);
@@ -296,7 +301,7 @@ impl Scan<'_> {
                 *sum += u64::from(n);
             }
             if let Some(s) = seconds {
-                a.duration.push(s);
+                a.duration.push(s, None);
             }
         }
     }

@@ -35,6 +35,7 @@ mod live {
             schedule,
             targets: &targets,
             cancel: &cancel,
+            partials: None,
         })
     }
 
@@ -201,6 +202,7 @@ fn compute(ds: &Dataset, q: &Query, grouping: Grouping) -> Vec<(GroupKey, Kpis)>
     Computation {
         data: ds.data(),
         cancel: &Cancel::default(),
+        partials: None,
         query: q,
         schedule: None,
         targets: &Targets::default(),
@@ -750,6 +752,7 @@ fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
     let plain = Computation {
         data: ds.data(),
         cancel: &Cancel::default(),
+        partials: None,
         query: &q,
         schedule: Some(&schedule),
         targets: &targets,
@@ -765,6 +768,7 @@ fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
     let open = Computation {
         data: ds.data(),
         cancel: &Cancel::default(),
+        partials: None,
         query: &q,
         schedule: Some(&schedule),
         targets: &targets,

@@ -17,7 +17,7 @@ pub mod snapshot;
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
 use chrono::NaiveDate;
@@ -90,10 +90,16 @@ impl Bounds {
     }
 }
 
+/// Source of [`Segment::version`]s.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
 /// One day of a tenant's conversations; see the module doc.
 #[derive(Debug)]
 pub struct Segment {
     pub day: NaiveDate,
+    /// Unique to this segment value, and larger than every version before it (a process-wide
+    /// counter): what was computed from a segment stays valid while its version is the same.
+    pub version: u64,
     /// Conversation ids in row order (sorted), concatenated; `id_ends[row]` ends row `row`.
     ids: Vec<u8>,
     id_ends: Vec<u32>,
@@ -125,6 +131,7 @@ impl Segment {
     fn empty(day: NaiveDate, as_of: i64) -> Self {
         Segment {
             day,
+            version: VERSIONS.fetch_add(1, Ordering::Relaxed),
             ids: Vec::new(),
             id_ends: Vec::new(),
             opened_at: Vec::new(),

@@ -3,8 +3,10 @@
 //!
 //! Layout: magic and version, the day, the database xmin the segment is complete for, the
 //! segment-local symbol names, then per row its conversation id, customer name, hot columns and
-//! blob. Loading maps names to the loading tenant's ids and checks every row, so a damaged
-//! snapshot is refused (and rebuilt from the conversation records) instead of giving wrong
+//! blob; last, a CRC-32 of everything before it. Loading is two steps: [`parse`] reads and
+//! verifies the bytes (no tenant state needed, so it can run in parallel with other work), and
+//! [`Parsed::attach`] maps names and customers to the loading tenant's ids. A damaged snapshot
+//! is refused (and the day rebuilt from its conversation records) instead of giving wrong
 //! numbers. A snapshot is derived data: deleting it loses nothing.
 
 use chrono::{Datelike, NaiveDate};
@@ -16,7 +18,7 @@ use crate::domain::{
     time::{OPEN_END, Span},
 };
 
-const MAGIC: &[u8; 4] = b"CKS1";
+const MAGIC: &[u8; 4] = b"CKS2";
 
 /// A snapshot that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,22 +51,28 @@ pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
         );
         w.bytes(segment.blob(row));
     }
+    let crc = crc32fast::hash(&w.buf);
+    w.buf.extend_from_slice(&crc.to_le_bytes());
     w.buf
 }
 
-/// Loads a snapshot for `day`; `symbols` gives the tenant id of a symbol name and customers are
-/// interned into the tenant's table.
-pub fn decode(
-    day: NaiveDate,
-    bytes: &[u8],
-    symbols: &mut impl FnMut(&str) -> u32,
-    customers: &mut Interner,
-) -> Result<Segment, CorruptSnapshot> {
+/// A verified snapshot whose names are not yet mapped to a tenant's ids.
+pub struct Parsed {
+    segment: Segment,
+    /// The body, and each row's customer name in it (start, end).
+    body: Vec<u8>,
+    customers: Vec<(u32, u32)>,
+}
+
+/// Reads and verifies a snapshot of `day`.
+pub fn parse(day: NaiveDate, body: Vec<u8>) -> Result<Parsed, CorruptSnapshot> {
     let corrupt = || CorruptSnapshot(day);
-    if bytes.get(..4) != Some(MAGIC.as_slice()) {
+    let content = body.len().checked_sub(4).ok_or_else(corrupt)?;
+    let crc = u32::from_le_bytes(body[content..].try_into().map_err(|_| corrupt())?);
+    if body.get(..4) != Some(MAGIC.as_slice()) || crc32fast::hash(&body[..content]) != crc {
         return Err(corrupt());
     }
-    let mut r = Reader::new(&bytes[4..]);
+    let mut r = Reader::new(&body[4..content]);
     let stored_day = NaiveDate::from_num_days_from_ce_opt(r.i32());
     let as_of = r.i64();
     if stored_day != Some(day) {
@@ -72,15 +80,17 @@ pub fn decode(
     }
     let mut segment = Segment::empty(day, as_of);
     for _ in 0..r.count() {
-        let name = r.str();
-        segment.names.push(name.into());
-        segment.tenant_syms.push(symbols(name));
+        segment.names.push(r.str().into());
     }
     let rows = r.count();
-    segment.reserve(rows, bytes.len());
+    segment.reserve(rows, body.len());
+    let mut customers = Vec::with_capacity(rows);
     for _ in 0..rows {
         let id = r.str();
-        let customer = customers.intern(r.str());
+        let name = r.bytes();
+        // Where the name lies in the body (attached to the tenant's customers later).
+        let start = name.as_ptr() as usize - body.as_ptr() as usize;
+        customers.push((start as u32, (start + name.len()) as u32));
         let opened_at = r.i64();
         let active = Span {
             start: r.time(opened_at),
@@ -96,12 +106,42 @@ pub fn decode(
             active,
             live_until,
         };
-        segment.push(id, hot, customer, blob);
+        segment.push(id, hot, 0, blob);
     }
-    if r.is_corrupt() || !r.at_end() || !segment.check() {
+    if r.is_corrupt() || !r.at_end() {
         return Err(corrupt());
     }
-    segment.shrink();
-    segment.unpersisted = 0.into();
-    Ok(segment)
+    Ok(Parsed {
+        segment,
+        body,
+        customers,
+    })
+}
+
+impl Parsed {
+    /// The segment with the tenant's ids: `symbols` gives the id of a symbol name, customers
+    /// are interned into the tenant's table.
+    pub fn attach(mut self, symbols: &mut impl FnMut(&str) -> u32, customers: &mut Interner) -> Segment {
+        let seg = &mut self.segment;
+        seg.tenant_syms = std::iter::once(0)
+            .chain(seg.names[1..].iter().map(|n| symbols(n)))
+            .collect();
+        for (row, (start, end)) in self.customers.iter().enumerate() {
+            let name = std::str::from_utf8(&self.body[*start as usize..*end as usize]).unwrap_or("");
+            seg.customer[row] = customers.intern(name);
+        }
+        seg.shrink();
+        seg.unpersisted = 0.into();
+        self.segment
+    }
+}
+
+/// [`parse`] and [`Parsed::attach`] in one step.
+pub fn decode(
+    day: NaiveDate,
+    bytes: &[u8],
+    symbols: &mut impl FnMut(&str) -> u32,
+    customers: &mut Interner,
+) -> Result<Segment, CorruptSnapshot> {
+    Ok(parse(day, bytes.to_vec())?.attach(symbols, customers))
 }

@@ -1,0 +1,68 @@
+//! Segments' totals kept between computations.
+//!
+//! A segment whose conversations all lie inside a query's window (their first and last events
+//! included) contributes the same totals whatever the window's exact bounds: every one of its
+//! items is placed, and none is in the window before. Such an *interior* segment's totals for one
+//! question shape (grouping, filters, business hours, lookaheads, kinds, time zone, targets) are
+//! kept in a [`PartialStore`] and reused by later computations, so a dashboard asking about the
+//! last 30 days scans only the days at the window's edges.
+//!
+//! The totals stay valid while what they were computed from is unchanged, and all of it is in
+//! the [`PartialKey`]: the segment's version, the newest version of the segments whose openings
+//! the repeat-contact check reads (opened up to a repeat window after the segment's last event),
+//! and the newest version of the conversion days its attribution reads.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use chrono::NaiveDate;
+
+use super::acc::Groups;
+use crate::domain::{
+    segment::Segment,
+    time::{Micros, to_datetime},
+};
+
+/// A segment's totals for one question shape.
+pub struct Partial(pub(super) Groups);
+
+impl Partial {
+    /// Heap bytes held (for the cache's budget).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.heap_bytes()
+    }
+}
+
+/// What a segment's totals were computed from (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PartialKey {
+    /// The tenant's cache identity (ids of names differ between tenants and generations).
+    pub tenant: u64,
+    /// Everything about the question that changes the totals, except the window.
+    pub shape: Arc<str>,
+    pub segment: u64,
+    pub opens_version: u64,
+    pub conversions_version: u64,
+}
+
+/// Keeps partial totals between computations (the query cache implements it, within its byte
+/// budget).
+pub trait PartialStore: Send + Sync {
+    fn get(&self, key: &PartialKey) -> Option<Arc<Partial>>;
+    fn put(&self, key: PartialKey, partial: Arc<Partial>);
+}
+
+/// The newest version of the segments opened in `[from, to]` (0 when none).
+pub(super) fn opens_version(segments: &[Arc<Segment>], from: Micros, to: Micros) -> u64 {
+    segments
+        .iter()
+        .filter(|s| s.bounds.opened_in(from, to.saturating_add(1)))
+        .map(|s| s.version)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The newest version of the conversion days (UTC) touching `[from, to]` (0 when none).
+pub(super) fn conversions_version(days: &BTreeMap<NaiveDate, u64>, from: Micros, to: Micros) -> u64 {
+    let (first, last) = (to_datetime(from).date_naive(), to_datetime(to).date_naive());
+    days.range(first..=last).map(|(_, v)| *v).max().unwrap_or(0)
+}

@@ -147,7 +147,19 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn u64(&mut self) -> u64 {
+        // Most values (symbols, counts, small deltas) fit one byte.
+        if let Some(&byte) = self.buf.get(self.pos)
+            && byte < 0x80
+        {
+            self.pos += 1;
+            return u64::from(byte);
+        }
+        self.u64_long()
+    }
+
+    fn u64_long(&mut self) -> u64 {
         let mut value = 0u64;
         let mut shift = 0;
         loop {

@@ -147,14 +147,27 @@ impl Durations {
         }
     }
 
-    fn spill_if_large(&mut self) {
-        if self.values.len() > EXACT_PERCENTILES_UP_TO {
+    /// Makes room for `total` values before parts are merged in: a histogram straight away
+    /// when they will not stay exact, otherwise space for every value.
+    pub fn prepare(&mut self, total: u64) {
+        if self.histogram.is_some() {
+            return;
+        }
+        if total as usize > EXACT_PERCENTILES_UP_TO {
             let mut h = Box::new(LogHistogram::new());
             for v in self.values.drain(..) {
                 h.add(v, 1);
             }
             self.values = Vec::new();
             self.histogram = Some(h);
+        } else {
+            self.values.reserve(total as usize);
+        }
+    }
+
+    fn spill_if_large(&mut self) {
+        if self.values.len() > EXACT_PERCENTILES_UP_TO {
+            self.prepare(self.values.len() as u64);
         }
     }
 

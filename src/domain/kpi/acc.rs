@@ -1,7 +1,9 @@
 //! Running totals of one group of items, and the groups of one part of a scan. Every aggregate
 //! is order-independent, so parts scanned in parallel merge into the same answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use rayon::prelude::*;
 
 use super::types::GroupKey;
 use crate::domain::{segment::Sym, stats::Durations};
@@ -97,31 +99,29 @@ impl Acc {
         }
     }
 
-    /// Drops spare capacity (before the totals are kept).
+    /// Drops spare capacity and repeated customers and conversions (before the totals are
+    /// kept: every customer list is read as a set, [`super::finish`]).
     pub fn shrink(&mut self) {
-        for d in [
-            &mut self.frt,
-            &mut self.bot_frt,
-            &mut self.human_frt,
-            &mut self.reply,
-            &mut self.wait,
-            &mut self.resolution,
-            &mut self.duration,
-        ] {
+        for d in self.durations_mut() {
             d.shrink();
         }
         self.csat.shrink_to_fit();
         self.nps.shrink_to_fit();
         self.ces.shrink_to_fit();
-        self.customers.shrink_to_fit();
-        self.converted.shrink_to_fit();
-        self.attributed.shrink_to_fit();
-        self.previous_customers.shrink_to_fit();
+        for set in [
+            &mut self.customers,
+            &mut self.converted,
+            &mut self.attributed,
+            &mut self.previous_customers,
+        ] {
+            set.sort_unstable();
+            set.dedup();
+            set.shrink_to_fit();
+        }
         self.tags.shrink_to_fit();
     }
 
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
+    fn durations(&self) -> [&Durations; 7] {
         [
             &self.frt,
             &self.bot_frt,
@@ -131,9 +131,42 @@ impl Acc {
             &self.resolution,
             &self.duration,
         ]
-        .iter()
-        .map(|d| d.heap_bytes())
-        .sum::<usize>()
+    }
+
+    fn durations_mut(&mut self) -> [&mut Durations; 7] {
+        [
+            &mut self.frt,
+            &mut self.bot_frt,
+            &mut self.human_frt,
+            &mut self.reply,
+            &mut self.wait,
+            &mut self.resolution,
+            &mut self.duration,
+        ]
+    }
+
+    /// The totals of `parts` together. Space for all of them is made first, so values are
+    /// copied once (into a histogram straight away when a KPI has more values than stay exact).
+    fn merge_all(parts: &[&Acc]) -> Acc {
+        let mut all = Acc::default();
+        for (i, d) in all.durations_mut().into_iter().enumerate() {
+            d.prepare(parts.iter().map(|p| p.durations()[i].count()).sum());
+        }
+        let total = |list: fn(&Acc) -> usize| parts.iter().map(|p| list(p)).sum::<usize>();
+        all.customers.reserve(total(|a| a.customers.len()));
+        all.converted.reserve(total(|a| a.converted.len()));
+        all.attributed.reserve(total(|a| a.attributed.len()));
+        all.previous_customers
+            .reserve(total(|a| a.previous_customers.len()));
+        for p in parts {
+            all.merge(p);
+        }
+        all
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.durations().iter().map(|d| d.heap_bytes()).sum::<usize>()
             + self.csat.capacity() * 12
             + (self.nps.capacity() + self.customers.capacity() + self.converted.capacity()) * 4
             + (self.attributed.capacity() + self.previous_customers.capacity()) * 4
@@ -175,11 +208,32 @@ impl Groups {
         &mut self.accs[i].1
     }
 
-    pub fn merge(mut self, other: &Groups) -> Groups {
-        for (key, acc) in &other.accs {
-            self.get(*key).merge(acc);
+    /// The groups of every part together, each group merged on its own thread.
+    pub fn merge_all(parts: &[&Groups]) -> Groups {
+        let mut keys: Vec<GroupKey> = Vec::new();
+        let mut seen: HashSet<GroupKey> = HashSet::new();
+        for part in parts {
+            for (key, _) in &part.accs {
+                if seen.insert(*key) {
+                    keys.push(*key);
+                }
+            }
         }
-        self
+        let accs: Vec<(GroupKey, Acc)> = keys
+            .into_par_iter()
+            .map(|key| {
+                let of_key: Vec<&Acc> = parts
+                    .iter()
+                    .filter_map(|part| part.index.get(&key).map(|i| &part.accs[*i].1))
+                    .collect();
+                (key, Acc::merge_all(&of_key))
+            })
+            .collect();
+        Groups {
+            index: accs.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect(),
+            accs,
+            last: None,
+        }
     }
 
     /// Drops spare capacity (before the totals are kept).

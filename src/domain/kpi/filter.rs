@@ -42,6 +42,16 @@ impl Compiled {
         }
     }
 
+    /// Whether nothing is filtered.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_none()
+            && self.inboxes.is_none()
+            && self.teams.is_none()
+            && self.agents.is_none()
+            && self.tags.is_none()
+            && self.priorities.is_none()
+    }
+
     /// Conversation-level match, every filter (agent = the conversation's agent).
     pub fn conversation(&self, c: &Conv) -> bool {
         self.conversation_except_agent(c) && self.agent(c.agent)

@@ -95,7 +95,9 @@ pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
 }
 
 fn sorted_distinct(mut v: Vec<u32>) -> Vec<u32> {
-    v.sort_unstable();
+    // Stable sort: it merges the sorted runs that kept partial totals hold instead of sorting
+    // from scratch.
+    v.sort();
     v.dedup();
     v
 }

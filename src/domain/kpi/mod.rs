@@ -42,7 +42,7 @@ use self::{
     joins::Joins,
     partial::{Partial, PartialKey, PartialStore},
     route::Router,
-    scan::Scan,
+    scan::{Scan, Select},
 };
 use super::{
     Error,
@@ -272,7 +272,7 @@ impl Computation<'_> {
         .into()
     }
 
-    fn partial_key(&self, seg: &Segment, shape: &Arc<str>) -> PartialKey {
+    fn partial_key(&self, seg: &Segment, shape: &Arc<str>, rows: usize) -> PartialKey {
         let q = self.query;
         let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
         let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
@@ -281,6 +281,7 @@ impl Computation<'_> {
             tenant: self.data.tenant,
             shape: shape.clone(),
             segment: seg.version,
+            rows,
             opens_version: if repeat > 0 {
                 partial::opens_version(
                     &self.data.segments,
@@ -298,43 +299,58 @@ impl Computation<'_> {
         }
     }
 
-    /// Totals of every relevant segment, merged. Interior segments (entirely inside the
-    /// window) come whole from the partial store or are computed whole and stored; the others
-    /// are scanned in parts. Work runs in parallel; each worker folds the parts it takes into
-    /// one set of groups, so value lists are merged once per worker, not once per part.
+    /// Totals of every relevant segment, merged. A segment that begins inside the window keeps
+    /// the totals of its rows that also end inside it ([`partial`]): they come from the partial
+    /// store or are computed whole and stored. Every other row is scanned in parts. Work runs
+    /// in parallel; each worker folds the parts it takes into one set of groups, so value lists
+    /// are merged once per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
         let segments = &self.data.segments;
         let (w, previous) = (scan.window, scan.previous);
         let shape = self.shape(grouping);
         let mut cached: Vec<Arc<Partial>> = Vec::new();
-        let mut whole: Vec<(usize, PartialKey)> = Vec::new();
-        let mut parts: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        let mut to_keep: Vec<(usize, PartialKey)> = Vec::new();
+        let mut parts: Vec<(usize, std::ops::Range<usize>, Select)> = Vec::new();
         for (s, seg) in segments.iter().enumerate() {
             let b = &seg.bounds;
             if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
                 continue;
             }
-            if b.active.start >= w.start && b.active.end < w.end {
-                let key = self.partial_key(seg, &shape);
-                match self.partials.and_then(|store| store.get(&key)) {
-                    Some(p) => cached.push(p),
-                    None => whole.push((s, key)),
+            let mut rest = Select::All;
+            if b.active.start >= w.start {
+                let settled = seg.active_end.iter().filter(|end| **end < w.end).count();
+                if settled > 0 {
+                    let key = self.partial_key(seg, &shape, settled);
+                    match self.partials.and_then(|store| store.get(&key)) {
+                        Some(p) => cached.push(p),
+                        None => to_keep.push((s, key)),
+                    }
                 }
-            } else {
-                parts.extend(
-                    (0..seg.len())
-                        .step_by(PART_ROWS)
-                        .map(|start| (s, start..(start + PART_ROWS).min(seg.len()))),
-                );
+                if settled == seg.len() {
+                    continue;
+                }
+                rest = Select::EndingFrom(w.end);
             }
+            parts.extend(
+                (0..seg.len())
+                    .step_by(PART_ROWS)
+                    .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
+            );
         }
-        let computed: Vec<Arc<Partial>> = whole
+        let computed: Vec<Arc<Partial>> = to_keep
             .into_par_iter()
             .map(|(s, key)| {
                 self.cancel.check()?;
                 let seg = &segments[s];
                 let mut groups = Groups::default();
-                scan.part(seg, 0..seg.len(), &mut groups, &mut scan::Scratch::default());
+                let settled = Select::EndingBefore(w.end);
+                scan.part(
+                    seg,
+                    0..seg.len(),
+                    settled,
+                    &mut groups,
+                    &mut scan::Scratch::default(),
+                );
                 groups.shrink();
                 let partial = Arc::new(Partial(groups));
                 if let Some(store) = self.partials {
@@ -343,22 +359,24 @@ impl Computation<'_> {
                 Ok(partial)
             })
             .collect::<Result<_, Error>>()?;
-        let mut groups = parts
+        let scanned: Vec<Groups> = parts
             .into_par_iter()
             .try_fold(
                 || (Groups::default(), scan::Scratch::default()),
-                |(mut groups, mut scratch), (s, rows)| {
+                |(mut groups, mut scratch), (s, rows, select)| {
                     self.cancel.check()?;
-                    scan.part(&segments[s], rows, &mut groups, &mut scratch);
+                    scan.part(&segments[s], rows, select, &mut groups, &mut scratch);
                     Ok((groups, scratch))
                 },
             )
             .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
-            .try_reduce(Groups::default, |a, b| Ok(a.merge(&b)))?;
-        for p in cached.iter().chain(&computed) {
-            groups = groups.merge(&p.0);
-        }
-        Ok(groups)
+            .collect::<Result<_, Error>>()?;
+        let all: Vec<&Groups> = scanned
+            .iter()
+            .chain(cached.iter().chain(&computed).map(|p| &p.0))
+            .collect();
+        self.cancel.check()?;
+        Ok(Groups::merge_all(&all))
     }
 }
 

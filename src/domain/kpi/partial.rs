@@ -1,16 +1,21 @@
 //! Segments' totals kept between computations.
 //!
-//! A segment whose conversations all lie inside a query's window (their first and last events
-//! included) contributes the same totals whatever the window's exact bounds: every one of its
-//! items is placed, and none is in the window before. Such an *interior* segment's totals for one
-//! question shape (grouping, filters, business hours, lookaheads, kinds, time zone, targets) are
-//! kept in a [`PartialStore`] and reused by later computations, so a dashboard asking about the
-//! last 30 days scans only the days at the window's edges.
+//! A conversation that lies inside a query's window (its first and last events included)
+//! contributes the same totals whatever the window's exact bounds: every one of its items is
+//! placed, and none is in the window before. For a segment that begins inside the window, the
+//! totals of its rows that end before the window's end are kept, per question shape (grouping,
+//! filters, business hours, lookaheads, kinds, time zone, targets), in a [`PartialStore`] and
+//! reused by later computations; only the rows still active at the window's end, and the
+//! segments at its start, are scanned again. A dashboard asking about the last 30 days scans the
+//! conversations at the window's edges, not the month.
 //!
+//! The rows ending before an instant are determined by their number (a segment's set of rows
+//! ending before `t` only grows with `t`), so the key holds that number, not the window's end,
+//! and windows ending at different instants share the totals while no row ends between them.
 //! The totals stay valid while what they were computed from is unchanged, and all of it is in
-//! the [`PartialKey`]: the segment's version, the newest version of the segments whose openings
-//! the repeat-contact check reads (opened up to a repeat window after the segment's last event),
-//! and the newest version of the conversion days its attribution reads.
+//! the [`PartialKey`]: the segment's version and rows, the newest version of the segments whose
+//! openings the repeat-contact check reads (opened up to a repeat window after the segment's
+//! last event), and the newest version of the conversion days its attribution reads.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -40,6 +45,8 @@ pub struct PartialKey {
     /// Everything about the question that changes the totals, except the window.
     pub shape: Arc<str>,
     pub segment: u64,
+    /// How many of the segment's rows (those ending first) the totals cover.
+    pub rows: usize,
     pub opens_version: u64,
     pub conversions_version: u64,
 }

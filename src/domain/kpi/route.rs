@@ -50,6 +50,14 @@ impl Router {
         self.slots[i.saturating_sub(1)]
     }
 
+    /// Whether an item's group depends on its time alone (not on the conversation).
+    pub fn by_time_only(&self) -> bool {
+        matches!(
+            self.grouping,
+            Grouping::All | Grouping::Series(_) | Grouping::By(Dimension::HourOfDay | Dimension::DayOfWeek)
+        )
+    }
+
     /// Whether every time in `[a, b]` goes to the same group: then a conversation's items can be
     /// counted at once instead of one by one.
     pub fn same_group(&self, a: Micros, b: Micros) -> bool {

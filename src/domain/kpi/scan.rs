@@ -47,6 +47,26 @@ pub(super) struct Scan<'a> {
     pub conversions: &'a [ConversionRec],
 }
 
+/// Which rows of a segment a part covers, by the end of their active span: a segment that
+/// begins inside the window keeps the totals of its rows that end inside it
+/// ([`super::partial`]) and scans the others on every computation.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Select {
+    All,
+    EndingBefore(Micros),
+    EndingFrom(Micros),
+}
+
+impl Select {
+    fn takes(self, seg: &Segment, row: usize) -> bool {
+        match self {
+            Select::All => true,
+            Select::EndingBefore(t) => seg.active_end[row] < t,
+            Select::EndingFrom(t) => seg.active_end[row] >= t,
+        }
+    }
+}
+
 /// Reusable buffers of one part.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -58,14 +78,33 @@ pub(super) struct Scratch {
 impl Scan<'_> {
     /// Whether a row can hold an item of this computation, from its hot columns alone.
     fn relevant(&self, seg: &Segment, row: usize) -> bool {
-        let (opened, start, end) = (seg.opened_at[row], seg.active_start[row], seg.active_end[row]);
-        (start < self.window.end && end >= self.window.start) || self.previous.contains(opened)
+        self.active_in_window(seg, row) || self.previous.contains(seg.opened_at[row])
     }
 
-    /// Scans `rows` of `seg` into `groups`.
-    pub fn part(&self, seg: &Segment, rows: Range<usize>, groups: &mut Groups, scratch: &mut Scratch) {
+    fn active_in_window(&self, seg: &Segment, row: usize) -> bool {
+        seg.active_start[row] < self.window.end && seg.active_end[row] >= self.window.start
+    }
+
+    /// Scans the `select`ed rows among `rows` of `seg` into `groups`.
+    pub fn part(
+        &self,
+        seg: &Segment,
+        rows: Range<usize>,
+        select: Select,
+        groups: &mut Groups,
+        scratch: &mut Scratch,
+    ) {
+        let hot_previous = self.filters.is_empty() && self.router.by_time_only();
         for row in rows {
-            if !self.relevant(seg, row) {
+            if !select.takes(seg, row) || !self.relevant(seg, row) {
+                continue;
+            }
+            if hot_previous && !self.active_in_window(seg, row) {
+                // Only a customer of the window before: with nothing filtered and groups by
+                // time, its opening time and customer (hot columns) are all that counts.
+                let c = &mut scratch.conv;
+                (c.opened_at, c.customer) = (seg.opened_at[row], seg.customer[row]);
+                self.previous_customers(c, groups, &mut scratch.keys);
                 continue;
             }
             let parts = if self.needs_messages(seg, row) {

@@ -3,8 +3,8 @@
 //!
 //! [`Durations`] accumulates one KPI of one group. Count, mean, min, max and the share within a
 //! target are always exact. Percentiles are exact while the group has at most
-//! [`EXACT_PERCENTILES_UP_TO`] items; above that, every value is counted in a log-bucket
-//! histogram (buckets 2 % wide) and percentiles come from it with less than 1 % relative error
+//! [`EXACT_PERCENTILES_UP_TO`] items; above that, every value is counted in a log-linear
+//! histogram ([`LogHistogram`]) and percentiles come from it with less than 1 % relative error
 //! (METRICS.md §5 allows 1 %). Which one applies depends only on the group's item count, so
 //! the same question always gets the same answer.
 
@@ -242,21 +242,27 @@ fn exact_percentiles(values: &mut [f64]) -> [f64; 4] {
     })
 }
 
-/// Counts of non-negative durations in logarithmic buckets: bucket `i` holds
-/// `[1e-6 * 1.02^i, 1e-6 * 1.02^(i+1))` seconds, plus one bucket for zero. A bucket's
-/// representative, its geometric middle, is within 1 % of every value in it.
+/// Counts of non-negative durations in log-linear buckets (as HdrHistogram and DDSketch do):
+/// every power of two `[2^e, 2^(e+1))` is cut into 64 equal buckets, so a bucket is at most
+/// 1/64 of its lower bound wide and its midpoint, the representative, is within 0.8 % of every
+/// value in it. A value's bucket is read off its IEEE 754 bits (exponent and top six mantissa
+/// bits), without a logarithm. Zero has its own bucket.
 #[derive(Debug, Clone)]
 pub struct LogHistogram {
     zero: u64,
     buckets: Vec<u64>,
 }
 
-/// Bucket width.
-const BASE: f64 = 1.02;
-/// The smallest positive duration: one microsecond.
-const SMALLEST: f64 = 1e-6;
-/// Buckets up to 1e-6 * 1.02^1900 s (about 6e10 s): longer than any span between valid dates.
-const BUCKETS: usize = 1900;
+/// Buckets per power of two (as bits of the mantissa).
+const SUB_BITS: u32 = 6;
+/// The mantissa bits below a bucket's.
+const SHIFT: u32 = 52 - SUB_BITS;
+/// `(exponent, top mantissa bits)` of 2^-20 s (just under one microsecond, the smallest
+/// positive duration): bucket 0.
+const FIRST: u64 = (1023 - 20) << SUB_BITS;
+/// 56 powers of two, up to 2^36 s (about 2,000 years): longer than any span between valid
+/// instants.
+const BUCKETS: usize = 56 << SUB_BITS;
 
 impl LogHistogram {
     const BYTES: usize = BUCKETS * 8 + 16;
@@ -269,7 +275,7 @@ impl LogHistogram {
     }
 
     fn index(v: f64) -> Option<usize> {
-        (v > 0.0).then(|| (((v / SMALLEST).ln() / BASE.ln()).floor().max(0.0) as usize).min(BUCKETS - 1))
+        (v > 0.0).then(|| ((v.to_bits() >> SHIFT).saturating_sub(FIRST) as usize).min(BUCKETS - 1))
     }
 
     fn add(&mut self, v: f64, n: u64) {
@@ -286,8 +292,10 @@ impl LogHistogram {
         }
     }
 
+    /// The midpoint of bucket `i`.
     fn representative(i: usize) -> f64 {
-        SMALLEST * BASE.powf(i as f64 + 0.5)
+        let bound = |i: usize| f64::from_bits((i as u64 + FIRST) << SHIFT);
+        (bound(i) + bound(i + 1)) / 2.0
     }
 
     /// Approximate p50, p90, p95 and p99 of `n` values within `[min, max]`.

@@ -83,10 +83,19 @@ pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRe
 /// Retention (METRICS.md §5): the share of `previous` customers (sorted, distinct) found in
 /// `current` (sorted, distinct).
 pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
-    let retained = previous
-        .iter()
-        .filter(|c| current.binary_search(c).is_ok())
-        .count() as u64;
+    // Both sorted: one walk through both.
+    let (mut retained, mut i, mut j) = (0u64, 0, 0);
+    while i < previous.len() && j < current.len() {
+        match previous[i].cmp(&current[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                retained += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
     Retention {
         previous_customers: previous.len() as u64,
         retained,
@@ -94,11 +103,28 @@ pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
     }
 }
 
+/// Distinct ids of `v`, sorted. Customer ids are dense (interned in arrival order), so a list
+/// that is large next to its largest id goes through a bitset in linear time; a sparse one is
+/// sorted.
 fn sorted_distinct(mut v: Vec<u32>) -> Vec<u32> {
-    // Stable sort: it merges the sorted runs that kept partial totals hold instead of sorting
-    // from scratch.
-    v.sort();
-    v.dedup();
+    let universe = v.iter().max().map_or(0, |m| *m as usize + 1);
+    if universe / 64 > v.len() * 4 {
+        v.sort_unstable();
+        v.dedup();
+        return v;
+    }
+    let mut bits = vec![0u64; universe.div_ceil(64)];
+    for id in &v {
+        bits[*id as usize / 64] |= 1 << (id % 64);
+    }
+    v.clear();
+    for (w, word) in bits.iter().enumerate() {
+        let mut rest = *word;
+        while rest != 0 {
+            v.push((w * 64) as u32 + rest.trailing_zeros());
+            rest &= rest - 1;
+        }
+    }
     v
 }
 
@@ -197,4 +223,26 @@ fn tags(a: &Acc, symbols: &Interner) -> Vec<(String, u64, Option<f64>)> {
         .collect();
     tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
     tags
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sorted_distinct;
+
+    #[test]
+    fn distinct_ids_are_the_same_through_the_bitset_and_the_sort() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        // Dense (bitset) and sparse (sort) lists, with repeats.
+        for (n, universe) in [(0, 1), (1, 1), (5_000, 3_000), (5_000, 10_000_000), (100, 70)] {
+            let v: Vec<u32> = (0..n).map(|_| rng.random_range(0..universe)).collect();
+            let expected: Vec<u32> = v
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            assert_eq!(sorted_distinct(v), expected, "n={n} universe={universe}");
+        }
+    }
 }

@@ -21,19 +21,20 @@ struct Csr<T> {
 impl<T: Copy + Default> Csr<T> {
     /// Groups `(customer, item)` pairs; items of one customer keep their input order.
     fn build(customers: usize, pairs: &[(u32, T)]) -> Self {
+        // Counts, summed up to each customer's end; filled backwards, each customer's end
+        // moves down to its start.
         let mut starts = vec![0u32; customers + 1];
         for (c, _) in pairs {
-            starts[*c as usize + 1] += 1;
+            starts[*c as usize] += 1;
         }
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
         }
-        let mut next = starts.clone();
         let mut items = vec![T::default(); pairs.len()];
-        for (c, item) in pairs {
-            let slot = &mut next[*c as usize];
+        for (c, item) in pairs.iter().rev() {
+            let slot = &mut starts[*c as usize];
+            *slot -= 1;
             items[*slot as usize] = *item;
-            *slot += 1;
         }
         Self { starts, items }
     }
@@ -51,7 +52,7 @@ impl<T: Copy + Default> Csr<T> {
 
 /// The per-customer lookups of one computation.
 pub(super) struct Joins {
-    /// Open times of the conversations opened in the lookahead range, per customer, sorted.
+    /// Open times of the conversations opened in the lookahead range, per customer.
     opens: Csr<Micros>,
     /// Zero disables the repeat check (METRICS.md §5).
     repeat_window: Micros,
@@ -92,11 +93,7 @@ impl Joins {
                 }
             }
         }
-        let mut opens = Csr::build(customers, &opens);
-        for c in 0..customers {
-            let (a, b) = (opens.starts[c] as usize, opens.starts[c + 1] as usize);
-            opens.items[a..b].sort_unstable();
-        }
+        let opens = Csr::build(customers, &opens);
         let first = conversions.partition_point(|c| c.at < conversion_range.start);
         let pairs: Vec<(u32, u32)> = conversions[first..]
             .iter()

@@ -28,7 +28,7 @@ pub mod types;
 use std::{
     collections::HashSet,
     sync::{
-        Arc,
+        Arc, LazyLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -40,9 +40,9 @@ use self::{
     acc::Groups,
     filter::Compiled,
     joins::Joins,
-    partial::{Partial, PartialKey, PartialStore},
+    partial::{KeptRows, Partial, PartialKey, PartialStore},
     route::Router,
-    scan::{Scan, Select},
+    scan::{LazyJoins, Scan, Select},
 };
 use super::{
     Error,
@@ -221,22 +221,26 @@ impl Computation<'_> {
         });
         let repeat_window = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
         let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
-        let joins = Joins::new(
-            &self.data.segments,
-            self.data.customers,
-            Span {
-                start: window.start,
-                end: window.end.saturating_add(repeat_window),
-            },
-            repeat_window,
-            &self.data.conversions,
-            Span {
-                start: window.start,
-                end: window.end.saturating_add(attribution),
-            },
-            kinds.as_ref(),
-            attribution,
-        );
+        // Built on first use: when every row comes from kept totals, no lookup is needed.
+        let data = self.data;
+        let joins: LazyJoins<'_> = LazyLock::new(Box::new(move || {
+            Joins::new(
+                &data.segments,
+                data.customers,
+                Span {
+                    start: window.start,
+                    end: window.end.saturating_add(repeat_window),
+                },
+                repeat_window,
+                &data.conversions,
+                Span {
+                    start: window.start,
+                    end: window.end.saturating_add(attribution),
+                },
+                kinds.as_ref(),
+                attribution,
+            )
+        }));
         Scan {
             comp: self,
             grouping,
@@ -272,7 +276,7 @@ impl Computation<'_> {
         .into()
     }
 
-    fn partial_key(&self, seg: &Segment, shape: &Arc<str>, rows: usize) -> PartialKey {
+    fn partial_key(&self, seg: &Segment, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
         let q = self.query;
         let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
         let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
@@ -300,8 +304,9 @@ impl Computation<'_> {
     }
 
     /// Totals of every relevant segment, merged. A segment that begins inside the window keeps
-    /// the totals of its rows that also end inside it ([`partial`]): they come from the partial
-    /// store or are computed whole and stored. Every other row is scanned in parts. Work runs
+    /// the totals of its rows that also end inside it, and one opened in the window before those
+    /// of its rows that end before the window ([`partial`]): they come from the partial store or
+    /// are computed whole and stored. Every other row is scanned in parts. Work runs
     /// in parallel; each worker folds the parts it takes into one set of groups, so value lists
     /// are merged once per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
@@ -309,27 +314,39 @@ impl Computation<'_> {
         let (w, previous) = (scan.window, scan.previous);
         let shape = self.shape(grouping);
         let mut cached: Vec<Arc<Partial>> = Vec::new();
-        let mut to_keep: Vec<(usize, PartialKey)> = Vec::new();
+        let mut to_keep: Vec<(usize, PartialKey, Select)> = Vec::new();
         let mut parts: Vec<(usize, std::ops::Range<usize>, Select)> = Vec::new();
         for (s, seg) in segments.iter().enumerate() {
             let b = &seg.bounds;
             if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
                 continue;
             }
+            // The rows whose totals can be kept, if any, and where the others begin.
+            let keep = if b.active.start >= w.start {
+                Some((KeptRows::Inside as fn(usize) -> KeptRows, w.end))
+            } else if !matches!(grouping, Grouping::Series(_))
+                && b.opened.start >= previous.start
+                && b.opened.end < w.start
+            {
+                // (A series keys previous customers to its first bucket: not kept.)
+                Some((KeptRows::Before as fn(usize) -> KeptRows, w.start))
+            } else {
+                None
+            };
             let mut rest = Select::All;
-            if b.active.start >= w.start {
-                let settled = seg.active_end.iter().filter(|end| **end < w.end).count();
-                if settled > 0 {
-                    let key = self.partial_key(seg, &shape, settled);
+            if let Some((rows, end)) = keep {
+                let ending_before = seg.active_end.iter().filter(|e| **e < end).count();
+                if ending_before > 0 {
+                    let key = self.partial_key(seg, &shape, rows(ending_before));
                     match self.partials.and_then(|store| store.get(&key)) {
                         Some(p) => cached.push(p),
-                        None => to_keep.push((s, key)),
+                        None => to_keep.push((s, key, Select::EndingBefore(end))),
                     }
                 }
-                if settled == seg.len() {
+                if ending_before == seg.len() {
                     continue;
                 }
-                rest = Select::EndingFrom(w.end);
+                rest = Select::EndingFrom(end);
             }
             parts.extend(
                 (0..seg.len())
@@ -339,18 +356,12 @@ impl Computation<'_> {
         }
         let computed: Vec<Arc<Partial>> = to_keep
             .into_par_iter()
-            .map(|(s, key)| {
+            .map(|(s, key, select)| {
                 self.cancel.check()?;
                 let seg = &segments[s];
                 let mut groups = Groups::default();
-                let settled = Select::EndingBefore(w.end);
-                scan.part(
-                    seg,
-                    0..seg.len(),
-                    settled,
-                    &mut groups,
-                    &mut scan::Scratch::default(),
-                );
+                let mut scratch = scan::Scratch::default();
+                scan.part(seg, 0..seg.len(), select, &mut groups, &mut scratch);
                 groups.shrink();
                 let partial = Arc::new(Partial(groups));
                 if let Some(store) = self.partials {

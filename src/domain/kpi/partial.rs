@@ -9,6 +9,10 @@
 //! segments at its start, are scanned again. A dashboard asking about the last 30 days scans the
 //! conversations at the window's edges, not the month.
 //!
+//! Likewise, a segment opened in the window before (retention's previous customers) keeps the
+//! totals of its rows that end before the window: they hold only previous customers, which do
+//! not depend on where exactly the window before begins or the window ends.
+//!
 //! The rows ending before an instant are determined by their number (a segment's set of rows
 //! ending before `t` only grows with `t`), so the key holds that number, not the window's end,
 //! and windows ending at different instants share the totals while no row ends between them.
@@ -45,10 +49,19 @@ pub struct PartialKey {
     /// Everything about the question that changes the totals, except the window.
     pub shape: Arc<str>,
     pub segment: u64,
-    /// How many of the segment's rows (those ending first) the totals cover.
-    pub rows: usize,
+    /// Which of the segment's rows the totals cover.
+    pub rows: KeptRows,
     pub opens_version: u64,
     pub conversions_version: u64,
+}
+
+/// The rows of a segment whose totals are kept: a number of those ending first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeptRows {
+    /// Rows ending inside the window, of a segment that begins inside it.
+    Inside(usize),
+    /// Rows ending before the window, of a segment opened in the window before.
+    Before(usize),
 }
 
 /// Keeps partial totals between computations (the query cache implements it, within its byte

@@ -14,7 +14,7 @@
 //! | survey sends ([`Scan::survey_sends`]) | the send's time | the conversation's agent |
 //! | survey answers ([`Scan::surveys`]) | the answer's time | the credited agent |
 
-use std::ops::Range;
+use std::{ops::Range, sync::LazyLock};
 
 use super::{
     Computation, ConversionRec,
@@ -31,13 +31,16 @@ use crate::domain::{
     time::{Micros, Span},
 };
 
+/// Per-customer lookups built on first use.
+pub(super) type LazyJoins<'a> = LazyLock<Joins, Box<dyn FnOnce() -> Joins + Send + 'a>>;
+
 /// What every part of one computation's scan shares.
 pub(super) struct Scan<'a> {
     pub comp: &'a Computation<'a>,
     pub grouping: Grouping,
     pub filters: Compiled,
     pub router: Router,
-    pub joins: Joins,
+    pub joins: LazyJoins<'a>,
     /// The query window.
     pub window: Span,
     /// The window before, for retention's previous customers.

@@ -335,7 +335,11 @@ impl Computation<'_> {
             };
             let mut rest = Select::All;
             if let Some((rows, end)) = keep {
-                let ending_before = seg.active_end.iter().filter(|e| **e < end).count();
+                let ending_before = if b.active.end < end {
+                    seg.len()
+                } else {
+                    seg.active_end.iter().filter(|e| **e < end).count()
+                };
                 if ending_before > 0 {
                     let key = self.partial_key(seg, &shape, rows(ending_before));
                     match self.partials.and_then(|store| store.get(&key)) {

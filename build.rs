@@ -8,7 +8,11 @@ use std::{env, path::PathBuf};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(env::var("OUT_DIR")?);
     let descriptor = out.join("chatkpi_descriptor.bin");
-    let protos = ["proto/chatkpi/v1/events.proto", "proto/chatkpi/v1/metrics.proto"];
+    let protos = [
+        "proto/chatkpi/v1/events.proto",
+        "proto/chatkpi/v1/metrics.proto",
+        "proto/chatkpi/v1/admin.proto",
+    ];
 
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor)

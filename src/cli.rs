@@ -1,17 +1,20 @@
-//! The non-server subcommands: migrate, reproject and tenant management.
+//! The non-server subcommands: migrate, reproject, tenant and key management, erasure. Errors
+//! keep their cause chain (printed by `main`).
 
 use std::time::Instant;
 
+use anyhow::Context;
+
 use crate::{
+    app::admin::AdminService,
     config::{DatabaseArgs, TenantCommand},
+    domain::tenant::Scope,
     store,
 };
 
 async fn migrated_pool(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> {
-    let pool = store::lazy_pool(&database.database_url, 2).map_err(|e| anyhow::anyhow!("{e}"))?;
-    store::migrate(&pool)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot migrate: {e}"))?;
+    let pool = store::lazy_pool(&database.database_url, 2)?;
+    store::migrate(&pool).await.context("cannot migrate")?;
     Ok(pool)
 }
 
@@ -27,15 +30,13 @@ pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::
     let pool = migrated_pool(database).await?;
     let tenants = match tenant {
         Some(t) => vec![t],
-        None => store::events::tenants(&pool)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => store::events::tenants(&pool).await?,
     };
     for t in tenants {
         let started = Instant::now();
         let n = store::events::reproject(&pool, t, 2000)
             .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .with_context(|| format!("cannot reproject tenant {t}"))?;
         println!(
             "tenant {t}: {n} conversations recomputed in {:.1} s",
             started.elapsed().as_secs_f64()
@@ -44,24 +45,69 @@ pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::
     Ok(())
 }
 
-/// `chatkpi tenant ...`: prints `tenant_id=<id>` and `api_key=<key>` lines (easy to parse).
+/// `chatkpi tenant ...`: prints `key=value` lines (easy to parse).
 pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { database, name } => {
             let pool = migrated_pool(database).await?;
-            let (tenant, key) = store::tenants::create_tenant(&pool, name)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (tenant, key) = store::tenants::create_tenant(&pool, name).await?;
             println!("tenant_id={tenant}");
             println!("api_key={}", key.plaintext);
         }
-        TenantCommand::AddKey { database, tenant } => {
+        TenantCommand::AddKey {
+            database,
+            tenant,
+            scopes,
+            label,
+        } => {
             let pool = migrated_pool(database).await?;
-            let key = store::tenants::create_key(&pool, *tenant)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let scopes = if scopes.is_empty() {
+                Scope::ALL.to_vec()
+            } else {
+                scopes.clone()
+            };
+            let key = store::tenants::create_key(&pool, *tenant, &scopes, label).await?;
             println!("tenant_id={tenant}");
+            println!("key_id={}", crate::domain::tenant::key_id(&key.hash));
+            println!(
+                "scopes={}",
+                scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+            );
             println!("api_key={}", key.plaintext);
+        }
+        TenantCommand::ListKeys { database, tenant } => {
+            let pool = migrated_pool(database).await?;
+            println!("key_id\tscopes\tcreated_at\trevoked_at\tlabel");
+            for k in store::tenants::list_keys(&pool, *tenant).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    k.key_id,
+                    k.scopes.join(","),
+                    k.created_at.to_rfc3339(),
+                    k.revoked_at.map_or("-".to_owned(), |t| t.to_rfc3339()),
+                    k.label
+                );
+            }
+        }
+        TenantCommand::RevokeKey {
+            database,
+            tenant,
+            key_id,
+        } => {
+            let pool = migrated_pool(database).await?;
+            store::tenants::revoke_key(&pool, *tenant, key_id).await?;
+            println!("revoked key_id={key_id} (servers refuse it within 5 s)");
+        }
+        TenantCommand::EraseCustomer {
+            database,
+            tenant,
+            customer,
+        } => {
+            let pool = migrated_pool(database).await?;
+            let erased = AdminService::new(pool).erase_customer(*tenant, customer).await?;
+            println!("conversations={}", erased.conversations);
+            println!("events={}", erased.events);
+            println!("conversions={}", erased.conversions);
         }
     }
     Ok(())

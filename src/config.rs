@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::domain::tenant::Scope;
+
 /// chatkpi: helpdesk KPIs from customer-support conversation events, over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "chatkpi", version, about)]
@@ -84,6 +86,78 @@ pub struct ServeConfig {
     /// seconds, before the server stops anyway.
     #[arg(long, env = "CHATKPI_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`), on its own port; none when
+    /// unset.
+    #[arg(long, env = "CHATKPI_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Optional TLS for the gRPC listener (plaintext when neither is given).
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain of the server.
+    #[arg(long, env = "CHATKPI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of the server.
+    #[arg(long, env = "CHATKPI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+}
+
+/// What one client, connection or tenant may use (README, Limits).
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Longest a unary call may run, in seconds (DEADLINE_EXCEEDED after it; its work stops).
+    #[arg(long, env = "CHATKPI_REQUEST_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_secs: u64,
+    /// Calls served at the same time, all clients together; more are refused at once with
+    /// RESOURCE_EXHAUSTED (health and reflection are not counted).
+    #[arg(long, env = "CHATKPI_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_requests: u32,
+    /// Open TCP connections; more are closed as they arrive.
+    #[arg(long, env = "CHATKPI_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Seconds a new connection has to send its first bytes (the HTTP/2 preface or a TLS
+    /// hello) before it is closed.
+    #[arg(long, env = "CHATKPI_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub handshake_timeout_secs: u64,
+    /// Seconds a connection may stay open without any call in progress before it is closed.
+    #[arg(long, env = "CHATKPI_IDLE_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout_secs: u64,
+    /// Concurrent calls and streams on one HTTP/2 connection.
+    #[arg(long, env = "CHATKPI_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_streams_per_connection: u32,
+    /// Open streams (StreamEvents, ListConversations, WatchOverview) of one tenant.
+    #[arg(long, env = "CHATKPI_MAX_STREAMS_PER_TENANT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams_per_tenant: u32,
+    /// Open WatchOverview streams of one tenant (part of its streams).
+    #[arg(long, env = "CHATKPI_MAX_WATCHERS_PER_TENANT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_watchers_per_tenant: u32,
+    /// Events one tenant may send per second (bursts up to twice as many).
+    #[arg(long, env = "CHATKPI_TENANT_EVENTS_PER_SEC", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_events_per_sec: u32,
+    /// KPI calls one tenant may make per second (bursts up to twice as many).
+    #[arg(long, env = "CHATKPI_TENANT_QUERIES_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub tenant_queries_per_sec: u32,
+    /// Failed authentications one client address may make per minute; beyond, its calls are
+    /// refused without looking the key up.
+    #[arg(long, env = "CHATKPI_AUTH_FAILURES_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for Limits {
+    /// The defaults of the flags (and the `CHATKPI_*` variables that are set).
+    fn default() -> Self {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        Only::parse_from(["chatkpi"]).limits
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,14 +170,54 @@ pub enum TenantCommand {
         #[arg(long)]
         name: String,
     },
-    /// Print a new API key for an existing tenant (key rotation).
+    /// Print a new API key for an existing tenant (key rotation, or a key limited to some
+    /// scopes).
     AddKey {
         #[command(flatten)]
         database: DatabaseArgs,
         /// The tenant id.
         #[arg(long)]
         tenant: i64,
+        /// What the key may do: ingest (EventService), read (MetricsService), admin
+        /// (AdminService, UpdateSettings). Repeat or separate with commas; default: all three.
+        #[arg(long = "scope", value_delimiter = ',', value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        /// A note shown by list-keys (who the key is for).
+        #[arg(long, default_value = "")]
+        label: String,
     },
+    /// List a tenant's keys: id, scopes, label, created, revoked (never the secret).
+    ListKeys {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+    },
+    /// Revoke a key by the id list-keys shows; servers refuse it within 5 seconds.
+    RevokeKey {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        /// The key's id (12 hex digits).
+        #[arg(long)]
+        key_id: String,
+    },
+    /// Erase one customer of a tenant: their conversations, events and conversions are deleted
+    /// (the same as AdminService.EraseCustomer).
+    EraseCustomer {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        /// The customer id as sent in the events.
+        #[arg(long)]
+        customer: String,
+    },
+}
+
+fn parse_scope(text: &str) -> Result<Scope, String> {
+    Scope::parse(text.trim()).ok_or_else(|| format!("unknown scope {text:?} (ingest, read, admin)"))
 }
 
 /// Parses a size: a number of bytes, optionally followed by a unit (KiB, MiB, GiB, TiB; KB,

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod edge;
 pub mod grpc;
 pub mod startup;
 pub mod store;

@@ -18,7 +18,7 @@ use chatkpi::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Cli::parse();
-    telemetry::init(args.log_format);
+    let _telemetry = telemetry::init(args.log_format);
     match &args.command {
         Command::Serve(config) => {
             Application::build(config)

@@ -6,18 +6,25 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    app::{App, AppConfig},
-    config::ServeConfig,
-    grpc::{events::EventsApi, metrics::MetricsApi, pb},
-    store,
+    app::{App, AppConfig, limits::LimitSettings},
+    config::{Limits, ServeConfig},
+    edge::{
+        conn::{self, ConnLimits},
+        rpc::{RpcLayer, RpcLimits},
+    },
+    grpc::{admin::AdminApi, events::EventsApi, metrics::MetricsApi, pb},
+    store, telemetry,
 };
 
-/// How often the health task checks that the database still answers.
-const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the health task checks that the database still answers: health follows an outage
+/// within about a second.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the health check waits for the database before calling it unreachable.
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
 /// Largest accepted request message (a 1000-event batch is well under 1 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -28,6 +35,9 @@ pub struct Application {
     app: Arc<App>,
     grace: Duration,
     warmup: (u32, Duration),
+    limits: Limits,
+    tls: Option<ServerTlsConfig>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl Application {
@@ -39,20 +49,45 @@ impl Application {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let pool = store::lazy_pool(&config.database.database_url, config.db_max_connections)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let l = &config.limits;
         let app = Arc::new(App::new(
             pool.clone(),
             &AppConfig {
                 max_batch: config.max_batch as usize,
                 writers_per_tenant: config.writers_per_tenant as usize,
                 cache_bytes: config.cache_bytes,
+                limits: LimitSettings {
+                    events_per_sec: l.tenant_events_per_sec,
+                    queries_per_sec: l.tenant_queries_per_sec,
+                    streams_per_tenant: l.max_streams_per_tenant as usize,
+                    watchers_per_tenant: l.max_watchers_per_tenant as usize,
+                    auth_failures_per_minute: l.auth_failures_per_minute,
+                },
             },
         ));
+        let tls = match (&config.tls.tls_cert, &config.tls.tls_key) {
+            (Some(cert), Some(key)) => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+                };
+                let identity = Identity::from_pem(read(cert)?, read(key)?);
+                Some(
+                    ServerTlsConfig::new()
+                        .identity(identity)
+                        .timeout(Duration::from_secs(l.handshake_timeout_secs)),
+                )
+            }
+            _ => None,
+        };
         Ok(Self {
             listener,
             pool,
             app,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             warmup: (config.warmup_days, Duration::from_secs(config.warmup_secs)),
+            limits: config.limits.clone(),
+            tls,
+            metrics_listen: config.metrics_listen,
         })
     }
 
@@ -85,7 +120,13 @@ impl Application {
 
         let metrics =
             pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.app.clone()));
+        let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(self.app.clone()));
 
+        if let Some(addr) = self.metrics_listen {
+            telemetry::serve_metrics(addr).context("cannot serve metrics")?;
+            tracing::info!(%addr, "metrics at http://{addr}/metrics");
+        }
+        let gauges = tokio::spawn(sample_gauges(self.app.clone(), self.pool.clone()));
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
             self.app.clone(),
@@ -100,16 +141,33 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let mut drain_signal = stop_rx.clone();
-        let incoming = TcpIncoming::from(self.listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)));
-        let server = Server::builder()
+        let l = &self.limits;
+        let incoming = conn::incoming(
+            self.listener,
+            ConnLimits {
+                max_connections: l.max_connections as usize,
+                handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
+                idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+            },
+        );
+        let mut builder = Server::builder()
+            .max_concurrent_streams(l.max_streams_per_connection)
+            .layer(RpcLayer::new(&RpcLimits {
+                max_concurrent: l.max_concurrent_requests as usize,
+                timeout: Duration::from_secs(l.request_timeout_secs),
+            }));
+        if let Some(tls) = self.tls {
+            builder = builder
+                .tls_config(tls)
+                .context("invalid TLS certificate or key")?;
+        }
+        let server = builder
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(events)
             .add_service(metrics)
-            // TCP_NODELAY: small answers go out at once, not after the peer's delayed ACK (40 ms).
+            .add_service(admin)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = drain_signal.wait_for(|stop| *stop).await;
             });
@@ -132,17 +190,34 @@ impl Application {
             }
         };
         readiness.abort();
+        gauges.abort();
         self.pool.close().await;
         tracing::info!("chatkpi stopped");
         result
     }
 }
 
+/// Sets the gauges the metrics endpoint shows, every second.
+async fn sample_gauges(app: Arc<App>, pool: PgPool) {
+    loop {
+        metrics::gauge!("chatkpi_write_queue_batches").set(app.ingest.queued() as f64);
+        metrics::gauge!("chatkpi_query_cache_bytes").set(app.kpis.cache().bytes() as f64);
+        let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
+        metrics::gauge!("chatkpi_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("chatkpi_db_pool_connections", "state" => "in_use").set(size - idle);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status("chatkpi.v1.EventService", status)
-        .await;
+    for service in [
+        "chatkpi.v1.EventService",
+        "chatkpi.v1.MetricsService",
+        "chatkpi.v1.AdminService",
+    ] {
+        reporter.set_service_status(service, status).await;
+    }
 }
 
 /// Migrates as soon as the database answers, then keeps health in step with reachability.
@@ -168,9 +243,10 @@ async fn watch_database(pool: PgPool, app: Arc<App>, warmup: (u32, Duration), re
     ready.set(true);
     set_status(&reporter, ServingStatus::Serving).await;
     let mut serving = true;
+    let mut probe = store::Probe::new(&pool);
     loop {
         tokio::time::sleep(HEALTH_INTERVAL).await;
-        let up = store::ping(&pool).await;
+        let up = probe.ping(HEALTH_TIMEOUT).await;
         if up != serving {
             serving = up;
             ready.set(up);

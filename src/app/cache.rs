@@ -125,6 +125,9 @@ struct TenantState {
     recent_side_events: HashMap<Box<str>, i64>,
     version: u64,
     persisted_at: HashMap<NaiveDate, Instant>,
+    /// The tenant's erasure counter when the state was read (`None` before the first refresh):
+    /// when the database's moves, the state is rebuilt (a deletion leaves no changed row).
+    erasures: Option<i64>,
 }
 
 impl TenantState {
@@ -143,6 +146,7 @@ impl TenantState {
             recent_side_events: HashMap::new(),
             version: 0,
             persisted_at: HashMap::new(),
+            erasures: None,
         }
     }
 
@@ -317,8 +321,20 @@ impl QueryCache {
         reads: &Reads,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
+        let mut state = state;
         let mut db = store::Reads::begin(&self.pool).await?;
         let xmin = db.xmin;
+        let erasures = db.erasures(tenant).await?;
+        if state.erasures.is_some_and(|seen| seen != erasures) {
+            // A customer was erased: start the tenant afresh (a new generation: nothing cached
+            // before is found again).
+            tracing::info!(
+                tenant,
+                "customer erased since the last refresh, rebuilding the tenant's data"
+            );
+            *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
+        }
+        state.erasures = Some(erasures);
         let (changed, days, side) = match state.xmin {
             Some(since) => (
                 db.changed_since(tenant, since).await?,
@@ -363,6 +379,8 @@ impl QueryCache {
                 state.version += 1;
             }
             let (picked, missing) = cache.pick(&state, &reads_owned);
+            metrics::counter!("chatkpi_query_cache_hits_total").increment(picked.len() as u64);
+            metrics::counter!("chatkpi_query_cache_misses_total").increment(missing.len() as u64);
             Ok((state, picked, missing, side))
         })
         .await?;
@@ -604,6 +622,7 @@ impl QueryCache {
             state.persisted_at.insert(seg.day, Instant::now());
             let (cache, seg, customers, tenant) =
                 (self.clone(), seg.clone(), state.customers.clone(), state.tenant);
+            let erasures = state.erasures.unwrap_or(0);
             tokio::spawn(async move {
                 let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
                     return;
@@ -614,7 +633,13 @@ impl QueryCache {
                 };
                 let result = match encoded {
                     Ok(body) => {
-                        store::save_snapshot(&cache.pool, tenant, seg.day, seg.as_of, seg.len(), &body).await
+                        let snapshot = store::Snapshot {
+                            day: seg.day,
+                            built_xmin: seg.as_of,
+                            rows: seg.len(),
+                            erasures,
+                        };
+                        store::save_snapshot(&cache.pool, tenant, &snapshot, &body).await
                     }
                     Err(err) => Err(Error::Internal(anyhow::Error::new(err))),
                 };

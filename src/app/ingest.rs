@@ -63,7 +63,7 @@ impl<S: EventStore> IngestService<S> {
         }
     }
 
-    /// Batches waiting to be written, over all tenants.
+    /// Batches waiting to be written, over all tenants (a metric).
     pub fn queued(&self) -> usize {
         self.writer.queued()
     }
@@ -107,13 +107,21 @@ impl<S: EventStore> IngestService<S> {
                     Outcome::Duplicate
                 }
             });
-            match outcome {
+            match &outcome {
                 Outcome::Accepted => out.accepted += 1,
                 Outcome::Duplicate => out.duplicates += 1,
-                Outcome::Rejected(_) => out.rejected += 1,
+                Outcome::Rejected(err) => {
+                    out.rejected += 1;
+                    metrics::counter!("chatkpi_events_total", "outcome" => "rejected", "field" => field_label(&err.field))
+                        .increment(1);
+                }
             }
             out.outcomes.push(outcome);
         }
+        metrics::counter!("chatkpi_events_total", "outcome" => "accepted", "field" => "")
+            .increment(u64::from(out.accepted));
+        metrics::counter!("chatkpi_events_total", "outcome" => "duplicate", "field" => "")
+            .increment(u64::from(out.duplicates));
         tracing::debug!(
             tenant,
             events = inputs.len(),
@@ -123,5 +131,39 @@ impl<S: EventStore> IngestService<S> {
             "batch stored"
         );
         Ok(out)
+    }
+}
+
+/// A rejection's field as a metric label: indexes dropped (`tags_changed.added[3]` ->
+/// `tags_changed.added[]`), so the label set stays small.
+fn field_label(field: &str) -> String {
+    let mut label = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                label.push('[');
+            }
+            ']' => {
+                in_index = false;
+                label.push(']');
+            }
+            _ if in_index => {}
+            c => label.push(c),
+        }
+    }
+    label
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn field_labels_drop_indexes() {
+        assert_eq!(
+            super::field_label("tags_changed.added[12]"),
+            "tags_changed.added[]"
+        );
+        assert_eq!(super::field_label("occurred_at"), "occurred_at");
     }
 }

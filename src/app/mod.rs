@@ -4,12 +4,16 @@
 //!   per-tenant write queues of [`writer`];
 //! - [`kpis`]: answer KPI questions (settings, preconditions, scorecards, streams) from the
 //!   query [`cache`];
-//! - [`keys`]: resolve API keys to tenants.
+//! - [`keys`]: resolve API keys to tenants and scopes;
+//! - [`admin`]: erase a customer;
+//! - [`limits`]: per-tenant and per-client rates and open streams.
 
+pub mod admin;
 pub mod cache;
 pub mod ingest;
 pub mod keys;
 pub mod kpis;
+pub mod limits;
 pub mod writer;
 
 use std::sync::{
@@ -53,6 +57,8 @@ pub struct AppConfig {
     pub writers_per_tenant: usize,
     /// Query cache budget in bytes.
     pub cache_bytes: u64,
+    /// Per-tenant and per-client limits.
+    pub limits: limits::LimitSettings,
 }
 
 /// Every use case, sharing one pool.
@@ -60,6 +66,8 @@ pub struct App {
     pub ingest: ingest::IngestService,
     pub kpis: kpis::KpiService,
     pub keys: keys::KeyService,
+    pub admin: admin::AdminService,
+    pub limits: limits::Limits,
     pub ready: Readiness,
 }
 
@@ -77,7 +85,9 @@ impl App {
                 pool.clone(),
                 cache::QueryCache::new(pool.clone(), config.cache_bytes),
             ),
-            keys: keys::KeyService::new(pool),
+            keys: keys::KeyService::new(pool.clone()),
+            admin: admin::AdminService::new(pool),
+            limits: limits::Limits::new(&config.limits),
             ready,
         }
     }

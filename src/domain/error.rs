@@ -16,6 +16,17 @@ pub enum Error {
     /// Missing, malformed or unknown API key.
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// A valid key without the scope the call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// A limit of the tenant, the client or the server is reached; `retry_after` says when a
+    /// retry can succeed, when that is known.
+    #[error("{message}")]
+    ResourceExhausted {
+        limit: &'static str,
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     /// The client went away or its deadline passed: the work was stopped.
     #[error("cancelled")]
     Cancelled,
@@ -28,6 +39,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error of one batch of a stream: an invalid argument's field path is prefixed with
+    /// the batch's id (`batch_id 7: events[3].occurred_at`).
+    pub fn in_batch(self, batch_id: impl std::fmt::Display) -> Self {
+        match self {
+            Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+                field: format!("batch_id {batch_id}: {field}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             field: field.into(),

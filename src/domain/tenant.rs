@@ -11,6 +11,37 @@ use sha2::{Digest, Sha256};
 /// A tenant's numeric id.
 pub type TenantId = i64;
 
+/// What a key may do (README, API keys). A call needs one scope: EventService `ingest`,
+/// MetricsService `read` (UpdateSettings `admin`), AdminService `admin`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    Ingest,
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Ingest, Scope::Read, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Ingest => "ingest",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// A key's public identifier: the first 12 hex digits of its hash (listing and revoking never
+/// need the secret).
+pub fn key_id(hash: &[u8]) -> String {
+    hex::encode(&hash[..hash.len().min(6)])
+}
+
 const PREFIX: &str = "ck_";
 
 /// A freshly generated API key: the text shown once, and what is stored.
@@ -57,6 +88,16 @@ mod tests {
         assert_eq!(parse_key(&a.plaintext), Some(42));
         assert_ne!(a.plaintext, b.plaintext);
         assert_eq!(a.hash, hash_key(&a.plaintext));
+    }
+
+    #[test]
+    fn scopes_round_trip_and_key_ids_are_short_hash_prefixes() {
+        for s in Scope::ALL {
+            assert_eq!(Scope::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(Scope::parse("write"), None);
+        let key = generate_key(7);
+        assert_eq!(key_id(&key.hash), hex::encode(&key.hash)[..12]);
     }
 
     #[test]

@@ -6,13 +6,14 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{auth, convert, pb};
+use super::{Holding, auth, convert, pb};
 use crate::{
     app::{
         App,
         ingest::{BatchOutcome, Outcome},
+        limits::StreamKind,
     },
-    domain::{Error, event::input::EventInput},
+    domain::{Error, event::input::EventInput, tenant::Scope},
 };
 
 /// Batches of one stream being committed at the same time: enough to overlap decoding with the
@@ -65,14 +66,14 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Stat
 
 #[tonic::async_trait]
 impl pb::event_service_server::EventService for EventsApi {
-    #[tracing::instrument(skip_all, fields(tenant, events = request.get_ref().events.len()))]
     async fn ingest_events(
         &self,
         request: Request<pb::IngestEventsRequest>,
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
-        let tenant = auth::tenant(&self.app, request.metadata()).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = auth::authorize(&self.app, &request, Scope::Ingest).await?;
         let events = &request.get_ref().events;
+        tracing::Span::current().record("events", events.len() as i64);
+        self.app.limits.events(tenant, events.len())?;
         let outcome = self.app.ingest.ingest(tenant, &inputs(events)).await?;
         let (accepted, duplicates, rejected) = (outcome.accepted, outcome.duplicates, outcome.rejected);
         Ok(Response::new(pb::IngestEventsResponse {
@@ -85,51 +86,49 @@ impl pb::event_service_server::EventService for EventsApi {
 
     type StreamEventsStream = AckStream;
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn stream_events(
         &self,
         request: Request<Streaming<pb::StreamEventsRequest>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let tenant = auth::tenant(&self.app, request.metadata()).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = auth::authorize(&self.app, &request, Scope::Ingest).await?;
+        let slot = self.app.limits.open_stream(tenant, StreamKind::Stream)?;
         let app = self.app.clone();
         // `buffered` pulls a new batch only when fewer than STREAM_IN_FLIGHT are pending, which
         // is the backpressure: unread batches stay in HTTP/2 flow control. Acks keep send order.
-        let acks =
-            request
-                .into_inner()
-                .map(move |batch| {
-                    let app = app.clone();
-                    async move {
-                        let batch = batch?;
-                        let outcome = app.ingest.ingest(tenant, &inputs(&batch.events)).await.map_err(
-                            |err| match err {
-                                Error::InvalidArgument { field, reason } => Status::invalid_argument(
-                                    format!("batch_id {}: {field}: {reason}", batch.batch_id),
-                                ),
-                                other => Status::from(other),
-                            },
-                        )?;
-                        let (accepted, duplicates, rejected) =
-                            (outcome.accepted, outcome.duplicates, outcome.rejected);
-                        Ok(pb::StreamEventsResponse {
-                            batch_id: batch.batch_id,
-                            results: results(&batch.events, outcome),
-                            accepted,
-                            duplicates,
-                            rejected,
-                        })
-                    }
-                })
-                .buffered(STREAM_IN_FLIGHT)
-                // The first error ends the stream: later batches are not processed.
-                .scan(false, |failed, item: Result<pb::StreamEventsResponse, Status>| {
-                    let out = if *failed { None } else { Some(item) };
-                    if matches!(out, Some(Err(_))) {
-                        *failed = true;
-                    }
-                    futures::future::ready(out)
-                });
-        Ok(Response::new(Box::pin(acks)))
+        let acks = request
+            .into_inner()
+            .map(move |batch| {
+                let app = app.clone();
+                async move {
+                    let batch = batch?;
+                    // A batch's error names the batch, so the client knows which one failed.
+                    let in_batch = |err: Error| err.in_batch(batch.batch_id);
+                    app.limits.events(tenant, batch.events.len()).map_err(in_batch)?;
+                    let outcome = app
+                        .ingest
+                        .ingest(tenant, &inputs(&batch.events))
+                        .await
+                        .map_err(in_batch)?;
+                    let (accepted, duplicates, rejected) =
+                        (outcome.accepted, outcome.duplicates, outcome.rejected);
+                    Ok(pb::StreamEventsResponse {
+                        batch_id: batch.batch_id,
+                        results: results(&batch.events, outcome),
+                        accepted,
+                        duplicates,
+                        rejected,
+                    })
+                }
+            })
+            .buffered(STREAM_IN_FLIGHT)
+            // The first error ends the stream: later batches are not processed.
+            .scan(false, |failed, item: Result<pb::StreamEventsResponse, Status>| {
+                let out = if *failed { None } else { Some(item) };
+                if matches!(out, Some(Err(_))) {
+                    *failed = true;
+                }
+                futures::future::ready(out)
+            });
+        Ok(Response::new(Box::pin(Holding::new(acks, slot))))
     }
 }

@@ -8,17 +8,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    auth,
+    Holding, auth,
     convert::{chrono_to_timestamp, metrics as conv, timestamp_to_chrono},
     pb,
 };
 use crate::{
-    app::App,
+    app::{App, limits::StreamKind},
     domain::{
         Error,
         query::{self, Query},
         settings::SettingsUpdate,
-        tenant::TenantId,
+        tenant::{Scope, TenantId},
         time::{micros, to_datetime},
     },
 };
@@ -34,8 +34,11 @@ impl MetricsApi {
         Self { app }
     }
 
-    async fn tenant<T>(&self, request: &Request<T>) -> Result<TenantId, Status> {
-        Ok(auth::tenant(&self.app, request.metadata()).await?)
+    /// The caller's tenant for a call that needs `scope`, within the tenant's query rate.
+    async fn tenant<T>(&self, request: &Request<T>, scope: Scope) -> Result<TenantId, Status> {
+        let tenant = auth::authorize(&self.app, request, scope).await?;
+        self.app.limits.query(tenant)?;
+        Ok(tenant)
     }
 }
 
@@ -47,13 +50,11 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::metrics_service_server::MetricsService for MetricsApi {
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_overview(
         &self,
         request: Request<pb::GetOverviewRequest>,
     ) -> Result<Response<pb::GetOverviewResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let (current, previous) = self.app.kpis.overview(tenant, &query, r.compare_previous).await?;
@@ -63,13 +64,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_breakdown(
         &self,
         request: Request<pb::GetBreakdownRequest>,
     ) -> Result<Response<pb::GetBreakdownResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let dimension = conv::dimension_from_proto(r.dimension)?;
@@ -85,13 +84,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_time_series(
         &self,
         request: Request<pb::GetTimeSeriesRequest>,
     ) -> Result<Response<pb::GetTimeSeriesResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let granularity = conv::granularity_from_proto(r.granularity)?;
@@ -108,13 +105,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_utilization(
         &self,
         request: Request<pb::GetUtilizationRequest>,
     ) -> Result<Response<pb::GetUtilizationResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let query = window_query(request.get_ref().query.as_ref())?;
         let (agents, team) = self.app.kpis.utilization(tenant, &query).await?;
         Ok(Response::new(pb::GetUtilizationResponse {
@@ -123,13 +118,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_backlog(
         &self,
         request: Request<pb::GetBacklogRequest>,
     ) -> Result<Response<pb::GetBacklogResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let default_at = match r.query.as_ref().and_then(|q| q.to.as_ref()) {
             Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
@@ -155,16 +148,15 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
 
     type ListConversationsStream = BoxStream<pb::ConversationFacts>;
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn list_conversations(
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<Self::ListConversationsStream>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let kind = conv::drill_down_from_proto(r.kpi)?;
+        let slot = self.app.limits.open_stream(tenant, StreamKind::Stream)?;
         let rows = self
             .app
             .kpis
@@ -174,18 +166,16 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             Ok(row) => Ok(conv::conversation_to_proto(row)),
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Holding::new(stream, slot))))
     }
 
     type WatchOverviewStream = BoxStream<pb::WatchOverviewResponse>;
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn watch_overview(
         &self,
         request: Request<pb::WatchOverviewRequest>,
     ) -> Result<Response<Self::WatchOverviewStream>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let interval = match &r.min_interval {
@@ -195,6 +185,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
                 return Err(Error::invalid("min_interval", "must be between 1 and 3600 seconds").into());
             }
         };
+        let slot = self.app.limits.open_stream(tenant, StreamKind::Watcher)?;
         let updates = self.app.kpis.watch(tenant, query, interval, r.sliding);
         let stream = ReceiverStream::new(updates).map(|update| match update {
             Ok(u) => Ok(pb::WatchOverviewResponse {
@@ -205,14 +196,14 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             }),
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(Holding::new(stream, slot))))
     }
 
     async fn get_settings(
         &self,
         request: Request<pb::GetSettingsRequest>,
     ) -> Result<Response<pb::GetSettingsResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let settings = self.app.kpis.settings(tenant).await?;
         Ok(Response::new(conv::settings_to_proto(&settings)))
     }
@@ -221,7 +212,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         &self,
         request: Request<pb::UpdateSettingsRequest>,
     ) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
+        let tenant = self.tenant(&request, Scope::Admin).await?;
         let r = request.into_inner();
         if r.clear_business_hours && r.business_hours.is_some() {
             return Err(Error::invalid(
@@ -244,13 +235,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(tenant))]
     async fn get_scorecard(
         &self,
         request: Request<pb::GetScorecardRequest>,
     ) -> Result<Response<pb::GetScorecardResponse>, Status> {
-        let tenant = self.tenant(&request).await?;
-        tracing::Span::current().record("tenant", tenant);
+        let tenant = self.tenant(&request, Scope::Read).await?;
         let query = window_query(request.get_ref().query.as_ref())?;
         let cards = self.app.kpis.scorecard(tenant, &query).await?;
         Ok(Response::new(pb::GetScorecardResponse {

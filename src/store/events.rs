@@ -116,11 +116,7 @@ async fn recompute(
     tenant: TenantId,
     conversations: &[&str],
 ) -> Result<(), Error> {
-    sqlx::query(LOCK_CONVERSATIONS)
-        .bind(tenant.to_string())
-        .bind(conversations)
-        .execute(&mut **tx)
-        .await?;
+    lock_conversations(tx, tenant, conversations).await?;
     let by_conversation = load_events(tx, tenant, conversations).await?;
     let derived: Vec<ConversationFacts> = conversations
         .iter()
@@ -131,6 +127,20 @@ async fn recompute(
         })
         .collect();
     upsert_facts(tx, tenant, &derived).await
+}
+
+/// Takes the transaction-scoped locks of `conversations` (in sorted key order: no deadlocks).
+pub(super) async fn lock_conversations(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: TenantId,
+    conversations: &[&str],
+) -> Result<(), Error> {
+    sqlx::query(LOCK_CONVERSATIONS)
+        .bind(tenant.to_string())
+        .bind(conversations)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Recomputes every conversation's facts of `tenant` from its events, `page` conversations per

@@ -46,9 +46,44 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     })
 }
 
-/// Whether the database answers a trivial query.
-pub async fn ping(pool: &PgPool) -> bool {
-    sqlx::query("select 1").execute(pool).await.is_ok()
+/// Checks that the database answers, on a connection of its own: a pool busy with slow
+/// queries must not make a healthy database look down.
+pub struct Probe {
+    options: PgConnectOptions,
+    conn: Option<sqlx::PgConnection>,
+}
+
+impl Probe {
+    pub fn new(pool: &PgPool) -> Self {
+        Self {
+            options: pool
+                .connect_options()
+                .as_ref()
+                .clone()
+                .application_name("chatkpi-health"),
+            conn: None,
+        }
+    }
+
+    /// Whether the database answers a trivial query within `timeout`.
+    pub async fn ping(&mut self, timeout: Duration) -> bool {
+        let answered = tokio::time::timeout(timeout, async {
+            if self.conn.is_none() {
+                self.conn = Some(self.options.connect().await?);
+            }
+            match self.conn.as_mut() {
+                Some(conn) => sqlx::query("select 1").execute(conn).await.map(|_| ()),
+                None => Ok(()),
+            }
+        })
+        .await;
+        let up = matches!(answered, Ok(Ok(())));
+        if !up {
+            // A connection that failed or timed out is not trusted again.
+            self.conn = None;
+        }
+        up
+    }
 }
 
 impl From<sqlx::Error> for Error {

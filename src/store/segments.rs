@@ -101,6 +101,11 @@ impl Reads {
         Ok(())
     }
 
+    /// The tenant's erasure counter (`tenants.erasures`).
+    pub async fn erasures(&mut self, tenant: TenantId) -> Result<i64, Error> {
+        super::tenants::erasures(&mut self.tx, tenant).await
+    }
+
     /// Where each day's conversations lie in time (a tenant's first query).
     pub async fn days(&mut self, tenant: TenantId) -> Result<Vec<DayRows>, Error> {
         type Row = (
@@ -249,29 +254,37 @@ pub async fn recently_queried(
     Ok(rows)
 }
 
+/// What a snapshot is of.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    pub day: NaiveDate,
+    /// The segment holds every change of transactions older than this xmin.
+    pub built_xmin: i64,
+    pub rows: usize,
+    /// The tenant's erasure counter the segment was read under.
+    pub erasures: i64,
+}
+
 /// Persists a segment unless a snapshot built at a later xmin is already stored (another replica
-/// may have written one meanwhile).
-pub async fn save_snapshot(
-    pool: &PgPool,
-    tenant: TenantId,
-    day: NaiveDate,
-    built_xmin: i64,
-    rows: usize,
-    body: &[u8],
-) -> Result<(), Error> {
+/// may have written one meanwhile) or a customer was erased since the segment was read. The
+/// tenant row is read `for share`: an erasure (which updates it first) waits for this insert and
+/// then deletes it, or this insert waits for the erasure and then sees the new counter.
+pub async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
     sqlx::query(
         "insert into segments (tenant_id, segment_day, built_xmin, row_count, body) \
-         values ($1, $2, $3::text::xid8, $4, $5) \
+         select $1, $2, $3::text::xid8, $4, $5 from tenants \
+         where tenant_id = $1 and erasures = $6 for share \
          on conflict (tenant_id, segment_day) do update set \
            built_xmin = excluded.built_xmin, row_count = excluded.row_count, body = excluded.body, \
            written_at = now() \
          where segments.built_xmin < excluded.built_xmin",
     )
     .bind(tenant)
-    .bind(day)
-    .bind(built_xmin.to_string())
-    .bind(i32::try_from(rows).unwrap_or(i32::MAX))
+    .bind(s.day)
+    .bind(s.built_xmin.to_string())
+    .bind(i32::try_from(s.rows).unwrap_or(i32::MAX))
     .bind(body)
+    .bind(s.erasures)
     .execute(pool)
     .await?;
     Ok(())

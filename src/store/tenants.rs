@@ -1,13 +1,19 @@
-//! Tenants and API keys in Postgres.
+//! Tenants, their API keys and customer erasure in Postgres.
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::domain::{
     Error,
-    tenant::{NewApiKey, TenantId, generate_key},
+    tenant::{NewApiKey, Scope, TenantId, generate_key, key_id},
 };
 
-/// Creates a tenant and its first API key; returns the id and the key (shown once).
+fn scope_names(scopes: &[Scope]) -> Vec<&'static str> {
+    scopes.iter().map(|s| s.as_str()).collect()
+}
+
+/// Creates a tenant and its first API key (every scope); returns the id and the key (shown
+/// once).
 pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<(TenantId, NewApiKey), Error> {
     let mut tx = pool.begin().await?;
     let (tenant,): (TenantId,) = sqlx::query_as("insert into tenants (name) values ($1) returning tenant_id")
@@ -15,17 +21,23 @@ pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<(TenantId, NewAp
         .fetch_one(&mut *tx)
         .await?;
     let key = generate_key(tenant);
-    sqlx::query("insert into api_keys (tenant_id, key_hash) values ($1, $2)")
+    sqlx::query("insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, 'first key')")
         .bind(tenant)
         .bind(&key.hash)
+        .bind(scope_names(&Scope::ALL))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok((tenant, key))
 }
 
-/// Adds another API key to an existing tenant (key rotation).
-pub async fn create_key(pool: &PgPool, tenant: TenantId) -> Result<NewApiKey, Error> {
+/// Adds an API key with `scopes` to an existing tenant.
+pub async fn create_key(
+    pool: &PgPool,
+    tenant: TenantId,
+    scopes: &[Scope],
+    label: &str,
+) -> Result<NewApiKey, Error> {
     let exists: Option<(TenantId,)> = sqlx::query_as("select tenant_id from tenants where tenant_id = $1")
         .bind(tenant)
         .fetch_optional(pool)
@@ -34,22 +46,162 @@ pub async fn create_key(pool: &PgPool, tenant: TenantId) -> Result<NewApiKey, Er
         return Err(Error::NotFound(format!("tenant {tenant}")));
     }
     let key = generate_key(tenant);
-    sqlx::query("insert into api_keys (tenant_id, key_hash) values ($1, $2)")
+    sqlx::query("insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, $4)")
         .bind(tenant)
         .bind(&key.hash)
+        .bind(scope_names(scopes))
+        .bind(label)
         .execute(pool)
         .await?;
     Ok(key)
 }
 
-/// Whether `hash` is a live (not revoked) key of `tenant`.
-pub async fn key_is_valid(pool: &PgPool, tenant: TenantId, hash: &[u8]) -> Result<bool, Error> {
-    let row: Option<(i32,)> = sqlx::query_as(
-        "select 1 from api_keys where tenant_id = $1 and key_hash = $2 and revoked_at is null",
+/// The scopes of a live (not revoked) key of `tenant` with this hash; `None` when there is no
+/// such key.
+pub async fn key_scopes(pool: &PgPool, tenant: TenantId, hash: &[u8]) -> Result<Option<Vec<Scope>>, Error> {
+    let row: Option<(Vec<String>,)> = sqlx::query_as(
+        "select scopes from api_keys where tenant_id = $1 and key_hash = $2 and revoked_at is null",
     )
     .bind(tenant)
     .bind(hash)
     .fetch_optional(pool)
     .await?;
-    Ok(row.is_some())
+    Ok(row.map(|(names,)| names.iter().filter_map(|n| Scope::parse(n)).collect()))
+}
+
+/// A key as listed: never its secret.
+#[derive(Debug, Clone)]
+pub struct KeyListing {
+    pub key_id: String,
+    pub scopes: Vec<String>,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_hash: Vec<u8>,
+    scopes: Vec<String>,
+    label: String,
+    created_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Every key of `tenant`, oldest first.
+pub async fn list_keys(pool: &PgPool, tenant: TenantId) -> Result<Vec<KeyListing>, Error> {
+    let rows: Vec<KeyRow> = sqlx::query_as(
+        "select key_hash, scopes, label, created_at, revoked_at from api_keys \
+         where tenant_id = $1 order by created_at, key_hash",
+    )
+    .bind(tenant)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| KeyListing {
+            key_id: key_id(&r.key_hash),
+            scopes: r.scopes,
+            label: r.label,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        })
+        .collect())
+}
+
+/// Revokes the key of `tenant` whose id is `id` (see [`key_id`]). NotFound when no live key has
+/// it.
+pub async fn revoke_key(pool: &PgPool, tenant: TenantId, id: &str) -> Result<(), Error> {
+    if id.len() != 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::invalid(
+            "key_id",
+            "must be the 12 hex digits `list-keys` shows",
+        ));
+    }
+    let done = sqlx::query(
+        "update api_keys set revoked_at = now() \
+         where tenant_id = $1 and encode(substring(key_hash from 1 for 6), 'hex') = lower($2) \
+           and revoked_at is null",
+    )
+    .bind(tenant)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::NotFound(format!("live key {id} of tenant {tenant}")));
+    }
+    Ok(())
+}
+
+/// The tenant's erasure counter (see the erasure migration): query caches rebuild the tenant
+/// when it moves.
+pub async fn erasures(conn: &mut sqlx::PgConnection, tenant: TenantId) -> Result<i64, Error> {
+    let row: Option<(i64,)> = sqlx::query_as("select erasures from tenants where tenant_id = $1")
+        .bind(tenant)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map_or(0, |(n,)| n))
+}
+
+/// What an erasure deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    pub conversations: u64,
+    pub events: u64,
+    pub conversions: u64,
+}
+
+/// Deletes every conversation of `customer` in `tenant` with all their events, and the
+/// customer's conversion events, in one transaction; drops the tenant's segment snapshots (they
+/// may hold the customer) and bumps its erasure counter. Concurrent ingest of the same
+/// conversations waits on their locks.
+pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> Result<Erased, Error> {
+    let mut tx = pool.begin().await?;
+    // First: the row lock orders this erasure with snapshot writes (store::segments::save_snapshot).
+    sqlx::query("update tenants set erasures = erasures + 1 where tenant_id = $1")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let conversations: Vec<(String,)> = sqlx::query_as(
+        "select conversation_id from conversations where tenant_id = $1 and customer_id = $2 \
+         order by conversation_id",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .fetch_all(&mut *tx)
+    .await?;
+    let ids: Vec<String> = conversations.into_iter().map(|(id,)| id).collect();
+    let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    super::events::lock_conversations(&mut tx, tenant, &id_refs).await?;
+    let events = sqlx::query("delete from events where tenant_id = $1 and conversation_id = any($2)")
+        .bind(tenant)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let conversions = sqlx::query(
+        "delete from events where tenant_id = $1 and kind = 'conversion' \
+         and payload -> 'conversion' ->> 'customer_id' = $2",
+    )
+    .bind(tenant)
+    .bind(customer)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let deleted = sqlx::query("delete from conversations where tenant_id = $1 and conversation_id = any($2)")
+        .bind(tenant)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("delete from segments where tenant_id = $1")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Erased {
+        conversations: deleted,
+        events,
+        conversions,
+    })
 }

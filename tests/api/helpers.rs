@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chatkpi::{
-    config::{DatabaseArgs, ServeConfig},
+    config::{DatabaseArgs, Limits, ServeConfig, TlsArgs},
     domain::{event::Event, tenant::TenantId},
     grpc::{convert::event_to_proto, pb},
     startup::Application,
@@ -11,7 +11,11 @@ use chatkpi::{
 };
 use sqlx::{PgPool, migrate::MigrateDatabase};
 use tokio::sync::{OnceCell, oneshot};
-use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
+use tonic::{
+    Request, Status,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -53,6 +57,7 @@ pub struct TestApp {
     pub tenant: TenantId,
     pub api_key: String,
     pub channel: Channel,
+    pub addr: std::net::SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -61,6 +66,10 @@ pub struct Options {
     pub max_batch: u32,
     pub database_url: String,
     pub grace_secs: u64,
+    pub limits: Limits,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Server certificate and key files, and the CA certificate the client trusts.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
 }
 
 impl Default for Options {
@@ -69,6 +78,9 @@ impl Default for Options {
             max_batch: 1000,
             database_url: database_url(),
             grace_secs: 5,
+            limits: Limits::default(),
+            metrics_listen: None,
+            tls: None,
         }
     }
 }
@@ -118,6 +130,12 @@ impl TestApp {
             warmup_days: 35,
             warmup_secs: 10,
             shutdown_grace_secs: options.grace_secs,
+            metrics_listen: options.metrics_listen,
+            tls: TlsArgs {
+                tls_cert: options.tls.as_ref().map(|t| t.0.clone()),
+                tls_key: options.tls.as_ref().map(|t| t.1.clone()),
+            },
+            limits: options.limits,
         };
         let app = Application::build(&config).await.expect("build server");
         let addr = app.local_addr();
@@ -125,14 +143,26 @@ impl TestApp {
         let server = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
         }));
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let channel = match &options.tls {
+            None => Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy(),
+            Some((_, _, ca)) => Channel::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(ca))
+                        .domain_name("localhost"),
+                )
+                .expect("client TLS config")
+                .connect_lazy(),
+        };
         TestApp {
             pool,
             tenant,
             api_key,
             channel,
+            addr,
             stop: Some(stop),
             server: Some(server),
         }
@@ -167,6 +197,14 @@ impl TestApp {
     /// An EventService client; calls carry this app's key.
     pub fn events(&self) -> pb::event_service_client::EventServiceClient<Channel> {
         pb::event_service_client::EventServiceClient::new(self.channel.clone())
+    }
+
+    pub fn metrics(&self) -> pb::metrics_service_client::MetricsServiceClient<Channel> {
+        pb::metrics_service_client::MetricsServiceClient::new(self.channel.clone())
+    }
+
+    pub fn admin(&self) -> pb::admin_service_client::AdminServiceClient<Channel> {
+        pb::admin_service_client::AdminServiceClient::new(self.channel.clone())
     }
 
     pub fn authed<T>(&self, message: T) -> Request<T> {

@@ -7,8 +7,10 @@
 
 mod auth;
 mod engine;
+mod hardening;
 mod helpers;
 mod ingest;
+mod keys;
 mod metrics;
 mod reference;
 mod server;

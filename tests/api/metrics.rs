@@ -649,7 +649,7 @@ async fn watch_pushes_a_new_overview_when_another_replica_ingests() {
 }
 
 /// Every query RPC over the same events, as comparable text.
-async fn answers(app: &TestApp) -> Vec<String> {
+pub(crate) async fn answers(app: &TestApp) -> Vec<String> {
     let mut client = metrics(&app.channel);
     let mut q = query(-86_400, 30 * 86_400);
     q.time_zone = "Europe/Berlin".into();

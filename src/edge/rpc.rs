@@ -243,7 +243,8 @@ struct Observation {
 impl Observation {
     /// Wraps the response body; a status already in the headers (an error answered at once)
     /// is the call's status.
-    fn attach(self, response: http::Response<Body>) -> http::Response<Body> {
+    fn attach(self, mut response: http::Response<Body>) -> http::Response<Body> {
+        client_fault(response.headers_mut());
         let code = grpc_status(response.headers());
         let (parts, body) = response.into_parts();
         let observed = Observed {
@@ -271,6 +272,30 @@ impl Observation {
     }
 }
 
+/// Messages of tonic's request decoding that describe a malformed request, which tonic answers
+/// with INTERNAL.
+const CLIENT_FAULTS: [&str; 3] = [
+    "failed to decode Protobuf message",
+    "Unexpected EOF decoding stream",
+    "protocol error: received message with",
+];
+
+/// Rewrites INTERNAL for a request body that could not be decoded into INVALID_ARGUMENT: the
+/// client sent it, the server is fine.
+fn client_fault(headers: &mut http::HeaderMap) {
+    if grpc_status(headers) != Some(tonic::Code::Internal as i32) {
+        return;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if CLIENT_FAULTS.iter().any(|f| status.message().starts_with(f)) {
+        headers.remove("grpc-message");
+        let rewritten = Status::invalid_argument(format!("request body: {}", status.message()));
+        let _ = rewritten.add_header(headers);
+    }
+}
+
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
     headers
         .get("grpc-status")
@@ -294,9 +319,17 @@ impl HttpBody for Observed {
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.code = grpc_status(trailers).or(this.code);
+                if frame.is_trailers() {
+                    let mut frame = match polled {
+                        Poll::Ready(Some(Ok(frame))) => frame,
+                        _ => unreachable!("matched above"),
+                    };
+                    if let Some(trailers) = frame.trailers_mut() {
+                        client_fault(trailers);
+                        this.code = grpc_status(trailers).or(this.code);
+                    }
                     this.end();
+                    return Poll::Ready(Some(Ok(frame)));
                 }
             }
             Poll::Ready(Some(Err(status))) => {

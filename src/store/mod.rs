@@ -95,20 +95,38 @@ impl From<sqlx::Error> for Error {
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_) => Error::Unavailable("database unavailable".into()),
             sqlx::Error::Database(db) => match db.code().as_deref() {
-                // 40001 serialization failure, 40P01 deadlock, 57P01..57P03 shutdown/cannot
-                // connect now, 53300 too many connections, 08xxx connection exceptions.
-                Some(code)
-                    if code == "40001"
-                        || code == "40P01"
-                        || code.starts_with("57P")
-                        || code == "53300"
-                        || code.starts_with("08") =>
-                {
+                Some(code) if transient(code) => {
                     Error::Unavailable(format!("database busy or restarting (SQLSTATE {code})"))
                 }
                 _ => Error::Internal(anyhow::Error::new(err)),
             },
             _ => Error::Internal(anyhow::Error::new(err)),
+        }
+    }
+}
+
+/// Whether a SQLSTATE says "try again": 40001 serialization failure, 40P01 deadlock, 57P01..57P03
+/// shutdown or cannot connect now, 53300 too many connections, 08xxx connection exceptions.
+/// Everything else (a missing relation, a violated constraint, ...) is a defect: INTERNAL.
+fn transient(code: &str) -> bool {
+    code == "40001" || code == "40P01" || code.starts_with("57P") || code == "53300" || code.starts_with("08")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient;
+
+    #[test]
+    fn sqlstates_of_a_busy_or_restarting_database_are_transient_and_defects_are_not() {
+        for code in [
+            "40001", "40P01", "57P01", "57P02", "57P03", "53300", "08000", "08006",
+        ] {
+            assert!(transient(code), "{code}");
+        }
+        // undefined table, unique violation, check violation, syntax error, disk full,
+        // invalid text representation
+        for code in ["42P01", "23505", "23514", "42601", "53100", "22P02"] {
+            assert!(!transient(code), "{code}");
         }
     }
 }

@@ -7,11 +7,13 @@
 
 mod auth;
 mod engine;
+mod errors;
 mod hardening;
 mod helpers;
 mod ingest;
 mod keys;
 mod metrics;
+mod props;
 mod reference;
 mod server;
 mod validation;

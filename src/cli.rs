@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::{
     app::admin::AdminService,
     config::{DatabaseArgs, TenantCommand},
-    domain::tenant::Scope,
+    domain::tenant::{Scope, TenantId},
     store,
 };
 
@@ -29,7 +29,7 @@ pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
 pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::Result<()> {
     let pool = migrated_pool(database).await?;
     let tenants = match tenant {
-        Some(t) => vec![t],
+        Some(t) => vec![TenantId(t)],
         None => store::events::tenants(&pool).await?,
     };
     for t in tenants {
@@ -66,7 +66,7 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
             } else {
                 scopes.clone()
             };
-            let key = store::tenants::create_key(&pool, *tenant, &scopes, label).await?;
+            let key = store::tenants::create_key(&pool, TenantId(*tenant), &scopes, label).await?;
             println!("tenant_id={tenant}");
             println!("key_id={}", crate::domain::tenant::key_id(&key.hash));
             println!(
@@ -78,7 +78,7 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
         TenantCommand::ListKeys { database, tenant } => {
             let pool = migrated_pool(database).await?;
             println!("key_id\tscopes\tcreated_at\trevoked_at\tlabel");
-            for k in store::tenants::list_keys(&pool, *tenant).await? {
+            for k in store::tenants::list_keys(&pool, TenantId(*tenant)).await? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     k.key_id,
@@ -95,7 +95,7 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
             key_id,
         } => {
             let pool = migrated_pool(database).await?;
-            store::tenants::revoke_key(&pool, *tenant, key_id).await?;
+            store::tenants::revoke_key(&pool, TenantId(*tenant), key_id).await?;
             println!("revoked key_id={key_id} (servers refuse it within 5 s)");
         }
         TenantCommand::EraseCustomer {
@@ -104,7 +104,9 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
             customer,
         } => {
             let pool = migrated_pool(database).await?;
-            let erased = AdminService::new(pool).erase_customer(*tenant, customer).await?;
+            let erased = AdminService::new(pool)
+                .erase_customer(TenantId(*tenant), customer)
+                .await?;
             println!("conversations={}", erased.conversations);
             println!("events={}", erased.events);
             println!("conversions={}", erased.conversions);

@@ -1,18 +1,27 @@
 //! chatkpi: a gRPC service that turns customer-support conversation events into helpdesk KPIs.
 //!
-//! The contract is `METRICS.md` (shared with the product team); project-specific rules where it
-//! is silent are in `docs/metrics-notes.md`.
+//! What every event, fact and KPI means is defined in `docs/metrics.md`; code comments cite its
+//! sections (`docs/metrics.md §3`).
 //!
-//! # Layout
+//! # Layout (outside in)
+//! - [`edge`]: accepted connections and their limits, and the tower layer every call passes
+//!   through (span, metrics, concurrency limit, request timeout).
 //! - [`grpc`]: adapters only. Generated code, proto <-> domain conversion with field paths,
-//!   authentication, and the one mapping from domain errors to `tonic::Status`.
-//! - [`domain`]: pure logic. Validated events, derived conversation facts (METRICS.md §3),
-//!   tenants and keys, errors. No tonic, no sqlx.
-//! - [`store`]: Postgres through sqlx. The event store write path recomputes facts with
-//!   [`domain::facts::derive`] inside the batch transaction.
-//! - [`ingest`]: the per-tenant write queue that merges waiting batches into one transaction.
-//! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring, settings, logs, subcommands.
-//! - [`sim`]: the deterministic helpdesk simulator.
+//!   authentication and scopes, and the one mapping from domain errors to `tonic::Status`.
+//! - [`app`]: the use cases (ingest, KPI queries, admin) with their per-tenant limits, the
+//!   per-tenant write queues that merge waiting batches into one transaction, and the query
+//!   cache of day segments within a byte budget.
+//! - [`domain`]: pure logic. Validated events, derived conversation facts (docs/metrics.md §3),
+//!   day segments, KPI computation, calendars, settings, tenants and keys, errors. No tonic, no
+//!   sqlx.
+//! - [`store`]: PostgreSQL through sqlx: the event store write path (facts derived with
+//!   [`domain::facts::derive`] inside the write transaction), segment reads and snapshots,
+//!   settings, tenants and keys.
+//! - [`startup`], [`config`], [`telemetry`], [`cli`], [`client`]: wiring, settings, traces /
+//!   metrics / logs, subcommands, a client channel helper.
+//!
+//! The simulator and benchmark tools are not here: they are the `chatkpi-bench` binary of the
+//! `tools/` crate.
 
 pub mod app;
 pub mod cli;

@@ -109,7 +109,7 @@ impl Application {
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
-        // grpcurl 1.8.6 and grpcio-reflection speak only v1alpha (TOOLCHAIN.md).
+        // grpcurl 1.8.6 and grpcio-reflection speak only v1alpha, newer tools v1: serve both.
         let reflection_v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -184,7 +184,7 @@ impl Application {
                 tokio::time::sleep(grace).await;
             } => {
                 // Open streams (health Watch, long ingest streams) would otherwise hold the
-                // server forever (TOOLCHAIN.md).
+                // server forever: tonic's graceful shutdown waits for every open stream.
                 tracing::warn!("drain deadline reached, stopping with requests still open");
                 Ok(())
             }

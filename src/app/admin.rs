@@ -23,7 +23,7 @@ impl AdminService {
         check_id("customer_id", customer).map_err(|e| Error::invalid(e.field, e.reason))?;
         let erased = store::tenants::erase_customer(&self.pool, tenant, customer).await?;
         tracing::info!(
-            tenant,
+            tenant = tenant.0,
             conversations = erased.conversations,
             events = erased.events,
             conversions = erased.conversions,

@@ -244,7 +244,7 @@ impl QueryCache {
             .await
             {
                 Ok(Ok(_)) => warmed += 1,
-                Ok(Err(err)) => tracing::warn!(tenant, error = %err, "warm-up failed"),
+                Ok(Err(err)) => tracing::warn!(tenant = tenant.0, error = %err, "warm-up failed"),
                 Err(_) => break,
             }
         }
@@ -281,7 +281,7 @@ impl QueryCache {
         match self.refresh(state, reads).await {
             Ok((view, bytes)) => {
                 tracing::debug!(
-                    tenant,
+                    tenant = tenant.0,
                     segments = view.data.segments.len(),
                     ms = started.elapsed().as_millis() as u64,
                     cache_bytes = self.entries.weighted_size(),
@@ -294,7 +294,7 @@ impl QueryCache {
                 if bytes as u64 > self.budget / 4 {
                     // Names of a huge history: start the tenant afresh with what queries read.
                     tracing::warn!(
-                        tenant,
+                        tenant = tenant.0,
                         bytes,
                         "tenant query state over a quarter of the cache, resetting it"
                     );
@@ -329,7 +329,7 @@ impl QueryCache {
             // A customer was erased: start the tenant afresh (a new generation: nothing cached
             // before is found again).
             tracing::info!(
-                tenant,
+                tenant = tenant.0,
                 "customer erased since the last refresh, rebuilding the tenant's data"
             );
             *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
@@ -392,7 +392,7 @@ impl QueryCache {
             let (s, loaded) = self.load(state, &mut db, missing).await?;
             state = s;
             tracing::info!(
-                tenant,
+                tenant = tenant.0,
                 days,
                 conversations = loaded.iter().map(|s| s.len()).sum::<usize>(),
                 ms = started.elapsed().as_millis() as u64,
@@ -594,7 +594,7 @@ impl QueryCache {
                     }
                 }
                 Some(Err(err)) => {
-                    tracing::warn!(tenant = state.tenant, %day, error = %err, "ignoring a damaged segment snapshot");
+                    tracing::warn!(tenant = state.tenant.0, %day, error = %err, "ignoring a damaged segment snapshot");
                     return Ok((state, None));
                 }
                 None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
@@ -646,7 +646,7 @@ impl QueryCache {
                 match result {
                     Ok(()) => seg.unpersisted.store(0, Ordering::Relaxed),
                     Err(err) => {
-                        tracing::warn!(tenant, day = %seg.day, error = %err, "could not persist a segment snapshot")
+                        tracing::warn!(tenant = tenant.0, day = %seg.day, error = %err, "could not persist a segment snapshot")
                     }
                 }
             });

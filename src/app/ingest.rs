@@ -1,4 +1,4 @@
-//! The ingest use case: validate each event of a batch (METRICS.md §2), drop repeats within the
+//! The ingest use case: validate each event of a batch (docs/metrics.md §2), drop repeats within the
 //! batch, store the valid ones through the tenant's write queue and report one outcome per
 //! event.
 
@@ -123,7 +123,7 @@ impl<S: EventStore> IngestService<S> {
         metrics::counter!("chatkpi_events_total", "outcome" => "duplicate", "field" => "")
             .increment(u64::from(out.duplicates));
         tracing::debug!(
-            tenant,
+            tenant = tenant.0,
             events = inputs.len(),
             accepted = out.accepted,
             duplicates = out.duplicates,

@@ -232,7 +232,7 @@ impl KpiService {
             .await
     }
 
-    /// Each targeted KPI against its target: overall, per agent and per team (METRICS.md §8).
+    /// Each targeted KPI against its target: overall, per agent and per team (docs/metrics.md §8).
     pub async fn scorecard(&self, tenant: TenantId, query: &Query) -> Result<Scorecards, Error> {
         let reads = Reads::summary(query, Grouping::All).and(Reads::utilization(query));
         self.compute_now(tenant, query, reads, |c, _| {

@@ -134,7 +134,7 @@ async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Jo
         let job = jobs.remove(0);
         let result = store.store_batch(tenant, &job.events).await;
         if let Err(err) = &result {
-            tracing::warn!(tenant, error = %err, events = job.events.len(), "failed to store a batch");
+            tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
         }
         let _ = job.reply.send(result);
         return;
@@ -164,11 +164,11 @@ async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Jo
             }
         }
         Err(err) => {
-            tracing::warn!(tenant, error = %err, batches = jobs.len(), "a merged write failed, storing its batches one by one");
+            tracing::warn!(tenant = tenant.0, error = %err, batches = jobs.len(), "a merged write failed, storing its batches one by one");
             for job in jobs {
                 let result = store.store_batch(tenant, &job.events).await;
                 if let Err(err) = &result {
-                    tracing::warn!(tenant, error = %err, events = job.events.len(), "failed to store a batch");
+                    tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
                 }
                 let _ = job.reply.send(result);
             }
@@ -229,7 +229,8 @@ mod tests {
                 events
             })
             .collect();
-        let answers = futures::future::join_all(batches.into_iter().map(|b| writer.store(1, b))).await;
+        let answers =
+            futures::future::join_all(batches.into_iter().map(|b| writer.store(TenantId(1), b))).await;
         for (b, answer) in answers.iter().enumerate() {
             if b == 3 {
                 assert!(answer.is_err(), "the poisoned batch fails");
@@ -247,7 +248,7 @@ mod tests {
         let writer = Writer::new(FakeStore::default(), 1);
         let a = vec![event("x"), event("y")];
         let b = vec![event("y"), event("z")];
-        let (ra, rb) = tokio::join!(writer.store(7, a), writer.store(7, b));
+        let (ra, rb) = tokio::join!(writer.store(TenantId(7), a), writer.store(TenantId(7), b));
         let (ra, rb) = (ra.unwrap(), rb.unwrap());
         assert_eq!(ra, ["x", "y"].iter().map(|s| s.to_string()).collect());
         assert_eq!(rb, ["z"].iter().map(|s| s.to_string()).collect());

@@ -1,5 +1,5 @@
-//! Local-time calendars: DST-correct buckets in an IANA time zone (METRICS.md §4, §6) and
-//! business-hours schedules (METRICS.md §7).
+//! Local-time calendars: DST-correct buckets in an IANA time zone (docs/metrics.md §4, §6) and
+//! business-hours schedules (docs/metrics.md §7).
 
 use std::collections::BTreeSet;
 
@@ -155,7 +155,7 @@ pub fn parse_holiday(field: &str, text: &str) -> Result<NaiveDate, Error> {
     Ok(date)
 }
 
-/// A tenant's business hours (METRICS.md §7).
+/// A tenant's business hours (docs/metrics.md §7).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
     pub time_zone: Tz,

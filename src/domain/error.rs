@@ -1,6 +1,6 @@
 //! The closed set of errors the domain reports; `grpc/status.rs` maps each to one gRPC code.
 
-/// An error a caller can act on, or one opaque internal bucket (STYLE.md, Errors).
+/// An error a caller can act on, or one opaque internal bucket.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The request is malformed: `field` names the path (`events[3].occurred_at`).

@@ -1,13 +1,13 @@
-//! Derived conversation facts (METRICS.md §3): a pure function of a conversation's event set.
+//! Derived conversation facts (docs/metrics.md §3): a pure function of a conversation's event set.
 //!
-//! [`derive`] sorts the events by the METRICS.md §2 tie order and walks them once. Because the
+//! [`derive`] sorts the events by the docs/metrics.md §2 tie order and walks them once. Because the
 //! input is a set and the order is total (`occurred_at`, type precedence, `event_id`), the facts
 //! do not depend on arrival order, batching or duplicates: the store recomputes them from all
 //! stored events of a conversation whenever one of its events is accepted.
 //!
 //! Besides the scalar facts of §3, the result keeps the per-item timelines the KPI queries need
 //! (responses with their waiting start, messages with delivery flags, state and assignment
-//! changes, handling intervals, survey answers and sends), so every KPI of METRICS.md §5 can be
+//! changes, handling intervals, survey answers and sends), so every KPI of docs/metrics.md §5 can be
 //! computed from facts without re-reading events.
 
 use std::collections::{BTreeSet, HashMap};
@@ -42,13 +42,13 @@ impl State {
         }
     }
 
-    /// Resolved and abandoned both end a conversation (METRICS.md §2).
+    /// Resolved and abandoned both end a conversation (docs/metrics.md §2).
     pub fn is_ended(self) -> bool {
         self != State::Open
     }
 }
 
-/// A response (METRICS.md §3): an agent or bot message while a customer was waiting.
+/// A response (docs/metrics.md §3): an agent or bot message while a customer was waiting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     /// `Agent` or `Bot`.
@@ -57,13 +57,13 @@ pub struct Response {
     pub agent_id: Option<String>,
     /// When the customer started waiting (`waiting_since`).
     pub waiting_since: DateTime<Utc>,
-    /// When the response was sent; places reply times in a window (METRICS.md §4).
+    /// When the response was sent; places reply times in a window (docs/metrics.md §4).
     pub at: DateTime<Utc>,
     /// `at - waiting_since`.
     pub seconds: f64,
 }
 
-/// The first human response (METRICS.md §3), measured from the human queue start.
+/// The first human response (docs/metrics.md §3), measured from the human queue start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HumanResponse {
     pub agent_id: String,
@@ -101,7 +101,7 @@ pub struct AssignmentChange {
 }
 
 /// A stretch during which `agent_id` was the assignee and the conversation was open
-/// (METRICS.md §5 agent utilization, handling time). `end = None` = still going.
+/// (docs/metrics.md §5 agent utilization, handling time). `end = None` = still going.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HandlingInterval {
     pub agent_id: String,
@@ -109,7 +109,7 @@ pub struct HandlingInterval {
     pub end: Option<DateTime<Utc>>,
 }
 
-/// The answer that counts for one survey type: the last one (METRICS.md §4).
+/// The answer that counts for one survey type: the last one (docs/metrics.md §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SurveyAnswer {
     pub survey: SurveyType,
@@ -127,7 +127,7 @@ pub struct SurveySend {
     pub at: DateTime<Utc>,
 }
 
-/// Counted messages per sender (customer, agent, bot; METRICS.md §3).
+/// Counted messages per sender (customer, agent, bot; docs/metrics.md §3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageCounts {
     pub customer: u32,
@@ -141,7 +141,7 @@ impl MessageCounts {
     }
 }
 
-/// Every derived fact of one conversation (METRICS.md §3).
+/// Every derived fact of one conversation (docs/metrics.md §3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationFacts {
     pub conversation_id: String,
@@ -184,7 +184,7 @@ pub struct ConversationFacts {
     pub message_counts: MessageCounts,
     pub human_involved: bool,
     pub bot_involved: bool,
-    /// Time of every `resolved` event (resolutions, METRICS.md §5).
+    /// Time of every `resolved` event (resolutions, docs/metrics.md §5).
     pub resolutions: Vec<DateTime<Utc>>,
     pub state_changes: Vec<StateChange>,
     pub assignments: Vec<AssignmentChange>,
@@ -222,7 +222,7 @@ impl ConversationFacts {
         }
     }
 
-    /// Sets the durations that follow from the instants (METRICS.md §3): wait (human queue start
+    /// Sets the durations that follow from the instants (docs/metrics.md §3): wait (human queue start
     /// to first assignment), resolution (`resolved_at - opened_at`, never negative: a
     /// late-stamped `conversation_opened` may follow the resolution, docs/metrics.md) and
     /// duration (first to last counted message of an ended conversation).
@@ -249,7 +249,7 @@ impl ConversationFacts {
     }
 }
 
-/// METRICS.md §2 tie order for events of one conversation with equal `occurred_at`.
+/// docs/metrics.md §2 tie order for events of one conversation with equal `occurred_at`.
 fn precedence(payload: &Payload) -> u8 {
     match payload {
         Payload::ConversationOpened(_) => 0,
@@ -269,7 +269,7 @@ fn precedence(payload: &Payload) -> u8 {
     }
 }
 
-/// Sorts events into the order every derived value is computed in (METRICS.md §2 ties).
+/// Sorts events into the order every derived value is computed in (docs/metrics.md §2 ties).
 pub fn sort_events(events: &mut [&Event]) {
     events.sort_by(|a, b| {
         a.occurred_at
@@ -309,7 +309,7 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
 /// Delivery flags of one message: (delivered, read, failed).
 type Receipt = (bool, bool, bool);
 
-/// Attaches delivery receipts to their messages, whenever they arrived (METRICS.md §5: a receipt
+/// Attaches delivery receipts to their messages, whenever they arrived (docs/metrics.md §5: a receipt
 /// may arrive, and sort, before its message; read implies delivered).
 fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
     let mut receipts: HashMap<&str, Receipt> = HashMap::new();
@@ -336,7 +336,7 @@ fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
     }
 }
 
-/// The walk over a conversation's ordered events (METRICS.md §3): the facts so far and what the
+/// The walk over a conversation's ordered events (docs/metrics.md §3): the facts so far and what the
 /// rules that look back need to remember.
 struct Walk {
     f: ConversationFacts,
@@ -412,7 +412,7 @@ impl Walk {
         }
     }
 
-    /// Applies one event (in METRICS.md §2 order).
+    /// Applies one event (in docs/metrics.md §2 order).
     fn apply(&mut self, e: &Event) {
         let t = e.occurred_at;
         self.f.last_event_at = self.f.last_event_at.max(t);
@@ -455,7 +455,7 @@ impl Walk {
                 self.f.state = State::Abandoned;
             }
             Payload::SurveyResponse(s) => {
-                // Later answers replace earlier ones of the same type (METRICS.md §4).
+                // Later answers replace earlier ones of the same type (docs/metrics.md §4).
                 let answer = SurveyAnswer {
                     survey: s.survey,
                     score: s.score,
@@ -482,7 +482,7 @@ impl Walk {
         }
     }
 
-    /// Only the first `conversation_opened` counts (METRICS.md §3).
+    /// Only the first `conversation_opened` counts (docs/metrics.md §3).
     fn opened(&mut self, t: DateTime<Utc>, o: &super::event::ConversationOpened) {
         let f = &mut self.f;
         if f.has_opened_event {
@@ -518,7 +518,7 @@ impl Walk {
     }
 
     /// A non-private message: counted, and a response when an agent or bot answers a waiting
-    /// customer (METRICS.md §3 responses).
+    /// customer (docs/metrics.md §3 responses).
     fn message(&mut self, t: DateTime<Utc>, m: &super::event::Message) {
         let f = &mut self.f;
         f.messages.push(MessageFact {
@@ -562,7 +562,7 @@ impl Walk {
         }
     }
 
-    /// Handling: the assignee is set and the state is open (METRICS.md §5 utilization). Called
+    /// Handling: the assignee is set and the state is open (docs/metrics.md §5 utilization). Called
     /// when either changed at `t`; zero-length intervals are dropped (docs/metrics.md).
     fn track_handling(&mut self, t: DateTime<Utc>) {
         if let Some(mut open) = self.handling_open.take() {
@@ -592,7 +592,7 @@ impl Walk {
     }
 
     /// Human queue: the first handoff at or after the first customer message, else that message
-    /// (METRICS.md §3); the first human response, first assignment and wait follow from it.
+    /// (docs/metrics.md §3); the first human response, first assignment and wait follow from it.
     fn finish_human_queue(&mut self) {
         let f = &mut self.f;
         let Some(first_customer) = f.first_customer_message_at else {
@@ -640,7 +640,7 @@ impl Walk {
     }
 
     /// The counting answers, in survey-type order, credited to their agent or else the
-    /// conversation's agent (METRICS.md §4).
+    /// conversation's agent (docs/metrics.md §4).
     fn finish_surveys(&mut self) {
         let agent = self.f.agent.clone();
         self.f.surveys = std::mem::take(&mut self.surveys)

@@ -1,4 +1,4 @@
-//! Unit tests of METRICS.md §3 fact derivation on hand-built conversations.
+//! Unit tests of docs/metrics.md §3 fact derivation on hand-built conversations.
 
 use chrono::{DateTime, Utc};
 use rand::{SeedableRng, seq::SliceRandom};

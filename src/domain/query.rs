@@ -1,4 +1,4 @@
-//! A validated KPI query: window, time zone, filters and the knobs of METRICS.md §5-§7.
+//! A validated KPI query: window, time zone, filters and the knobs of docs/metrics.md §5-§7.
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
@@ -11,7 +11,7 @@ use super::{
 /// Longest window a query may span (and the previous window for comparisons doubles the data
 /// read): two years covers year-over-year dashboards.
 pub const MAX_WINDOW: Duration = Duration::days(731);
-/// METRICS.md §5 defaults.
+/// docs/metrics.md §5 defaults.
 pub const DEFAULT_REPEAT_WINDOW: Duration = Duration::days(7);
 pub const DEFAULT_ATTRIBUTION_WINDOW: Duration = Duration::days(7);
 /// Longest repeat or attribution window accepted.
@@ -81,7 +81,7 @@ impl Window {
         self.to - self.from
     }
 
-    /// The window of the same length ending at `from` (METRICS.md §6 comparisons).
+    /// The window of the same length ending at `from` (docs/metrics.md §6 comparisons).
     pub fn previous(&self) -> Window {
         Window {
             from: self.from - self.length(),
@@ -90,7 +90,7 @@ impl Window {
     }
 }
 
-/// Filters of METRICS.md §6: each list means "any of"; lists are AND-combined; empty = all.
+/// Filters of docs/metrics.md §6: each list means "any of"; lists are AND-combined; empty = all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filters {
     pub channels: Vec<Channel>,
@@ -113,7 +113,7 @@ pub struct Query {
     pub window: Window,
     pub time_zone: Tz,
     pub filters: Filters,
-    /// Measure durations inside the tenant's business hours only (METRICS.md §7).
+    /// Measure durations inside the tenant's business hours only (docs/metrics.md §7).
     pub business_hours: bool,
     /// FCR / repeat contact lookahead; zero disables the repeat check.
     pub repeat_window: Duration,

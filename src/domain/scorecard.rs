@@ -1,4 +1,4 @@
-//! Scorecards (METRICS.md §8): each targeted KPI, its target and whether it is met.
+//! Scorecards (docs/metrics.md §8): each targeted KPI, its target and whether it is met.
 
 use super::{
     kpi::{Kpis, Targets, live::AgentUtilization},

@@ -1,4 +1,4 @@
-//! A tenant's settings: business hours (METRICS.md §7) and KPI targets (§8).
+//! A tenant's settings: business hours (docs/metrics.md §7) and KPI targets (§8).
 
 use super::{calendar::Schedule, kpi::Targets};
 

@@ -1,11 +1,11 @@
-//! Duration statistics of METRICS.md §5: count, mean, min, max and percentiles with linear
+//! Duration statistics of docs/metrics.md §5: count, mean, min, max and percentiles with linear
 //! interpolation between closest ranks (PostgreSQL `percentile_cont`).
 //!
 //! [`Durations`] accumulates one KPI of one group. Count, mean, min, max and the share within a
 //! target are always exact. Percentiles are exact while the group has at most
 //! [`EXACT_PERCENTILES_UP_TO`] items; above that, every value is counted in a log-linear
 //! histogram ([`LogHistogram`]) and percentiles come from it with less than 1 % relative error
-//! (METRICS.md §5 allows 1 %). Which one applies depends only on the group's item count, so
+//! (docs/metrics.md §5 allows 1 %). Which one applies depends only on the group's item count, so
 //! the same question always gets the same answer.
 
 /// Summary of a set of durations in seconds. Everything but `count` is absent over zero items.
@@ -19,7 +19,7 @@ pub struct DurationStats {
     pub p90: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
-    /// Share (%) of items at or under the target, when a target is given (METRICS.md §8).
+    /// Share (%) of items at or under the target, when a target is given (docs/metrics.md §8).
     pub within_target: Option<f64>,
 }
 
@@ -323,7 +323,7 @@ impl LogHistogram {
     }
 }
 
-/// `100 * part / whole`, absent when `whole` is 0 (METRICS.md §5).
+/// `100 * part / whole`, absent when `whole` is 0 (docs/metrics.md §5).
 pub fn rate(part: u64, whole: u64) -> Option<f64> {
     (whole > 0).then(|| 100.0 * part as f64 / whole as f64)
 }

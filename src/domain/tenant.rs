@@ -1,15 +1,23 @@
 //! Tenants and API keys: key format, generation and hashing.
 //!
 //! A key reads `ck_<tenant id>_<secret>`: the tenant id lets the store look the key up by
-//! `(tenant_id, key_hash)` so the key table stays keyed by tenant first (STYLE.md, SQL). The
+//! `(tenant_id, key_hash)` so the key table stays keyed by tenant first. The
 //! secret is 32 random bytes, so a single SHA-256 is enough to store it safely (no password
 //! stretching needed for high-entropy secrets).
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-/// A tenant's numeric id.
-pub type TenantId = i64;
+/// A tenant's id (`tenants.tenant_id`). A newtype so a tenant id is never confused with another
+/// number (a day, a count, a symbol id) in a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(pub i64);
+
+impl std::fmt::Display for TenantId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// What a key may do (README, API keys). A call needs one scope: EventService `ingest`,
 /// MetricsService `read` (UpdateSettings `admin`), AdminService `admin`.
@@ -74,7 +82,7 @@ pub fn parse_key(key: &str) -> Option<TenantId> {
     if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    tenant.parse().ok()
+    tenant.parse().ok().map(TenantId)
 }
 
 #[cfg(test)]
@@ -83,9 +91,9 @@ mod tests {
 
     #[test]
     fn generated_keys_parse_back_to_their_tenant_and_differ() {
-        let a = generate_key(42);
-        let b = generate_key(42);
-        assert_eq!(parse_key(&a.plaintext), Some(42));
+        let a = generate_key(TenantId(42));
+        let b = generate_key(TenantId(42));
+        assert_eq!(parse_key(&a.plaintext), Some(TenantId(42)));
         assert_ne!(a.plaintext, b.plaintext);
         assert_eq!(a.hash, hash_key(&a.plaintext));
     }
@@ -96,7 +104,7 @@ mod tests {
             assert_eq!(Scope::parse(s.as_str()), Some(s));
         }
         assert_eq!(Scope::parse("write"), None);
-        let key = generate_key(7);
+        let key = generate_key(TenantId(7));
         assert_eq!(key_id(&key.hash), hex::encode(&key.hash)[..12]);
     }
 

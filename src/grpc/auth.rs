@@ -33,7 +33,7 @@ pub async fn authorize<T>(app: &App, request: &Request<T>, scope: Scope) -> Resu
         }
     };
     app.ready.check()?;
-    tracing::Span::current().record("tenant", tenant);
+    tracing::Span::current().record("tenant", tenant.0);
     Ok(tenant)
 }
 

@@ -1,4 +1,4 @@
-//! The one place a domain error becomes a `tonic::Status` (STYLE.md, Errors).
+//! The one place a domain error becomes a `tonic::Status`.
 
 use tonic::Status;
 

@@ -1,7 +1,8 @@
-//! The event store write path: one transaction per batch that appends new events and recomputes
-//! the facts of every conversation they touch.
+//! The event store write path: one transaction (for one batch, or several batches merged by
+//! `app::writer`) that appends the new events and recomputes the facts of every conversation they
+//! touch.
 //!
-//! Why recompute instead of patching: METRICS.md §2 requires every derived value to be a function
+//! Why recompute instead of patching: docs/metrics.md §2 requires every derived value to be a function
 //! of the event *set*. Recomputing a touched conversation from all its stored events makes late,
 //! shuffled and duplicated events give the same facts by construction. Concurrent batches that
 //! touch the same conversation are serialized by a transaction-scoped advisory lock per
@@ -192,7 +193,10 @@ pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {
     .await?;
     let mut done = 0;
     for (tenant,) in tenants {
-        tracing::info!(tenant, "deriving the tenant's conversations again (upgrade)");
+        tracing::info!(
+            tenant = tenant.0,
+            "deriving the tenant's conversations again (upgrade)"
+        );
         done += reproject(pool, tenant, 2000).await?;
     }
     Ok(done)

@@ -11,11 +11,11 @@ pub mod tenants;
 use std::time::Duration;
 
 use sqlx::{
-    ConnectOptions, PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, PgPool, Postgres,
+    postgres::{PgArgumentBuffer, PgConnectOptions, PgPoolOptions, PgTypeInfo, PgValueRef},
 };
 
-use crate::domain::Error;
+use crate::domain::{Error, tenant::TenantId};
 
 /// The embedded migrations of `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -110,6 +110,28 @@ impl From<sqlx::Error> for Error {
 /// Everything else (a missing relation, a violated constraint, ...) is a defect: INTERNAL.
 fn transient(code: &str) -> bool {
     code == "40001" || code == "40P01" || code.starts_with("57P") || code == "53300" || code.starts_with("08")
+}
+
+// `TenantId` binds and decodes as the `bigint` it is stored as.
+impl sqlx::Type<Postgres> for TenantId {
+    fn type_info() -> PgTypeInfo {
+        <i64 as sqlx::Type<Postgres>>::type_info()
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for TenantId {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <i64 as sqlx::Encode<Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for TenantId {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+        <i64 as sqlx::Decode<Postgres>>::decode(value).map(TenantId)
+    }
 }
 
 #[cfg(test)]

@@ -599,7 +599,7 @@ async fn an_ingest_call_is_traced_over_otlp_with_its_tenant_in_the_callers_trace
             .and_then(|a| a.value.as_ref())
             .and_then(|v| v.value.clone())
     };
-    assert_eq!(attribute("tenant"), Some(Value::IntValue(app.tenant)));
+    assert_eq!(attribute("tenant"), Some(Value::IntValue(app.tenant.0)));
     assert_eq!(attribute("events"), Some(Value::IntValue(1)));
     assert_eq!(attribute("outcome"), Some(Value::StringValue("Ok".into())));
     assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");

@@ -114,7 +114,7 @@ impl TestApp {
             database_url: database_url.to_owned(),
             ..Options::default()
         };
-        Self::start(options, pool, 1, format!("ck_1_{}", "a".repeat(64))).await
+        Self::start(options, pool, TenantId(1), format!("ck_1_{}", "a".repeat(64))).await
     }
 
     async fn start(options: Options, pool: PgPool, tenant: TenantId, api_key: String) -> TestApp {

@@ -1,5 +1,5 @@
 //! End-to-end tests: the real server on 127.0.0.1:0 against a real Postgres, through the
-//! generated gRPC clients. One binary for every integration test (STYLE.md).
+//! generated gRPC clients. One binary for every integration test.
 //!
 //! The database comes from `DATABASE_URL` (default
 //! `postgres://postgres:postgres@127.0.0.1:5432/chatkpi_test`, created if missing). When it is

@@ -220,7 +220,7 @@ fn durations(d: &Option<pb::DurationStats>, name: &str) -> Result<(), TestCaseEr
     rate(d.within_target, name)
 }
 
-/// Every KPI within its possible range (METRICS.md §5; survey response rates may pass 100 %,
+/// Every KPI within its possible range (docs/metrics.md §5; survey response rates may pass 100 %,
 /// docs/metrics.md).
 fn kpis_in_range(k: &pb::Kpis) -> Result<(), TestCaseError> {
     for (v, name) in [

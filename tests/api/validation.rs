@@ -1,4 +1,4 @@
-//! Each METRICS.md §2 validation rule rejects just its event, with the field path; the rest of
+//! Each docs/metrics.md §2 validation rule rejects just its event, with the field path; the rest of
 //! the batch is stored. Oversized batches are rejected whole.
 
 use chatkpi::grpc::{convert::chrono_to_timestamp, pb};

@@ -11,7 +11,7 @@ use std::{collections::HashMap, time::Instant};
 
 use anyhow::Context;
 use chatkpi::{
-    domain::{event::Event, facts},
+    domain::{event::Event, facts, tenant::TenantId},
     store,
 };
 use sqlx::PgPool;
@@ -72,7 +72,7 @@ pub async fn load(
 
 /// Stores a day's conversations as derived facts and its presence and conversions as events;
 /// returns the number of conversations.
-async fn store_facts_only(pool: &PgPool, tenant: i64, day: &[Event]) -> anyhow::Result<u64> {
+async fn store_facts_only(pool: &PgPool, tenant: TenantId, day: &[Event]) -> anyhow::Result<u64> {
     let mut by_conversation: HashMap<&str, Vec<Event>> = HashMap::new();
     let mut side = Vec::new();
     for e in day {

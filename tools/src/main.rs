@@ -27,6 +27,9 @@ enum Command {
     BenchQueries(BenchQueriesArgs),
     /// Write a tenant's conversation facts as CSV (the DuckDB anchor of the query benchmark).
     ExportFacts(ExportArgs),
+    /// Hold sliding WatchOverview streams open and report pushes, errors and push latency (load
+    /// for bench/soak.sh).
+    Watch(WatchArgs),
 }
 
 /// The simulated helpdesk's size and seed.
@@ -83,6 +86,28 @@ struct SimulateArgs {
     /// Parallel streams to the server.
     #[arg(long, default_value_t = 1)]
     streams: usize,
+    /// Send at most this many events per second (default: as fast as the server acknowledges).
+    #[arg(long)]
+    rate: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Server, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    server: String,
+    /// API key of the tenant to watch.
+    #[arg(long, env = "CHATKPI_API_KEY")]
+    api_key: String,
+    /// Parallel WatchOverview streams (sliding 30-day windows).
+    #[arg(long, default_value_t = 4)]
+    watchers: usize,
+    /// Seconds between pushes of each watcher.
+    #[arg(long, default_value_t = 5)]
+    interval: u64,
+    /// How long to watch, in seconds.
+    #[arg(long)]
+    seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +184,9 @@ async fn pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Warnings of the clients (a stream reopened after a failure) on stderr; no traces exported.
+    let _telemetry =
+        chatkpi::telemetry::init_with(chatkpi::config::LogFormat::Text, chatkpi::telemetry::Traces::Off);
     match Cli::parse().command {
         Command::Simulate(a) => {
             let config = a.shape.config();
@@ -173,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
                         .api_key
                         .as_deref()
                         .context("--server needs --api-key (or CHATKPI_API_KEY)")?;
-                    stream::to_server(&config, server, key, a.batch, a.streams).await
+                    stream::to_server(&config, server, key, a.batch, a.streams, a.rate).await
                 }
                 _ => bail!("give either --out FILE (or -) or --server URL"),
             }
@@ -195,6 +223,16 @@ async fn main() -> anyhow::Result<()> {
                 no_warmup: a.no_warmup,
             })
             .await
+        }
+        Command::Watch(a) => {
+            let plan = queries::WatchPlan {
+                server: a.server,
+                api_key: a.api_key,
+                watchers: a.watchers,
+                interval: std::time::Duration::from_secs(a.interval),
+                duration: std::time::Duration::from_secs(a.seconds),
+            };
+            queries::watch(&plan).await
         }
         Command::ExportFacts(a) => {
             let pool = pool(&a.database_url).await?;

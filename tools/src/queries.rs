@@ -134,6 +134,101 @@ async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
     anyhow::bail!("the server did not report SERVING within a minute")
 }
 
+/// Watchers for [`watch`].
+pub struct WatchPlan {
+    pub server: String,
+    pub api_key: String,
+    pub watchers: usize,
+    pub interval: std::time::Duration,
+    pub duration: std::time::Duration,
+}
+
+/// Holds `watchers` sliding 30-day WatchOverview streams for `duration` and prints, per
+/// watcher summed: pushes, errors and the largest gap between pushes (a push is due every
+/// interval). A watcher whose stream fails reopens it.
+pub async fn watch(plan: &WatchPlan) -> anyhow::Result<()> {
+    let channel = client::connect(&plan.server).await?;
+    let bearer = client::bearer(&plan.api_key)?;
+    wait_until_serving(&channel).await?;
+    let until = Instant::now() + plan.duration;
+    let mut tasks = Vec::new();
+    for _ in 0..plan.watchers {
+        let (channel, bearer, interval) = (channel.clone(), bearer.clone(), plan.interval);
+        tasks.push(tokio::spawn(async move {
+            one_watcher(channel, bearer, interval, until).await
+        }));
+    }
+    let (mut pushes, mut errors, mut gap) = (0u64, 0u64, 0f64);
+    for task in tasks {
+        let w = task.await?;
+        pushes += w.pushes;
+        errors += w.errors;
+        gap = gap.max(w.max_gap_secs);
+    }
+    println!(
+        "watchers={} pushes={pushes} errors={errors} max_gap_seconds={gap:.1}",
+        plan.watchers
+    );
+    Ok(())
+}
+
+#[derive(Default)]
+struct Watched {
+    pushes: u64,
+    errors: u64,
+    max_gap_secs: f64,
+}
+
+async fn one_watcher(
+    channel: Channel,
+    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    interval: std::time::Duration,
+    until: Instant,
+) -> Watched {
+    let mut client = pb::metrics_service_client::MetricsServiceClient::new(channel);
+    let mut seen = Watched::default();
+    while Instant::now() < until {
+        let to = Utc::now();
+        let request = pb::WatchOverviewRequest {
+            query: Some(pb::Query {
+                from: Some(chrono_to_timestamp(to - Duration::days(30))),
+                to: Some(chrono_to_timestamp(to)),
+                ..Default::default()
+            }),
+            min_interval: Some(pbjson_types::Duration {
+                seconds: interval.as_secs() as i64,
+                nanos: 0,
+            }),
+            sliding: true,
+        };
+        let mut stream = match client.watch_overview(authed(request, &bearer)).await {
+            Ok(r) => r.into_inner(),
+            Err(_) => {
+                seen.errors += 1;
+                tokio::time::sleep(interval).await;
+                continue;
+            }
+        };
+        let mut last = Instant::now();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, stream.message()).await {
+                Err(_) => return seen,
+                Ok(Ok(Some(_))) => {
+                    seen.pushes += 1;
+                    seen.max_gap_secs = seen.max_gap_secs.max(last.elapsed().as_secs_f64());
+                    last = Instant::now();
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    seen.errors += 1;
+                    break;
+                }
+            }
+        }
+    }
+    seen
+}
+
 /// The `p` percentile of sorted samples, by nearest rank.
 pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -4,7 +4,7 @@
 use std::{
     io::{BufWriter, Write},
     path::Path,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -49,6 +49,7 @@ pub async fn to_server(
     api_key: &str,
     batch: usize,
     streams: usize,
+    rate: Option<u64>,
 ) -> anyhow::Result<()> {
     let channel = client::connect(server).await?;
     let bearer = client::bearer(api_key)?;
@@ -59,8 +60,17 @@ pub async fn to_server(
     let batch = batch.max(1);
     let generator = tokio::task::spawn_blocking(move || {
         let mut batch_id = 0u64;
+        let (paced_from, mut generated) = (Instant::now(), 0u64);
         sim::for_each_day(&config, |chunk| {
             for part in chunk.chunks(batch) {
+                if let Some(rate) = rate.filter(|r| *r > 0) {
+                    // Hold each batch until the rate allows it.
+                    let due = Duration::from_secs_f64(generated as f64 / rate as f64);
+                    if let Some(wait) = due.checked_sub(paced_from.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                    generated += part.len() as u64;
+                }
                 batch_id += 1;
                 let events = part.iter().map(event_to_proto).collect();
                 if tx

@@ -1,5 +1,5 @@
 //! What a client sent, decoded from the wire but not checked: [`EventInput`], and
-//! [`Event::parse`], the one place the METRICS.md §2 validation rules are applied. Every write
+//! [`Event::parse`], the one place the docs/metrics.md §2 validation rules are applied. Every write
 //! path (gRPC, the JSON-lines import, the benchmark loader) builds events through it.
 
 use chrono::{DateTime, Utc};
@@ -132,7 +132,7 @@ fn within(prefix: &'static str) -> impl Fn(FieldError) -> FieldError {
 }
 
 impl Event {
-    /// Validates an event (METRICS.md §2; docs/metrics.md where it is silent). `now` bounds
+    /// Validates an event (docs/metrics.md §2; docs/metrics.md where it is silent). `now` bounds
     /// `occurred_at`. The first problem is reported with its path below the event
     /// (`message.agent_id`); the caller prefixes `events[i].`.
     pub fn parse(e: &EventInput, now: DateTime<Utc>) -> Result<Event, FieldError> {
@@ -190,7 +190,7 @@ impl PayloadInput {
                     team: team.clone(),
                     // Unset priority = not set (the conversation stays normal until changed).
                     priority: priority.optional("priority").map_err(&f)?,
-                    // Unset = customer (METRICS.md §2 default).
+                    // Unset = customer (docs/metrics.md §2 default).
                     initiated_by: initiated_by
                         .optional("initiated_by")
                         .map_err(&f)?
@@ -207,7 +207,7 @@ impl PayloadInput {
                 check_id("message_id", message_id).map_err(&f)?;
                 let sender = sender.required("sender").map_err(&f)?;
                 let agent_id = if sender == Sender::Agent {
-                    // METRICS.md §2: agent_id is required when sender = agent.
+                    // docs/metrics.md §2: agent_id is required when sender = agent.
                     check_id("agent_id", agent_id)
                         .map_err(|e| {
                             FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason))

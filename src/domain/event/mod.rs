@@ -1,4 +1,4 @@
-//! The validated conversation events of METRICS.md §2, independent of the wire format.
+//! The validated conversation events of docs/metrics.md §2, independent of the wire format.
 //!
 //! Values of these types have passed validation: [`Event::parse`] ([`input`]) builds them from
 //! what a client sent, with field paths in its errors, and every write path goes through it.
@@ -32,7 +32,7 @@ pub struct Event {
     pub payload: Payload,
 }
 
-/// The 14 event types of METRICS.md §2.
+/// The 14 event types of docs/metrics.md §2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Payload {
@@ -53,7 +53,7 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// The event type's name as stored in `events.kind` (METRICS.md §2 spelling).
+    /// The event type's name as stored in `events.kind` (docs/metrics.md §2 spelling).
     pub fn kind(&self) -> &'static str {
         match self {
             Payload::ConversationOpened(_) => "conversation_opened",
@@ -73,14 +73,14 @@ impl Payload {
         }
     }
 
-    /// Whether the event feeds its conversation's derived facts. METRICS.md §3: `conversion`
+    /// Whether the event feeds its conversation's derived facts. docs/metrics.md §3: `conversion`
     /// events never belong to a conversation's facts, even when they carry its id; presence
     /// belongs to an agent.
     pub fn belongs_to_conversation(&self) -> bool {
         !matches!(self, Payload::Conversion(_) | Payload::AgentStatus(_))
     }
 
-    /// Whether the event type must carry a `conversation_id` (METRICS.md §2).
+    /// Whether the event type must carry a `conversation_id` (docs/metrics.md §2).
     pub fn requires_conversation(&self) -> bool {
         self.belongs_to_conversation()
     }
@@ -191,12 +191,12 @@ macro_rules! named_enum {
             /// Every value, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
-            /// The METRICS.md spelling, used in storage and docs.
+            /// The docs/metrics.md spelling, used in storage and docs.
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $text),+ }
             }
 
-            /// Parses the METRICS.md spelling.
+            /// Parses the docs/metrics.md spelling.
             pub fn parse(text: &str) -> Option<Self> {
                 match text { $($text => Some($name::$variant),)+ _ => None }
             }
@@ -211,7 +211,7 @@ macro_rules! named_enum {
 }
 
 named_enum!(
-    /// METRICS.md §1 channels.
+    /// docs/metrics.md §1 channels.
     Channel {
         Whatsapp => "whatsapp",
         Webchat => "webchat",
@@ -236,7 +236,7 @@ named_enum!(
 );
 
 named_enum!(
-    /// Conversation priority (METRICS.md §1, default `normal`).
+    /// Conversation priority (docs/metrics.md §1, default `normal`).
     Priority { Low => "low", Normal => "normal", High => "high", Urgent => "urgent" }
 );
 
@@ -261,21 +261,21 @@ named_enum!(
 );
 
 impl Default for Channel {
-    /// METRICS.md §3: a conversation without `conversation_opened` is on channel `other`.
+    /// docs/metrics.md §3: a conversation without `conversation_opened` is on channel `other`.
     fn default() -> Self {
         Channel::Other
     }
 }
 
 impl Default for Priority {
-    /// METRICS.md §1: priority `normal` until set.
+    /// docs/metrics.md §1: priority `normal` until set.
     fn default() -> Self {
         Priority::Normal
     }
 }
 
 impl Default for Initiator {
-    /// METRICS.md §2: `initiated_by` defaults to the customer.
+    /// docs/metrics.md §2: `initiated_by` defaults to the customer.
     fn default() -> Self {
         Initiator::Customer
     }
@@ -289,7 +289,7 @@ pub struct Scale {
 }
 
 impl SurveyType {
-    /// METRICS.md §2 default scales: CSAT 1-5, CES 1-7, NPS 0-10.
+    /// docs/metrics.md §2 default scales: CSAT 1-5, CES 1-7, NPS 0-10.
     pub fn default_scale(self) -> Scale {
         match self {
             SurveyType::Csat => Scale { min: 1, max: 5 },
@@ -317,7 +317,7 @@ impl FieldError {
     }
 }
 
-/// Checks an id of METRICS.md §2: 1-128 characters, none of them NUL (PostgreSQL text and
+/// Checks an id of docs/metrics.md §2: 1-128 characters, none of them NUL (PostgreSQL text and
 /// jsonb cannot store U+0000, so such an event could never be stored: it is rejected here, alone,
 /// instead of failing the batch it travels in).
 pub fn check_id(field: &str, value: &str) -> Result<(), FieldError> {
@@ -341,14 +341,14 @@ pub fn check_optional_id(field: &str, value: Option<&str>) -> Result<(), FieldEr
     value.map_or(Ok(()), |v| check_id(field, v))
 }
 
-/// Earliest accepted `occurred_at` (METRICS.md §2).
+/// Earliest accepted `occurred_at` (docs/metrics.md §2).
 pub fn earliest_occurred_at() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
         .single()
         .expect("valid constant date")
 }
 
-/// METRICS.md §2: `occurred_at` between 2000-01-01 and now + 24 h.
+/// docs/metrics.md §2: `occurred_at` between 2000-01-01 and now + 24 h.
 pub fn check_occurred_at(field: &str, value: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), FieldError> {
     let latest = now + chrono::Duration::hours(24);
     if value < earliest_occurred_at() || value > latest {
@@ -365,7 +365,7 @@ pub fn check_occurred_at(field: &str, value: DateTime<Utc>, now: DateTime<Utc>) 
     }
 }
 
-/// METRICS.md §2: the effective scale of a survey answer, and the score inside it. NPS is always
+/// docs/metrics.md §2: the effective scale of a survey answer, and the score inside it. NPS is always
 /// 0-10; a missing bound takes the survey's default.
 pub fn check_survey_scale(
     survey: SurveyType,
@@ -437,7 +437,7 @@ pub fn check_conversion_kind(field: &str, kind: &str) -> Result<(), FieldError> 
     }
 }
 
-/// METRICS.md §2 `value_minor >= 0`, and at most [`MAX_VALUE_MINOR`] so revenue sums stay exact.
+/// docs/metrics.md §2 `value_minor >= 0`, and at most [`MAX_VALUE_MINOR`] so revenue sums stay exact.
 pub fn check_value_minor(field: &str, value: i64) -> Result<(), FieldError> {
     if (0..=MAX_VALUE_MINOR).contains(&value) {
         Ok(())

@@ -1,4 +1,4 @@
-//! Filters of METRICS.md §6 resolved to the tenant's symbols once per computation.
+//! Filters of docs/metrics.md §6 resolved to the tenant's symbols once per computation.
 
 use std::collections::HashSet;
 
@@ -58,7 +58,7 @@ impl Compiled {
     }
 
     /// Conversation-level match, except the agent filter (responses and surveys match the agent
-    /// filter by their own agent, METRICS.md §6).
+    /// filter by their own agent, docs/metrics.md §6).
     pub fn conversation_except_agent(&self, c: &Conv) -> bool {
         self.channels.as_ref().is_none_or(|s| s.contains(&c.channel))
             && self.inboxes.as_ref().is_none_or(|s| s.contains(&c.inbox))

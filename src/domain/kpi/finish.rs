@@ -1,4 +1,4 @@
-//! From a group's running totals to its KPIs (METRICS.md §5): duration statistics, rates,
+//! From a group's running totals to its KPIs (docs/metrics.md §5): duration statistics, rates,
 //! survey scores, conversion, retention, tag and channel shares.
 
 use std::collections::BTreeMap;
@@ -80,7 +80,7 @@ pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRe
     Finished { kpis: k, customers }
 }
 
-/// Retention (METRICS.md §5): the share of `previous` customers (sorted, distinct) found in
+/// Retention (docs/metrics.md §5): the share of `previous` customers (sorted, distinct) found in
 /// `current` (sorted, distinct).
 pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
     // Both sorted: one walk through both.
@@ -184,7 +184,7 @@ fn ces(mut answers: Vec<f64>, sent: u64) -> Ces {
 }
 
 /// Conversion rate and revenue: distinct customers of the group's openers, those of them with
-/// an attributed conversion, and each attributed conversion's value once (METRICS.md §5).
+/// an attributed conversion, and each attributed conversion's value once (docs/metrics.md §5).
 fn conversion(
     customers: &[u32],
     a: &mut Acc,

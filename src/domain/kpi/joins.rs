@@ -1,5 +1,5 @@
 //! Lookups across a tenant's days by customer, built once per computation from the segments'
-//! hot columns: repeat contacts (METRICS.md §5 FCR) and conversion attribution.
+//! hot columns: repeat contacts (docs/metrics.md §5 FCR) and conversion attribution.
 //!
 //! Customers are dense ids, so each lookup table is a compressed sparse row (CSR) structure: one
 //! offset per customer into one array of items, filled by a counting sort in linear time.
@@ -54,7 +54,7 @@ impl<T: Copy + Default> Csr<T> {
 pub(super) struct Joins {
     /// Open times of the conversations opened in the lookahead range, per customer.
     opens: Csr<Micros>,
-    /// Zero disables the repeat check (METRICS.md §5).
+    /// Zero disables the repeat check (docs/metrics.md §5).
     repeat_window: Micros,
     /// Conversions of the kinds asked for, per customer, by time (indexes into the
     /// computation's conversions).
@@ -116,7 +116,7 @@ impl Joins {
     }
 
     /// Whether another conversation of `customer` was opened in `(resolved_at, resolved_at +
-    /// repeat_window]` (METRICS.md §5 repeat contact). A conversation is never its own repeat
+    /// repeat_window]` (docs/metrics.md §5 repeat contact). A conversation is never its own repeat
     /// contact: when its own `opened_at` is in that range (a `conversation_opened` stamped
     /// after the resolution) it is counted out.
     pub fn repeat(&self, customer: u32, resolved_at: Micros, own_opened_at: Micros) -> bool {
@@ -131,7 +131,7 @@ impl Joins {
     }
 
     /// Appends the conversions of `customer` in `[opened_at, opened_at + attribution_window]`
-    /// (METRICS.md §5 conversion rate) to `out`.
+    /// (docs/metrics.md §5 conversion rate) to `out`.
     pub fn attributed(
         &self,
         customer: u32,

@@ -1,4 +1,4 @@
-//! KPIs at an instant or over intervals beside the window summaries (METRICS.md §5): backlog and
+//! KPIs at an instant or over intervals beside the window summaries (docs/metrics.md §5): backlog and
 //! live counts, agent utilization, and the drill-down to the conversations behind a KPI (§6).
 
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ pub struct AgentUtilization {
     pub utilization: Option<f64>,
 }
 
-/// Which conversations a drill-down lists (METRICS.md §6).
+/// Which conversations a drill-down lists (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrillDown {
     Opened,
@@ -129,7 +129,7 @@ impl Computation<'_> {
         Ok(())
     }
 
-    /// METRICS.md §5 utilization: per agent, logged-in time (online, busy or away) and the part
+    /// docs/metrics.md §5 utilization: per agent, logged-in time (online, busy or away) and the part
     /// of it during which the agent was the assignee of at least one open conversation, in the
     /// window. The agent filter picks agents; the other filters pick which conversations count
     /// as handling. Returns the agents (by id) and the team figure (sums).

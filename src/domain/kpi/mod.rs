@@ -1,17 +1,20 @@
-//! KPI computation (METRICS.md §4-§8) over a tenant's day segments.
+//! KPI computation (docs/metrics.md §4-§8) over a tenant's day segments.
 //!
 //! A computation reads [`Data`]: the segments a query needs (chosen by their [`Bounds`]), the
 //! tenant's symbol names, presence and conversions. Overview, breakdowns and time series share
-//! one scan ([`scan`]) that places every item by its METRICS.md §4 time, filters it by the §6
+//! one scan ([`scan`]) that places every item by its docs/metrics.md §4 time, filters it by the §6
 //! rules and routes it ([`route`]) to its group; the segments are split into parts scanned in
 //! parallel ([`acc`] totals merge in any order), and each group's totals become KPIs in
 //! [`finish`]. Repeat contacts and conversion attribution need a customer's other days; they
 //! come from per-query lookups by customer ([`joins`]). Backlog, utilization and drill-down are
 //! in [`live`].
 //!
-//! Every answer is exact: counts and sums are integers, means are sums over sorted values or
-//! whole microseconds, percentiles are selected from every value (PostgreSQL
-//! `percentile_cont`).
+//! Counts and sums are integers and means are sums of whole microseconds, so they are exact in
+//! any merge order; percentiles are exact up to [`EXACT_PERCENTILES_UP_TO`] values per group and
+//! within 1 % above (docs/metrics.md §9, [`stats`]).
+//!
+//! [`EXACT_PERCENTILES_UP_TO`]: crate::domain::stats::EXACT_PERCENTILES_UP_TO
+//! [`stats`]: crate::domain::stats
 //!
 //! [`Bounds`]: crate::domain::segment::Bounds
 
@@ -150,7 +153,7 @@ pub struct Computation<'a> {
 }
 
 impl Computation<'_> {
-    /// A duration as the query measures it: whole, or inside business hours (METRICS.md §7).
+    /// A duration as the query measures it: whole, or inside business hours (docs/metrics.md §7).
     pub fn measure(&self, span: Span) -> f64 {
         match (self.query.business_hours, self.schedule) {
             (true, Some(s)) => s.open_seconds(span),
@@ -165,7 +168,7 @@ impl Computation<'_> {
         }
     }
 
-    /// KPIs per group of `grouping` (METRICS.md §6). Groups without items are not returned,
+    /// KPIs per group of `grouping` (docs/metrics.md §6). Groups without items are not returned,
     /// except every bucket of a time series, which is always present.
     pub fn run(&self, grouping: Grouping) -> Result<Vec<(GroupKey, Kpis)>, Error> {
         let scan = self.scan(grouping);
@@ -395,7 +398,7 @@ impl Computation<'_> {
     }
 }
 
-/// The window whose customers retention compares with (METRICS.md §5: the window of the same
+/// The window whose customers retention compares with (docs/metrics.md §5: the window of the same
 /// length ending at `from`; for a time series, one bucket length before its first bucket,
 /// docs/metrics.md), and a series' first bucket.
 fn previous_window(q: &Query, grouping: Grouping) -> (Span, Option<Micros>) {

@@ -1,4 +1,4 @@
-//! Routing: the groups an item goes to (METRICS.md §6) - its value of the breakdown dimension,
+//! Routing: the groups an item goes to (docs/metrics.md §6) - its value of the breakdown dimension,
 //! or the local calendar bucket of its placing time.
 
 use chrono_tz::Tz;

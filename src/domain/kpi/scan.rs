@@ -1,4 +1,4 @@
-//! The scan: every item of a conversation placed by its METRICS.md §4 time, filtered by the §6
+//! The scan: every item of a conversation placed by its docs/metrics.md §4 time, filtered by the §6
 //! rules and added to the group it routes to. One function per family of items:
 //!
 //! | items | placed by | matched against the agent filter by |
@@ -399,7 +399,7 @@ fn add_survey(a: &mut Acc, kind: SurveyType, score: i32, min: i32, max: i32, nor
     match kind {
         SurveyType::Csat => a.csat.push((score, min, max)),
         SurveyType::Nps => a.nps.push(score),
-        // METRICS.md §5: CES on a 1-7 scale.
+        // docs/metrics.md §5: CES on a 1-7 scale.
         SurveyType::Ces => a.ces.push(1.0 + 6.0 * normalized),
     }
 }

@@ -1,4 +1,4 @@
-//! The KPI types of METRICS.md §5-§8: what a computation answers for one group of items, how
+//! The KPI types of docs/metrics.md §5-§8: what a computation answers for one group of items, how
 //! items are grouped, and the tenant's targets.
 
 use crate::domain::{
@@ -9,7 +9,7 @@ use crate::domain::{
     time::Micros,
 };
 
-/// A breakdown dimension (METRICS.md §6).
+/// A breakdown dimension (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dimension {
     Channel,
@@ -44,7 +44,7 @@ pub enum GroupKey {
     Bucket(Micros),
 }
 
-/// KPI targets (METRICS.md §8), defaults from helpdesk practice.
+/// KPI targets (docs/metrics.md §8), defaults from helpdesk practice.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Targets {
@@ -74,7 +74,7 @@ impl Default for Targets {
     }
 }
 
-/// CSAT answers (METRICS.md §5).
+/// CSAT answers (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Csat {
     pub responses: u64,
@@ -112,7 +112,7 @@ pub struct Ces {
     pub response_rate: Option<f64>,
 }
 
-/// Conversion rate and revenue (METRICS.md §5).
+/// Conversion rate and revenue (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConversionKpis {
     pub customers: u64,
@@ -123,7 +123,7 @@ pub struct ConversionKpis {
     pub conversions: u64,
 }
 
-/// Retention (METRICS.md §5).
+/// Retention (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Retention {
     pub previous_customers: u64,
@@ -131,7 +131,7 @@ pub struct Retention {
     pub rate: Option<f64>,
 }
 
-/// Every KPI of METRICS.md §5 for one group.
+/// Every KPI of docs/metrics.md §5 for one group.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Kpis {
     pub conversations: u64,

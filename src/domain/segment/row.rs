@@ -52,7 +52,7 @@ pub struct Msg {
 }
 
 impl Msg {
-    /// Adds this message to `[received, sent, delivered, read, failed]` (METRICS.md §5: sent =
+    /// Adds this message to `[received, sent, delivered, read, failed]` (docs/metrics.md §5: sent =
     /// outbound agent, bot and system messages; read implies delivered).
     pub fn count_into(&self, totals: &mut [u64; 5]) {
         if self.sender == Sender::Customer {
@@ -109,7 +109,7 @@ pub struct Conv {
     pub initiated_by: Initiator,
     pub inbox: Sym,
     pub team: Sym,
-    /// The credited agent (METRICS.md §3 `agent`).
+    /// The credited agent (docs/metrics.md §3 `agent`).
     pub agent: Sym,
     /// The live owner.
     pub assignee: Sym,

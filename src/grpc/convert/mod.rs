@@ -1,6 +1,6 @@
 //! Every proto <-> domain conversion, with field paths in validation errors.
 //!
-//! Decoding applies the METRICS.md §2 validation rules (via `domain::event` helpers) and reports
+//! Decoding applies the docs/metrics.md §2 validation rules (via `domain::event` helpers) and reports
 //! the first problem of an event as a path relative to the event (`message.agent_id`); the
 //! caller prefixes `events[i].`.
 

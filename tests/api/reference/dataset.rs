@@ -116,7 +116,7 @@ pub struct Survey {
 }
 
 impl Msg {
-    /// Adds this message to `[received, sent, delivered, read, failed]` (METRICS.md §5: sent
+    /// Adds this message to `[received, sent, delivered, read, failed]` (docs/metrics.md §5: sent
     /// = outbound agent, bot and system messages; read implies delivered).
     pub fn count_into(&self, totals: &mut [u64; 5]) {
         if self.sender == Sender::Customer {
@@ -183,7 +183,7 @@ pub struct Conv {
     /// `active` span lies inside a query window needs no walk over its messages.
     pub message_totals: [u64; 5],
     /// The first `opened_at` of another conversation of the same customer after this one's
-    /// `resolved_at` (repeat contacts, METRICS.md §5 FCR); set by [`Dataset::finish`].
+    /// `resolved_at` (repeat contacts, docs/metrics.md §5 FCR); set by [`Dataset::finish`].
     pub next_contact: Option<Micros>,
 }
 
@@ -375,7 +375,7 @@ impl Dataset {
     }
 
     /// Whether another conversation of `c`'s customer was opened in `(resolved_at,
-    /// resolved_at + window]` (METRICS.md §5 FCR and repeat contact). A zero window disables
+    /// resolved_at + window]` (docs/metrics.md §5 FCR and repeat contact). A zero window disables
     /// the check.
     pub fn repeat_contact(c: &Conv, window: Micros) -> bool {
         match (c.resolved_at, c.next_contact) {

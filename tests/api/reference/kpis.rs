@@ -1,5 +1,5 @@
-//! Reference KPI computation (METRICS.md §4-§6) over a [`Dataset`]: overview, breakdowns and
-//! time series share one pass over every conversation that places every item by its METRICS.md
+//! Reference KPI computation (docs/metrics.md §4-§6) over a [`Dataset`]: overview, breakdowns and
+//! time series share one pass over every conversation that places every item by its docs/metrics.md
 //! §4 time, filters it by the §6 rules and routes it to its group.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -14,7 +14,7 @@ use chatkpi::domain::{
 
 use super::dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros};
 
-/// A breakdown dimension (METRICS.md §6).
+/// A breakdown dimension (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dimension {
     Channel,
@@ -49,7 +49,7 @@ pub enum GroupKey {
     Bucket(Micros),
 }
 
-/// KPI targets (METRICS.md §8), defaults from helpdesk practice.
+/// KPI targets (docs/metrics.md §8), defaults from helpdesk practice.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Targets {
@@ -79,12 +79,12 @@ impl Default for Targets {
     }
 }
 
-/// CSAT answers (METRICS.md §5).
+/// CSAT answers (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Csat {
     pub responses: u64,
     /// Mean score mapped to 1-5 (`1 + 4 * (score - min) / (max - min)`), so answers on
-    /// different scales can be averaged (docs/metrics-notes.md).
+    /// different scales can be averaged (docs/metrics.md).
     pub mean_score: Option<f64>,
     /// Share (%) of satisfied answers: `(score - min) / (max - min) >= 0.75`.
     pub satisfied_percent: Option<f64>,
@@ -117,7 +117,7 @@ pub struct Ces {
     pub response_rate: Option<f64>,
 }
 
-/// Conversion rate and revenue (METRICS.md §5).
+/// Conversion rate and revenue (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConversionKpis {
     pub customers: u64,
@@ -128,7 +128,7 @@ pub struct ConversionKpis {
     pub conversions: u64,
 }
 
-/// Retention (METRICS.md §5).
+/// Retention (docs/metrics.md §5).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Retention {
     pub previous_customers: u64,
@@ -136,7 +136,7 @@ pub struct Retention {
     pub rate: Option<f64>,
 }
 
-/// Every KPI of METRICS.md §5 for one group.
+/// Every KPI of docs/metrics.md §5 for one group.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Kpis {
     pub conversations: u64,
@@ -279,7 +279,7 @@ impl Compiled {
     }
 }
 
-/// Computes KPIs for every group of `grouping` (METRICS.md §6). Groups with no item are not
+/// Computes KPIs for every group of `grouping` (docs/metrics.md §6). Groups with no item are not
 /// returned, except every bucket of a time series, which is always present.
 pub struct Computation<'a> {
     pub dataset: &'a Dataset,

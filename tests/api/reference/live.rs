@@ -1,5 +1,5 @@
 //! Instant and interval KPIs beside the window summaries: backlog and live counts at an instant,
-//! agent utilization over a window (METRICS.md §5), and drill-down selection (§6).
+//! agent utilization over a window (docs/metrics.md §5), and drill-down selection (§6).
 
 use std::collections::BTreeMap;
 
@@ -111,7 +111,7 @@ fn overlap(a: &[Span], b: &[Span]) -> i64 {
     sum
 }
 
-/// METRICS.md §5 utilization: per agent, logged-in time (online, busy or away) and the part of
+/// docs/metrics.md §5 utilization: per agent, logged-in time (online, busy or away) and the part of
 /// it during which the agent was the assignee of at least one open conversation, in the window.
 /// The agent filter picks agents; the other filters pick which conversations count as handling.
 /// Returns the agents (by id) and the team figure (sums).
@@ -200,7 +200,7 @@ pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtil
     (rows, team)
 }
 
-/// Which conversations a drill-down lists (METRICS.md §6).
+/// Which conversations a drill-down lists (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrillDown {
     Opened,

@@ -1,4 +1,4 @@
-//! The non-server subcommands: migrate, reproject, tenant and key management, erasure. Errors
+//! The non-server subcommands: migrate, reproject, tenant and key management, erasure, import. Errors
 //! keep their cause chain (printed by `main`).
 
 use std::time::Instant;
@@ -7,7 +7,7 @@ use anyhow::Context;
 
 use crate::{
     app::admin::AdminService,
-    config::{DatabaseArgs, TenantCommand},
+    config::{DatabaseArgs, ImportArgs, TenantCommand},
     domain::tenant::{Scope, TenantId},
     store,
 };
@@ -22,6 +22,23 @@ async fn migrated_pool(database: &DatabaseArgs) -> anyhow::Result<sqlx::PgPool> 
 pub async fn migrate(database: &DatabaseArgs) -> anyhow::Result<()> {
     migrated_pool(database).await?;
     println!("migrations applied");
+    Ok(())
+}
+
+/// `chatkpi import`: fails (non-zero exit) when the import could not finish; rejected lines are
+/// not a failure (they are in the rejects file and the summary).
+pub async fn import(args: &ImportArgs) -> anyhow::Result<()> {
+    let plan = crate::import::ImportPlan {
+        input: args.input.clone(),
+        server: args.server.clone(),
+        api_key: args.api_key.clone(),
+        batch: args.batch as usize,
+        streams: args.streams as usize,
+        checkpoint: args.checkpoint.clone(),
+        rejects: args.rejects.clone(),
+        progress: crate::import::Progress::detect(),
+    };
+    crate::import::run(&plan).await?;
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! A client of chatkpi's EventService: streams batches of events over several parallel
-//! `StreamEvents` calls and collects the acknowledgements (used by the benchmark and load tools).
+//! `StreamEvents` calls and collects the acknowledgements (used by `chatkpi import` and the
+//! benchmark and load tools).
 
 use std::{
     collections::VecDeque,

@@ -41,6 +41,37 @@ pub enum Command {
     /// Manage tenants and their API keys.
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Import a history of events (JSON lines of chatkpi.v1.Event in the proto3 JSON mapping,
+    /// one per line; .gz is decompressed; - reads stdin) into a running server, with progress,
+    /// a checkpoint to resume from and a rejects file.
+    Import(ImportArgs),
+}
+
+/// `chatkpi import` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ImportArgs {
+    /// The file to import (`.gz` is decompressed), or `-` for stdin.
+    pub input: std::path::PathBuf,
+    /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS).
+    #[arg(long, env = "CHATKPI_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// An API key of the tenant with the `ingest` scope.
+    #[arg(long, env = "CHATKPI_API_KEY")]
+    pub api_key: String,
+    /// Events per batch (at most the server's --max-batch).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+    /// Parallel streams.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub streams: u32,
+    /// Checkpoint file: the last line before which everything was acknowledged; a rerun
+    /// continues after it. Default: <input>.checkpoint (none for stdin).
+    #[arg(long)]
+    pub checkpoint: Option<std::path::PathBuf>,
+    /// Where rejected lines are appended as JSON lines (line, event_id, field, reason).
+    /// Default: <input>.rejects.jsonl (rejects.jsonl for stdin).
+    #[arg(long)]
+    pub rejects: Option<std::path::PathBuf>,
 }
 
 /// Where the database is.

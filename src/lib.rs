@@ -17,8 +17,10 @@
 //! - [`store`]: PostgreSQL through sqlx: the event store write path (facts derived with
 //!   [`domain::facts::derive`] inside the write transaction), segment reads and snapshots,
 //!   settings, tenants and keys.
-//! - [`startup`], [`config`], [`telemetry`], [`cli`], [`client`]: wiring, settings, traces /
-//!   metrics / logs, subcommands, a client channel helper.
+//! - [`startup`], [`config`], [`telemetry`], [`cli`]: wiring, settings, traces / metrics /
+//!   logs, subcommands.
+//! - [`client`], [`import`]: the EventService client (parallel streams that resend what a
+//!   failed stream left unacknowledged) and `chatkpi import` on top of it.
 //!
 //! The simulator and benchmark tools are not here: they are the `chatkpi-bench` binary of the
 //! `tools/` crate.
@@ -30,6 +32,7 @@ pub mod config;
 pub mod domain;
 pub mod edge;
 pub mod grpc;
+pub mod import;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

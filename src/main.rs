@@ -29,5 +29,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(database) => cli::migrate(database).await,
         Command::Reproject { database, tenant } => cli::reproject(database, *tenant).await,
         Command::Tenant(command) => cli::tenant(command).await,
+        Command::Import(a) => cli::import(a).await,
     }
 }

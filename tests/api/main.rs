@@ -10,6 +10,7 @@ mod engine;
 mod errors;
 mod hardening;
 mod helpers;
+mod import;
 mod ingest;
 mod keys;
 mod metrics;

@@ -69,3 +69,16 @@ ensure_database() {
   export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/$db"
   log "DATABASE_URL=$DATABASE_URL"
 }
+
+# buf (proto lint and breaking-change checks), from npm (@bufbuild/buf, a pinned version),
+# installed under target/tools; node and npm come from Debian when missing. Sets BUF.
+BUF_VERSION=1.75.0
+ensure_buf() {
+  local dir=target/tools/buf
+  BUF=$dir/node_modules/.bin/buf
+  if [ -x "$BUF" ] && [ "$("$BUF" --version)" = "$BUF_VERSION" ]; then return 0; fi
+  command -v npm >/dev/null 2>&1 || apt_install npm
+  log "installing @bufbuild/buf@$BUF_VERSION"
+  mkdir -p "$dir"
+  npm install --silent --no-audit --no-fund --prefix "$dir" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+}

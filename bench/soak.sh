@@ -72,7 +72,7 @@ while (( $(date +%s) - BEGAN < SECONDS_TOTAL )); do
     "$(stat overview)" "$(stat breakdown_agent)"
 done
 wait $WATCH || true
-kill -INT $LOAD 2>/dev/null || true
+kill -TERM $LOAD 2>/dev/null || true  # (SIGINT is ignored by background jobs)
 wait $LOAD 2>/dev/null || true
 
 echo "--- totals"

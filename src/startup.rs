@@ -28,13 +28,20 @@ const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
 /// Largest accepted request message (a 1000-event batch is well under 1 MiB).
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
+/// What the server loads before it reports SERVING (`--warmup-days`, `--warmup-secs`).
+#[derive(Debug, Clone, Copy)]
+struct Warmup {
+    days: u32,
+    limit: Duration,
+}
+
 /// A bound, not yet running server.
 pub struct Application {
     listener: TcpListener,
     pool: PgPool,
     app: Arc<App>,
     grace: Duration,
-    warmup: (u32, Duration),
+    warmup: Warmup,
     limits: Limits,
     tls: Option<ServerTlsConfig>,
     metrics_listen: Option<SocketAddr>,
@@ -84,7 +91,10 @@ impl Application {
             pool,
             app,
             grace: Duration::from_secs(config.shutdown_grace_secs),
-            warmup: (config.warmup_days, Duration::from_secs(config.warmup_secs)),
+            warmup: Warmup {
+                days: config.warmup_days,
+                limit: Duration::from_secs(config.warmup_secs),
+            },
             limits: config.limits.clone(),
             tls,
             metrics_listen: config.metrics_listen,
@@ -221,7 +231,7 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Migrates as soon as the database answers, then keeps health in step with reachability.
-async fn watch_database(pool: PgPool, app: Arc<App>, warmup: (u32, Duration), reporter: HealthReporter) {
+async fn watch_database(pool: PgPool, app: Arc<App>, warmup: Warmup, reporter: HealthReporter) {
     let ready = app.ready.clone();
     let mut delay = Duration::from_millis(200);
     loop {
@@ -238,7 +248,7 @@ async fn watch_database(pool: PgPool, app: Arc<App>, warmup: (u32, Duration), re
     // Queries read the database directly while warming (the readiness flag guards requests,
     // not the cache): set it, but report SERVING only once warm.
     ready.set(true);
-    app.kpis.cache().warm_up(warmup.0, warmup.1).await;
+    app.kpis.cache().warm_up(warmup.days, warmup.limit).await;
     tracing::info!("database migrated, serving");
     ready.set(true);
     set_status(&reporter, ServingStatus::Serving).await;

@@ -306,8 +306,13 @@ pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFac
     Some(facts)
 }
 
-/// Delivery flags of one message: (delivered, read, failed).
-type Receipt = (bool, bool, bool);
+/// Delivery flags of one message, from its receipts.
+#[derive(Debug, Clone, Copy, Default)]
+struct Receipt {
+    delivered: bool,
+    read: bool,
+    failed: bool,
+}
 
 /// Attaches delivery receipts to their messages, whenever they arrived (docs/metrics.md §5: a receipt
 /// may arrive, and sort, before its message; read implies delivered).
@@ -318,20 +323,20 @@ fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
             let flags = receipts.entry(s.message_id.as_str()).or_default();
             match s.status {
                 DeliveryStatus::Sent => {}
-                DeliveryStatus::Delivered => flags.0 = true,
+                DeliveryStatus::Delivered => flags.delivered = true,
                 DeliveryStatus::Read => {
-                    flags.0 = true;
-                    flags.1 = true;
+                    flags.delivered = true;
+                    flags.read = true;
                 }
-                DeliveryStatus::Failed => flags.2 = true,
+                DeliveryStatus::Failed => flags.failed = true,
             }
         }
     }
     for m in &mut f.messages {
-        if let Some(&(delivered, read, failed)) = receipts.get(m.message_id.as_str()) {
-            m.delivered = delivered;
-            m.read = read;
-            m.failed = failed;
+        if let Some(r) = receipts.get(m.message_id.as_str()) {
+            m.delivered = r.delivered;
+            m.read = r.read;
+            m.failed = r.failed;
         }
     }
 }

@@ -233,10 +233,41 @@ impl<'a> Conversation<'a> {
         }
     }
 
-    /// Plays the whole conversation, appending its events to `out`.
+    /// Plays the whole conversation, appending its events to `out`: the opening, a bot that
+    /// may answer first (and sometimes resolve), an abandoned queue now and then, otherwise a
+    /// human agent's exchange, a possible reopen, a survey and a conversion.
     fn play(mut self, rng: &mut StdRng, out: &mut Vec<Event>) {
+        let (customer, tags) = self.open(rng, out);
+        let live = matches!(
+            self.channel,
+            Channel::Whatsapp | Channel::Webchat | Channel::Messenger
+        );
+        if live && rng.random_ratio(1, 2) {
+            self.message(rng, out, Sender::System, false); // auto-acknowledgement
+        }
+        if live && rng.random_ratio(3, 5) && self.bot_resolves(rng, out) {
+            self.survey(rng, out);
+            self.conversion(rng, out, &customer);
+            return;
+        }
+        if self.channel == Channel::Webchat && rng.random_ratio(1, 8) {
+            // The customer gives up in the queue.
+            let at = self.advance(rng, 60, 900);
+            self.push(out, at, Payload::Abandoned);
+            return;
+        }
+        self.human_exchange(rng, out, &tags);
+        if rng.random_ratio(1, 10) {
+            self.reopen(rng, out);
+        }
+        self.survey(rng, out);
+        self.conversion(rng, out, &customer);
+    }
+
+    /// `conversation_opened` (customer from a skewed pool, so repeat contacts and retention
+    /// happen), a first customer message and the first tags; returns the customer and tags.
+    fn open(&mut self, rng: &mut StdRng, out: &mut Vec<Event>) -> (String, Vec<String>) {
         let customers = (self.config.conversations / 2).max(1);
-        // A skewed customer pool, so repeat contacts and retention happen.
         let customer = format!(
             "cust-{}-{}",
             self.config.seed,
@@ -300,53 +331,43 @@ impl<'a> Conversation<'a> {
                 removed: vec![],
             }),
         );
+        (customer, tags)
+    }
 
-        let live = matches!(
-            self.channel,
-            Channel::Whatsapp | Channel::Webchat | Channel::Messenger
-        );
-        if live && rng.random_ratio(1, 2) {
-            self.message(rng, out, Sender::System, false); // auto-acknowledgement
+    /// A bot answers first; it resolves the conversation (true) or hands it off to humans.
+    fn bot_resolves(&mut self, rng: &mut StdRng, out: &mut Vec<Event>) -> bool {
+        self.advance(rng, 1, 8);
+        self.message(rng, out, Sender::Bot, false);
+        self.advance(rng, 5, 90);
+        self.message(rng, out, Sender::Customer, false);
+        self.advance(rng, 1, 5);
+        self.message(rng, out, Sender::Bot, false);
+        if rng.random_ratio(3, 10) {
+            let at = self.advance(rng, 10, 120);
+            self.push(
+                out,
+                at,
+                Payload::Resolved(Resolved {
+                    by: ResolvedBy::Bot,
+                    agent_id: None,
+                }),
+            );
+            return true;
         }
-        if live && rng.random_ratio(3, 5) {
-            // A bot answers first.
-            self.advance(rng, 1, 8);
-            self.message(rng, out, Sender::Bot, false);
-            self.advance(rng, 5, 90);
-            self.message(rng, out, Sender::Customer, false);
-            self.advance(rng, 1, 5);
-            self.message(rng, out, Sender::Bot, false);
-            if rng.random_ratio(3, 10) {
-                let at = self.advance(rng, 10, 120);
-                self.push(
-                    out,
-                    at,
-                    Payload::Resolved(Resolved {
-                        by: ResolvedBy::Bot,
-                        agent_id: None,
-                    }),
-                );
-                self.survey(rng, out);
-                self.conversion(rng, out, &customer);
-                return;
-            }
-            let at = self.advance(rng, 5, 60);
-            self.push(out, at, Payload::Handoff);
-        }
-        if self.channel == Channel::Webchat && rng.random_ratio(1, 8) {
-            // The customer gives up in the queue.
-            let at = self.advance(rng, 60, 900);
-            self.push(out, at, Payload::Abandoned);
-            return;
-        }
+        let at = self.advance(rng, 5, 60);
+        self.push(out, at, Payload::Handoff);
+        false
+    }
 
-        // A human agent on shift picks it up.
-        let wait = if self.channel == Channel::Email {
+    /// A human agent on shift picks the conversation up, answers (with the odd internal note
+    /// and priority change), may retag it, and resolves it.
+    fn human_exchange(&mut self, rng: &mut StdRng, out: &mut Vec<Event>, tags: &[String]) {
+        let (wait_min, wait_max) = if self.channel == Channel::Email {
             (600, 14_400)
         } else {
             (5, 600)
         };
-        let at = self.advance(rng, wait.0, wait.1);
+        let at = self.advance(rng, wait_min, wait_max);
         let agent = self.on_shift_agent(rng, at);
         self.agent = Some(agent.clone());
         let team = rng
@@ -397,18 +418,17 @@ impl<'a> Conversation<'a> {
         }
         self.advance(rng, 10, 300);
         self.resolve_by_agent(out);
-        if rng.random_ratio(1, 10) {
-            // The customer comes back hours or days later.
-            let at = self.advance(rng, 3600, 3 * 86_400);
-            self.push(out, at, Payload::Reopened);
-            self.message(rng, out, Sender::Customer, false);
-            self.advance(rng, 30, 1800);
-            self.message(rng, out, Sender::Agent, false);
-            self.advance(rng, 30, 600);
-            self.resolve_by_agent(out);
-        }
-        self.survey(rng, out);
-        self.conversion(rng, out, &customer);
+    }
+
+    /// The customer comes back hours or days later; the agent answers and resolves again.
+    fn reopen(&mut self, rng: &mut StdRng, out: &mut Vec<Event>) {
+        let at = self.advance(rng, 3600, 3 * 86_400);
+        self.push(out, at, Payload::Reopened);
+        self.message(rng, out, Sender::Customer, false);
+        self.advance(rng, 30, 1800);
+        self.message(rng, out, Sender::Agent, false);
+        self.advance(rng, 30, 600);
+        self.resolve_by_agent(out);
     }
 
     /// The assigned agent resolves the conversation now.

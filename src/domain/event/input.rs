@@ -178,52 +178,13 @@ impl PayloadInput {
                 team,
                 priority,
                 initiated_by,
-            } => {
-                let f = within("conversation_opened");
-                check_id("customer_id", customer_id).map_err(&f)?;
-                check_optional_id("inbox", inbox.as_deref()).map_err(&f)?;
-                check_optional_id("team", team.as_deref()).map_err(&f)?;
-                Payload::ConversationOpened(ConversationOpened {
-                    customer_id: customer_id.clone(),
-                    channel: channel.required("channel").map_err(&f)?,
-                    inbox: inbox.clone(),
-                    team: team.clone(),
-                    // Unset priority = not set (the conversation stays normal until changed).
-                    priority: priority.optional("priority").map_err(&f)?,
-                    // Unset = customer (docs/metrics.md §2 default).
-                    initiated_by: initiated_by
-                        .optional("initiated_by")
-                        .map_err(&f)?
-                        .unwrap_or(Initiator::Customer),
-                })
-            }
+            } => parse_opened(customer_id, channel, inbox, team, priority, initiated_by)?,
             PayloadInput::Message {
                 message_id,
                 sender,
                 agent_id,
                 private,
-            } => {
-                let f = within("message");
-                check_id("message_id", message_id).map_err(&f)?;
-                let sender = sender.required("sender").map_err(&f)?;
-                let agent_id = if sender == Sender::Agent {
-                    // docs/metrics.md §2: agent_id is required when sender = agent.
-                    check_id("agent_id", agent_id)
-                        .map_err(|e| {
-                            FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason))
-                        })
-                        .map_err(&f)?;
-                    Some(agent_id.clone())
-                } else {
-                    None
-                };
-                Payload::Message(Message {
-                    message_id: message_id.clone(),
-                    sender,
-                    agent_id,
-                    private: *private,
-                })
-            }
+            } => parse_message(message_id, sender, agent_id, *private)?,
             PayloadInput::MessageStatus { message_id, status } => {
                 let f = within("message_status");
                 check_id("message_id", message_id).map_err(&f)?;
@@ -304,31 +265,7 @@ impl PayloadInput {
                 kind,
                 value_minor,
                 currency,
-            } => {
-                let f = within("conversion");
-                check_id("customer_id", customer_id).map_err(&f)?;
-                check_conversion_kind("kind", kind).map_err(&f)?;
-                if let Some(v) = value_minor {
-                    check_value_minor("value_minor", *v).map_err(&f)?;
-                }
-                match (currency, value_minor) {
-                    (Some(cur), _) => check_currency("currency", cur).map_err(&f)?,
-                    // Revenue is reported per currency: a value without one cannot be attributed.
-                    (None, Some(_)) => {
-                        return Err(f(FieldError::new(
-                            "currency",
-                            "must be set when value_minor is set",
-                        )));
-                    }
-                    (None, None) => {}
-                }
-                Payload::Conversion(Conversion {
-                    customer_id: customer_id.clone(),
-                    kind: kind.clone(),
-                    value_minor: *value_minor,
-                    currency: currency.clone(),
-                })
-            }
+            } => parse_conversion(customer_id, kind, *value_minor, currency)?,
             PayloadInput::AgentStatus { agent_id, status } => {
                 let f = within("agent_status");
                 check_id("agent_id", agent_id).map_err(&f)?;
@@ -339,6 +276,92 @@ impl PayloadInput {
             }
         })
     }
+}
+
+/// `conversation_opened`: ids checked, channel required, unset priority = not set, unset
+/// initiator = customer (docs/metrics.md §2).
+fn parse_opened(
+    customer_id: &str,
+    channel: &Choice<Channel>,
+    inbox: &Option<String>,
+    team: &Option<String>,
+    priority: &Choice<Priority>,
+    initiated_by: &Choice<Initiator>,
+) -> Result<Payload, FieldError> {
+    let f = within("conversation_opened");
+    check_id("customer_id", customer_id).map_err(&f)?;
+    check_optional_id("inbox", inbox.as_deref()).map_err(&f)?;
+    check_optional_id("team", team.as_deref()).map_err(&f)?;
+    Ok(Payload::ConversationOpened(ConversationOpened {
+        customer_id: customer_id.to_owned(),
+        channel: channel.required("channel").map_err(&f)?,
+        inbox: inbox.clone(),
+        team: team.clone(),
+        priority: priority.optional("priority").map_err(&f)?,
+        initiated_by: initiated_by
+            .optional("initiated_by")
+            .map_err(&f)?
+            .unwrap_or(Initiator::Customer),
+    }))
+}
+
+/// `message`: `agent_id` required when the sender is an agent, ignored otherwise
+/// (docs/metrics.md §2).
+fn parse_message(
+    message_id: &str,
+    sender: &Choice<Sender>,
+    agent_id: &str,
+    private: bool,
+) -> Result<Payload, FieldError> {
+    let f = within("message");
+    check_id("message_id", message_id).map_err(&f)?;
+    let sender = sender.required("sender").map_err(&f)?;
+    let agent_id = if sender == Sender::Agent {
+        check_id("agent_id", agent_id)
+            .map_err(|e| FieldError::new(e.field, format!("{} when sender is SENDER_AGENT", e.reason)))
+            .map_err(&f)?;
+        Some(agent_id.to_owned())
+    } else {
+        None
+    };
+    Ok(Payload::Message(Message {
+        message_id: message_id.to_owned(),
+        sender,
+        agent_id,
+        private,
+    }))
+}
+
+/// `conversion`: a lowercase kind, a bounded non-negative value, and a currency whenever there
+/// is a value (revenue is reported per currency: a value without one cannot be attributed).
+fn parse_conversion(
+    customer_id: &str,
+    kind: &str,
+    value_minor: Option<i64>,
+    currency: &Option<String>,
+) -> Result<Payload, FieldError> {
+    let f = within("conversion");
+    check_id("customer_id", customer_id).map_err(&f)?;
+    check_conversion_kind("kind", kind).map_err(&f)?;
+    if let Some(v) = value_minor {
+        check_value_minor("value_minor", v).map_err(&f)?;
+    }
+    match (currency, value_minor) {
+        (Some(cur), _) => check_currency("currency", cur).map_err(&f)?,
+        (None, Some(_)) => {
+            return Err(f(FieldError::new(
+                "currency",
+                "must be set when value_minor is set",
+            )));
+        }
+        (None, None) => {}
+    }
+    Ok(Payload::Conversion(Conversion {
+        customer_id: customer_id.to_owned(),
+        kind: kind.to_owned(),
+        value_minor,
+        currency: currency.clone(),
+    }))
 }
 
 impl From<&Event> for EventInput {

@@ -6,14 +6,16 @@ use std::collections::{HashMap, HashSet};
 use rayon::prelude::*;
 
 use super::types::GroupKey;
-use crate::domain::{segment::Sym, stats::Durations};
+use crate::domain::{
+    segment::{MessageTotals, Sym},
+    stats::Durations,
+};
 
 /// Running totals of one group (the inputs of [`super::finish`]).
 #[derive(Default)]
 pub(super) struct Acc {
     pub conversations: u64,
-    /// Messages: received, sent, delivered, read, failed.
-    pub messages: [u64; 5],
+    pub messages: MessageTotals,
     pub frt: Durations,
     pub bot_frt: Durations,
     pub human_frt: Durations,
@@ -175,10 +177,8 @@ impl Acc {
             + std::mem::size_of::<Acc>()
     }
 
-    pub fn add_messages(&mut self, counts: &[u64; 5]) {
-        for (mine, n) in self.messages.iter_mut().zip(counts) {
-            *mine += n;
-        }
+    pub fn add_messages(&mut self, counts: &MessageTotals) {
+        self.messages.add(counts);
     }
 }
 

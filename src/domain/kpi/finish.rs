@@ -11,6 +11,7 @@ use super::{
 use crate::domain::{
     event::Channel,
     intern::Interner,
+    segment::MessageTotals,
     stats::{mean, rate},
 };
 
@@ -24,7 +25,13 @@ pub(super) struct Finished {
 /// KPIs of one group.
 /// Within-target shares were counted as items were added (the scan knows the targets).
 pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRec]) -> Finished {
-    let [received, sent, delivered, read, failed] = a.messages;
+    let MessageTotals {
+        received,
+        sent,
+        delivered,
+        read,
+        failed,
+    } = a.messages;
     let mut k = Kpis {
         conversations: a.conversations,
         messages_received: received,

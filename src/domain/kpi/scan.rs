@@ -27,7 +27,7 @@ use super::{
 use crate::domain::{
     event::{ResolvedBy, SurveyType},
     facts::State,
-    segment::{Conv, Parts, Segment},
+    segment::{Conv, MessageTotals, Parts, Segment},
     time::{Micros, Span},
 };
 
@@ -352,7 +352,7 @@ impl Scan<'_> {
     fn messages(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
         if self.all_in_one_group(c.active) {
             // Every message is inside the window, in one group: no walk over them.
-            if c.message_totals[0] + c.message_totals[1] > 0 {
+            if !c.message_totals.is_empty() {
                 self.router.route(c, c.opened_at, c.agent, keys);
                 for k in keys.iter() {
                     groups.get(*k).add_messages(&c.message_totals);
@@ -361,7 +361,7 @@ impl Scan<'_> {
             return;
         }
         for m in c.messages.iter().filter(|m| self.window.contains(m.at)) {
-            let mut counts = [0u64; 5];
+            let mut counts = MessageTotals::default();
             m.count_into(&mut counts);
             self.router.route(c, m.at, c.agent, keys);
             for k in keys.iter() {

@@ -52,17 +52,43 @@ pub struct Msg {
 }
 
 impl Msg {
-    /// Adds this message to `[received, sent, delivered, read, failed]` (docs/metrics.md §5: sent =
-    /// outbound agent, bot and system messages; read implies delivered).
-    pub fn count_into(&self, totals: &mut [u64; 5]) {
+    /// Adds this message to `totals` (docs/metrics.md §5: sent = outbound agent, bot and system
+    /// messages; read implies delivered).
+    pub fn count_into(&self, totals: &mut MessageTotals) {
         if self.sender == Sender::Customer {
-            totals[0] += 1;
+            totals.received += 1;
         } else {
-            totals[1] += 1;
-            totals[2] += u64::from(self.delivered);
-            totals[3] += u64::from(self.read);
-            totals[4] += u64::from(self.failed);
+            totals.sent += 1;
+            totals.delivered += u64::from(self.delivered);
+            totals.read += u64::from(self.read);
+            totals.failed += u64::from(self.failed);
         }
+    }
+}
+
+/// Messages and their delivery funnel (docs/metrics.md §5): customer messages received;
+/// outbound messages sent, and of them those delivered, read and failed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageTotals {
+    pub received: u64,
+    pub sent: u64,
+    pub delivered: u64,
+    pub read: u64,
+    pub failed: u64,
+}
+
+impl MessageTotals {
+    pub fn add(&mut self, other: &MessageTotals) {
+        self.received += other.received;
+        self.sent += other.sent;
+        self.delivered += other.delivered;
+        self.read += other.read;
+        self.failed += other.failed;
+    }
+
+    /// No message at all.
+    pub fn is_empty(&self) -> bool {
+        self.received + self.sent == 0
     }
 }
 
@@ -130,8 +156,8 @@ pub struct Conv {
     pub reopen_count: u32,
     /// Counted messages: customer, agent, bot.
     pub counts: [u32; 3],
-    /// Messages over all time: received, sent, delivered, read, failed.
-    pub message_totals: [u64; 5],
+    /// Messages over all time.
+    pub message_totals: MessageTotals,
     /// Every response; the first is the first response.
     pub responses: Vec<Resp>,
     /// Sorted tag symbols.
@@ -260,11 +286,11 @@ pub fn encode(f: &ConversationFacts, mut sym: impl FnMut(Option<&str>) -> u32, w
     }
     w.u64(u64::from(f.reopen_count));
     let c = f.message_counts;
-    let mut totals = [0u64; 5];
+    let mut totals = MessageTotals::default();
     for m in &f.messages {
         message(m).count_into(&mut totals);
     }
-    let system = totals[1] - u64::from(c.agent) - u64::from(c.bot);
+    let system = totals.sent - u64::from(c.agent) - u64::from(c.bot);
     for n in [
         u64::from(c.customer),
         u64::from(c.agent),
@@ -273,8 +299,8 @@ pub fn encode(f: &ConversationFacts, mut sym: impl FnMut(Option<&str>) -> u32, w
     ] {
         w.u64(n);
     }
-    for n in &totals[2..] {
-        w.u64(*n);
+    for n in [totals.delivered, totals.read, totals.failed] {
+        w.u64(n);
     }
 
     // Sorted lists: each time relative to the previous one (small deltas, few bytes).
@@ -437,7 +463,13 @@ pub fn decode(blob: &[u8], tenant: &[Sym], parts: Parts, c: &mut Conv) -> bool {
     c.counts = [r.u32(), r.u32(), r.u32()];
     let system = r.u64();
     let sent = u64::from(c.counts[1]) + u64::from(c.counts[2]) + system;
-    c.message_totals = [u64::from(c.counts[0]), sent, r.u64(), r.u64(), r.u64()];
+    c.message_totals = MessageTotals {
+        received: u64::from(c.counts[0]),
+        sent,
+        delivered: r.u64(),
+        read: r.u64(),
+        failed: r.u64(),
+    };
 
     c.responses.clear();
     let mut prev = base;

@@ -707,7 +707,7 @@ fn decoded(s: &Segment, row: usize, symbols: &Interner, customers: &Interner) ->
                     c.duration.map(|d| (d.start, d.end)),
                     c.waiting_since,
                 ),
-                (c.reopen_count, c.counts[0], c.counts[1], c.counts[2]),
+                (c.reopen_count, c.counts.customer, c.counts.agent, c.counts.bot),
             ),
             (
                 c.responses

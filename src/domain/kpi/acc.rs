@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::types::GroupKey;
 use crate::domain::{
+    facts::MessageCounts,
     segment::{MessageTotals, Sym},
     stats::Durations,
 };
@@ -33,7 +34,7 @@ pub(super) struct Acc {
     pub abandoned: u64,
     pub ended: u64,
     /// Counted messages of ended conversations: customer, agent, bot.
-    pub ended_messages: [u64; 3],
+    pub ended_messages: EndedMessages,
     /// CSAT answers as (score, scale min, scale max).
     pub csat: Vec<(i32, i32, i32)>,
     pub nps: Vec<i32>,
@@ -78,8 +79,8 @@ impl Acc {
         self.missed += o.missed;
         self.abandoned += o.abandoned;
         self.ended += o.ended;
+        self.ended_messages.add(&o.ended_messages);
         for i in 0..3 {
-            self.ended_messages[i] += o.ended_messages[i];
             self.surveys_sent[i] += o.surveys_sent[i];
         }
         self.csat.extend_from_slice(&o.csat);
@@ -179,6 +180,32 @@ impl Acc {
 
     pub fn add_messages(&mut self, counts: &MessageTotals) {
         self.messages.add(counts);
+    }
+}
+
+/// Counted messages of ended conversations per sender (messages per chat, docs/metrics.md §5).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct EndedMessages {
+    pub customer: u64,
+    pub agent: u64,
+    pub bot: u64,
+}
+
+impl EndedMessages {
+    pub fn add(&mut self, o: &EndedMessages) {
+        self.customer += o.customer;
+        self.agent += o.agent;
+        self.bot += o.bot;
+    }
+
+    pub fn count(&mut self, c: MessageCounts) {
+        self.customer += u64::from(c.customer);
+        self.agent += u64::from(c.agent);
+        self.bot += u64::from(c.bot);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.customer + self.agent + self.bot
     }
 }
 

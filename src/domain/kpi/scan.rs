@@ -339,9 +339,7 @@ impl Scan<'_> {
         for k in keys.iter() {
             let a = groups.get(*k);
             a.ended += 1;
-            for (sum, n) in a.ended_messages.iter_mut().zip(c.counts) {
-                *sum += u64::from(n);
-            }
+            a.ended_messages.count(c.counts);
             if let Some(s) = seconds {
                 a.duration.push(s, None);
             }

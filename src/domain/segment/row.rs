@@ -16,7 +16,7 @@
 use crate::domain::{
     codec::{Reader, Writer},
     event::{Channel, Initiator, Priority, ResolvedBy, Sender, SurveyType},
-    facts::{ConversationFacts, State},
+    facts::{ConversationFacts, MessageCounts, State},
     time::{Micros, OPEN_END, Span, micros},
 };
 
@@ -155,7 +155,7 @@ pub struct Conv {
     pub waiting_since: Option<Micros>,
     pub reopen_count: u32,
     /// Counted messages: customer, agent, bot.
-    pub counts: [u32; 3],
+    pub counts: MessageCounts,
     /// Messages over all time.
     pub message_totals: MessageTotals,
     /// Every response; the first is the first response.
@@ -460,11 +460,15 @@ pub fn decode(blob: &[u8], tenant: &[Sym], parts: Parts, c: &mut Conv) -> bool {
     c.duration = (flags & F_DURATION != 0).then(|| span(&mut r));
     c.waiting_since = (flags & F_WAITING != 0).then(|| r.time(base));
     c.reopen_count = r.u32();
-    c.counts = [r.u32(), r.u32(), r.u32()];
+    c.counts = MessageCounts {
+        customer: r.u32(),
+        agent: r.u32(),
+        bot: r.u32(),
+    };
     let system = r.u64();
-    let sent = u64::from(c.counts[1]) + u64::from(c.counts[2]) + system;
+    let sent = u64::from(c.counts.agent) + u64::from(c.counts.bot) + system;
     c.message_totals = MessageTotals {
-        received: u64::from(c.counts[0]),
+        received: u64::from(c.counts.customer),
         sent,
         delivered: r.u64(),
         read: r.u64(),

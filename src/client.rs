@@ -105,20 +105,11 @@ pub const RETRY_FOR: Duration = Duration::from_secs(120);
 type OnAck = dyn Fn(&pb::StreamEventsResponse) + Send + Sync;
 
 /// What the parallel streams of [`stream_batches`] share.
+#[derive(Clone)]
 struct Shared {
     batches: Arc<tokio::sync::Mutex<mpsc::Receiver<pb::StreamEventsRequest>>>,
     bearer: MetadataValue<Ascii>,
     on_ack: Arc<OnAck>,
-}
-
-impl Clone for Shared {
-    fn clone(&self) -> Self {
-        Shared {
-            batches: self.batches.clone(),
-            bearer: self.bearer.clone(),
-            on_ack: self.on_ack.clone(),
-        }
-    }
 }
 
 /// Batches a stream sent and the server has not acknowledged yet, oldest first.

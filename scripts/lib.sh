@@ -1,4 +1,5 @@
-# Shared helpers of scripts/run.sh and scripts/test.sh: make sure protoc and Postgres are there.
+# Shared helpers of scripts/run.sh and scripts/test.sh: make sure protoc, Postgres (and for the
+# tests Chromium) are there.
 # Sourced, not run. Installs with apt-get (Debian) when something is missing.
 
 log() { printf '[chatkpi] %s\n' "$*" >&2; }
@@ -25,6 +26,12 @@ apt_install() {
 ensure_protoc() {
   if [ -n "${PROTOC:-}" ] || command -v protoc >/dev/null 2>&1; then return 0; fi
   apt_install protobuf-compiler
+}
+
+# The dashboard test drives a real browser: Debian's chromium (or the binary $CHROMIUM names).
+ensure_chromium() {
+  if [ -n "${CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then return 0; fi
+  apt_install chromium
 }
 
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

@@ -6,6 +6,9 @@
 //! # Layout (outside in)
 //! - [`edge`]: accepted connections and their limits, and the tower layer every call passes
 //!   through (span, metrics, concurrency limit, request timeout).
+//! - [`web`]: the same listener's HTTP/1.1 face: JSON over HTTP (Connect unary) for every unary
+//!   RPC, the drill-down as CSV, the dashboard page; each web call becomes the gRPC call it
+//!   stands for and passes through the same stack.
 //! - [`grpc`]: adapters only. Generated code, proto <-> domain conversion with field paths,
 //!   authentication and scopes, and the one mapping from domain errors to `tonic::Status`.
 //! - [`app`]: the use cases (ingest, KPI queries, admin) with their per-tenant limits, the
@@ -36,3 +39,4 @@ pub mod import;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod web;

@@ -18,6 +18,7 @@ use crate::{
     },
     grpc::{admin::AdminApi, events::EventsApi, metrics::MetricsApi, pb},
     store, telemetry,
+    web::WebLayer,
 };
 
 /// How often the health task checks that the database still answers: health follows an outage
@@ -26,7 +27,7 @@ const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the health check waits for the database before calling it unreachable.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
 /// Largest accepted request message (a 1000-event batch is well under 1 MiB).
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the server loads before it reports SERVING (`--warmup-days`, `--warmup-secs`).
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +163,9 @@ impl Application {
         );
         let mut builder = Server::builder()
             .max_concurrent_streams(l.max_streams_per_connection)
+            // Browsers and curl speak HTTP/1.1 to the web face; gRPC stays HTTP/2.
+            .accept_http1(true)
+            .layer(WebLayer)
             .layer(RpcLayer::new(&RpcLimits {
                 max_concurrent: l.max_concurrent_requests as usize,
                 timeout: Duration::from_secs(l.request_timeout_secs),

@@ -32,6 +32,7 @@ use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::conn::{CallGuard, ConnInfo};
+use crate::web::ViaWeb;
 
 /// The services whose methods are labelled by name in metrics and spans; any other path is
 /// `unknown` (labels stay bounded whatever clients send).
@@ -123,11 +124,17 @@ where
     let path = request.uri().path().to_owned();
     let method = method_label(&path);
     let exempt = method.starts_with("/grpc.");
+    // A call that came as JSON or CSV over HTTP (crate::web) is the same call, by another door.
+    let system = if request.extensions().get::<ViaWeb>().is_some() {
+        "connect_rpc"
+    } else {
+        "grpc"
+    };
     let span = tracing::info_span!(
         "rpc",
         otel.name = method,
         otel.kind = "server",
-        rpc.system = "grpc",
+        rpc.system = system,
         rpc.method = method,
         tenant = Empty,
         events = Empty,

@@ -282,3 +282,70 @@ pub fn outcomes(results: &[pb::EventResult]) -> Vec<&'static str> {
         })
         .collect()
 }
+
+/// An HTTP/1.1 answer: status, headers, body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.clone()).expect("UTF-8 body")
+    }
+}
+
+/// One HTTP/1.1 request to the server, as curl or a browser would send it.
+pub async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> HttpAnswer {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(connection);
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .expect("valid request");
+    let response = sender.send_request(request).await.expect("HTTP answer");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("whole body").to_bytes().to_vec();
+    HttpAnswer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+impl TestApp {
+    /// `POST /<path>` with a JSON body and this tenant's key, as Connect's unary protocol.
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> HttpAnswer {
+        let auth = format!("Bearer {}", self.api_key);
+        http(
+            self.addr,
+            "POST",
+            path,
+            &[("content-type", "application/json"), ("authorization", &auth)],
+            body.to_string().into_bytes(),
+        )
+        .await
+    }
+}

@@ -6,6 +6,7 @@
 //! unreachable every test fails with that message: nothing is skipped.
 
 mod auth;
+mod dashboard;
 mod engine;
 mod errors;
 mod hardening;
@@ -18,3 +19,4 @@ mod props;
 mod reference;
 mod server;
 mod validation;
+mod web;

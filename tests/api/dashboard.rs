@@ -1,0 +1,274 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`; `scripts/test.sh`
+//! installs it, `CHROMIUM` names another binary) loads the page from the running server with
+//! simulated data; the tiles must show what GetOverview answers for the same question, in the
+//! formats the page promises (re-implemented here, independently of the page's script).
+
+use std::{path::Path, time::Duration};
+
+use chatkpi::grpc::{convert::chrono_to_timestamp, pb};
+use chatkpi_tools::sim::{SimConfig, simulate};
+use chrono::{NaiveDate, TimeZone};
+
+use crate::helpers::TestApp;
+
+/// Runs headless Chromium on `url` with `args` and returns what it printed.
+async fn chromium(url: &str, args: &[&str]) -> String {
+    let binary = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".to_owned());
+    let profile = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(&binary)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--virtual-time-budget=15000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("chromium finished within 120 s")
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{binary}` ({e}): install Debian's chromium (scripts/test.sh does) or set CHROMIUM")
+        });
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn page(url: &str) -> String {
+    chromium(url, &["--dump-dom"]).await
+}
+
+/// The `data-raw` number and the shown text of the tile `kpi`.
+fn tile(dom: &str, kpi: &str) -> (Option<f64>, String) {
+    let at = dom
+        .find(&format!("data-kpi=\"{kpi}\""))
+        .unwrap_or_else(|| panic!("no tile {kpi} in the page"));
+    let rest = &dom[at..];
+    let raw = between(rest, "data-raw=\"", "\"");
+    let shown = between(rest, "class=\"value\">", "<");
+    (
+        (!raw.is_empty()).then(|| raw.parse().expect("a number")),
+        shown.to_owned(),
+    )
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
+    let start = text.find(open).unwrap_or_else(|| panic!("no {open}")) + open.len();
+    let len = text[start..].find(close).expect("closed");
+    &text[start..start + len]
+}
+
+// ---- the page's formats, written again from their description in app.js -------------------------
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Count,
+    Duration,
+    Percent,
+    Nps,
+    Decimal,
+}
+
+/// JavaScript's Math.round: half up.
+fn round(x: f64) -> f64 {
+    (x + 0.5).floor()
+}
+
+fn one_decimal(x: f64) -> String {
+    format!("{:.1}", round(x * 10.0) / 10.0)
+}
+
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn shown(kind: Kind, value: Option<f64>) -> String {
+    let Some(v) = value else {
+        return "–".to_owned();
+    };
+    match kind {
+        Kind::Count => grouped(v as u64),
+        Kind::Duration if v < 60.0 => format!("{} s", round(v)),
+        Kind::Duration if v < 600.0 => format!("{} min", one_decimal(v / 60.0)),
+        Kind::Duration if v < 3600.0 => format!("{} min", round(v / 60.0)),
+        Kind::Duration if v < 172_800.0 => format!("{} h", one_decimal(v / 3600.0)),
+        Kind::Duration => format!("{} d", one_decimal(v / 86_400.0)),
+        Kind::Percent if v.abs() < 10.0 => format!("{} %", one_decimal(v)),
+        Kind::Percent => format!("{} %", round(v)),
+        Kind::Nps if round(v) > 0.0 => format!("+{}", round(v)),
+        Kind::Nps => format!("{}", round(v)),
+        Kind::Decimal => one_decimal(v),
+    }
+}
+
+#[test]
+fn the_formats_read_at_a_glance() {
+    assert_eq!(shown(Kind::Duration, Some(45.2)), "45 s");
+    assert_eq!(shown(Kind::Duration, Some(270.0)), "4.5 min");
+    assert_eq!(shown(Kind::Duration, Some(725.0)), "12 min");
+    assert_eq!(shown(Kind::Duration, Some(11_520.0)), "3.2 h");
+    assert_eq!(shown(Kind::Percent, Some(87.3)), "87 %");
+    assert_eq!(shown(Kind::Percent, Some(4.25)), "4.3 %");
+    assert_eq!(shown(Kind::Nps, Some(31.6)), "+32");
+    assert_eq!(shown(Kind::Count, Some(1_234_567.0)), "1,234,567");
+    assert_eq!(shown(Kind::Count, Some(999.0)), "999");
+    assert_eq!(shown(Kind::Decimal, None), "–");
+}
+
+/// The tiles: id, format, value in the overview.
+fn tiles(k: &pb::Kpis) -> Vec<(&'static str, Kind, Option<f64>)> {
+    let p50 = |s: &Option<pb::DurationStats>| s.as_ref().and_then(|s| s.p50);
+    vec![
+        ("conversations", Kind::Count, Some(k.conversations as f64)),
+        ("frt_p50", Kind::Duration, p50(&k.first_response)),
+        ("frt_p90", Kind::Duration, k.first_response.as_ref().and_then(|s| s.p90)),
+        ("human_frt_p50", Kind::Duration, p50(&k.human_first_response)),
+        ("resolution_p50", Kind::Duration, p50(&k.resolution)),
+        ("fcr", Kind::Percent, k.fcr_rate),
+        ("csat", Kind::Percent, k.csat.as_ref().and_then(|c| c.csat_percent)),
+        ("nps", Kind::Nps, k.nps.as_ref().and_then(|n| n.nps)),
+        ("ces", Kind::Decimal, k.ces.as_ref().and_then(|c| c.mean_score)),
+        ("missed_rate", Kind::Percent, k.missed_rate),
+        ("automation_rate", Kind::Percent, k.automation_rate),
+        ("conversion_rate", Kind::Percent, k.conversion.as_ref().and_then(|c| c.rate)),
+    ]
+}
+
+/// 2 to 5 March 2026 in Berlin (the page's "to" date is included), as the API's window.
+fn berlin_window(filters: Option<pb::Filters>) -> pb::Query {
+    let day = |d: u32| {
+        let local = NaiveDate::from_ymd_opt(2026, 3, d).unwrap().and_hms_opt(0, 0, 0).unwrap();
+        chrono_tz::Europe::Berlin.from_local_datetime(&local).unwrap().to_utc()
+    };
+    pb::Query {
+        from: Some(chrono_to_timestamp(day(2))),
+        to: Some(chrono_to_timestamp(day(6))),
+        time_zone: "Europe/Berlin".into(),
+        filters,
+        ..Default::default()
+    }
+}
+
+async fn overview(app: &TestApp, query: pb::Query) -> pb::GetOverviewResponse {
+    app.metrics()
+        .get_overview(app.authed(pb::GetOverviewRequest {
+            query: Some(query),
+            compare_previous: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
+    let app = TestApp::spawn().await;
+    // Eight days, so the four shown have a previous period with data.
+    let events = simulate(&SimConfig {
+        conversations: 400,
+        days: 8,
+        seed: 21,
+        start: NaiveDate::from_ymd_opt(2026, 2, 26).unwrap(),
+        agents: 6,
+    });
+    for chunk in events.chunks(1000) {
+        app.ingest(chunk).await.unwrap();
+    }
+    let base = format!("http://{}/#from=2026-03-02&to=2026-03-05&tz=Europe/Berlin", app.addr);
+    let url = format!("{base}&key={}", app.api_key);
+
+    let dom = page(&url).await;
+    assert!(dom.contains("data-state=\"ready\""), "the page did not finish loading: {dom}");
+    let expected = overview(&app, berlin_window(None)).await;
+    let current = expected.current.unwrap();
+    for (id, kind, value) in tiles(&current) {
+        let (raw, text) = tile(&dom, id);
+        assert_eq!(raw, value, "tile {id}");
+        assert_eq!(text, shown(kind, value), "tile {id}");
+    }
+    // The change against the previous four days.
+    let previous = expected.previous.unwrap().conversations as f64;
+    assert!(previous > 0.0);
+    let change = round((current.conversations as f64 - previous) / previous * 100.0);
+    let sign = if change > 0.0 { "+" } else { "" };
+    assert!(
+        dom.contains(&format!("{sign}{change} % vs previous")),
+        "no conversations change of {change} %"
+    );
+
+    // One chart point per bucket of the daily series.
+    let series = app
+        .metrics()
+        .get_time_series(app.authed(pb::GetTimeSeriesRequest {
+            query: Some(berlin_window(None)),
+            granularity: pb::Granularity::Day as i32,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(series.points.len(), 4);
+    assert_eq!(dom.matches("class=\"bucket\"").count(), series.points.len());
+    // One table row per agent row of the breakdown.
+    let agents = app
+        .metrics()
+        .get_breakdown(app.authed(pb::GetBreakdownRequest {
+            query: Some(berlin_window(None)),
+            dimension: pb::Dimension::Agent as i32,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(dom.matches("data-agent=").count(), agents.rows.len());
+
+    // A filter changes the numbers, to what the API answers with that filter.
+    let filtered = page(&format!("{url}&channel=whatsapp")).await;
+    let whatsapp = pb::Filters {
+        channels: vec![pb::Channel::Whatsapp as i32],
+        ..Default::default()
+    };
+    let expected = overview(&app, berlin_window(Some(whatsapp))).await.current.unwrap();
+    assert!(expected.conversations < current.conversations);
+    for (id, kind, value) in tiles(&expected) {
+        let (raw, text) = tile(&filtered, id);
+        assert_eq!(raw, value, "filtered tile {id}");
+        assert_eq!(text, shown(kind, value), "filtered tile {id}");
+    }
+
+    // A wrong key is an error the page shows, and it asks for the key again.
+    let refused = page(&format!("{base}&key=ck_{}_wrong", app.tenant)).await;
+    assert!(refused.contains("data-state=\"error\""), "{refused}");
+    assert!(refused.contains("data-code=\"unauthenticated\""), "{refused}");
+    assert!(refused.contains("The API key was not accepted"), "{refused}");
+    assert!(refused.contains("<section id=\"login\" class=\"panel login\">"), "the key form is shown");
+
+    // Screenshots at a desktop and a phone width (the README's picture is made this way).
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for (width, height) in [(1280, 2300), (390, 4200)] {
+        let file = dir.join(format!("dashboard-{width}.png"));
+        let _ = std::fs::remove_file(&file);
+        chromium(
+            &url,
+            &[
+                &format!("--window-size={width},{height}"),
+                &format!("--screenshot={}", file.display()),
+            ],
+        )
+        .await;
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "screenshot {} has {size} bytes", file.display());
+    }
+}

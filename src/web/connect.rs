@@ -34,7 +34,10 @@ pub enum Method {
         encode: Encode,
     },
     /// A streaming method, with where to get its answers instead.
-    Stream { path: &'static str, instead: &'static str },
+    Stream {
+        path: &'static str,
+        instead: &'static str,
+    },
 }
 
 impl Method {
@@ -68,7 +71,9 @@ pub static METHODS: [Method; 13] = [
     method::<pb::GetOverviewRequest, pb::GetOverviewResponse>("/chatkpi.v1.MetricsService/GetOverview"),
     method::<pb::GetBreakdownRequest, pb::GetBreakdownResponse>("/chatkpi.v1.MetricsService/GetBreakdown"),
     method::<pb::GetTimeSeriesRequest, pb::GetTimeSeriesResponse>("/chatkpi.v1.MetricsService/GetTimeSeries"),
-    method::<pb::GetUtilizationRequest, pb::GetUtilizationResponse>("/chatkpi.v1.MetricsService/GetUtilization"),
+    method::<pb::GetUtilizationRequest, pb::GetUtilizationResponse>(
+        "/chatkpi.v1.MetricsService/GetUtilization",
+    ),
     method::<pb::GetBacklogRequest, pb::GetBacklogResponse>("/chatkpi.v1.MetricsService/GetBacklog"),
     Method::Stream {
         path: "/chatkpi.v1.MetricsService/ListConversations",
@@ -79,14 +84,20 @@ pub static METHODS: [Method; 13] = [
         instead: "use gRPC, or poll GetOverview",
     },
     method::<pb::GetSettingsRequest, pb::GetSettingsResponse>("/chatkpi.v1.MetricsService/GetSettings"),
-    method::<pb::UpdateSettingsRequest, pb::UpdateSettingsResponse>("/chatkpi.v1.MetricsService/UpdateSettings"),
+    method::<pb::UpdateSettingsRequest, pb::UpdateSettingsResponse>(
+        "/chatkpi.v1.MetricsService/UpdateSettings",
+    ),
     method::<pb::GetScorecardRequest, pb::GetScorecardResponse>("/chatkpi.v1.MetricsService/GetScorecard"),
     method::<pb::EraseCustomerRequest, pb::EraseCustomerResponse>("/chatkpi.v1.AdminService/EraseCustomer"),
 ];
 
 fn json_to_proto<M: Message + DeserializeOwned>(json: &[u8]) -> Result<Vec<u8>, String> {
     // An empty body is the empty message, as `{}` would be.
-    let json = if json.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { json };
+    let json = if json.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        json
+    };
     let mut de = serde_json::Deserializer::from_slice(json);
     // The error names the field by its JSON path (`query.from: ...`), as gRPC errors do.
     let message: M = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -172,10 +183,12 @@ async fn call(
     decode: Decode,
     encode: Encode,
 ) -> Result<Response, Status> {
-    if let Some(version) = request.headers().get("connect-protocol-version") {
-        if version != "1" {
-            return Err(Status::invalid_argument("connect-protocol-version: only 1 is supported"));
-        }
+    if let Some(version) = request.headers().get("connect-protocol-version")
+        && version != "1"
+    {
+        return Err(Status::invalid_argument(
+            "connect-protocol-version: only 1 is supported",
+        ));
     }
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, MAX_MESSAGE_BYTES)
@@ -222,7 +235,24 @@ pub fn error(status: &Status) -> Response {
 
 fn error_with(http: StatusCode, status: &Status) -> Response {
     let body = serde_json::json!({ "code": code_name(status.code()), "message": status.message() });
-    (http, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    let mut response = (
+        http,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    // gRPC's retry hint, in whole seconds as HTTP clients read it.
+    let pushback = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = pushback {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+    }
+    response
 }
 
 /// Connect's name of a code (snake case; `canceled` with one l).
@@ -306,7 +336,10 @@ mod tests {
         let query = request.query.expect("query");
         assert_eq!(query.from.expect("from").seconds, 1_793_491_200);
         assert_eq!(query.time_zone, "Europe/Berlin");
-        assert_eq!(query.filters.expect("filters").channels, vec![pb::Channel::Whatsapp as i32]);
+        assert_eq!(
+            query.filters.expect("filters").channels,
+            vec![pb::Channel::Whatsapp as i32]
+        );
         assert!(request.compare_previous);
         let back = proto_to_json::<pb::GetOverviewRequest>(&proto).expect("encodes");
         let value: serde_json::Value = serde_json::from_slice(&back).expect("json");
@@ -320,14 +353,20 @@ mod tests {
         assert!(err.contains("unknown field `qurey`"), "{err}");
         let err = json_to_proto::<pb::GetOverviewRequest>(br#"{"query":{"from":"2026-11-01"}}"#).unwrap_err();
         assert!(err.starts_with("query.from: "), "{err}");
-        assert_eq!(json_to_proto::<pb::GetSettingsRequest>(b"").expect("empty is {}"), Vec::<u8>::new());
+        assert_eq!(
+            json_to_proto::<pb::GetSettingsRequest>(b"").expect("empty is {}"),
+            Vec::<u8>::new()
+        );
     }
 
     #[test]
     fn codes_map_to_connects_http_statuses() {
         assert_eq!(http_status(Code::InvalidArgument), StatusCode::BAD_REQUEST);
         assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
-        assert_eq!(http_status(Code::ResourceExhausted), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            http_status(Code::ResourceExhausted),
+            StatusCode::TOO_MANY_REQUESTS
+        );
         assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
         assert_eq!(code_name(Code::Cancelled), "canceled");
         assert_eq!(code_name(Code::InvalidArgument), "invalid_argument");

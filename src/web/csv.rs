@@ -102,7 +102,10 @@ pub async fn download(State(grpc): State<Grpc>, request: Request) -> Response {
     });
     Response::builder()
         .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
-        .header(header::CONTENT_DISPOSITION, "attachment; filename=\"conversations.csv\"")
+        .header(
+            header::CONTENT_DISPOSITION,
+            "attachment; filename=\"conversations.csv\"",
+        )
         .body(Body::from_stream(stream))
         .expect("static headers are valid")
 }
@@ -251,13 +254,19 @@ fn params(query: &str) -> Result<pb::ListConversationsRequest, String> {
 fn instant(name: &str, value: &str) -> Result<pbjson_types::Timestamp, String> {
     chrono::DateTime::parse_from_rfc3339(value)
         .map(|t| chrono_to_timestamp(t.to_utc()))
-        .map_err(|e| format!("{name}: expected an RFC 3339 instant such as 2026-11-01T00:00:00Z, got `{value}` ({e})"))
+        .map_err(|e| {
+            format!("{name}: expected an RFC 3339 instant such as 2026-11-01T00:00:00Z, got `{value}` ({e})")
+        })
 }
 
 /// An enum value by its proto name, with or without the prefix, in any case.
 fn enum_value<E: DeserializeOwned>(name: &str, prefix: &str, value: &str) -> Result<E, String> {
     let upper = value.to_ascii_uppercase();
-    let full = if upper.starts_with(prefix) { upper } else { format!("{prefix}{upper}") };
+    let full = if upper.starts_with(prefix) {
+        upper
+    } else {
+        format!("{prefix}{upper}")
+    };
     serde_json::from_value(serde_json::Value::String(full)).map_err(|e| format!("{name}: {e}"))
 }
 
@@ -280,13 +289,28 @@ mod tests {
         assert_eq!(q.time_zone, "Europe/Berlin");
         assert!(q.business_hours);
         let f = q.filters.expect("filters");
-        assert_eq!(f.channels, vec![pb::Channel::Whatsapp as i32, pb::Channel::Email as i32]);
+        assert_eq!(
+            f.channels,
+            vec![pb::Channel::Whatsapp as i32, pb::Channel::Email as i32]
+        );
         assert_eq!(f.agents, vec!["a 1"]);
         assert_eq!(f.tags, vec!["billing"]);
 
-        assert!(params("from=yesterday").unwrap_err().starts_with("from: expected an RFC 3339"));
-        assert!(params("channel=pigeon").unwrap_err().starts_with("channel: unknown variant `CHANNEL_PIGEON`"));
-        assert!(params("kpi=opened&size=3").unwrap_err().starts_with("unknown parameter `size`"));
+        assert!(
+            params("from=yesterday")
+                .unwrap_err()
+                .starts_with("from: expected an RFC 3339")
+        );
+        assert!(
+            params("channel=pigeon")
+                .unwrap_err()
+                .starts_with("channel: unknown variant `CHANNEL_PIGEON`")
+        );
+        assert!(
+            params("kpi=opened&size=3")
+                .unwrap_err()
+                .starts_with("unknown parameter `size`")
+        );
         assert!(params("limit=-1").unwrap_err().starts_with("limit:"));
     }
 
@@ -296,7 +320,10 @@ mod tests {
             conversation_id: "c1".into(),
             agent: "=HYPERLINK(\"x\")".into(),
             tags: vec!["billing".into(), "vip".into()],
-            opened_at: Some(pbjson_types::Timestamp { seconds: 1_793_491_200, nanos: 0 }),
+            opened_at: Some(pbjson_types::Timestamp {
+                seconds: 1_793_491_200,
+                nanos: 0,
+            }),
             first_response_seconds: Some(42.5),
             reply_seconds: vec![1.0, 2.5],
             csat_score: Some(5),

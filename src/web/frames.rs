@@ -38,8 +38,11 @@ pub(crate) fn grpc_request(
             .ok()
             .and_then(|v| v.parse().ok())
             .filter(|ms| *ms > 0 && *ms < 100_000_000)
-            .ok_or_else(|| Status::invalid_argument("connect-timeout-ms: expected 1-99999999 milliseconds"))?;
-        let value = HeaderValue::from_str(&format!("{millis}m")).expect("digits and `m` are a valid header value");
+            .ok_or_else(|| {
+                Status::invalid_argument("connect-timeout-ms: expected 1-99999999 milliseconds")
+            })?;
+        let value =
+            HeaderValue::from_str(&format!("{millis}m")).expect("digits and `m` are a valid header value");
         headers.insert("grpc-timeout", value);
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -47,12 +50,16 @@ pub(crate) fn grpc_request(
 
     let mut frame = BytesMut::with_capacity(5 + message.len());
     frame.put_u8(0);
-    frame.put_u32(u32::try_from(message.len()).map_err(|_| Status::resource_exhausted("request message too large"))?);
+    frame.put_u32(
+        u32::try_from(message.len()).map_err(|_| Status::resource_exhausted("request message too large"))?,
+    );
     frame.put_slice(message);
 
     let mut request = http::Request::new(Body::new(http_body_util::Full::new(frame.freeze())));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = path.parse().map_err(|_| Status::unimplemented(format!("no method {path}")))?;
+    *request.uri_mut() = path
+        .parse()
+        .map_err(|_| Status::unimplemented(format!("no method {path}")))?;
     *request.version_mut() = http::Version::HTTP_2;
     *request.headers_mut() = headers;
     *request.extensions_mut() = parts.extensions.clone();
@@ -71,10 +78,10 @@ impl Messages {
     /// Fails at once with the call's status when the response is an error without a body
     /// (gRPC's trailers-only answer).
     pub fn new(response: http::Response<Body>) -> Result<Self, Status> {
-        if let Some(status) = Status::from_header_map(response.headers()) {
-            if status.code() != Code::Ok {
-                return Err(status);
-            }
+        if let Some(status) = Status::from_header_map(response.headers())
+            && status.code() != Code::Ok
+        {
+            return Err(status);
         }
         Ok(Self {
             body: response.into_body(),

@@ -36,7 +36,11 @@ async fn chromium(url: &str, args: &[&str]) -> String {
         .unwrap_or_else(|e| {
             panic!("cannot run `{binary}` ({e}): install Debian's chromium (scripts/test.sh does) or set CHROMIUM")
         });
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8(output.stdout).unwrap()
 }
 
@@ -88,7 +92,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -135,24 +139,42 @@ fn tiles(k: &pb::Kpis) -> Vec<(&'static str, Kind, Option<f64>)> {
     vec![
         ("conversations", Kind::Count, Some(k.conversations as f64)),
         ("frt_p50", Kind::Duration, p50(&k.first_response)),
-        ("frt_p90", Kind::Duration, k.first_response.as_ref().and_then(|s| s.p90)),
+        (
+            "frt_p90",
+            Kind::Duration,
+            k.first_response.as_ref().and_then(|s| s.p90),
+        ),
         ("human_frt_p50", Kind::Duration, p50(&k.human_first_response)),
         ("resolution_p50", Kind::Duration, p50(&k.resolution)),
         ("fcr", Kind::Percent, k.fcr_rate),
-        ("csat", Kind::Percent, k.csat.as_ref().and_then(|c| c.csat_percent)),
+        (
+            "csat",
+            Kind::Percent,
+            k.csat.as_ref().and_then(|c| c.csat_percent),
+        ),
         ("nps", Kind::Nps, k.nps.as_ref().and_then(|n| n.nps)),
         ("ces", Kind::Decimal, k.ces.as_ref().and_then(|c| c.mean_score)),
         ("missed_rate", Kind::Percent, k.missed_rate),
         ("automation_rate", Kind::Percent, k.automation_rate),
-        ("conversion_rate", Kind::Percent, k.conversion.as_ref().and_then(|c| c.rate)),
+        (
+            "conversion_rate",
+            Kind::Percent,
+            k.conversion.as_ref().and_then(|c| c.rate),
+        ),
     ]
 }
 
 /// 2 to 5 March 2026 in Berlin (the page's "to" date is included), as the API's window.
 fn berlin_window(filters: Option<pb::Filters>) -> pb::Query {
     let day = |d: u32| {
-        let local = NaiveDate::from_ymd_opt(2026, 3, d).unwrap().and_hms_opt(0, 0, 0).unwrap();
-        chrono_tz::Europe::Berlin.from_local_datetime(&local).unwrap().to_utc()
+        let local = NaiveDate::from_ymd_opt(2026, 3, d)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
+        chrono_tz::Europe::Berlin
+            .from_local_datetime(&local)
+            .unwrap()
+            .to_utc()
     };
     pb::Query {
         from: Some(chrono_to_timestamp(day(2))),
@@ -188,11 +210,17 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     for chunk in events.chunks(1000) {
         app.ingest(chunk).await.unwrap();
     }
-    let base = format!("http://{}/#from=2026-03-02&to=2026-03-05&tz=Europe/Berlin", app.addr);
+    let base = format!(
+        "http://{}/#from=2026-03-02&to=2026-03-05&tz=Europe/Berlin",
+        app.addr
+    );
     let url = format!("{base}&key={}", app.api_key);
 
     let dom = page(&url).await;
-    assert!(dom.contains("data-state=\"ready\""), "the page did not finish loading: {dom}");
+    assert!(
+        dom.contains("data-state=\"ready\""),
+        "the page did not finish loading: {dom}"
+    );
     let expected = overview(&app, berlin_window(None)).await;
     let current = expected.current.unwrap();
     for (id, kind, value) in tiles(&current) {
@@ -240,7 +268,10 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
         channels: vec![pb::Channel::Whatsapp as i32],
         ..Default::default()
     };
-    let expected = overview(&app, berlin_window(Some(whatsapp))).await.current.unwrap();
+    let expected = overview(&app, berlin_window(Some(whatsapp)))
+        .await
+        .current
+        .unwrap();
     assert!(expected.conversations < current.conversations);
     for (id, kind, value) in tiles(&expected) {
         let (raw, text) = tile(&filtered, id);
@@ -248,16 +279,42 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
         assert_eq!(text, shown(kind, value), "filtered tile {id}");
     }
 
+    // A drill-down lists the conversations behind a tile: the missed ones here.
+    let drilled = page(&format!("{url}&drill=missed")).await;
+    let mut missed = app
+        .metrics()
+        .list_conversations(app.authed(pb::ListConversationsRequest {
+            query: Some(berlin_window(None)),
+            kpi: pb::DrillDown::Missed as i32,
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(facts) = missed.message().await.unwrap() {
+        ids.push(facts.conversation_id);
+    }
+    assert_eq!(ids.len() as u64, current.missed);
+    assert!(!ids.is_empty() && ids.len() <= 100, "{} missed", ids.len());
+    assert_eq!(drilled.matches("class=\"drill-row\"").count(), ids.len());
+    for id in &ids {
+        assert!(drilled.contains(&format!("<td>{id}</td>")), "{id} not listed");
+    }
+
     // A wrong key is an error the page shows, and it asks for the key again.
     let refused = page(&format!("{base}&key=ck_{}_wrong", app.tenant)).await;
     assert!(refused.contains("data-state=\"error\""), "{refused}");
     assert!(refused.contains("data-code=\"unauthenticated\""), "{refused}");
     assert!(refused.contains("The API key was not accepted"), "{refused}");
-    assert!(refused.contains("<section id=\"login\" class=\"panel login\">"), "the key form is shown");
+    assert!(
+        refused.contains("<section id=\"login\" class=\"panel login\">"),
+        "the key form is shown"
+    );
 
     // Screenshots at a desktop and a phone width (the README's picture is made this way).
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    for (width, height) in [(1280, 2300), (390, 4200)] {
+    for (width, height) in [(1280, 1500), (390, 2600)] {
         let file = dir.join(format!("dashboard-{width}.png"));
         let _ = std::fs::remove_file(&file);
         chromium(

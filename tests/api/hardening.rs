@@ -548,7 +548,7 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
 }
 
 #[tokio::test]
-async fn an_ingest_call_is_traced_over_otlp_with_its_tenant_in_the_callers_trace() {
+async fn grpc_and_json_calls_are_traced_over_otlp_with_their_tenant_in_the_callers_trace() {
     use opentelemetry_proto::tonic::{
         collector::trace::v1::trace_service_server::TraceServiceServer, common::v1::any_value::Value,
     };
@@ -603,6 +603,58 @@ async fn an_ingest_call_is_traced_over_otlp_with_its_tenant_in_the_callers_trace
     assert_eq!(attribute("events"), Some(Value::IntValue(1)));
     assert_eq!(attribute("outcome"), Some(Value::StringValue("Ok".into())));
     assert_eq!(hex(&span.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(attribute("rpc.system"), Some(Value::StringValue("grpc".into())));
+
+    // The same call as JSON over HTTP is traced the same way, marked as Connect.
+    let json_trace = "0af7651916cd43dd8448eb211c80319c";
+    let traceparent = format!("00-{json_trace}-b7ad6b7169203331-01");
+    let auth = format!("Bearer {}", app.api_key);
+    let answer = crate::helpers::http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.MetricsService/GetSettings",
+        &[
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+            ("traceparent", &traceparent),
+        ],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let span = loop {
+        telemetry.flush();
+        let found = receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| hex(&s.trace_id) == json_trace)
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of trace {json_trace} received"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let attribute = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| v.value.clone())
+    };
+    assert_eq!(span.name, "/chatkpi.v1.MetricsService/GetSettings");
+    assert_eq!(
+        attribute("rpc.system"),
+        Some(Value::StringValue("connect_rpc".into()))
+    );
+    assert_eq!(attribute("tenant"), Some(Value::IntValue(app.tenant.0)));
+    assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331");
 }
 
 fn hex(bytes: &[u8]) -> String {

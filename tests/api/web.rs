@@ -54,7 +54,9 @@ where
     Resp: DeserializeOwned + PartialEq + Debug,
 {
     let path = format!("/chatkpi.v1.MetricsService/{method}");
-    let answer = app.post_json(&path, &serde_json::to_value(request).unwrap()).await;
+    let answer = app
+        .post_json(&path, &serde_json::to_value(request).unwrap())
+        .await;
     assert_eq!(answer.status, 200, "{method}: {}", answer.text());
     assert_eq!(answer.headers["content-type"], "application/json");
     let json: Resp = serde_json::from_slice(&answer.body).unwrap();
@@ -71,7 +73,11 @@ async fn every_unary_metrics_rpc_answers_json_exactly_as_grpc() {
         query: Some(query.clone()),
         compare_previous: true,
     };
-    let grpc = m.get_overview(app.authed(overview.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_overview(app.authed(overview.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(grpc.current.as_ref().unwrap().conversations, 150);
     same_answer(&app, "GetOverview", &overview, grpc).await;
 
@@ -79,7 +85,11 @@ async fn every_unary_metrics_rpc_answers_json_exactly_as_grpc() {
         query: Some(query.clone()),
         dimension: pb::Dimension::Agent as i32,
     };
-    let grpc = m.get_breakdown(app.authed(breakdown.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_breakdown(app.authed(breakdown.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(grpc.rows.len() >= 5);
     same_answer(&app, "GetBreakdown", &breakdown, grpc).await;
 
@@ -87,26 +97,42 @@ async fn every_unary_metrics_rpc_answers_json_exactly_as_grpc() {
         query: Some(query.clone()),
         granularity: pb::Granularity::Day as i32,
     };
-    let grpc = m.get_time_series(app.authed(series.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_time_series(app.authed(series.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     same_answer(&app, "GetTimeSeries", &series, grpc).await;
 
     let utilization = pb::GetUtilizationRequest {
         query: Some(query.clone()),
     };
-    let grpc = m.get_utilization(app.authed(utilization.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_utilization(app.authed(utilization.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     same_answer(&app, "GetUtilization", &utilization, grpc).await;
 
     let backlog = pb::GetBacklogRequest {
         query: Some(query.clone()),
         at: Some(chrono_to_timestamp(t(3600))),
     };
-    let grpc = m.get_backlog(app.authed(backlog.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_backlog(app.authed(backlog.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     same_answer(&app, "GetBacklog", &backlog, grpc).await;
 
     let scorecard = pb::GetScorecardRequest {
         query: Some(query.clone()),
     };
-    let grpc = m.get_scorecard(app.authed(scorecard.clone())).await.unwrap().into_inner();
+    let grpc = m
+        .get_scorecard(app.authed(scorecard.clone()))
+        .await
+        .unwrap()
+        .into_inner();
     same_answer(&app, "GetScorecard", &scorecard, grpc).await;
 
     // Written by hand as a curl user would: lowerCamelCase names, enum names, RFC 3339.
@@ -131,7 +157,10 @@ async fn every_unary_metrics_rpc_answers_json_exactly_as_grpc() {
     let grpc = m.get_overview(app.authed(whatsapp)).await.unwrap().into_inner();
     let conversations = grpc.current.as_ref().unwrap().conversations;
     assert!(conversations > 0 && conversations < 150);
-    assert_eq!(answer.json()["current"]["conversations"], conversations.to_string());
+    assert_eq!(
+        answer.json()["current"]["conversations"],
+        conversations.to_string()
+    );
 }
 
 #[tokio::test]
@@ -155,7 +184,11 @@ async fn ingest_settings_and_erasure_work_over_json_with_per_event_results() {
     let outcomes: Vec<&str> = results.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(
         outcomes,
-        ["EVENT_OUTCOME_ACCEPTED", "EVENT_OUTCOME_ACCEPTED", "EVENT_OUTCOME_REJECTED"]
+        [
+            "EVENT_OUTCOME_ACCEPTED",
+            "EVENT_OUTCOME_ACCEPTED",
+            "EVENT_OUTCOME_REJECTED"
+        ]
     );
     assert_eq!(results[2]["field"], "events[2].message.agent_id");
     assert_eq!(app.event_count().await, 2);
@@ -227,28 +260,63 @@ async fn errors_follow_connect_codes_and_statuses() {
     let key = format!("Bearer {}", app.api_key);
     let valid = r#"{"query": {"from": "2026-03-02T00:00:00Z", "to": "2026-03-03T00:00:00Z"}}"#;
 
-    let message = error(401, "unauthenticated", &send(json("Bearer ck_1_wrong"), valid).await);
+    let message = error(
+        401,
+        "unauthenticated",
+        &send(json("Bearer ck_1_wrong"), valid).await,
+    );
     assert!(message.contains("invalid api key"), "{message}");
     let missing = vec![("content-type", "application/json".to_owned())];
     error(401, "unauthenticated", &send(missing, valid).await);
 
-    let message = error(400, "invalid_argument", &send(json(&key), r#"{"query": {"from": "yesterday"}}"#).await);
+    let message = error(
+        400,
+        "invalid_argument",
+        &send(json(&key), r#"{"query": {"from": "yesterday"}}"#).await,
+    );
     assert!(message.starts_with("request body: query.from: "), "{message}");
-    let message = error(400, "invalid_argument", &send(json(&key), r#"{"qurey": {}}"#).await);
+    let message = error(
+        400,
+        "invalid_argument",
+        &send(json(&key), r#"{"qurey": {}}"#).await,
+    );
     assert!(message.contains("unknown field `qurey`"), "{message}");
     let reversed = r#"{"query": {"from": "2026-03-03T00:00:00Z", "to": "2026-03-02T00:00:00Z"}}"#;
     let message = error(400, "invalid_argument", &send(json(&key), reversed).await);
     assert!(message.starts_with("query.to: must be after from"), "{message}");
 
-    let wrong_type = vec![("content-type", "text/plain".to_owned()), ("authorization", key.clone())];
+    let wrong_type = vec![
+        ("content-type", "text/plain".to_owned()),
+        ("authorization", key.clone()),
+    ];
     let answer = send(wrong_type, valid).await;
     error(415, "unimplemented", &answer);
-    assert_eq!(answer.headers["accept-post"], "application/json, application/proto");
+    assert_eq!(
+        answer.headers["accept-post"],
+        "application/json, application/proto"
+    );
 
-    let auth = [("content-type", "application/json"), ("authorization", key.as_str())];
-    let answer = http(app.addr, "POST", "/chatkpi.v1.MetricsService/GetOverveiw", &auth, b"{}".to_vec()).await;
+    let auth = [
+        ("content-type", "application/json"),
+        ("authorization", key.as_str()),
+    ];
+    let answer = http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.MetricsService/GetOverveiw",
+        &auth,
+        b"{}".to_vec(),
+    )
+    .await;
     error(404, "unimplemented", &answer);
-    let answer = http(app.addr, "POST", "/chatkpi.v1.MetricsService/WatchOverview", &auth, b"{}".to_vec()).await;
+    let answer = http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.MetricsService/WatchOverview",
+        &auth,
+        b"{}".to_vec(),
+    )
+    .await;
     let message = error(501, "unimplemented", &answer);
     assert!(message.contains("streaming method"), "{message}");
     let answer = http(app.addr, "GET", "/nothing/here/at/all", &[], Vec::new()).await;
@@ -265,28 +333,43 @@ async fn errors_follow_connect_codes_and_statuses() {
         query: Some(window("")),
         compare_previous: false,
     };
-    let proto = [("content-type", "application/proto"), ("authorization", key.as_str())];
+    let proto = [
+        ("content-type", "application/proto"),
+        ("authorization", key.as_str()),
+    ];
     let answer = http(app.addr, "POST", overview, &proto, request.encode_to_vec()).await;
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["content-type"], "application/proto");
     let decoded = pb::GetOverviewResponse::decode(&answer.body[..]).unwrap();
-    let grpc = app.metrics().get_overview(app.authed(request)).await.unwrap().into_inner();
+    let grpc = app
+        .metrics()
+        .get_overview(app.authed(request))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(decoded, grpc);
 }
 
 #[tokio::test]
 async fn json_calls_share_the_tenants_query_rate_and_key_scopes() {
-    let mut limits = Limits::default();
-    limits.tenant_queries_per_sec = 1;
     let app = TestApp::spawn_with(Options {
-        limits,
+        limits: Limits {
+            tenant_queries_per_sec: 1,
+            ..Limits::default()
+        },
         ..Options::default()
     })
     .await;
     let body = serde_json::json!({"query": {"from": "2026-03-02T00:00:00Z", "to": "2026-03-03T00:00:00Z"}});
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let answer = app.post_json("/chatkpi.v1.MetricsService/GetOverview", &body).await;
+        let answer = app
+            .post_json("/chatkpi.v1.MetricsService/GetOverview", &body)
+            .await;
+        if answer.status == 429 {
+            let seconds: u64 = answer.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!((1..=2).contains(&seconds), "retry-after {seconds}");
+        }
         statuses.push((answer.status, answer.json()["code"].as_str().map(str::to_owned)));
     }
     // Bursts of twice the rate pass; the rest are refused as gRPC refuses them.
@@ -337,11 +420,17 @@ async fn the_drill_down_downloads_as_csv_one_row_per_conversation() {
     assert!(expected.len() > 50, "{}", expected.len());
 
     let auth = format!("Bearer {}", app.api_key);
-    let path = "/v1/conversations.csv?kpi=resolved&from=2026-03-02T00:00:00Z&to=2026-03-05T00:00:00Z&time_zone=UTC";
+    let path =
+        "/v1/conversations.csv?kpi=resolved&from=2026-03-02T00:00:00Z&to=2026-03-05T00:00:00Z&time_zone=UTC";
     let answer = http(app.addr, "GET", path, &[("authorization", &auth)], Vec::new()).await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.headers["content-type"], "text/csv; charset=utf-8");
-    assert!(answer.headers["content-disposition"].to_str().unwrap().starts_with("attachment"));
+    assert!(
+        answer.headers["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
     // Streamed: no length known in advance.
     assert!(!answer.headers.contains_key("content-length"));
     let mut reader = csv::Reader::from_reader(answer.body.as_slice());
@@ -371,10 +460,20 @@ async fn the_drill_down_downloads_as_csv_one_row_per_conversation() {
     let text = answer.text();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 4, "{text}");
-    assert!(lines[1..].iter().all(|l| l.split(',').nth(2) == Some("whatsapp")), "{text}");
+    assert!(
+        lines[1..].iter().all(|l| l.split(',').nth(2) == Some("whatsapp")),
+        "{text}"
+    );
 
     // Errors before the first row are Connect errors with their HTTP status.
-    let answer = http(app.addr, "GET", path, &[("authorization", "Bearer ck_1_wrong")], Vec::new()).await;
+    let answer = http(
+        app.addr,
+        "GET",
+        path,
+        &[("authorization", "Bearer ck_1_wrong")],
+        Vec::new(),
+    )
+    .await;
     assert_eq!(answer.status, 401);
     assert_eq!(answer.json()["code"], "unauthenticated");
     let answer = http(
@@ -386,7 +485,12 @@ async fn the_drill_down_downloads_as_csv_one_row_per_conversation() {
     )
     .await;
     assert_eq!(answer.status, 400);
-    assert!(answer.json()["message"].as_str().unwrap().starts_with("from: expected an RFC 3339"));
+    assert!(
+        answer.json()["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("from: expected an RFC 3339")
+    );
     let answer = http(
         app.addr,
         "GET",
@@ -396,5 +500,9 @@ async fn the_drill_down_downloads_as_csv_one_row_per_conversation() {
     )
     .await;
     assert_eq!(answer.status, 400, "{}", answer.text());
-    assert!(answer.json()["message"].as_str().unwrap().starts_with("kpi"), "{}", answer.text());
+    assert!(
+        answer.json()["message"].as_str().unwrap().starts_with("kpi"),
+        "{}",
+        answer.text()
+    );
 }

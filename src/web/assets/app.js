@@ -104,11 +104,11 @@ const state = {
   tag: '',
   series: 'conversations',
   granularity: 'GRANULARITY_DAY',
+  drill: '',
 };
 const seen = { agents: new Set(), tags: new Set() };
 let agentSort = { column: 'conversations', direction: -1 };
 let agentRows = [];
-let drillKind = '';
 let backlogTimer = 0;
 
 function readFragment() {
@@ -129,12 +129,13 @@ function readFragment() {
   state.tag = params.get('tag') || '';
   state.series = params.get('series') || state.series;
   state.granularity = params.get('granularity') || state.granularity;
+  state.drill = DRILLS[params.get('drill')] ? params.get('drill') : '';
   writeFragment();
 }
 
 function writeFragment() {
   const params = new URLSearchParams();
-  for (const name of ['from', 'to', 'tz', 'channel', 'agent', 'tag', 'series', 'granularity']) {
+  for (const name of ['from', 'to', 'tz', 'channel', 'agent', 'tag', 'series', 'granularity', 'drill']) {
     if (state[name]) params.set(name, state[name]);
   }
   if (state.bh) params.set('bh', '1');
@@ -303,7 +304,7 @@ function renderTiles(current, previous) {
     const change = delta(tile, value, previous ? tile.get(previous) : undefined);
     tiles.append(el('button', {
       type: 'button', class: 'tile', 'data-kpi': tile.id, 'data-raw': present(value) ? String(value) : '',
-      title: 'List the conversations behind this number', onclick: () => openDrill(tile.drill, tile.label),
+      title: 'List the conversations behind this number', onclick: () => openDrill(tile.drill),
     },
     el('span', { class: 'label' }, tile.label),
     el('span', { class: 'value' }, format(tile.kind, value)),
@@ -500,7 +501,7 @@ async function loadAll() {
     fillSelect($('agent'), seen.agents, state.agent);
     fillSelect($('tag'), seen.tags, state.tag);
     await loadBacklog();
-    if (drillKind) await openDrill(drillKind, $('drill-title').textContent);
+    if (state.drill) await openDrill(state.drill);
     document.body.dataset.state = 'ready';
     setStatus(`Updated ${new Date().toLocaleTimeString('en-GB')}`);
   } catch (e) {
@@ -552,11 +553,12 @@ function parseCsv(text) {
 const DRILL_LIMIT = 100;
 const DRILL_COLUMNS = ['conversation_id', 'channel', 'agent', 'state', 'opened_at', 'first_response_seconds', 'resolution_seconds', 'csat_score', 'tags'];
 
-async function openDrill(kind, label) {
-  drillKind = kind;
+async function openDrill(kind) {
+  state.drill = kind;
+  writeFragment();
   $('drill').hidden = false;
-  $('drill-title').textContent = label;
-  $('drill-note').textContent = `${DRILLS[kind]}. Loading…`;
+  $('drill-title').textContent = DRILLS[kind];
+  $('drill-note').textContent = 'Loading…';
   try {
     const [header, ...rows] = parseCsv(await csv(kind, DRILL_LIMIT + 1));
     const shown = rows.slice(0, DRILL_LIMIT);
@@ -567,8 +569,9 @@ async function openDrill(kind, label) {
       el('thead', {}, el('tr', {}, ...DRILL_COLUMNS.map((c) => el('th', { scope: 'col' }, c.replace(/_/g, ' '))))),
       el('tbody', {}, ...shown.map((r) => el('tr', { class: 'drill-row' }, ...index.map((i, j) => el('td', {}, text(DRILL_COLUMNS[j], r[i] ?? '')))))),
     );
-    $('drill-note').textContent = `${DRILLS[kind]}: ${rows.length > DRILL_LIMIT ? `the first ${DRILL_LIMIT}` : rows.length}`
-      + `${rows.length === 1 ? ' conversation' : ' conversations'}; the CSV has all of them, every column.`;
+    $('drill-note').textContent = rows.length > DRILL_LIMIT
+      ? `The first ${DRILL_LIMIT} conversations; the CSV has all of them, with every column.`
+      : `${rows.length} ${rows.length === 1 ? 'conversation' : 'conversations'}; the CSV has every column.`;
     $('drill').scrollIntoView({ block: 'nearest' });
   } catch (e) {
     fail(e);
@@ -577,8 +580,8 @@ async function openDrill(kind, label) {
 
 async function downloadDrill() {
   try {
-    const blob = new Blob([await csv(drillKind, 0)], { type: 'text/csv' });
-    const link = el('a', { href: URL.createObjectURL(blob), download: `conversations-${drillKind}-${state.from}-${state.to}.csv` });
+    const blob = new Blob([await csv(state.drill, 0)], { type: 'text/csv' });
+    const link = el('a', { href: URL.createObjectURL(blob), download: `conversations-${state.drill}-${state.from}-${state.to}.csv` });
     document.body.append(link);
     link.click();
     link.remove();
@@ -668,7 +671,7 @@ function start() {
   });
   $('series-kpi').addEventListener('change', () => { state.series = $('series-kpi').value; writeFragment(); loadSeries(); });
   $('granularity').addEventListener('change', () => { state.granularity = $('granularity').value; writeFragment(); loadSeries(); });
-  $('drill-close').addEventListener('click', () => { drillKind = ''; $('drill').hidden = true; });
+  $('drill-close').addEventListener('click', () => { state.drill = ''; writeFragment(); $('drill').hidden = true; });
   $('drill-csv').addEventListener('click', downloadDrill);
   if (state.key) showDashboard(); else showLogin();
 }

@@ -573,32 +573,9 @@ async fn grpc_and_json_calls_are_traced_over_otlp_with_their_tenant_in_the_calle
     request.metadata_mut().insert("traceparent", parent);
     app.events().ingest_events(request).await.unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let span = loop {
-        telemetry.flush();
-        let found = receiver
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|s| s.name == "/chatkpi.v1.EventService/IngestEvents" && hex(&s.trace_id) == trace_id)
-            .cloned();
-        if let Some(span) = found {
-            break span;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no IngestEvents span of trace {trace_id} received"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let attribute = |key: &str| {
-        span.attributes
-            .iter()
-            .find(|a| a.key == key)
-            .and_then(|a| a.value.as_ref())
-            .and_then(|v| v.value.clone())
-    };
+    let span = receiver.span_of(&telemetry, trace_id).await;
+    let attribute = |key: &str| span_attribute(&span, key);
+    assert_eq!(span.name, "/chatkpi.v1.EventService/IngestEvents");
     assert_eq!(attribute("tenant"), Some(Value::IntValue(app.tenant.0)));
     assert_eq!(attribute("events"), Some(Value::IntValue(1)));
     assert_eq!(attribute("outcome"), Some(Value::StringValue("Ok".into())));
@@ -622,32 +599,8 @@ async fn grpc_and_json_calls_are_traced_over_otlp_with_their_tenant_in_the_calle
     )
     .await;
     assert_eq!(answer.status, 200);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let span = loop {
-        telemetry.flush();
-        let found = receiver
-            .spans
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|s| hex(&s.trace_id) == json_trace)
-            .cloned();
-        if let Some(span) = found {
-            break span;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no span of trace {json_trace} received"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let attribute = |key: &str| {
-        span.attributes
-            .iter()
-            .find(|a| a.key == key)
-            .and_then(|a| a.value.as_ref())
-            .and_then(|v| v.value.clone())
-    };
+    let span = receiver.span_of(&telemetry, json_trace).await;
+    let attribute = |key: &str| span_attribute(&span, key);
     assert_eq!(span.name, "/chatkpi.v1.MetricsService/GetSettings");
     assert_eq!(
         attribute("rpc.system"),
@@ -655,6 +608,44 @@ async fn grpc_and_json_calls_are_traced_over_otlp_with_their_tenant_in_the_calle
     );
     assert_eq!(attribute("tenant"), Some(Value::IntValue(app.tenant.0)));
     assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331");
+}
+
+impl Receiver {
+    /// The first span of trace `trace_id` the collector receives (within 20 s).
+    async fn span_of(
+        &self,
+        telemetry: &chatkpi::telemetry::Telemetry,
+        trace_id: &str,
+    ) -> opentelemetry_proto::tonic::trace::v1::Span {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            telemetry.flush();
+            let found = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|s| hex(&s.trace_id) == trace_id)
+                .cloned();
+            if let Some(span) = found {
+                return span;
+            }
+            assert!(Instant::now() < deadline, "no span of trace {trace_id} received");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A span's attribute value.
+fn span_attribute(
+    span: &opentelemetry_proto::tonic::trace::v1::Span,
+    key: &str,
+) -> Option<opentelemetry_proto::tonic::common::v1::any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| v.value.clone())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -68,7 +68,8 @@ pub(super) struct Joins {
 impl Joins {
     /// `lookahead`: conversations opened in it may be repeat contacts; `conversions` are the
     /// tenant's (sorted by time), of which those in `conversion_range` and of `kinds` (all when
-    /// `None`) can be attributed.
+    /// `None`) can be attributed. `asked` (one bit per customer id), when given, holds every
+    /// customer the lookups will be asked about: the others' items are left out.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         segments: &[Arc<Segment>],
@@ -79,15 +80,26 @@ impl Joins {
         conversion_range: Span,
         kinds: Option<&HashSet<Sym>>,
         attribution_window: Micros,
+        asked: Option<&[u64]>,
     ) -> Self {
+        let wanted = |c: u32| {
+            asked.is_none_or(|bits| {
+                bits.get(c as usize / 64)
+                    .is_some_and(|w| w & (1 << (c % 64)) != 0)
+            })
+        };
         let mut opens: Vec<(u32, Micros)> = Vec::new();
         if repeat_window > 0 {
-            for seg in segments {
-                if !seg.bounds.opened_in(lookahead.start, lookahead.end) {
-                    continue;
-                }
+            let read: Vec<&Arc<Segment>> = segments
+                .iter()
+                .filter(|seg| seg.bounds.opened_in(lookahead.start, lookahead.end))
+                .collect();
+            if asked.is_none() {
+                opens.reserve(read.iter().map(|seg| seg.len()).sum());
+            }
+            for seg in read {
                 for (&opened, &customer) in seg.opened_at.iter().zip(&seg.customer) {
-                    if customer != 0 && lookahead.contains(opened) {
+                    if customer != 0 && lookahead.contains(opened) && wanted(customer) {
                         opens.push((customer, opened));
                     }
                 }
@@ -99,7 +111,7 @@ impl Joins {
             .iter()
             .enumerate()
             .take_while(|(_, c)| c.at < conversion_range.end)
-            .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)))
+            .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)) && wanted(c.customer))
             .map(|(i, c)| (c.customer, (first + i) as u32))
             .collect();
         let mut converting = vec![0u64; customers.div_ceil(64)];

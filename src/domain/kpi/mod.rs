@@ -31,7 +31,7 @@ pub mod types;
 use std::{
     collections::HashSet,
     sync::{
-        Arc, LazyLock,
+        Arc, LazyLock, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -226,6 +226,8 @@ impl Computation<'_> {
         let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
         // Built on first use: when every row comes from kept totals, no lookup is needed.
         let data = self.data;
+        let asked_customers: Arc<OnceLock<Vec<u64>>> = Arc::default();
+        let asked = asked_customers.clone();
         let joins: LazyJoins<'_> = LazyLock::new(Box::new(move || {
             Joins::new(
                 &data.segments,
@@ -242,6 +244,7 @@ impl Computation<'_> {
                 },
                 kinds.as_ref(),
                 attribution,
+                asked.get().map(Vec::as_slice),
             )
         }));
         Scan {
@@ -250,6 +253,7 @@ impl Computation<'_> {
             filters: Compiled::new(&self.data.symbols, &q.filters),
             router,
             joins,
+            asked_customers,
             window,
             previous,
             first_bucket,
@@ -361,6 +365,13 @@ impl Computation<'_> {
                     .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
             );
         }
+        if to_keep.is_empty() {
+            // Only the rows at the window's edges are scanned (the rest comes from kept totals):
+            // the lookups need only their customers, not the whole lookahead's.
+            let _ = scan
+                .asked_customers
+                .set(customers_of(segments, &parts, self.data.customers));
+        }
         let computed: Vec<Arc<Partial>> = to_keep
             .into_par_iter()
             .map(|(s, key, select)| {
@@ -401,6 +412,25 @@ impl Computation<'_> {
 /// The window whose customers retention compares with (docs/metrics.md §5: the window of the same
 /// length ending at `from`; for a time series, one bucket length before its first bucket,
 /// docs/metrics.md), and a series' first bucket.
+/// The customers of the rows `parts` select, one bit per customer id.
+fn customers_of(
+    segments: &[Arc<Segment>],
+    parts: &[(usize, std::ops::Range<usize>, Select)],
+    customers: usize,
+) -> Vec<u64> {
+    let mut bits = vec![0u64; customers.div_ceil(64).max(1)];
+    for (s, rows, select) in parts {
+        let seg = &segments[*s];
+        for row in rows.clone().filter(|row| select.takes(seg, *row)) {
+            let c = seg.customer[row] as usize;
+            if let Some(word) = bits.get_mut(c / 64) {
+                *word |= 1 << (c % 64);
+            }
+        }
+    }
+    bits
+}
+
 fn previous_window(q: &Query, grouping: Grouping) -> (Span, Option<Micros>) {
     let window = Span {
         start: micros(q.window.from),

@@ -14,7 +14,10 @@
 //! | survey sends ([`Scan::survey_sends`]) | the send's time | the conversation's agent |
 //! | survey answers ([`Scan::surveys`]) | the answer's time | the credited agent |
 
-use std::{ops::Range, sync::LazyLock};
+use std::{
+    ops::Range,
+    sync::{Arc, LazyLock, OnceLock},
+};
 
 use super::{
     Computation, ConversionRec,
@@ -41,6 +44,10 @@ pub(super) struct Scan<'a> {
     pub filters: Compiled,
     pub router: Router,
     pub joins: LazyJoins<'a>,
+    /// The customers whose lookups the scan can ask for, one bit each, when the scan knows
+    /// them before it starts (set at most once, before [`Scan::joins`] is first used); unset,
+    /// the lookups cover every customer.
+    pub asked_customers: Arc<OnceLock<Vec<u64>>>,
     /// The query window.
     pub window: Span,
     /// The window before, for retention's previous customers.
@@ -61,7 +68,7 @@ pub(super) enum Select {
 }
 
 impl Select {
-    fn takes(self, seg: &Segment, row: usize) -> bool {
+    pub fn takes(self, seg: &Segment, row: usize) -> bool {
         match self {
             Select::All => true,
             Select::EndingBefore(t) => seg.active_end[row] < t,

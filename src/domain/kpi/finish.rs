@@ -69,12 +69,13 @@ pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRe
     k.csat = csat(std::mem::take(&mut a.csat), a.surveys_sent[0]);
     k.nps = nps(&a.nps, a.surveys_sent[1]);
     k.ces = ces(std::mem::take(&mut a.ces), a.surveys_sent[2]);
-    let customers = sorted_distinct(std::mem::take(&mut a.customers));
+    let (customers, customer_bits) = distinct(std::mem::take(&mut a.customers));
     k.conversion = conversion(&customers, &mut a, symbols, conversions);
-    k.retention = retention(
-        sorted_distinct(std::mem::take(&mut a.previous_customers)),
-        &customers,
-    );
+    let previous = std::mem::take(&mut a.previous_customers);
+    k.retention = match customer_bits {
+        Some(bits) => retention_in(&previous, &bits),
+        None => retention(sorted_distinct(previous), &customers),
+    };
     k.tags = tags(&a, symbols);
     k.channels = Channel::ALL
         .iter()
@@ -110,15 +111,42 @@ pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
     }
 }
 
+/// Retention as [`retention`] does, of `previous` customers (with repeats) against `current`,
+/// the current customers one bit each: one pass, no sorting (a dashboard's overview with a
+/// history before its window does this on every call).
+fn retention_in(previous: &[u32], current: &[u64]) -> Retention {
+    let universe = previous.iter().max().map_or(0, |m| *m as usize + 1);
+    let mut seen = vec![0u64; universe.div_ceil(64)];
+    let (mut distinct, mut retained) = (0u64, 0u64);
+    for id in previous {
+        let (word, bit) = (*id as usize / 64, 1u64 << (id % 64));
+        if seen[word] & bit == 0 {
+            seen[word] |= bit;
+            distinct += 1;
+            retained += u64::from(current.get(word).is_some_and(|w| w & bit != 0));
+        }
+    }
+    Retention {
+        previous_customers: distinct,
+        retained,
+        rate: rate(retained, distinct),
+    }
+}
+
 /// Distinct ids of `v`, sorted. Customer ids are dense (interned in arrival order), so a list
 /// that is large next to its largest id goes through a bitset in linear time; a sparse one is
 /// sorted.
-fn sorted_distinct(mut v: Vec<u32>) -> Vec<u32> {
+fn sorted_distinct(v: Vec<u32>) -> Vec<u32> {
+    distinct(v).0
+}
+
+/// [`sorted_distinct`], with the bitset the ids went through when they were dense.
+fn distinct(mut v: Vec<u32>) -> (Vec<u32>, Option<Vec<u64>>) {
     let universe = v.iter().max().map_or(0, |m| *m as usize + 1);
     if universe / 64 > v.len() * 4 {
         v.sort_unstable();
         v.dedup();
-        return v;
+        return (v, None);
     }
     let mut bits = vec![0u64; universe.div_ceil(64)];
     for id in &v {
@@ -132,7 +160,7 @@ fn sorted_distinct(mut v: Vec<u32>) -> Vec<u32> {
             rest &= rest - 1;
         }
     }
-    v
+    (v, Some(bits))
 }
 
 /// CSAT: satisfied = normalized score >= 0.75; mean mapped to 1-5. Sums run over sorted
@@ -234,7 +262,7 @@ fn tags(a: &Acc, symbols: &Interner) -> Vec<(String, u64, Option<f64>)> {
 
 #[cfg(test)]
 mod tests {
-    use super::sorted_distinct;
+    use super::{distinct, retention, retention_in, sorted_distinct};
 
     #[test]
     fn distinct_ids_are_the_same_through_the_bitset_and_the_sort() {
@@ -251,5 +279,30 @@ mod tests {
                 .collect();
             assert_eq!(sorted_distinct(v), expected, "n={n} universe={universe}");
         }
+    }
+
+    /// The one-pass bitset retention equals the sorted walk, with repeats and ids past the
+    /// current customers' largest.
+    #[test]
+    fn bitset_retention_equals_the_sorted_walk() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut compared = 0;
+        for _ in 0..200 {
+            let universe = rng.random_range(1..5_000u32);
+            let current: Vec<u32> = (0..rng.random_range(0..3_000))
+                .map(|_| rng.random_range(0..universe))
+                .collect();
+            let previous: Vec<u32> = (0..rng.random_range(0..3_000))
+                .map(|_| rng.random_range(0..universe + 500))
+                .collect();
+            let (sorted, bits) = distinct(current);
+            let expected = retention(sorted_distinct(previous.clone()), &sorted);
+            if let Some(bits) = bits {
+                assert_eq!(retention_in(&previous, &bits), expected);
+                compared += 1;
+            }
+        }
+        assert!(compared > 150, "only {compared} dense cases");
     }
 }

@@ -322,6 +322,15 @@ async fn errors_follow_connect_codes_and_statuses() {
     let answer = http(app.addr, "GET", "/nothing/here/at/all", &[], Vec::new()).await;
     error(404, "not_found", &answer);
 
+    // Connect's timeout header becomes the call's deadline; a malformed one is named.
+    let mut timed = json(&key);
+    timed.push(("connect-timeout-ms", "soon".to_owned()));
+    let message = error(400, "invalid_argument", &send(timed, valid).await);
+    assert!(message.starts_with("connect-timeout-ms:"), "{message}");
+    let mut timed = json(&key);
+    timed.push(("connect-timeout-ms", "20000".to_owned()));
+    assert_eq!(send(timed, valid).await.status, 200);
+
     // A body beyond the 16 MiB message limit is refused before it is parsed.
     let huge = format!(r#"{{"events": [], "pad": "{}"}}"#, "x".repeat(17 << 20));
     let answer = send(json(&key), &huge).await;

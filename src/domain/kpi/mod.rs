@@ -409,9 +409,6 @@ impl Computation<'_> {
     }
 }
 
-/// The window whose customers retention compares with (docs/metrics.md §5: the window of the same
-/// length ending at `from`; for a time series, one bucket length before its first bucket,
-/// docs/metrics.md), and a series' first bucket.
 /// The customers of the rows `parts` select, one bit per customer id.
 fn customers_of(
     segments: &[Arc<Segment>],
@@ -423,14 +420,19 @@ fn customers_of(
         let seg = &segments[*s];
         for row in rows.clone().filter(|row| select.takes(seg, *row)) {
             let c = seg.customer[row] as usize;
-            if let Some(word) = bits.get_mut(c / 64) {
-                *word |= 1 << (c % 64);
+            // Every scanned customer must be in the set (a lookup leaves the others out).
+            if c / 64 >= bits.len() {
+                bits.resize(c / 64 + 1, 0);
             }
+            bits[c / 64] |= 1 << (c % 64);
         }
     }
     bits
 }
 
+/// The window whose customers retention compares with (docs/metrics.md §5: the window of the same
+/// length ending at `from`; for a time series, one bucket length before its first bucket,
+/// docs/metrics.md), and a series' first bucket.
 fn previous_window(q: &Query, grouping: Grouping) -> (Span, Option<Micros>) {
     let window = Span {
         start: micros(q.window.from),

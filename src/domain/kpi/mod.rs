@@ -313,7 +313,8 @@ impl Computation<'_> {
     /// Totals of every relevant segment, merged. A segment that begins inside the window keeps
     /// the totals of its rows that also end inside it, and one opened in the window before those
     /// of its rows that end before the window ([`partial`]): they come from the partial store or
-    /// are computed whole and stored. Every other row is scanned in parts. Work runs
+    /// are computed whole and stored. The other rows (at the window's edges) are kept too, for
+    /// exactly this window; without a partial store they are scanned in parts. Work runs
     /// in parallel; each worker folds the parts it takes into one set of groups, so value lists
     /// are merged once per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
@@ -358,6 +359,21 @@ impl Computation<'_> {
                     continue;
                 }
                 rest = Select::EndingFrom(end);
+            }
+            if self.partials.is_some() {
+                let key = self.partial_key(
+                    seg,
+                    &shape,
+                    KeptRows::Edge {
+                        from: w.start,
+                        to: w.end,
+                    },
+                );
+                match self.partials.and_then(|store| store.get(&key)) {
+                    Some(p) => cached.push(p),
+                    None => to_keep.push((s, key, rest)),
+                }
+                continue;
             }
             parts.extend(
                 (0..seg.len())

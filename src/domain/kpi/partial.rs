@@ -13,6 +13,10 @@
 //! totals of its rows that end before the window: they hold only previous customers, which do
 //! not depend on where exactly the window before begins or the window ends.
 //!
+//! The remaining rows of a segment (those active across the window's start or end) depend on
+//! the window's exact bounds: their totals are kept under the exact window
+//! ([`KeptRows::Edge`]), so repeating the same question scans nothing.
+//!
 //! The rows ending before an instant are determined by their number (a segment's set of rows
 //! ending before `t` only grows with `t`), so the key holds that number, not the window's end,
 //! and windows ending at different instants share the totals while no row ends between them.
@@ -62,6 +66,10 @@ pub enum KeptRows {
     Inside(usize),
     /// Rows ending before the window, of a segment opened in the window before.
     Before(usize),
+    /// Every other row the computation reads (those at the window's edges), for exactly this
+    /// window: a dashboard asking the same window again reuses them while the segment is
+    /// unchanged.
+    Edge { from: Micros, to: Micros },
 }
 
 /// Keeps partial totals between computations (the query cache implements it, within its byte

@@ -381,13 +381,20 @@ impl Computation<'_> {
                     .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
             );
         }
-        if to_keep.is_empty() {
-            // Only the rows at the window's edges are scanned (the rest comes from kept totals):
-            // the lookups need only their customers, not the whole lookahead's.
-            let _ = scan
-                .asked_customers
-                .set(customers_of(segments, &parts, self.data.customers));
-        }
+        // The lookups need only the customers of the rows scanned below: with kept totals
+        // that is the window's edges, not the whole lookahead (a new window, such as a sliding
+        // one, computes its edge totals and still gets the small lookups).
+        let scanned = parts
+            .iter()
+            .map(|(s, rows, select)| (*s, rows.clone(), *select))
+            .chain(
+                to_keep
+                    .iter()
+                    .map(|(s, _, select)| (*s, 0..segments[*s].len(), *select)),
+            );
+        let _ = scan
+            .asked_customers
+            .set(customers_of(segments, scanned, self.data.customers));
         let computed: Vec<Arc<Partial>> = to_keep
             .into_par_iter()
             .map(|(s, key, select)| {
@@ -425,16 +432,16 @@ impl Computation<'_> {
     }
 }
 
-/// The customers of the rows `parts` select, one bit per customer id.
+/// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.
 fn customers_of(
     segments: &[Arc<Segment>],
-    parts: &[(usize, std::ops::Range<usize>, Select)],
+    parts: impl Iterator<Item = (usize, std::ops::Range<usize>, Select)>,
     customers: usize,
 ) -> Vec<u64> {
     let mut bits = vec![0u64; customers.div_ceil(64).max(1)];
     for (s, rows, select) in parts {
-        let seg = &segments[*s];
-        for row in rows.clone().filter(|row| select.takes(seg, *row)) {
+        let seg = &segments[s];
+        for row in rows.filter(|row| select.takes(seg, *row)) {
             let c = seg.customer[row] as usize;
             // Every scanned customer must be in the set (a lookup leaves the others out).
             if c / 64 >= bits.len() {

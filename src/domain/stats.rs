@@ -89,6 +89,11 @@ pub struct Durations {
     values: Vec<f64>,
     /// Counts per log bucket, once there are more (then `values` is empty).
     histogram: Option<Box<LogHistogram>>,
+    /// `values` counted per log bucket (sparse), made when kept totals are shrunk: merged into
+    /// a histogram, a kept part adds one count per bucket instead of one per value (a 30-day
+    /// overview merges 30 days of a few thousand values per KPI). Empty, or exactly the
+    /// buckets of `values`.
+    binned: Vec<(u16, u32)>,
 }
 
 impl Default for Durations {
@@ -101,9 +106,13 @@ impl Default for Durations {
             within: 0,
             values: Vec::new(),
             histogram: None,
+            binned: Vec::new(),
         }
     }
 }
+
+/// Kept values are also binned from this many on (fewer are as cheap to add one by one).
+const BIN_FROM: usize = 64;
 
 impl Durations {
     /// Adds one duration; `target` (seconds) counts it as within target when it is at or under.
@@ -113,6 +122,7 @@ impl Durations {
         self.min = self.min.min(v);
         self.max = self.max.max(v);
         self.within += u64::from(target.is_some_and(|t| v <= t));
+        self.binned.clear();
         match &mut self.histogram {
             Some(h) => h.add(v, 1),
             None => {
@@ -129,6 +139,7 @@ impl Durations {
         self.min = self.min.min(o.min);
         self.max = self.max.max(o.max);
         self.within += o.within;
+        self.binned.clear();
         if let Some(theirs) = &o.histogram {
             self.histogram
                 .get_or_insert_with(|| Box::new(LogHistogram::new()))
@@ -136,8 +147,17 @@ impl Durations {
         }
         match &mut self.histogram {
             Some(h) => {
-                for v in self.values.drain(..).chain(o.values.iter().copied()) {
+                for v in self.values.drain(..) {
                     h.add(v, 1);
+                }
+                if o.binned.is_empty() {
+                    for v in &o.values {
+                        h.add(*v, 1);
+                    }
+                } else {
+                    for (bucket, n) in &o.binned {
+                        h.add_to(*bucket, u64::from(*n));
+                    }
                 }
             }
             None => {
@@ -154,6 +174,7 @@ impl Durations {
             return;
         }
         if total as usize > EXACT_PERCENTILES_UP_TO {
+            self.binned.clear();
             let mut h = Box::new(LogHistogram::new());
             for v in self.values.drain(..) {
                 h.add(v, 1);
@@ -175,14 +196,19 @@ impl Durations {
         self.count
     }
 
-    /// Drops spare capacity (before the totals are kept).
+    /// Drops spare capacity and bins the values (before the totals are kept).
     pub fn shrink(&mut self) {
         self.values.shrink_to_fit();
+        if self.values.len() >= BIN_FROM {
+            self.binned = LogHistogram::sparse(&self.values);
+        }
     }
 
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
-        self.values.capacity() * 8 + self.histogram.as_ref().map_or(0, |_| LogHistogram::BYTES)
+        self.values.capacity() * 8
+            + self.binned.capacity() * 8
+            + self.histogram.as_ref().map_or(0, |_| LogHistogram::BYTES)
     }
 
     /// The statistics; `with_target` reports the share within target.
@@ -263,6 +289,9 @@ const FIRST: u64 = (1023 - 20) << SUB_BITS;
 /// 56 powers of two, up to 2^36 s (about 2,000 years): longer than any span between valid
 /// instants.
 const BUCKETS: usize = 56 << SUB_BITS;
+/// Zero's bucket in sparse form (past every other).
+const ZERO: u16 = u16::MAX;
+const _: () = assert!(BUCKETS < ZERO as usize);
 
 impl LogHistogram {
     const BYTES: usize = BUCKETS * 8 + 16;
@@ -283,6 +312,34 @@ impl LogHistogram {
             Some(i) => self.buckets[i] += n,
             None => self.zero += n,
         }
+    }
+
+    /// The bucket of `v` in [`Self::sparse`] form ([`ZERO`] for zero).
+    fn bucket(v: f64) -> u16 {
+        Self::index(v).map_or(ZERO, |i| i as u16)
+    }
+
+    /// Adds `n` to a bucket of [`Self::sparse`] form.
+    fn add_to(&mut self, bucket: u16, n: u64) {
+        match self.buckets.get_mut(usize::from(bucket)) {
+            Some(count) => *count += n,
+            None => self.zero += n,
+        }
+    }
+
+    /// The non-empty buckets of `values` with their counts, by bucket.
+    fn sparse(values: &[f64]) -> Vec<(u16, u32)> {
+        let mut buckets: Vec<u16> = values.iter().map(|v| Self::bucket(*v)).collect();
+        buckets.sort_unstable();
+        let mut out: Vec<(u16, u32)> = Vec::new();
+        for b in buckets {
+            match out.last_mut() {
+                Some((last, n)) if *last == b => *n += 1,
+                _ => out.push((b, 1)),
+            }
+        }
+        out.shrink_to_fit();
+        out
     }
 
     fn merge(&mut self, o: &LogHistogram) {
@@ -427,6 +484,40 @@ mod tests {
         ] {
             let (a, e) = (a.unwrap(), e.unwrap());
             assert!((a - e).abs() <= 0.01 * e, "approximate {a} vs exact {e}");
+        }
+    }
+
+    /// Kept parts carry their values binned; merged, they give the same statistics as the
+    /// values added one by one, above and below the exact limit.
+    #[test]
+    fn binned_parts_merge_like_their_values() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for n in [50, 5_000, EXACT_PERCENTILES_UP_TO * 2] {
+            let mut parts = vec![Durations::default(); 9];
+            for i in 0..n {
+                let v = match i % 40 {
+                    0 => 0.0,
+                    _ => (rng.random::<f64>().powi(3) * 7_200.0 * 1e6).round() / 1e6,
+                };
+                parts[i % 9].push(v, Some(60.0));
+            }
+            let (mut plain, mut binned) = (Durations::default(), Durations::default());
+            let total = parts.iter().map(Durations::count).sum();
+            plain.prepare(total);
+            binned.prepare(total);
+            for p in &parts {
+                plain.merge(p);
+                let mut kept = p.clone();
+                kept.shrink();
+                assert_eq!(kept.binned.is_empty(), kept.values.len() < BIN_FROM);
+                assert_eq!(
+                    kept.binned.iter().map(|(_, n)| u64::from(*n)).sum::<u64>(),
+                    if kept.binned.is_empty() { 0 } else { p.count() }
+                );
+                binned.merge(&kept);
+            }
+            assert_eq!(binned.stats(true), plain.stats(true), "n={n}");
         }
     }
 

@@ -112,20 +112,21 @@ pub(super) fn retention(previous: Vec<u32>, current: &[u32]) -> Retention {
 }
 
 /// Retention as [`retention`] does, of `previous` customers (with repeats) against `current`,
-/// the current customers one bit each: one pass, no sorting (a dashboard's overview with a
+/// the current customers one bit each: the previous customers are set in a bitset of their own
+/// (no sorting, no branch per id) and both counts are popcounts (a dashboard's overview with a
 /// history before its window does this on every call).
 fn retention_in(previous: &[u32], current: &[u64]) -> Retention {
     let universe = previous.iter().max().map_or(0, |m| *m as usize + 1);
     let mut seen = vec![0u64; universe.div_ceil(64)];
-    let (mut distinct, mut retained) = (0u64, 0u64);
     for id in previous {
-        let (word, bit) = (*id as usize / 64, 1u64 << (id % 64));
-        if seen[word] & bit == 0 {
-            seen[word] |= bit;
-            distinct += 1;
-            retained += u64::from(current.get(word).is_some_and(|w| w & bit != 0));
-        }
+        seen[*id as usize / 64] |= 1u64 << (id % 64);
     }
+    let distinct: u64 = seen.iter().map(|w| u64::from(w.count_ones())).sum();
+    let retained: u64 = seen
+        .iter()
+        .zip(current)
+        .map(|(p, c)| u64::from((p & c).count_ones()))
+        .sum();
     Retention {
         previous_customers: distinct,
         retained,

@@ -8,10 +8,10 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options (read at its start, the form tikv-jemallocator documents): a background
+/// jemalloc's options (read at its start, in the form tikv-jemallocator documents): a background
 /// thread returns pages freed more than a second ago to the system, so the resident set follows
-/// what the cache holds (its byte budget, issue "memory bounded in bytes") shortly after a burst
-/// of query or load buffers, not only when the next allocations happen to trigger a purge.
+/// what the cache holds (its byte budget, README "Memory is bounded in bytes") shortly after a
+/// burst of query or load buffers, not only when later allocations happen to trigger a purge.
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

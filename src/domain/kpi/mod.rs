@@ -310,77 +310,17 @@ impl Computation<'_> {
         }
     }
 
-    /// Totals of every relevant segment, merged. A segment that begins inside the window keeps
-    /// the totals of its rows that also end inside it, and one opened in the window before those
-    /// of its rows that end before the window ([`partial`]): they come from the partial store or
-    /// are computed whole and stored. The other rows (at the window's edges) are kept too, for
-    /// exactly this window; without a partial store they are scanned in parts. Work runs
-    /// in parallel; each worker folds the parts it takes into one set of groups, so value lists
-    /// are merged once per worker, not once per part.
+    /// Totals of every relevant segment, merged: what [`Computation::plan`] found kept is
+    /// reused, the rest is computed (and kept) or scanned in parts. Work runs in parallel; each
+    /// worker folds the parts it takes into one set of groups, so value lists are merged once
+    /// per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
         let segments = &self.data.segments;
-        let (w, previous) = (scan.window, scan.previous);
-        let shape = self.shape(grouping);
-        let mut cached: Vec<Arc<Partial>> = Vec::new();
-        let mut to_keep: Vec<(usize, PartialKey, Select)> = Vec::new();
-        let mut parts: Vec<(usize, std::ops::Range<usize>, Select)> = Vec::new();
-        for (s, seg) in segments.iter().enumerate() {
-            let b = &seg.bounds;
-            if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
-                continue;
-            }
-            // The rows whose totals can be kept, if any, and where the others begin.
-            let keep = if b.active.start >= w.start {
-                Some((KeptRows::Inside as fn(usize) -> KeptRows, w.end))
-            } else if !matches!(grouping, Grouping::Series(_))
-                && b.opened.start >= previous.start
-                && b.opened.end < w.start
-            {
-                // (A series keys previous customers to its first bucket: not kept.)
-                Some((KeptRows::Before as fn(usize) -> KeptRows, w.start))
-            } else {
-                None
-            };
-            let mut rest = Select::All;
-            if let Some((rows, end)) = keep {
-                let ending_before = if b.active.end < end {
-                    seg.len()
-                } else {
-                    seg.active_end.iter().filter(|e| **e < end).count()
-                };
-                if ending_before > 0 {
-                    let key = self.partial_key(seg, &shape, rows(ending_before));
-                    match self.partials.and_then(|store| store.get(&key)) {
-                        Some(p) => cached.push(p),
-                        None => to_keep.push((s, key, Select::EndingBefore(end))),
-                    }
-                }
-                if ending_before == seg.len() {
-                    continue;
-                }
-                rest = Select::EndingFrom(end);
-            }
-            if self.partials.is_some() {
-                let key = self.partial_key(
-                    seg,
-                    &shape,
-                    KeptRows::Edge {
-                        from: w.start,
-                        to: w.end,
-                    },
-                );
-                match self.partials.and_then(|store| store.get(&key)) {
-                    Some(p) => cached.push(p),
-                    None => to_keep.push((s, key, rest)),
-                }
-                continue;
-            }
-            parts.extend(
-                (0..seg.len())
-                    .step_by(PART_ROWS)
-                    .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
-            );
-        }
+        let Plan {
+            cached,
+            to_keep,
+            parts,
+        } = self.plan(scan, grouping);
         // The lookups need only the customers of the rows scanned below: with kept totals
         // that is the window's edges, not the whole lookahead (a new window, such as a sliding
         // one, computes its edge totals and still gets the small lookups).
@@ -395,11 +335,97 @@ impl Computation<'_> {
         let _ = scan
             .asked_customers
             .set(customers_of(segments, scanned, self.data.customers));
-        let computed: Vec<Arc<Partial>> = to_keep
+        let computed = self.keep_totals(scan, to_keep)?;
+        let scanned = self.scan_in_parts(scan, parts)?;
+        let all: Vec<&Groups> = scanned
+            .iter()
+            .chain(cached.iter().chain(&computed).map(|p| &p.0))
+            .collect();
+        self.cancel.check()?;
+        Ok(Groups::merge_all(&all))
+    }
+
+    /// Where each relevant segment's totals come from ([`partial`]). A segment that begins
+    /// inside the window keeps the totals of its rows that also end inside it, and one opened
+    /// in the window before those of its rows that end before the window; its other rows (at
+    /// the window's edges) are kept too, for exactly this window. Without a partial store every
+    /// relevant segment is scanned in parts.
+    fn plan(&self, scan: &Scan<'_>, grouping: Grouping) -> Plan {
+        let (w, previous) = (scan.window, scan.previous);
+        let shape = self.shape(grouping);
+        let mut plan = Plan::default();
+        for (s, seg) in self.data.segments.iter().enumerate() {
+            let b = &seg.bounds;
+            if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
+                continue;
+            }
+            let mut rest = Select::All;
+            if let Some((rows, end)) = self.keepable(seg, scan, grouping) {
+                let ending_before = if b.active.end < end {
+                    seg.len()
+                } else {
+                    seg.active_end.iter().filter(|e| **e < end).count()
+                };
+                if ending_before > 0 {
+                    let key = self.partial_key(seg, &shape, rows(ending_before));
+                    plan.reuse_or_keep(self.partials, s, key, Select::EndingBefore(end));
+                }
+                if ending_before == seg.len() {
+                    continue;
+                }
+                rest = Select::EndingFrom(end);
+            }
+            if self.partials.is_some() {
+                let edge = KeptRows::Edge {
+                    from: w.start,
+                    to: w.end,
+                };
+                let key = self.partial_key(seg, &shape, edge);
+                plan.reuse_or_keep(self.partials, s, key, rest);
+                continue;
+            }
+            plan.parts.extend(
+                (0..seg.len())
+                    .step_by(PART_ROWS)
+                    .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
+            );
+        }
+        plan
+    }
+
+    /// The rows of `seg` whose totals do not depend on the window's exact bounds, as the
+    /// [`KeptRows`] of their number and the instant they end before, if any.
+    fn keepable(
+        &self,
+        seg: &Segment,
+        scan: &Scan<'_>,
+        grouping: Grouping,
+    ) -> Option<(fn(usize) -> KeptRows, Micros)> {
+        let (w, previous, b) = (scan.window, scan.previous, &seg.bounds);
+        if b.active.start >= w.start {
+            Some((KeptRows::Inside, w.end))
+        } else if !matches!(grouping, Grouping::Series(_))
+            && b.opened.start >= previous.start
+            && b.opened.end < w.start
+        {
+            // (A series keys previous customers to its first bucket: not kept.)
+            Some((KeptRows::Before, w.start))
+        } else {
+            None
+        }
+    }
+
+    /// Computes the totals a plan keeps, in parallel, and stores them.
+    fn keep_totals(
+        &self,
+        scan: &Scan<'_>,
+        to_keep: Vec<(usize, PartialKey, Select)>,
+    ) -> Result<Vec<Arc<Partial>>, Error> {
+        to_keep
             .into_par_iter()
             .map(|(s, key, select)| {
                 self.cancel.check()?;
-                let seg = &segments[s];
+                let seg = &self.data.segments[s];
                 let mut groups = Groups::default();
                 let mut scratch = scan::Scratch::default();
                 scan.part(seg, 0..seg.len(), select, &mut groups, &mut scratch);
@@ -410,25 +436,54 @@ impl Computation<'_> {
                 }
                 Ok(partial)
             })
-            .collect::<Result<_, Error>>()?;
-        let scanned: Vec<Groups> = parts
+            .collect()
+    }
+
+    /// Scans parts of segments in parallel, one set of groups per worker.
+    fn scan_in_parts(
+        &self,
+        scan: &Scan<'_>,
+        parts: Vec<(usize, std::ops::Range<usize>, Select)>,
+    ) -> Result<Vec<Groups>, Error> {
+        parts
             .into_par_iter()
             .try_fold(
                 || (Groups::default(), scan::Scratch::default()),
                 |(mut groups, mut scratch), (s, rows, select)| {
                     self.cancel.check()?;
-                    scan.part(&segments[s], rows, select, &mut groups, &mut scratch);
+                    scan.part(&self.data.segments[s], rows, select, &mut groups, &mut scratch);
                     Ok((groups, scratch))
                 },
             )
             .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
-            .collect::<Result<_, Error>>()?;
-        let all: Vec<&Groups> = scanned
-            .iter()
-            .chain(cached.iter().chain(&computed).map(|p| &p.0))
-            .collect();
-        self.cancel.check()?;
-        Ok(Groups::merge_all(&all))
+            .collect()
+    }
+}
+
+/// Where one computation's totals come from, segment by segment.
+#[derive(Default)]
+struct Plan {
+    /// Kept totals found in the partial store.
+    cached: Vec<Arc<Partial>>,
+    /// Totals to compute whole and keep: (segment, key, rows).
+    to_keep: Vec<(usize, PartialKey, Select)>,
+    /// Rows to scan in parts, nothing kept: (segment, rows, selection).
+    parts: Vec<(usize, std::ops::Range<usize>, Select)>,
+}
+
+impl Plan {
+    /// The totals of `key` from the store when it has them, else computed and kept.
+    fn reuse_or_keep(
+        &mut self,
+        store: Option<&dyn PartialStore>,
+        segment: usize,
+        key: PartialKey,
+        select: Select,
+    ) {
+        match store.and_then(|store| store.get(&key)) {
+            Some(p) => self.cached.push(p),
+            None => self.to_keep.push((segment, key, select)),
+        }
     }
 }
 

@@ -360,7 +360,7 @@ impl Computation<'_> {
                 continue;
             }
             let mut rest = Select::All;
-            if let Some((rows, end)) = self.keepable(seg, scan, grouping) {
+            if let Some(Keepable { rows, end }) = self.keepable(seg, scan, grouping) {
                 let ending_before = if b.active.end < end {
                     seg.len()
                 } else {
@@ -393,23 +393,23 @@ impl Computation<'_> {
         plan
     }
 
-    /// The rows of `seg` whose totals do not depend on the window's exact bounds, as the
-    /// [`KeptRows`] of their number and the instant they end before, if any.
-    fn keepable(
-        &self,
-        seg: &Segment,
-        scan: &Scan<'_>,
-        grouping: Grouping,
-    ) -> Option<(fn(usize) -> KeptRows, Micros)> {
+    /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
+    fn keepable(&self, seg: &Segment, scan: &Scan<'_>, grouping: Grouping) -> Option<Keepable> {
         let (w, previous, b) = (scan.window, scan.previous, &seg.bounds);
         if b.active.start >= w.start {
-            Some((KeptRows::Inside, w.end))
+            Some(Keepable {
+                rows: KeptRows::Inside,
+                end: w.end,
+            })
         } else if !matches!(grouping, Grouping::Series(_))
             && b.opened.start >= previous.start
             && b.opened.end < w.start
         {
             // (A series keys previous customers to its first bucket: not kept.)
-            Some((KeptRows::Before, w.start))
+            Some(Keepable {
+                rows: KeptRows::Before,
+                end: w.start,
+            })
         } else {
             None
         }
@@ -458,6 +458,12 @@ impl Computation<'_> {
             .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
             .collect()
     }
+}
+
+/// A segment's rows whose totals can be kept: those ending before `end`, named by their number.
+struct Keepable {
+    rows: fn(usize) -> KeptRows,
+    end: Micros,
 }
 
 /// Where one computation's totals come from, segment by segment.

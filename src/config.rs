@@ -151,8 +151,13 @@ pub struct Limits {
     /// Open TCP connections; more are closed as they arrive.
     #[arg(long, env = "CHATKPI_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
-    /// Seconds a new connection has to send its first bytes (the HTTP/2 preface or a TLS
-    /// hello) before it is closed.
+    /// Open TCP connections from one client address (behind a proxy or NAT every client shares
+    /// one: raise it there); more from that address are closed as they arrive.
+    #[arg(long, env = "CHATKPI_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections_per_address: u32,
+    /// Seconds a new connection has to complete its first request head (TLS handshake, HTTP/2
+    /// preface and headers, or an HTTP/1.1 request line and headers) before it is closed; also
+    /// the longest wait for each later HTTP/1.1 request head.
     #[arg(long, env = "CHATKPI_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub handshake_timeout_secs: u64,
     /// Seconds a connection may stay open without any call in progress before it is closed.

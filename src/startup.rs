@@ -6,19 +6,21 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     app::{App, AppConfig, limits::LimitSettings},
     config::{Limits, ServeConfig},
     edge::{
+        MAX_MESSAGE_BYTES,
         conn::{self, ConnLimits},
-        rpc::{RpcLayer, RpcLimits},
+        rpc::{self, RpcLimits},
+        serve::{self, HttpSettings},
     },
     grpc::{admin::AdminApi, events::EventsApi, metrics::MetricsApi, pb},
-    store, telemetry,
-    web::WebLayer,
+    store, telemetry, web,
 };
 
 /// How often the health task checks that the database still answers: health follows an outage
@@ -26,8 +28,6 @@ use crate::{
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the health check waits for the database before calling it unreachable.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
-/// Largest accepted request message (a 1000-event batch is well under 1 MiB).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the server loads before it reports SERVING (`--warmup-days`, `--warmup-secs`).
 #[derive(Debug, Clone, Copy)]
@@ -44,7 +44,7 @@ pub struct Application {
     grace: Duration,
     warmup: Warmup,
     limits: Limits,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<TlsAcceptor>,
     metrics_listen: Option<SocketAddr>,
 }
 
@@ -78,12 +78,7 @@ impl Application {
                 let read = |path: &std::path::Path| {
                     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
                 };
-                let identity = Identity::from_pem(read(cert)?, read(key)?);
-                Some(
-                    ServerTlsConfig::new()
-                        .identity(identity)
-                        .timeout(Duration::from_secs(l.handshake_timeout_secs)),
-                )
+                Some(serve::tls_acceptor(&read(cert)?, &read(key)?)?)
             }
             _ => None,
         };
@@ -145,64 +140,58 @@ impl Application {
             reporter.clone(),
         ));
 
-        // The signal future is shared: it starts the drain, and the grace timer starts with it.
+        // The signal future is shared: it stops accepting and starts the drain.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        let mut drain_signal = stop_rx.clone();
+        let mut draining = stop_rx.clone();
+        let drain_reporter = reporter.clone();
+        tokio::spawn(async move {
+            let _ = draining.wait_for(|stop| *stop).await;
+            set_status(&drain_reporter, ServingStatus::NotServing).await;
+        });
         let l = &self.limits;
-        let incoming = conn::incoming(
+        let conns = conn::accept(
             self.listener,
             ConnLimits {
                 max_connections: l.max_connections as usize,
+                max_per_address: l.max_connections_per_address as usize,
                 handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             },
         );
-        let mut builder = Server::builder()
-            .max_concurrent_streams(l.max_streams_per_connection)
-            // Browsers and curl speak HTTP/1.1 to the web face; gRPC stays HTTP/2.
-            .accept_http1(true)
-            .layer(WebLayer)
-            .layer(RpcLayer::new(&RpcLimits {
-                max_concurrent: l.max_concurrent_requests as usize,
-                timeout: Duration::from_secs(l.request_timeout_secs),
-            }));
-        if let Some(tls) = self.tls {
-            builder = builder
-                .tls_config(tls)
-                .context("invalid TLS certificate or key")?;
-        }
-        let server = builder
-            .add_service(health_service)
+        let routes = Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(events)
             .add_service(metrics)
             .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = drain_signal.wait_for(|stop| *stop).await;
-            });
-        tracing::info!(%addr, "chatkpi listening");
-
-        let mut grace_signal = stop_rx;
-        let grace = self.grace;
-        let result = tokio::select! {
-            result = server => result.context("server failed"),
-            _ = async {
-                let _ = grace_signal.wait_for(|stop| *stop).await;
-                tracing::info!(grace_secs = grace.as_secs(), "shutting down, draining in-flight requests");
-                set_status(&reporter, ServingStatus::NotServing).await;
-                tokio::time::sleep(grace).await;
-            } => {
-                // Open streams (health Watch, long ingest streams) would otherwise hold the
-                // server forever: tonic's graceful shutdown waits for every open stream.
-                tracing::warn!("drain deadline reached, stopping with requests still open");
-                Ok(())
-            }
+            .prepare();
+        let request_timeout = Duration::from_secs(l.request_timeout_secs);
+        let grpc = rpc::stack(
+            routes,
+            &RpcLimits {
+                max_concurrent: l.max_concurrent_requests as usize,
+                timeout: request_timeout,
+            },
+        );
+        let settings = HttpSettings {
+            max_streams_per_connection: l.max_streams_per_connection,
+            handshake_timeout: Duration::from_secs(l.handshake_timeout_secs),
         };
+        tracing::info!(%addr, "chatkpi listening");
+        serve::serve(
+            conns,
+            self.tls,
+            settings,
+            web::service(grpc, request_timeout),
+            stop_rx,
+            self.grace,
+        )
+        .await;
+        let result: anyhow::Result<()> = Ok(());
         readiness.abort();
         gauges.abort();
         self.pool.close().await;

@@ -6,7 +6,7 @@
 //! when the client cancels or its deadline passes). Streams (drill-down, watch) hold only
 //! immutable segments while they wait for a slow reader, never a lock.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use sqlx::PgPool;
@@ -18,7 +18,7 @@ use crate::{
         Error,
         calendar::{self, Granularity},
         kpi::{
-            Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, Reads,
+            Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, MAX_ROWS, Reads, keep_ranked,
             live::{AgentUtilization, Backlog, ConversationRow, DrillDown},
         },
         query::Query,
@@ -49,6 +49,9 @@ pub struct Scorecards {
     pub overall: Vec<Line>,
     pub agents: Vec<(String, Vec<Line>)>,
     pub teams: Vec<(String, Vec<Line>)>,
+    /// Agents and teams with items beyond the [`MAX_ROWS`] listed.
+    pub agents_omitted: u64,
+    pub teams_omitted: u64,
 }
 
 /// One push of a watched overview.
@@ -165,17 +168,22 @@ impl KpiService {
         .await
     }
 
-    /// The KPIs per value of `dimension`, by value.
+    /// The KPIs per value of `dimension`, by value: at most `limit` rows (those with the most
+    /// conversations), and how many values had items (docs/metrics.md §6).
     pub async fn breakdown(
         &self,
         tenant: TenantId,
         query: &Query,
         dimension: Dimension,
-    ) -> Result<Vec<(String, Kpis)>, Error> {
+        limit: usize,
+    ) -> Result<(Vec<(String, Kpis)>, usize), Error> {
         let grouping = Grouping::By(dimension);
         self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
-            let rows = c.run(grouping)?;
-            Ok(rows.into_iter().map(|(key, k)| (c.data.label(key), k)).collect())
+            let mut rows: Vec<(String, Kpis)> =
+                c.run(grouping)?.into_iter().map(|(key, k)| (c.data.label(key), k)).collect();
+            let total = rows.len();
+            keep_ranked(&mut rows, limit, by_conversations);
+            Ok((rows, total))
         })
         .await
     }
@@ -214,16 +222,25 @@ impl KpiService {
         .await
     }
 
-    /// Utilization per agent and for the team. Business hours do not apply (docs/metrics.md).
+    /// Utilization per agent (at most [`MAX_ROWS`], those with the most time), the number of
+    /// agents left out, and the team. Business hours do not apply (docs/metrics.md).
     pub async fn utilization(
         &self,
         tenant: TenantId,
         query: &Query,
-    ) -> Result<(Vec<AgentUtilization>, AgentUtilization), Error> {
+    ) -> Result<(Vec<AgentUtilization>, u64, AgentUtilization), Error> {
         let mut query = query.clone();
         query.business_hours = false;
-        self.compute_now(tenant, &query, Reads::utilization(&query), |c, _| c.utilization())
-            .await
+        self.compute_now(tenant, &query, Reads::utilization(&query), |c, _| {
+            let (mut agents, team) = c.utilization()?;
+            let omitted = keep_ranked(&mut agents, MAX_ROWS, |a, b| {
+                b.logged_in_seconds
+                    .total_cmp(&a.logged_in_seconds)
+                    .then(b.handling_seconds.total_cmp(&a.handling_seconds))
+            });
+            Ok((agents, omitted, team))
+        })
+        .await
     }
 
     /// Backlog and live counts at `at`.
@@ -239,22 +256,31 @@ impl KpiService {
             let targets = c.targets;
             let overall = single(c.run(Grouping::All)?);
             let (agent_util, team_util) = c.utilization()?;
-            let named = |grouping| -> Result<Vec<(String, Kpis)>, Error> {
-                Ok(c.run(grouping)?
+            let agent_util: HashMap<&str, &AgentUtilization> =
+                agent_util.iter().map(|u| (u.agent.as_str(), u)).collect();
+            // docs/metrics.md §6: at most MAX_ROWS agents and teams, those with the most
+            // conversations.
+            let named = |grouping| -> Result<(Vec<(String, Kpis)>, u64), Error> {
+                let mut rows: Vec<(String, Kpis)> = c
+                    .run(grouping)?
                     .into_iter()
                     .filter(|(key, _)| *key != GroupKey::Value(0))
                     .map(|(key, k)| (c.data.label(key), k))
-                    .collect())
+                    .collect();
+                let omitted = keep_ranked(&mut rows, MAX_ROWS, by_conversations);
+                Ok((rows, omitted))
             };
-            let agents = named(Grouping::By(Dimension::Agent))?
+            let (agents, agents_omitted) = named(Grouping::By(Dimension::Agent))?;
+            let agents = agents
                 .into_iter()
                 .map(|(name, k)| {
-                    let util = agent_util.iter().find(|u| u.agent == name);
+                    let util = agent_util.get(name.as_str()).copied();
                     let lines = scorecard::lines(&k, util, targets);
                     (name, lines)
                 })
                 .collect();
-            let teams = named(Grouping::By(Dimension::Team))?
+            let (teams, teams_omitted) = named(Grouping::By(Dimension::Team))?;
+            let teams = teams
                 .into_iter()
                 .map(|(name, k)| {
                     let lines = scorecard::lines(&k, None, targets);
@@ -265,6 +291,8 @@ impl KpiService {
                 overall: scorecard::lines(&overall, Some(&team_util), targets),
                 agents,
                 teams,
+                agents_omitted,
+                teams_omitted,
             })
         })
         .await
@@ -408,6 +436,11 @@ fn computation<'a>(
         // A drill-down lists conversations: no totals to reuse.
         partials: None,
     }
+}
+
+/// Breakdown rows ranked for [`keep_ranked`]: the most conversations first.
+fn by_conversations(a: &(String, Kpis), b: &(String, Kpis)) -> std::cmp::Ordering {
+    b.1.conversations.cmp(&a.1.conversations)
 }
 
 fn single(mut groups: Vec<(GroupKey, Kpis)>) -> Kpis {

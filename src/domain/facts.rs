@@ -16,12 +16,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::event::{
-    Channel, DeliveryStatus, Event, Initiator, Payload, Priority, ResolvedBy, Scale, Sender, SurveyType,
+    Channel, DeliveryStatus, Event, Initiator, MAX_TAGS_PER_CONVERSATION, Payload, Priority, ResolvedBy,
+    Scale, Sender, SurveyType,
 };
 
 /// The version of the derivation rules and of the stored record layout. A stored conversation
 /// written by an older one is derived again from its events (`chatkpi reproject`, or at startup).
-pub const DERIVATION: i16 = 2;
+pub const DERIVATION: i16 = 3;
 
 /// Where a conversation stands after its `resolved` / `reopened` / `abandoned` events.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -434,8 +435,14 @@ impl Walk {
                 }
             }
             Payload::TagsChanged(c) => {
-                // Within one event: add `added`, then remove `removed`.
-                self.tags.extend(c.added.iter().cloned());
+                // Within one event: add `added`, then remove `removed`. A conversation carries
+                // at most MAX_TAGS_PER_CONVERSATION tags: an add while it is full is ignored
+                // (docs/metrics.md §3), so no answer grows with what one client sends.
+                for tag in &c.added {
+                    if self.tags.len() < MAX_TAGS_PER_CONVERSATION || self.tags.contains(tag) {
+                        self.tags.insert(tag.clone());
+                    }
+                }
                 for tag in &c.removed {
                     self.tags.remove(tag);
                 }

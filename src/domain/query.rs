@@ -16,6 +16,20 @@ pub const DEFAULT_REPEAT_WINDOW: Duration = Duration::days(7);
 pub const DEFAULT_ATTRIBUTION_WINDOW: Duration = Duration::days(7);
 /// Longest repeat or attribution window accepted.
 pub const MAX_LOOKAHEAD: Duration = Duration::days(366);
+/// Most values one filter list (and `conversion_kinds`) may name (docs/metrics.md §6).
+pub const MAX_FILTER_VALUES: usize = 100;
+
+/// Checks the length of a list a query names values in (a filter, the conversion kinds).
+pub fn check_list_len(field: &str, len: usize) -> Result<(), Error> {
+    if len > MAX_FILTER_VALUES {
+        Err(Error::invalid(
+            field,
+            format!("at most {MAX_FILTER_VALUES} values, got {len}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// Query instants (window bounds, backlog instants) must lie in
 /// `[EARLIEST_INSTANT, LATEST_INSTANT)`: every event is after 2000-01-01, and the bounds keep all

@@ -1,42 +1,47 @@
-//! Accepted connections: at most `max_connections` open, the first bytes (HTTP/2 preface or TLS
-//! hello) within the handshake timeout, closed after the idle timeout without a call in
-//! progress, TCP_NODELAY and TCP keepalive. A connection that breaks a rule is closed and
-//! counted (`chatkpi_connections_closed_total{reason}`), so descriptors cannot pile up.
+//! Accepted connections and what one of them may hold: at most `max_connections` open, at most
+//! `max_per_address` from one client address, a first request head within the handshake timeout
+//! (TLS hello, HTTP/2 preface and HEADERS, or an HTTP/1.1 request line and headers), closed after
+//! the idle timeout without a call in progress; TCP_NODELAY and TCP keepalive. A connection that
+//! breaks a rule is closed and counted (`chatkpi_connections_closed_total{reason}`), so neither
+//! descriptors nor slots can pile up, and one address cannot take the slots of all (README,
+//! Limits).
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures::Stream;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    sync::mpsc,
     time::{Instant, Sleep},
 };
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::Connected;
 
 /// How connections are bounded.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
     pub max_connections: usize,
+    /// Open connections of one client address.
+    pub max_per_address: usize,
+    /// Time from accept to the end of the first request head (TLS included).
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
 
-/// Calls in progress on one connection, and when the last one ended.
+/// Calls on one connection: how many began, how many are in progress, when the last ended.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
+    started: AtomicU64,
     calls: AtomicUsize,
     /// Milliseconds after `opened` when the last call ended.
     last_ms: AtomicU64,
@@ -46,21 +51,30 @@ impl Activity {
     fn new() -> Self {
         Self {
             opened: Instant::now(),
+            started: AtomicU64::new(0),
             calls: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    /// Marks a call in progress until the guard is dropped.
+    /// Marks a call in progress (its request head was read) until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> CallGuard {
+        self.started.fetch_add(1, Ordering::AcqRel);
         self.calls.fetch_add(1, Ordering::AcqRel);
         CallGuard(self.clone())
     }
 
-    /// When the connection becomes idle-expired, if no call is in progress now.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        (self.calls.load(Ordering::Acquire) == 0)
-            .then(|| self.opened + Duration::from_millis(self.last_ms.load(Ordering::Acquire)) + idle)
+    /// When the connection is to be closed if nothing changes: the end of the handshake time
+    /// before a first request head, the end of the idle time after it; `None` while a call is in
+    /// progress.
+    fn deadline(&self, limits: &ConnLimits) -> Option<(Instant, &'static str)> {
+        if self.started.load(Ordering::Acquire) == 0 {
+            return Some((self.opened + limits.handshake_timeout, "handshake_timeout"));
+        }
+        (self.calls.load(Ordering::Acquire) == 0).then(|| {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+            (self.opened + last + limits.idle_timeout, "idle")
+        })
     }
 }
 
@@ -84,36 +98,84 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
-/// An accepted TCP connection with its idle timer and its slot among the open connections.
-pub struct Conn {
-    io: TcpStream,
-    info: ConnInfo,
-    idle: Duration,
-    timer: Pin<Box<Sleep>>,
-    _slot: OwnedSemaphorePermit,
+/// Open connections, in all and per client address.
+#[derive(Debug, Default)]
+struct Slots {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
 }
 
-impl Conn {
-    /// Whether the idle timeout has passed with no call in progress; otherwise re-arms the timer
-    /// (registered with `cx`).
-    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            match self.info.activity.idle_deadline(self.idle) {
-                Some(deadline) if deadline <= Instant::now() => return true,
-                Some(deadline) => self.timer.as_mut().reset(deadline),
-                // A call is in progress: look again one idle period from now.
-                None => self.timer.as_mut().reset(Instant::now() + self.idle),
+/// A connection's place among the open ones; freed when dropped.
+pub struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        s.total -= 1;
+        if let Some(n) = s.per_address.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_address.remove(&self.ip);
             }
         }
+        metrics::gauge!("chatkpi_connections_open").decrement(1.0);
     }
 }
 
-impl Drop for Conn {
-    fn drop(&mut self) {
-        metrics::gauge!("chatkpi_connections_open").decrement(1.0);
+/// Takes a slot for a connection from `ip`, or names the limit that refuses it.
+fn take_slot(slots: &Arc<Mutex<Slots>>, ip: IpAddr, limits: &ConnLimits) -> Result<Slot, &'static str> {
+    let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
+    if s.total >= limits.max_connections {
+        return Err("too_many");
+    }
+    let of_address = s.per_address.entry(ip).or_insert(0);
+    if *of_address >= limits.max_per_address {
+        return Err("too_many_from_address");
+    }
+    *of_address += 1;
+    s.total += 1;
+    metrics::gauge!("chatkpi_connections_open").increment(1.0);
+    Ok(Slot {
+        slots: slots.clone(),
+        ip,
+    })
+}
+
+/// An accepted TCP connection with its timers and its slot.
+pub struct Conn {
+    io: TcpStream,
+    info: ConnInfo,
+    limits: Arc<ConnLimits>,
+    timer: Pin<Box<Sleep>>,
+    _slot: Slot,
+}
+
+impl Conn {
+    /// What calls on this connection see of it.
+    pub fn info(&self) -> &ConnInfo {
+        &self.info
+    }
+
+    /// Why the connection is to be closed now (its deadline passed), if it is; otherwise the
+    /// timer is re-armed (and registered with `cx`).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
+            match self.info.activity.deadline(&self.limits) {
+                Some((deadline, reason)) if deadline <= Instant::now() => return Some(reason),
+                Some((deadline, _)) => self.timer.as_mut().reset(deadline),
+                // A call is in progress: look again one idle period from now.
+                None => self
+                    .timer
+                    .as_mut()
+                    .reset(Instant::now() + self.limits.idle_timeout),
+            }
+        }
     }
 }
 
@@ -121,11 +183,15 @@ impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Pending if this.idle_expired(cx) => {
-                metrics::counter!("chatkpi_connections_closed_total", "reason" => "idle").increment(1);
-                // End of stream: the HTTP/2 server closes the connection.
-                Poll::Ready(Ok(()))
-            }
+            Poll::Pending => match this.expired(cx) {
+                Some(reason) => {
+                    metrics::counter!("chatkpi_connections_closed_total", "reason" => reason).increment(1);
+                    tracing::debug!(remote = ?this.info.remote, reason, "connection closed");
+                    // End of stream: the HTTP server closes the connection.
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            },
             other => other,
         }
     }
@@ -157,19 +223,12 @@ impl AsyncWrite for Conn {
     }
 }
 
-impl Connected for Conn {
-    type ConnectInfo = ConnInfo;
-
-    fn connect_info(&self) -> ConnInfo {
-        self.info.clone()
-    }
-}
-
-/// The stream of accepted connections the gRPC server reads. Accepting stops when the server
-/// drops the stream.
-pub fn incoming(listener: TcpListener, limits: ConnLimits) -> impl Stream<Item = io::Result<Conn>> {
+/// Accepts connections until the receiver is dropped: each within the limits, with its socket
+/// options set. Refused connections are closed at once and counted.
+pub fn accept(listener: TcpListener, limits: ConnLimits) -> mpsc::Receiver<Conn> {
     let (tx, rx) = mpsc::channel(64);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    let slots: Arc<Mutex<Slots>> = Arc::default();
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -185,56 +244,65 @@ pub fn incoming(listener: TcpListener, limits: ConnLimits) -> impl Stream<Item =
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                metrics::counter!("chatkpi_connections_closed_total", "reason" => "too_many").increment(1);
-                tracing::debug!(%remote, "connection refused: too many open connections");
-                continue;
-            };
-            let (tx, limits) = (tx.clone(), limits.clone());
-            tokio::spawn(async move {
-                if let Some(conn) = handshake(stream, remote, slot, &limits).await {
-                    let _ = tx.send(Ok(conn)).await;
+            let slot = match take_slot(&slots, remote.ip(), &limits) {
+                Ok(slot) => slot,
+                Err(reason) => {
+                    metrics::counter!("chatkpi_connections_closed_total", "reason" => reason).increment(1);
+                    tracing::debug!(%remote, reason, "connection refused");
+                    continue;
                 }
-            });
+            };
+            let _ = stream.set_nodelay(true);
+            // Dead peers are found by the kernel, without traffic that would keep a connection
+            // busy.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+            let activity = Arc::new(Activity::new());
+            let conn = Conn {
+                io: stream,
+                info: ConnInfo {
+                    remote: Some(remote),
+                    activity,
+                },
+                timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
+                limits: limits.clone(),
+                _slot: slot,
+            };
+            if tx.send(conn).await.is_err() {
+                return;
+            }
         }
     });
-    ReceiverStream::new(rx)
+    rx
 }
 
-/// Socket options, then waits for the first byte within the handshake timeout.
-async fn handshake(
-    stream: TcpStream,
-    remote: SocketAddr,
-    slot: OwnedSemaphorePermit,
-    limits: &ConnLimits,
-) -> Option<Conn> {
-    let _ = stream.set_nodelay(true);
-    // Dead peers are found by the kernel, without traffic that would keep a connection busy.
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
-    let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(n)) if n > 0 => {}
-        Ok(_) => return None,
-        Err(_) => {
-            metrics::counter!("chatkpi_connections_closed_total", "reason" => "handshake_timeout")
-                .increment(1);
-            tracing::debug!(%remote, "connection closed: nothing sent within the handshake timeout");
-            return None;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_address: usize) -> ConnLimits {
+        ConnLimits {
+            max_connections: total,
+            max_per_address: per_address,
+            handshake_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
         }
     }
-    let activity = Arc::new(Activity::new());
-    metrics::gauge!("chatkpi_connections_open").increment(1.0);
-    Some(Conn {
-        io: stream,
-        info: ConnInfo {
-            remote: Some(remote),
-            activity,
-        },
-        idle: limits.idle_timeout,
-        timer: Box::pin(tokio::time::sleep(limits.idle_timeout)),
-        _slot: slot,
-    })
+
+    #[test]
+    fn one_address_gets_its_share_and_others_the_rest() {
+        let slots: Arc<Mutex<Slots>> = Arc::default();
+        let l = limits(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = take_slot(&slots, a, &l).unwrap();
+        let _second = take_slot(&slots, a, &l).unwrap();
+        assert_eq!(take_slot(&slots, a, &l).err(), Some("too_many_from_address"));
+        let _other = take_slot(&slots, b, &l).unwrap();
+        assert_eq!(take_slot(&slots, b, &l).err(), Some("too_many"));
+        drop(first);
+        assert!(take_slot(&slots, a, &l).is_ok(), "a freed slot is taken again");
+    }
 }

@@ -1,17 +1,16 @@
-//! The tower layer every call passes through before its service:
+//! The tower stack every gRPC call passes through before its service (web calls too: they
+//! become gRPC calls, `crate::web`):
 //!
-//! - a `rpc` span per call (method, tenant and batch size recorded by the handlers, outcome),
-//!   child of the caller's W3C `traceparent` when there is one, exported by
-//!   [`crate::telemetry`] when OpenTelemetry is configured;
-//! - the global concurrency limit with load shedding: a call beyond it is answered at once with
-//!   RESOURCE_EXHAUSTED, never queued;
-//! - the request timeout: DEADLINE_EXCEEDED, and the handler's future is dropped, which stops
-//!   its work (a KPI computation checks its cancellation flag);
-//! - metrics: calls by method and status, latency, limit rejections;
-//! - the connection's activity (a call in progress keeps it from the idle timeout).
-//!
-//! Health and reflection are exempt from the limit and the timeout, so health stays
-//! answerable while the limits bite.
+//! - [`Observe`]: a `rpc` span per call (method, tenant and batch size recorded by the
+//!   handlers, outcome), child of the caller's W3C `traceparent` when there is one, exported by
+//!   [`crate::telemetry`] when OpenTelemetry is configured; calls by method and status and their
+//!   latency; INTERNAL for an undecodable request body rewritten as INVALID_ARGUMENT;
+//! - then, except for health and reflection (so probes keep answering while limits bite), the
+//!   caller's deadline (`grpc-timeout`, or Connect's `connect-timeout-ms`), tower's load
+//!   shedding over tower's global concurrency limit (a call beyond it is answered at once with
+//!   RESOURCE_EXHAUSTED, never queued) and tower's timeout (the server's request timeout).
+//!   An expired deadline or timeout is DEADLINE_EXCEEDED and drops the handler's future, which
+//!   stops its work (a KPI computation checks its cancellation flag).
 
 use std::{
     convert::Infallible,
@@ -26,13 +25,19 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use opentelemetry::propagation::Extractor;
 use tokio::sync::Semaphore;
-use tonic::{Status, body::Body, transport::server::TlsConnectInfo};
-use tower::{Layer, Service};
+use tonic::{Status, body::Body};
+use tower::{
+    BoxError, Layer, Service, ServiceBuilder, ServiceExt, limit::GlobalConcurrencyLimitLayer,
+    load_shed::error::Overloaded, timeout::error::Elapsed, util::BoxCloneSyncService,
+};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::conn::{CallGuard, ConnInfo};
-use crate::web::ViaWeb;
+use super::conn::ConnInfo;
+
+/// Marks a call that arrived as JSON or CSV over HTTP (its span says `connect_rpc`).
+#[derive(Debug, Clone, Copy)]
+pub struct ViaWeb;
 
 /// The services whose methods are labelled by name in metrics and spans; any other path is
 /// `unknown` (labels stay bounded whatever clients send).
@@ -45,50 +50,167 @@ const SERVICES: [&str; 6] = [
     "grpc.reflection.v1alpha.ServerReflection",
 ];
 
-/// Limits the layer enforces.
+/// Limits the stack enforces.
 #[derive(Debug, Clone)]
 pub struct RpcLimits {
     pub max_concurrent: usize,
     pub timeout: Duration,
 }
 
-/// The layer (see the module doc).
-#[derive(Clone)]
-pub struct RpcLayer {
-    permits: Arc<Semaphore>,
-    timeout: Duration,
+/// A gRPC service as the stack passes it around.
+pub type Grpc = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+
+/// The stack (see the module doc) around `routes`.
+pub fn stack<S>(routes: S, limits: &RpcLimits) -> Grpc
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let server_timeout = limits.timeout;
+    let limited = ServiceBuilder::new()
+        .layer(DeadlineLayer)
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+            Semaphore::new(limits.max_concurrent),
+        )))
+        .timeout(server_timeout)
+        .service(routes.clone());
+    let limited = BoxCloneSyncService::new(limited);
+    let exempt = BoxCloneSyncService::new(routes);
+    let steered = tower::service_fn(move |request: http::Request<Body>| -> BoxFuture<Result<http::Response<Body>, Infallible>> {
+        // Health and reflection are never limited.
+        if request.uri().path().starts_with("/grpc.") {
+            return Box::pin(exempt.clone().oneshot(request));
+        }
+        let call = limited.clone().oneshot(request);
+        Box::pin(async move { Ok(call.await.unwrap_or_else(|e| refusal(&e, server_timeout))) })
+    });
+    BoxCloneSyncService::new(Observe.layer(steered))
 }
 
-impl RpcLayer {
-    pub fn new(limits: &RpcLimits) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(limits.max_concurrent)),
-            timeout: limits.timeout,
-        }
+/// The answer to a call the limits refused or cut.
+fn refusal(err: &BoxError, server_timeout: Duration) -> http::Response<Body> {
+    let status = if err.is::<Overloaded>() {
+        metrics::counter!("chatkpi_limit_rejections_total", "limit" => "concurrency").increment(1);
+        Status::resource_exhausted("server busy: too many calls in progress; retry shortly")
+    } else if err.is::<Elapsed>() {
+        metrics::counter!("chatkpi_limit_rejections_total", "limit" => "timeout").increment(1);
+        Status::deadline_exceeded(format!(
+            "the call did not finish within the server's {} s request timeout; its work was stopped",
+            server_timeout.as_secs()
+        ))
+    } else if err.is::<ClientDeadline>() {
+        Status::deadline_exceeded("the call's deadline passed; its work was stopped")
+    } else {
+        tracing::error!(error = %err, "internal error in the service stack");
+        Status::internal("internal error")
+    };
+    status.into_http()
+}
+
+/// The caller's deadline passed (`grpc-timeout`).
+#[derive(Debug)]
+struct ClientDeadline;
+
+impl std::fmt::Display for ClientDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client's deadline passed")
     }
 }
 
-impl<S> Layer<S> for RpcLayer {
-    type Service = Rpc<S>;
+impl std::error::Error for ClientDeadline {}
 
-    fn layer(&self, inner: S) -> Rpc<S> {
-        Rpc {
-            inner,
-            layer: self.clone(),
-        }
+/// Applies the caller's `grpc-timeout` (gRPC over HTTP/2: `<1-8 digits><H|M|S|m|u|n>`); a
+/// malformed one is ignored, as gRPC servers do.
+#[derive(Debug, Clone, Copy)]
+struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline { inner }
     }
 }
 
-/// The service the layer wraps around the gRPC routes.
-#[derive(Clone)]
-pub struct Rpc<S> {
+#[derive(Debug, Clone)]
+struct Deadline<S> {
     inner: S,
-    layer: RpcLayer,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S> Service<http::Request<Body>> for Rpc<S>
+impl<S> Service<http::Request<Body>> for Deadline<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<Result<http::Response<Body>, BoxError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(grpc_timeout);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            match deadline {
+                None => call.await,
+                Some(d) => tokio::time::timeout(d, call)
+                    .await
+                    .unwrap_or_else(|_| Err(Box::new(ClientDeadline))),
+            }
+        })
+    }
+}
+
+/// A `grpc-timeout` value (gRPC over HTTP/2: at most 8 digits and a unit).
+pub fn grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Observes every call (see the module doc).
+#[derive(Debug, Clone, Copy)]
+struct Observe;
+
+impl<S> Layer<S> for Observe {
+    type Service = Observed<S>;
+
+    fn layer(&self, inner: S) -> Observed<S> {
+        Observed { inner }
+    }
+}
+
+#[derive(Clone)]
+struct Observed<S> {
+    inner: S,
+}
+
+impl<S> Service<http::Request<Body>> for Observed<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -108,22 +230,16 @@ where
         // The clone that was polled ready serves this call (tower's rule for cloned services).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let layer = self.layer.clone();
-        Box::pin(serve(inner, layer, request))
+        Box::pin(observe(inner, request))
     }
 }
 
-async fn serve<S>(
-    mut inner: S,
-    layer: RpcLayer,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, Infallible>
+async fn observe<S>(mut inner: S, request: http::Request<Body>) -> Result<http::Response<Body>, Infallible>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {
     let path = request.uri().path().to_owned();
     let method = method_label(&path);
-    let exempt = method.starts_with("/grpc.");
     // A call that came as JSON or CSV over HTTP (crate::web) is the same call, by another door.
     let system = if request.extensions().get::<ViaWeb>().is_some() {
         "connect_rpc"
@@ -143,50 +259,29 @@ where
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(request.headers())));
     let _ = span.set_parent(parent);
-    let call = conn_info(&request).map(|c| c.activity.begin());
     let observation = Observation {
         method,
         started: Instant::now(),
         span: span.clone(),
-        _call: call,
     };
-    if exempt {
-        let response = inner.call(request).instrument(span).await?;
-        return Ok(observation.attach(response));
-    }
-    let Ok(permit) = layer.permits.clone().try_acquire_owned() else {
-        metrics::counter!("chatkpi_limit_rejections_total", "limit" => "concurrency").increment(1);
-        let status = Status::resource_exhausted("server busy: too many calls in progress; retry shortly");
-        return Ok(observation.attach(status.into_http()));
-    };
-    let response = match tokio::time::timeout(layer.timeout, inner.call(request).instrument(span)).await {
-        Ok(response) => response?,
-        Err(_) => {
-            metrics::counter!("chatkpi_limit_rejections_total", "limit" => "timeout").increment(1);
-            Status::deadline_exceeded(format!(
-                "the call did not finish within the server's {} s request timeout; its work was stopped",
-                layer.timeout.as_secs()
-            ))
-            .into_http()
-        }
-    };
-    drop(permit);
+    let response = inner.call(request).instrument(span).await?;
     Ok(observation.attach(response))
 }
 
-/// The connection a call came on, plaintext or TLS.
-fn conn_info(request: &http::Request<Body>) -> Option<&ConnInfo> {
-    let ext = request.extensions();
-    ext.get::<ConnInfo>()
-        .or_else(|| ext.get::<TlsConnectInfo<ConnInfo>>().map(|t| t.get_ref()))
+/// Counts a web call refused before it became a gRPC call (unknown path, content type, a body
+/// that is not the message, ...), so `chatkpi_rpc_requests_total` sees every call.
+pub fn count_refused(path: &str, code: tonic::Code) {
+    let method = if code == tonic::Code::Unimplemented {
+        "unknown"
+    } else {
+        method_label(path)
+    };
+    metrics::counter!("chatkpi_rpc_requests_total", "method" => method, "code" => format!("{code:?}")).increment(1);
 }
 
 /// The client's address, from the connection the call came on.
 pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<std::net::SocketAddr> {
-    let ext = request.extensions();
-    ext.get::<ConnInfo>()
-        .or_else(|| ext.get::<TlsConnectInfo<ConnInfo>>().map(|t| t.get_ref()))
-        .and_then(|c| c.remote)
+    request.extensions().get::<ConnInfo>().and_then(|c| c.remote)
 }
 
 /// `/service/method` when the service is one of [`SERVICES`] and the method a plain name.
@@ -244,7 +339,6 @@ struct Observation {
     method: &'static str,
     started: Instant,
     span: tracing::Span,
-    _call: Option<CallGuard>,
 }
 
 impl Observation {
@@ -254,7 +348,7 @@ impl Observation {
         client_fault(response.headers_mut());
         let code = grpc_status(response.headers());
         let (parts, body) = response.into_parts();
-        let observed = Observed {
+        let observed = ObservedBody {
             body,
             code,
             observation: Some(self),
@@ -311,13 +405,13 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
 }
 
 /// A response body that reports the call's status when it ends.
-struct Observed {
+struct ObservedBody {
     body: Body,
     code: Option<i32>,
     observation: Option<Observation>,
 }
 
-impl HttpBody for Observed {
+impl HttpBody for ObservedBody {
     type Data = Bytes;
     type Error = Status;
 
@@ -358,7 +452,7 @@ impl HttpBody for Observed {
     }
 }
 
-impl Observed {
+impl ObservedBody {
     fn end(&mut self) {
         if let Some(o) = self.observation.take() {
             o.finish(self.code);
@@ -366,7 +460,7 @@ impl Observed {
     }
 }
 
-impl Drop for Observed {
+impl Drop for ObservedBody {
     fn drop(&mut self) {
         if let Some(o) = self.observation.take() {
             // Dropped before its end: a trailers-only answer never polled, or an abandoned call.
@@ -377,7 +471,20 @@ impl Drop for Observed {
 
 #[cfg(test)]
 mod tests {
-    use super::method_label;
+    use std::time::Duration;
+
+    use super::{grpc_timeout, method_label};
+
+    #[test]
+    fn grpc_timeouts_parse_by_their_unit_and_malformed_ones_are_ignored() {
+        assert_eq!(grpc_timeout("50m"), Some(Duration::from_millis(50)));
+        assert_eq!(grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "5x", "-5m", "5.0S"] {
+            assert_eq!(grpc_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn only_known_services_get_their_own_label() {

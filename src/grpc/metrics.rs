@@ -16,6 +16,7 @@ use crate::{
     app::{App, limits::StreamKind},
     domain::{
         Error,
+        kpi::MAX_ROWS,
         query::{self, Query},
         settings::SettingsUpdate,
         tenant::{Scope, TenantId},
@@ -72,8 +73,17 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let dimension = conv::dimension_from_proto(r.dimension)?;
-        let rows = self.app.kpis.breakdown(tenant, &query, dimension).await?;
+        let limit = match r.limit {
+            0 => MAX_ROWS,
+            n if n as usize <= MAX_ROWS => n as usize,
+            n => {
+                return Err(Error::invalid("limit", format!("must be between 1 and {MAX_ROWS}, got {n}")).into());
+            }
+        };
+        let (rows, total) = self.app.kpis.breakdown(tenant, &query, dimension, limit).await?;
         Ok(Response::new(pb::GetBreakdownResponse {
+            truncated: total > rows.len(),
+            total_rows: total as u64,
             rows: rows
                 .iter()
                 .map(|(value, k)| pb::BreakdownRow {
@@ -111,10 +121,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     ) -> Result<Response<pb::GetUtilizationResponse>, Status> {
         let tenant = self.tenant(&request, Scope::Read).await?;
         let query = window_query(request.get_ref().query.as_ref())?;
-        let (agents, team) = self.app.kpis.utilization(tenant, &query).await?;
+        let (agents, agents_omitted, team) = self.app.kpis.utilization(tenant, &query).await?;
         Ok(Response::new(pb::GetUtilizationResponse {
             agents: agents.iter().map(conv::utilization_to_proto).collect(),
             team: Some(conv::utilization_to_proto(&team)),
+            agents_omitted,
         }))
     }
 
@@ -254,6 +265,8 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
                 .iter()
                 .map(|(name, lines)| conv::scorecard_to_proto(name, lines))
                 .collect(),
+            agents_omitted: cards.agents_omitted,
+            teams_omitted: cards.teams_omitted,
         }))
     }
 }

@@ -21,7 +21,7 @@ use tonic::Status;
 use tower::ServiceExt;
 
 use super::{
-    Grpc, connect,
+    Web, connect,
     frames::{Messages, grpc_request},
 };
 use crate::grpc::{
@@ -64,29 +64,40 @@ pub const COLUMNS: [&str; 27] = [
 ];
 
 /// `GET /v1/conversations.csv`.
-pub async fn download(State(grpc): State<Grpc>, request: Request) -> Response {
+pub async fn download(State(web): State<Web>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     let list = match params(parts.uri.query().unwrap_or("")) {
         Ok(list) => list,
-        Err(message) => return connect::error(&Status::invalid_argument(message)),
+        Err(message) => {
+            let status = Status::invalid_argument(message);
+            crate::edge::rpc::count_refused(LIST, status.code());
+            return connect::error(&status);
+        }
     };
     let call = match grpc_request(&parts, LIST, &list.encode_to_vec()) {
         Ok(call) => call,
         Err(status) => return connect::error(&status),
     };
-    let response = match grpc.oneshot(call).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    };
     // An error before the first row (a bad key, a bad query) is an HTTP error; one after it
-    // can only cut the download short, which the client sees as a broken transfer.
-    let mut messages = match Messages::new(response) {
-        Ok(messages) => messages,
-        Err(status) => return connect::error(&status),
+    // can only cut the download short, which the client sees as a broken transfer. The first
+    // row comes within the server's request timeout.
+    let first = async {
+        let response = match web.grpc.oneshot(call).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let mut messages = Messages::new(response)?;
+        let first = messages.next().await?;
+        Ok::<_, Status>((messages, first))
     };
-    let first = match messages.next().await {
-        Ok(first) => first,
-        Err(status) => return connect::error(&status),
+    let (messages, first) = match tokio::time::timeout(web.timeout, first).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(status)) => return connect::error(&status),
+        Err(_) => {
+            return connect::error(&Status::deadline_exceeded(
+                "the download did not start within the server's request timeout",
+            ));
+        }
     };
     let rows = Rows {
         messages,
@@ -174,7 +185,8 @@ fn record(f: &pb::ConversationFacts) -> Vec<String> {
         text(&f.priority),
         text(&f.agent),
         text(&f.assignee),
-        text(&f.tags.join(";")),
+        // Each tag on its own: a spreadsheet reading `;` as its separator sees every one.
+        f.tags.iter().map(|t| text(t)).collect::<Vec<_>>().join(";"),
         text(&f.state),
         time(&f.opened_at),
         time(&f.resolved_at),

@@ -6,7 +6,7 @@ use http::{HeaderValue, header};
 use http_body_util::BodyExt;
 use tonic::{Code, Status, body::Body};
 
-use super::ViaWeb;
+use crate::edge::rpc::ViaWeb;
 
 /// Headers a web request carries that mean nothing (or something else) to the gRPC call.
 const DROPPED: [&str; 5] = [
@@ -21,8 +21,9 @@ const MAX_RESPONSE_MESSAGE: usize = 64 * 1024 * 1024;
 
 /// The gRPC call for `path` with `message` (protobuf) as its one request message. Headers are
 /// kept (the `authorization` key, `traceparent`), and so are the connection's extensions (the
-/// client's address for the failed-auth limit). Connect's `connect-timeout-ms` becomes
-/// `grpc-timeout`.
+/// client's address for the failed-auth limit); `grpc-*` headers a web client sent are not
+/// (they are not part of the Connect protocol). Connect's `connect-timeout-ms` (checked by the
+/// caller) becomes `grpc-timeout`.
 pub(crate) fn grpc_request(
     parts: &http::request::Parts,
     path: &str,
@@ -32,18 +33,28 @@ pub(crate) fn grpc_request(
     for name in DROPPED {
         headers.remove(name);
     }
-    if let Some(timeout) = headers.remove("connect-timeout-ms") {
-        let millis: u64 = timeout
-            .to_str()
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|ms| *ms > 0 && *ms < 100_000_000)
-            .ok_or_else(|| {
-                Status::invalid_argument("connect-timeout-ms: expected 1-99999999 milliseconds")
-            })?;
-        let value =
-            HeaderValue::from_str(&format!("{millis}m")).expect("digits and `m` are a valid header value");
-        headers.insert("grpc-timeout", value);
+    let grpc_headers: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("grpc-"))
+        .cloned()
+        .collect();
+    for name in grpc_headers {
+        headers.remove(name);
+    }
+    let timeout = headers
+        .remove("connect-timeout-ms")
+        .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()));
+    if let Some(millis) = timeout {
+        // grpc-timeout takes at most 8 digits.
+        let value = if millis <= 99_999_999 {
+            format!("{millis}m")
+        } else {
+            format!("{}S", millis / 1000)
+        };
+        headers.insert(
+            "grpc-timeout",
+            HeaderValue::from_str(&value).expect("digits and a unit are a valid header value"),
+        );
     }
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -6,98 +6,58 @@
 //! stands for and sent through the same tower stack as a gRPC client's call (the `rpc` span,
 //! metrics, concurrency limit, request timeout) to the same services (key, scope, validation,
 //! per-tenant limits); the answer is turned back into JSON or CSV. So a JSON call and a gRPC
-//! call cannot disagree, and a limit holds whichever door a call came in by.
+//! call cannot disagree, and a limit holds whichever door a call came in by. (gRPC-Web is not
+//! served: it would need the `tonic-web` layer.)
 
 pub mod assets;
 pub mod connect;
 pub mod csv;
 mod frames;
 
-use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll},
-};
+use std::{convert::Infallible, time::Duration};
 
 use axum::{
     Router,
     routing::{get, post},
 };
+use futures::future::{BoxFuture, FutureExt};
 use tonic::body::Body;
-use tower::{Layer, Service, ServiceExt, util::BoxCloneSyncService};
+use tower::{ServiceExt, util::BoxCloneSyncService};
 
-/// The gRPC stack below this layer, as the web handlers call it.
-pub(crate) type Grpc = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>;
+use crate::edge::rpc::Grpc;
 
-/// Marks a call that arrived as JSON or CSV over HTTP (the `rpc` span says `connect_rpc`).
-#[derive(Debug, Clone, Copy)]
-pub struct ViaWeb;
-
-/// Puts the web routes in front of the gRPC stack (see the module doc).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WebLayer;
-
-impl<S> Layer<S> for WebLayer
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Service = Web<S>;
-
-    fn layer(&self, inner: S) -> Web<S> {
-        Web {
-            router: router(BoxCloneSyncService::new(inner.clone())),
-            inner,
-        }
-    }
-}
-
-/// The service [`WebLayer`] builds: gRPC calls pass straight through, the rest is routed.
+/// What the web handlers share: the gRPC stack they call, and the server's request timeout
+/// (a web call, its request body included, is bounded by it as a gRPC call is).
 #[derive(Clone)]
-pub struct Web<S> {
-    inner: S,
-    router: Router,
+pub struct Web {
+    pub(crate) grpc: Grpc,
+    pub(crate) timeout: Duration,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S> Service<http::Request<Body>> for Web<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<http::Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if is_grpc(&request) {
-            // The clone that was polled ready serves this call (tower's rule for clones).
-            let clone = self.inner.clone();
-            let mut inner = std::mem::replace(&mut self.inner, clone);
-            return Box::pin(inner.call(request));
-        }
-        let router = self.router.clone();
-        Box::pin(async move {
-            let response = router.oneshot(request.map(axum::body::Body::new)).await?;
-            Ok(response.map(Body::new))
-        })
-    }
+/// The service of the listener: gRPC calls pass straight through to `grpc`, everything else is
+/// routed (see the module doc).
+pub fn service(grpc: Grpc, timeout: Duration) -> Grpc {
+    let router = router(Web {
+        grpc: grpc.clone(),
+        timeout,
+    });
+    BoxCloneSyncService::new(tower::service_fn(
+        move |request: http::Request<Body>| -> BoxFuture<'static, Result<http::Response<Body>, Infallible>> {
+            if is_grpc(&request) {
+                grpc.clone().oneshot(request).boxed()
+            } else {
+                let router = router.clone();
+                async move {
+                    let response = router.oneshot(request.map(axum::body::Body::new)).await?;
+                    Ok(response.map(Body::new))
+                }
+                .boxed()
+            }
+        },
+    ))
 }
 
-/// gRPC (and gRPC-Web, which tonic answers itself) is told apart by its content type.
+/// gRPC is told apart by its content type (`application/grpc`, `application/grpc+proto`).
 fn is_grpc(request: &http::Request<Body>) -> bool {
     request
         .headers()
@@ -106,12 +66,12 @@ fn is_grpc(request: &http::Request<Body>) -> bool {
         .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
-fn router(grpc: Grpc) -> Router {
+fn router(web: Web) -> Router {
     Router::new()
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::file))
         .route("/v1/conversations.csv", get(csv::download))
-        .route("/{service}/{method}", post(connect::unary))
+        .route("/{service}/{method}", post(connect::call))
         .fallback(assets::not_found)
-        .with_state(grpc)
+        .with_state(web)
 }

@@ -254,6 +254,7 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     let agents = app
         .metrics()
         .get_breakdown(app.authed(pb::GetBreakdownRequest {
+            limit: 0,
             query: Some(berlin_window(None)),
             dimension: pb::Dimension::Agent as i32,
         }))

@@ -107,6 +107,7 @@ async fn call(app: &TestApp, rpc: Rpc, key: &str, customer: &str) -> Result<Stri
         }
         Rpc::GetBreakdown => {
             let request = pb::GetBreakdownRequest {
+                limit: 0,
                 query: q,
                 dimension: pb::Dimension::Agent as i32,
             };

@@ -208,6 +208,7 @@ async fn breakdown_series_backlog_and_utilization_answer() {
     let mut client = metrics(&app.channel);
     let rows = client
         .get_breakdown(app.authed(pb::GetBreakdownRequest {
+            limit: 0,
             query: Some(query(0, 86_400)),
             dimension: pb::Dimension::Channel as i32,
         }))
@@ -330,6 +331,7 @@ async fn invalid_queries_are_rejected_with_the_field() {
     }
     let status = client
         .get_breakdown(app.authed(pb::GetBreakdownRequest {
+            limit: 0,
             query: Some(query(0, 10)),
             dimension: 0,
         }))
@@ -657,6 +659,7 @@ pub(crate) async fn answers(app: &TestApp) -> Vec<String> {
     for dimension in [pb::Dimension::Agent, pb::Dimension::Tag, pb::Dimension::HourOfDay] {
         let r = client
             .get_breakdown(app.authed(pb::GetBreakdownRequest {
+                limit: 0,
                 query: Some(q.clone()),
                 dimension: dimension as i32,
             }))

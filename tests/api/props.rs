@@ -343,6 +343,7 @@ fn arbitrary_events_and_queries_never_break_the_service() {
                 }
                 match metrics
                     .get_breakdown(app.authed(pb::GetBreakdownRequest {
+                        limit: 0,
                         query: Some(q.clone()),
                         dimension: pb::Dimension::Agent as i32,
                     }))

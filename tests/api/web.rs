@@ -82,6 +82,7 @@ async fn every_unary_metrics_rpc_answers_json_exactly_as_grpc() {
     same_answer(&app, "GetOverview", &overview, grpc).await;
 
     let breakdown = pb::GetBreakdownRequest {
+        limit: 0,
         query: Some(query.clone()),
         dimension: pb::Dimension::Agent as i32,
     };
@@ -293,7 +294,7 @@ async fn errors_follow_connect_codes_and_statuses() {
     error(415, "unimplemented", &answer);
     assert_eq!(
         answer.headers["accept-post"],
-        "application/json, application/proto"
+        "application/json, application/proto, application/connect+json, application/connect+proto"
     );
 
     let auth = [

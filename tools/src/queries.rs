@@ -276,6 +276,7 @@ async fn call(
                     pb::GetBreakdownRequest {
                         query: Some(query),
                         dimension: pb::Dimension::Agent as i32,
+                        ..Default::default()
                     },
                     bearer,
                 ))

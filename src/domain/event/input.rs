@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 use super::{
     AgentStatus, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
     Event, FieldError, Initiator, Message, MessageStatusChanged, Payload, Presence, Priority, Resolved,
-    ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged, check_conversion_kind,
+    MAX_TAGS_PER_EVENT, ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged,
+    check_conversion_kind,
     check_currency, check_id, check_occurred_at, check_optional_id, check_survey_scale, check_value_minor,
 };
 
@@ -217,6 +218,17 @@ impl PayloadInput {
             }
             PayloadInput::TagsChanged { added, removed } => {
                 let f = within("tags_changed");
+                for (field, list) in [("added", added), ("removed", removed)] {
+                    if list.len() > MAX_TAGS_PER_EVENT {
+                        return Err(f(FieldError::new(
+                            field,
+                            format!(
+                                "at most {MAX_TAGS_PER_EVENT} tags per event, got {}; send several events",
+                                list.len()
+                            ),
+                        )));
+                    }
+                }
                 for (i, tag) in added.iter().enumerate() {
                     check_id(&format!("added[{i}]"), tag).map_err(&f)?;
                 }

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest id (event, conversation, message, customer, agent, team, inbox, tag), in characters.
 pub const MAX_ID_CHARS: usize = 128;
+/// Most tags one `tags_changed` event may add, and most it may remove (docs/metrics.md §2).
+pub const MAX_TAGS_PER_EVENT: usize = 100;
+/// Most tags a conversation carries at once; an add beyond it is ignored (docs/metrics.md §3).
+pub const MAX_TAGS_PER_CONVERSATION: usize = 100;
 /// Longest conversion kind, in characters.
 pub const MAX_KIND_CHARS: usize = 64;
 /// Largest `conversion.value_minor` (10^15 minor units, e.g. ten trillion EUR): revenue sums of

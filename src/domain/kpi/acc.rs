@@ -1,7 +1,13 @@
 //! Running totals of one group of items, and the groups of one part of a scan. Every aggregate
 //! is order-independent, so parts scanned in parallel merge into the same answer.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
 
 use rayon::prelude::*;
 
@@ -209,6 +215,43 @@ impl EndedMessages {
     }
 }
 
+/// The memory one computation may spend on groups and their tag counts, shared by every part
+/// it scans in parallel (README, Limits: a question whose groups would not fit is refused with
+/// RESOURCE_EXHAUSTED instead of growing the server without bound: a breakdown by tag of
+/// conversations carrying many tags grows with the square of their tags).
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+/// Bytes charged for a new group (its totals and index entry).
+pub(super) const GROUP_BYTES: usize = std::mem::size_of::<(GroupKey, Acc)>() + 48;
+/// Bytes charged for a new tag count of a group.
+pub(super) const TAG_BYTES: usize = 32;
+
+impl Budget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Adds `bytes`; whether the budget still holds.
+    pub fn charge(&self, bytes: usize) -> bool {
+        self.used.fetch_add(bytes, Ordering::Relaxed) + bytes <= self.limit
+    }
+
+    pub fn exceeded(&self) -> bool {
+        self.used.load(Ordering::Relaxed) > self.limit
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
 /// The groups of one part of a computation, with the last used group cached: consecutive items
 /// of one conversation usually land in the same group.
 #[derive(Default)]
@@ -216,15 +259,30 @@ pub(super) struct Groups {
     index: HashMap<GroupKey, usize>,
     accs: Vec<(GroupKey, Acc)>,
     last: Option<(GroupKey, usize)>,
+    /// Where new groups and tag counts are charged (none: unbounded, for merged totals whose
+    /// parts were charged).
+    budget: Option<Arc<Budget>>,
 }
 
 impl Groups {
+    /// Groups that charge `budget` for what they add.
+    pub fn charging(budget: &Arc<Budget>) -> Self {
+        Self {
+            budget: Some(budget.clone()),
+            ..Self::default()
+        }
+    }
+
     pub fn get(&mut self, key: GroupKey) -> &mut Acc {
         let i = match self.last {
             Some((k, i)) if k == key => i,
             _ => {
                 let accs = &mut self.accs;
+                let budget = &self.budget;
                 let i = *self.index.entry(key).or_insert_with(|| {
+                    if let Some(b) = budget {
+                        b.charge(GROUP_BYTES);
+                    }
                     accs.push((key, Acc::default()));
                     accs.len() - 1
                 });
@@ -233,6 +291,18 @@ impl Groups {
             }
         };
         &mut self.accs[i].1
+    }
+
+    /// Charges `bytes` more to the budget.
+    pub fn charge(&self, bytes: usize) {
+        if let Some(b) = &self.budget {
+            b.charge(bytes);
+        }
+    }
+
+    /// Whether the computation's budget is spent: its scan stops.
+    pub fn over_budget(&self) -> bool {
+        self.budget.as_ref().is_some_and(|b| b.exceeded())
     }
 
     /// The groups of every part together, each group merged on its own thread.
@@ -260,6 +330,7 @@ impl Groups {
             index: accs.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect(),
             accs,
             last: None,
+            budget: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::{
     ConversionRec,
     acc::Acc,
-    types::{Ces, ConversionKpis, Csat, Kpis, Nps, Retention},
+    types::{Ces, ConversionKpis, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention},
 };
 use crate::domain::{
     event::Channel,
@@ -76,7 +76,7 @@ pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRe
         Some(bits) => retention_in(&previous, &bits),
         None => retention(sorted_distinct(previous), &customers),
     };
-    k.tags = tags(&a, symbols);
+    (k.tags, k.tags_omitted) = tags(&a, symbols);
     k.channels = Channel::ALL
         .iter()
         .filter(|c| a.channels[**c as usize] > 0)
@@ -250,15 +250,18 @@ fn conversion(
     }
 }
 
-/// Per tag: conversations carrying it and their share, by conversations descending then name.
-fn tags(a: &Acc, symbols: &Interner) -> Vec<(String, u64, Option<f64>)> {
-    let mut tags: Vec<(String, u64, Option<f64>)> = a
-        .tags
-        .iter()
-        .map(|(t, n)| (symbols.name(*t).to_owned(), *n, rate(*n, a.conversations)))
+/// Per tag: conversations carrying it and their share, by conversations descending then name,
+/// the first [`MAX_TAG_SHARES`] of them; and how many tags were left out (docs/metrics.md §5).
+fn tags(a: &Acc, symbols: &Interner) -> (Vec<(String, u64, Option<f64>)>, u64) {
+    let mut tags: Vec<(&str, u64)> = a.tags.iter().map(|(t, n)| (symbols.name(*t), *n)).collect();
+    tags.sort_unstable_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(y.0)));
+    let omitted = tags.len().saturating_sub(MAX_TAG_SHARES) as u64;
+    let listed = tags
+        .into_iter()
+        .take(MAX_TAG_SHARES)
+        .map(|(t, n)| (t.to_owned(), n, rate(n, a.conversations)))
         .collect();
-    tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
-    tags
+    (listed, omitted)
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use rayon::prelude::*;
 
 pub use self::types::*;
 use self::{
-    acc::Groups,
+    acc::{Budget, Groups},
     filter::Compiled,
     joins::Joins,
     partial::{KeptRows, Partial, PartialKey, PartialStore},
@@ -56,6 +56,10 @@ use super::{
     segment::{Segment, Sym},
     time::{Micros, Span, micros},
 };
+
+/// Most bytes one computation spends on groups and their tag counts (README, Limits), summed
+/// over the parts it scans in parallel; merged totals add at most as much again.
+pub const QUERY_GROUP_BYTES: usize = 64 << 20;
 
 /// Rows scanned by one parallel part: small enough to spread a day over both cores, large
 /// enough that merging the parts' totals costs nothing.
@@ -249,6 +253,7 @@ impl Computation<'_> {
         }));
         Scan {
             comp: self,
+            budget: Arc::new(Budget::new(QUERY_GROUP_BYTES)),
             grouping,
             filters: Compiled::new(&self.data.symbols, &q.filters),
             router,
@@ -337,6 +342,16 @@ impl Computation<'_> {
             .set(customers_of(segments, scanned, self.data.customers));
         let computed = self.keep_totals(scan, to_keep)?;
         let scanned = self.scan_in_parts(scan, parts)?;
+        if scan.budget.exceeded() {
+            return Err(Error::ResourceExhausted {
+                limit: "query_memory",
+                message: format!(
+                    "this question's groups and tag counts need more than {} MiB; ask for a shorter window, add filters or break down by another dimension",
+                    scan.budget.limit() >> 20
+                ),
+                retry_after: None,
+            });
+        }
         let all: Vec<&Groups> = scanned
             .iter()
             .chain(cached.iter().chain(&computed).map(|p| &p.0))
@@ -426,12 +441,13 @@ impl Computation<'_> {
             .map(|(s, key, select)| {
                 self.cancel.check()?;
                 let seg = &self.data.segments[s];
-                let mut groups = Groups::default();
+                let mut groups = Groups::charging(&scan.budget);
                 let mut scratch = scan::Scratch::default();
                 scan.part(seg, 0..seg.len(), select, &mut groups, &mut scratch);
                 groups.shrink();
                 let partial = Arc::new(Partial(groups));
-                if let Some(store) = self.partials {
+                // Totals cut short by the budget are incomplete: never kept.
+                if let Some(store) = self.partials.filter(|_| !scan.budget.exceeded()) {
                     store.put(key, partial.clone());
                 }
                 Ok(partial)
@@ -448,7 +464,7 @@ impl Computation<'_> {
         parts
             .into_par_iter()
             .try_fold(
-                || (Groups::default(), scan::Scratch::default()),
+                || (Groups::charging(&scan.budget), scan::Scratch::default()),
                 |(mut groups, mut scratch), (s, rows, select)| {
                     self.cancel.check()?;
                     scan.part(&self.data.segments[s], rows, select, &mut groups, &mut scratch);

@@ -15,13 +15,14 @@
 //! | survey answers ([`Scan::surveys`]) | the answer's time | the credited agent |
 
 use std::{
+    collections::hash_map::Entry,
     ops::Range,
     sync::{Arc, LazyLock, OnceLock},
 };
 
 use super::{
     Computation, ConversionRec,
-    acc::{Acc, Groups},
+    acc::{Acc, Groups, TAG_BYTES},
     filter::Compiled,
     joins::Joins,
     route::Router,
@@ -40,6 +41,8 @@ pub(super) type LazyJoins<'a> = LazyLock<Joins, Box<dyn FnOnce() -> Joins + Send
 /// What every part of one computation's scan shares.
 pub(super) struct Scan<'a> {
     pub comp: &'a Computation<'a>,
+    /// What the computation's groups may take (see [`super::acc::Budget`]).
+    pub budget: Arc<super::acc::Budget>,
     pub grouping: Grouping,
     pub filters: Compiled,
     pub router: Router,
@@ -106,6 +109,9 @@ impl Scan<'_> {
     ) {
         let hot_previous = self.filters.is_empty() && self.router.by_time_only();
         for row in rows {
+            if groups.over_budget() {
+                return; // the computation is refused (Computation::scan_parts)
+            }
             if !select.takes(seg, row) || !self.relevant(seg, row) {
                 continue;
             }
@@ -192,12 +198,19 @@ impl Scan<'_> {
         }
         let wait = c.wait.map(|w| self.comp.measure(w));
         self.router.route(c, c.opened_at, c.agent, keys);
+        let mut new_tags = 0;
         for k in keys.iter() {
             let a = groups.get(*k);
             a.conversations += 1;
             a.channels[c.channel as usize] += 1;
             for t in &c.tags {
-                *a.tags.entry(*t).or_default() += 1;
+                match a.tags.entry(*t) {
+                    Entry::Occupied(mut n) => *n.get_mut() += 1,
+                    Entry::Vacant(v) => {
+                        v.insert(1);
+                        new_tags += 1;
+                    }
+                }
             }
             if let Some(w) = wait {
                 a.wait.push(w, None);
@@ -224,6 +237,7 @@ impl Scan<'_> {
                 }
             }
         }
+        groups.charge(new_tags * TAG_BYTES);
     }
 
     /// First response and first human response: placed by `opened_at`, matched and credited by

@@ -9,6 +9,13 @@ use crate::domain::{
     time::Micros,
 };
 
+/// Most rows an answer lists per dimension (breakdown rows, scorecards per agent or team,
+/// utilization per agent): docs/metrics.md §6.
+pub const MAX_ROWS: usize = 1000;
+
+/// Most tag shares one group's KPIs list (docs/metrics.md §5 tags): the most frequent first.
+pub const MAX_TAG_SHARES: usize = 100;
+
 /// A breakdown dimension (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dimension {
@@ -171,8 +178,50 @@ pub struct Kpis {
     pub bot_handoff_rate: Option<f64>,
     pub conversion: ConversionKpis,
     pub retention: Retention,
-    /// (tag, conversations, share %), by conversations descending then tag.
+    /// (tag, conversations, share %), by conversations descending then tag; at most
+    /// [`MAX_TAG_SHARES`] of them.
     pub tags: Vec<(String, u64, Option<f64>)>,
+    /// Distinct tags of the group's conversations not listed in `tags` (beyond the first
+    /// [`MAX_TAG_SHARES`]).
+    pub tags_omitted: u64,
     /// (channel, conversations, share %), in channel order, channels with conversations only.
     pub channels: Vec<(Channel, u64, Option<f64>)>,
+}
+
+/// Keeps at most `limit` of `rows`: those ranked first by `rank` (ties by their position), in
+/// their original order; returns how many were left out (docs/metrics.md §6: an answer lists at
+/// most [`MAX_ROWS`] values of a dimension).
+pub fn keep_ranked<T>(rows: &mut Vec<T>, limit: usize, rank: impl Fn(&T, &T) -> std::cmp::Ordering) -> u64 {
+    if rows.len() <= limit {
+        return 0;
+    }
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|a, b| rank(&rows[*a], &rows[*b]).then(a.cmp(b)));
+    let mut keep = vec![false; rows.len()];
+    for i in &order[..limit] {
+        keep[*i] = true;
+    }
+    let omitted = (rows.len() - limit) as u64;
+    let mut i = 0;
+    rows.retain(|_| {
+        i += 1;
+        keep[i - 1]
+    });
+    omitted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keep_ranked;
+
+    #[test]
+    fn the_highest_ranked_rows_stay_in_their_order() {
+        let mut rows = vec![("a", 1), ("b", 5), ("c", 3), ("d", 5), ("e", 0)];
+        let omitted = keep_ranked(&mut rows, 3, |x, y| y.1.cmp(&x.1));
+        assert_eq!(omitted, 2);
+        assert_eq!(rows, vec![("b", 5), ("c", 3), ("d", 5)]);
+        let mut few = vec![1, 2];
+        assert_eq!(keep_ranked(&mut few, 3, |x, y| x.cmp(y)), 0);
+        assert_eq!(few, vec![1, 2]);
+    }
 }

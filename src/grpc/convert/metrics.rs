@@ -82,6 +82,7 @@ pub fn query_from_proto(
         &q.attribution_window,
         query::DEFAULT_ATTRIBUTION_WINDOW,
     )?;
+    query::check_list_len("query.conversion_kinds", q.conversion_kinds.len())?;
     for (i, kind) in q.conversion_kinds.iter().enumerate() {
         crate::domain::event::check_conversion_kind(&format!("conversion_kinds[{i}]"), kind)
             .map_err(|e| invalid("query", e))?;
@@ -94,6 +95,28 @@ pub fn query_from_proto(
 }
 
 fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
+    let lists: [(&str, usize); 6] = [
+        ("channels", f.channels.len()),
+        ("inboxes", f.inboxes.len()),
+        ("teams", f.teams.len()),
+        ("agents", f.agents.len()),
+        ("tags", f.tags.len()),
+        ("priorities", f.priorities.len()),
+    ];
+    for (name, len) in lists {
+        query::check_list_len(&format!("query.filters.{name}"), len)?;
+    }
+    for (name, values) in [
+        ("inboxes", &f.inboxes),
+        ("teams", &f.teams),
+        ("agents", &f.agents),
+        ("tags", &f.tags),
+    ] {
+        for (i, v) in values.iter().enumerate() {
+            crate::domain::event::check_id(&format!("{name}[{i}]"), v)
+                .map_err(|e| invalid("query.filters", e))?;
+        }
+    }
     let mut out = Filters {
         inboxes: f.inboxes.clone(),
         teams: f.teams.clone(),
@@ -274,6 +297,7 @@ pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
                 share: *share,
             })
             .collect(),
+        tags_omitted: k.tags_omitted,
         channels: k
             .channels
             .iter()

@@ -176,8 +176,11 @@ pub struct Kpis {
     pub bot_handoff_rate: Option<f64>,
     pub conversion: ConversionKpis,
     pub retention: Retention,
-    /// (tag, conversations, share %), by conversations descending then tag.
+    /// (tag, conversations, share %), by conversations descending then tag, the 100 most
+    /// frequent (docs/metrics.md §5).
     pub tags: Vec<(String, u64, Option<f64>)>,
+    /// Distinct tags not listed.
+    pub tags_omitted: u64,
     /// (channel, conversations, share %), in channel order, channels with conversations only.
     pub channels: Vec<(Channel, u64, Option<f64>)>,
 }
@@ -818,6 +821,9 @@ impl Computation<'_> {
             .map(|(t, n)| (ds.symbols.name(*t).to_owned(), *n, rate(*n, a.conversations)))
             .collect();
         tags.sort_by(|x, y| y.1.cmp(&x.1).then_with(|| x.0.cmp(&y.0)));
+        // docs/metrics.md §5: the 100 most frequent tags are listed, the rest counted.
+        k.tags_omitted = tags.len().saturating_sub(100) as u64;
+        tags.truncate(100);
         k.tags = tags;
         k.channels = Channel::ALL
             .iter()

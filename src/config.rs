@@ -166,10 +166,18 @@ pub struct Limits {
     /// Concurrent calls and streams on one HTTP/2 connection.
     #[arg(long, env = "CHATKPI_MAX_STREAMS_PER_CONNECTION", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_streams_per_connection: u32,
-    /// Open streams (StreamEvents, ListConversations, WatchOverview) of one tenant.
-    #[arg(long, env = "CHATKPI_MAX_STREAMS_PER_TENANT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_streams_per_tenant: u32,
-    /// Open WatchOverview streams of one tenant (part of its streams).
+    /// Open StreamEvents streams of one tenant.
+    #[arg(long, env = "CHATKPI_MAX_INGEST_STREAMS_PER_TENANT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_ingest_streams_per_tenant: u32,
+    /// Open ListConversations and WatchOverview streams of one tenant (apart from its ingest
+    /// streams: readers never starve writers).
+    #[arg(long, env = "CHATKPI_MAX_READ_STREAMS_PER_TENANT", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_read_streams_per_tenant: u32,
+    /// Seconds a server stream may wait for its client to read before it is ended
+    /// (DEADLINE_EXCEEDED) and its slot freed.
+    #[arg(long, env = "CHATKPI_STREAM_STALL_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stream_stall_secs: u64,
+    /// Open WatchOverview streams of one tenant (part of its read streams).
     #[arg(long, env = "CHATKPI_MAX_WATCHERS_PER_TENANT", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_watchers_per_tenant: u32,
     /// Events one tenant may send per second (bursts up to twice as many).

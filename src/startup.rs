@@ -67,8 +67,10 @@ impl Application {
                 limits: LimitSettings {
                     events_per_sec: l.tenant_events_per_sec,
                     queries_per_sec: l.tenant_queries_per_sec,
-                    streams_per_tenant: l.max_streams_per_tenant as usize,
+                    ingest_streams_per_tenant: l.max_ingest_streams_per_tenant as usize,
+                    read_streams_per_tenant: l.max_read_streams_per_tenant as usize,
                     watchers_per_tenant: l.max_watchers_per_tenant as usize,
+                    stream_stall: Duration::from_secs(l.stream_stall_secs),
                     auth_failures_per_minute: l.auth_failures_per_minute,
                 },
             },
@@ -133,6 +135,7 @@ impl Application {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
         let gauges = tokio::spawn(sample_gauges(self.app.clone(), self.pool.clone()));
+        let revocations = self.app.keys.watch_revocations();
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
             self.app.clone(),
@@ -194,6 +197,7 @@ impl Application {
         let result: anyhow::Result<()> = Ok(());
         readiness.abort();
         gauges.abort();
+        revocations.abort();
         self.pool.close().await;
         tracing::info!("chatkpi stopped");
         result

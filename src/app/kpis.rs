@@ -179,8 +179,11 @@ impl KpiService {
     ) -> Result<(Vec<(String, Kpis)>, usize), Error> {
         let grouping = Grouping::By(dimension);
         self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
-            let mut rows: Vec<(String, Kpis)> =
-                c.run(grouping)?.into_iter().map(|(key, k)| (c.data.label(key), k)).collect();
+            let mut rows: Vec<(String, Kpis)> = c
+                .run(grouping)?
+                .into_iter()
+                .map(|(key, k)| (c.data.label(key), k))
+                .collect();
             let total = rows.len();
             keep_ranked(&mut rows, limit, by_conversations);
             Ok((rows, total))

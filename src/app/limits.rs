@@ -1,6 +1,9 @@
 //! What one tenant or one client address may use: events and KPI calls per second (token
-//! buckets, `governor`), open streams and watchers, failed authentications per minute. A call
-//! beyond a limit gets RESOURCE_EXHAUSTED with the time after which a retry can succeed.
+//! buckets, `governor`), open streams and watchers, failed key look-ups per minute. A call
+//! beyond a rate or stream limit gets RESOURCE_EXHAUSTED with the time after which a retry can
+//! succeed. Failed authentications are throttled per client address and key, so a misconfigured
+//! client behind a shared address (NAT, proxy, ingress) locks out nobody else; only an address
+//! trying many different wrong keys has its unknown keys refused without a look-up.
 
 use std::{
     collections::HashMap,
@@ -20,14 +23,24 @@ use crate::domain::{Error, tenant::TenantId};
 
 /// How long failed authentications are remembered.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Failed look-ups one address may make with all keys together, as a multiple of its limit per
+/// key (a client guessing keys).
+const AUTH_ADDRESS_FACTOR: u32 = 10;
 
 /// The limits' settings.
 #[derive(Debug, Clone)]
 pub struct LimitSettings {
     pub events_per_sec: u32,
     pub queries_per_sec: u32,
-    pub streams_per_tenant: usize,
+    /// Open StreamEvents of one tenant.
+    pub ingest_streams_per_tenant: usize,
+    /// Open ListConversations and WatchOverview of one tenant (a pool apart from ingest, so
+    /// readers never starve the tenant's writers).
+    pub read_streams_per_tenant: usize,
+    /// Open WatchOverview of one tenant (part of its read streams).
     pub watchers_per_tenant: usize,
+    /// How long a server stream may wait for its client to read (`grpc::Guarded`).
+    pub stream_stall: Duration,
     pub auth_failures_per_minute: u32,
 }
 
@@ -35,20 +48,26 @@ pub struct LimitSettings {
 pub struct Limits {
     events: DefaultKeyedRateLimiter<TenantId>,
     queries: DefaultKeyedRateLimiter<TenantId>,
-    /// Failed authentications per address; an entry lives a minute after its last failure.
-    auth_failures: moka::sync::Cache<IpAddr, u32>,
+    /// Failed look-ups per (address, key hash) and per address; an entry lives a minute after
+    /// its last failure.
+    auth_failures: moka::sync::Cache<(IpAddr, [u8; 16]), u32>,
+    auth_failures_of_address: moka::sync::Cache<IpAddr, u32>,
     max_auth_failures: u32,
-    streams: Slots<TenantId>,
+    ingest_streams: Slots<TenantId>,
+    read_streams: Slots<TenantId>,
     watchers: Slots<TenantId>,
+    stream_stall: Duration,
     clock: DefaultClock,
 }
 
 /// The kinds of open streams a tenant is limited in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamKind {
-    /// StreamEvents, ListConversations.
-    Stream,
-    /// WatchOverview (counted as a stream too).
+    /// StreamEvents.
+    Ingest,
+    /// ListConversations.
+    Read,
+    /// WatchOverview (a read stream, and a watcher).
     Watcher,
 }
 
@@ -67,11 +86,22 @@ impl Limits {
                 .max_capacity(100_000)
                 .time_to_live(AUTH_WINDOW)
                 .build(),
+            auth_failures_of_address: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(AUTH_WINDOW)
+                .build(),
             max_auth_failures: s.auth_failures_per_minute.max(1),
-            streams: Slots::new(s.streams_per_tenant),
+            ingest_streams: Slots::new(s.ingest_streams_per_tenant),
+            read_streams: Slots::new(s.read_streams_per_tenant),
             watchers: Slots::new(s.watchers_per_tenant),
+            stream_stall: s.stream_stall,
             clock: DefaultClock::default(),
         }
+    }
+
+    /// How long a server stream may wait for its client to read.
+    pub fn stream_stall(&self) -> Duration {
+        self.stream_stall
     }
 
     /// Takes `n` events from the tenant's budget.
@@ -108,23 +138,32 @@ impl Limits {
         })
     }
 
-    /// Refuses a client address that failed to authenticate [`LimitSettings::auth_failures_per_minute`]
-    /// times with less than a minute between failures, until a minute passes without one.
-    pub fn auth_allowed(&self, ip: Option<IpAddr>) -> Result<(), Error> {
-        match ip.and_then(|ip| self.auth_failures.get(&ip)) {
-            Some(n) if n >= self.max_auth_failures => Err(self.exhausted(
-                "auth_failures",
-                "too many failed authentications from this address",
-                AUTH_WINDOW,
-            )),
-            _ => Ok(()),
-        }
+    /// Whether the key whose hash is `key_hash` may be looked up for `ip`: not after
+    /// [`LimitSettings::auth_failures_per_minute`] failed look-ups of that key from that address,
+    /// nor after ten times as many of any keys, until a minute passes without one. Keys known to
+    /// be valid are not looked up, so they keep working from that address.
+    pub fn auth_lookup_allowed(&self, ip: Option<IpAddr>, key_hash: &[u8]) -> Result<(), Error> {
+        let Some(ip) = ip else { return Ok(()) };
+        let of_key = self.auth_failures.get(&(ip, fingerprint(key_hash))).unwrap_or(0);
+        let of_address = self.auth_failures_of_address.get(&ip).unwrap_or(0);
+        let refused = if of_key >= self.max_auth_failures {
+            "too many failed authentications with this key from this address; it was not checked, retry in a minute"
+        } else if of_address >= self.max_auth_failures.saturating_mul(AUTH_ADDRESS_FACTOR) {
+            "too many failed authentications with different keys from this address; unknown keys are not checked, retry in a minute"
+        } else {
+            return Ok(());
+        };
+        metrics::counter!("chatkpi_limit_rejections_total", "limit" => "auth_failures").increment(1);
+        Err(Error::Unauthenticated(refused))
     }
 
-    /// Records a failed authentication of `ip`.
-    pub fn auth_failed(&self, ip: Option<IpAddr>) {
+    /// Records a failed look-up of the key `key_hash` from `ip`.
+    pub fn auth_failed(&self, ip: Option<IpAddr>, key_hash: &[u8]) {
         if let Some(ip) = ip {
             self.auth_failures
+                .entry((ip, fingerprint(key_hash)))
+                .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
+            self.auth_failures_of_address
                 .entry(ip)
                 .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
         }
@@ -136,12 +175,22 @@ impl Limits {
             StreamKind::Watcher => Some(self.watchers.take(tenant).ok_or_else(|| {
                 self.exhausted_now("watchers", "the tenant has too many open WatchOverview streams")
             })?),
-            StreamKind::Stream => None,
+            _ => None,
         };
-        let stream = self
-            .streams
-            .take(tenant)
-            .ok_or_else(|| self.exhausted_now("streams", "the tenant has too many open streams"))?;
+        let stream = match kind {
+            StreamKind::Ingest => self.ingest_streams.take(tenant).ok_or_else(|| {
+                self.exhausted_now(
+                    "ingest_streams",
+                    "the tenant has too many open StreamEvents streams",
+                )
+            })?,
+            StreamKind::Read | StreamKind::Watcher => self.read_streams.take(tenant).ok_or_else(|| {
+                self.exhausted_now(
+                    "read_streams",
+                    "the tenant has too many open ListConversations / WatchOverview streams",
+                )
+            })?,
+        };
         Ok(StreamSlot {
             _stream: stream,
             _watcher: watcher,
@@ -165,6 +214,14 @@ impl Limits {
             retry_after: None,
         }
     }
+}
+
+/// The first 16 bytes of a key's hash: enough to tell keys apart.
+fn fingerprint(key_hash: &[u8]) -> [u8; 16] {
+    let mut f = [0u8; 16];
+    let n = key_hash.len().min(16);
+    f[..n].copy_from_slice(&key_hash[..n]);
+    f
 }
 
 /// Counters of open things per key, bounded.

@@ -81,14 +81,16 @@ where
         .service(routes.clone());
     let limited = BoxCloneSyncService::new(limited);
     let exempt = BoxCloneSyncService::new(routes);
-    let steered = tower::service_fn(move |request: http::Request<Body>| -> BoxFuture<Result<http::Response<Body>, Infallible>> {
-        // Health and reflection are never limited.
-        if request.uri().path().starts_with("/grpc.") {
-            return Box::pin(exempt.clone().oneshot(request));
-        }
-        let call = limited.clone().oneshot(request);
-        Box::pin(async move { Ok(call.await.unwrap_or_else(|e| refusal(&e, server_timeout))) })
-    });
+    let steered = tower::service_fn(
+        move |request: http::Request<Body>| -> BoxFuture<Result<http::Response<Body>, Infallible>> {
+            // Health and reflection are never limited.
+            if request.uri().path().starts_with("/grpc.") {
+                return Box::pin(exempt.clone().oneshot(request));
+            }
+            let call = limited.clone().oneshot(request);
+            Box::pin(async move { Ok(call.await.unwrap_or_else(|e| refusal(&e, server_timeout))) })
+        },
+    );
     BoxCloneSyncService::new(Observe.layer(steered))
 }
 
@@ -276,7 +278,8 @@ pub fn count_refused(path: &str, code: tonic::Code) {
     } else {
         method_label(path)
     };
-    metrics::counter!("chatkpi_rpc_requests_total", "method" => method, "code" => format!("{code:?}")).increment(1);
+    metrics::counter!("chatkpi_rpc_requests_total", "method" => method, "code" => format!("{code:?}"))
+        .increment(1);
 }
 
 /// The client's address, from the connection the call came on.

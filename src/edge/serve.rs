@@ -31,6 +31,9 @@ use tower::{Service, ServiceExt};
 
 use super::conn::{CallGuard, Conn, ConnInfo};
 
+/// Bytes of answers buffered per HTTP/2 stream beyond what the client's window takes.
+const MAX_SEND_BUFFER: usize = 64 * 1024;
+
 /// HTTP settings of every connection.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -46,14 +49,13 @@ pub fn tls_acceptor(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result<TlsAccept
         .collect::<Result<Vec<_>, _>>()
         .context("the TLS certificate is not a PEM certificate chain")?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).context("the TLS key is not a PEM private key")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("invalid TLS certificate or key")?;
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS protocol versions")?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .context("invalid TLS certificate or key")?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
@@ -82,7 +84,10 @@ pub async fn serve<S>(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.max_streams_per_connection);
+        .max_concurrent_streams(settings.max_streams_per_connection)
+        // What one stream may buffer for a client that does not read (hyper's default is 400
+        // KB): at most this plus HTTP/2's window per open stream.
+        .max_send_buf_size(MAX_SEND_BUFFER);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
@@ -119,7 +124,10 @@ pub async fn serve<S>(
         }
     }
     drop(conns); // no more connections are accepted
-    tracing::info!(grace_secs = grace.as_secs(), "shutting down, draining in-flight requests");
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down, draining in-flight requests"
+    );
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         // Open streams (health Watch, long ingest streams, watchers) would otherwise hold the
         // server forever.

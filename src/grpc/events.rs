@@ -6,7 +6,7 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Holding, auth, convert, pb};
+use super::{Guarded, auth, convert, pb};
 use crate::{
     app::{
         App,
@@ -90,17 +90,24 @@ impl pb::event_service_server::EventService for EventsApi {
         &self,
         request: Request<Streaming<pb::StreamEventsRequest>>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
-        let tenant = auth::authorize(&self.app, &request, Scope::Ingest).await?;
-        let slot = self.app.limits.open_stream(tenant, StreamKind::Stream)?;
+        let key = auth::authorize_key(&self.app, &request, Scope::Ingest).await?;
+        let tenant = key.tenant;
+        let slot = self.app.limits.open_stream(tenant, StreamKind::Ingest)?;
+        let revoked = self.app.keys.watch(&key);
+        let guard_watch = revoked.clone();
         let app = self.app.clone();
         // `buffered` pulls a new batch only when fewer than STREAM_IN_FLIGHT are pending, which
         // is the backpressure: unread batches stay in HTTP/2 flow control. Acks keep send order.
         let acks = request
             .into_inner()
             .map(move |batch| {
-                let app = app.clone();
+                let (app, revoked) = (app.clone(), revoked.clone());
                 async move {
                     let batch = batch?;
+                    // A batch that arrives after its key was revoked is not stored.
+                    if revoked.is_revoked() {
+                        return Err(Status::unauthenticated("the API key was revoked"));
+                    }
                     // A batch's error names the batch, so the client knows which one failed.
                     let in_batch = |err: Error| err.in_batch(batch.batch_id);
                     app.limits.events(tenant, batch.events.len()).map_err(in_batch)?;
@@ -129,6 +136,12 @@ impl pb::event_service_server::EventService for EventsApi {
                 }
                 futures::future::ready(out)
             });
-        Ok(Response::new(Box::pin(Holding::new(acks, slot))))
+        let stall = self.app.limits.stream_stall();
+        Ok(Response::new(Box::pin(Guarded::new(
+            acks,
+            slot,
+            guard_watch,
+            stall,
+        ))))
     }
 }

@@ -8,12 +8,16 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Holding, auth,
+    Guarded, auth,
     convert::{chrono_to_timestamp, metrics as conv, timestamp_to_chrono},
     pb,
 };
 use crate::{
-    app::{App, limits::StreamKind},
+    app::{
+        App,
+        keys::Authorized,
+        limits::{StreamKind, StreamSlot},
+    },
     domain::{
         Error,
         kpi::MAX_ROWS,
@@ -37,9 +41,29 @@ impl MetricsApi {
 
     /// The caller's tenant for a call that needs `scope`, within the tenant's query rate.
     async fn tenant<T>(&self, request: &Request<T>, scope: Scope) -> Result<TenantId, Status> {
-        let tenant = auth::authorize(&self.app, request, scope).await?;
-        self.app.limits.query(tenant)?;
-        Ok(tenant)
+        Ok(self.key(request, scope).await?.tenant)
+    }
+
+    /// [`MetricsApi::tenant`], with the key (a stream follows its revocation).
+    async fn key<T>(&self, request: &Request<T>, scope: Scope) -> Result<Authorized, Status> {
+        let key = auth::authorize_key(&self.app, request, scope).await?;
+        self.app.limits.query(key.tenant)?;
+        Ok(key)
+    }
+
+    /// The guard of an open stream of `key` (see [`Guarded`]).
+    fn guard<T: Send + 'static>(
+        &self,
+        answers: impl Stream<Item = Result<T, Status>> + Send + 'static,
+        slot: StreamSlot,
+        key: &Authorized,
+    ) -> Guarded<T> {
+        Guarded::new(
+            answers,
+            slot,
+            self.app.keys.watch(key),
+            self.app.limits.stream_stall(),
+        )
     }
 }
 
@@ -77,7 +101,9 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             0 => MAX_ROWS,
             n if n as usize <= MAX_ROWS => n as usize,
             n => {
-                return Err(Error::invalid("limit", format!("must be between 1 and {MAX_ROWS}, got {n}")).into());
+                return Err(
+                    Error::invalid("limit", format!("must be between 1 and {MAX_ROWS}, got {n}")).into(),
+                );
             }
         };
         let (rows, total) = self.app.kpis.breakdown(tenant, &query, dimension, limit).await?;
@@ -163,11 +189,12 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<Self::ListConversationsStream>, Status> {
-        let tenant = self.tenant(&request, Scope::Read).await?;
+        let key = self.key(&request, Scope::Read).await?;
+        let tenant = key.tenant;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let kind = conv::drill_down_from_proto(r.kpi)?;
-        let slot = self.app.limits.open_stream(tenant, StreamKind::Stream)?;
+        let slot = self.app.limits.open_stream(tenant, StreamKind::Read)?;
         let rows = self
             .app
             .kpis
@@ -177,7 +204,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             Ok(row) => Ok(conv::conversation_to_proto(row)),
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(Holding::new(stream, slot))))
+        Ok(Response::new(Box::pin(self.guard(stream, slot, &key))))
     }
 
     type WatchOverviewStream = BoxStream<pb::WatchOverviewResponse>;
@@ -186,7 +213,8 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         &self,
         request: Request<pb::WatchOverviewRequest>,
     ) -> Result<Response<Self::WatchOverviewStream>, Status> {
-        let tenant = self.tenant(&request, Scope::Read).await?;
+        let key = self.key(&request, Scope::Read).await?;
+        let tenant = key.tenant;
         let r = request.into_inner();
         let query = window_query(r.query.as_ref())?;
         let interval = match &r.min_interval {
@@ -207,7 +235,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             }),
             Err(err) => Err(Status::from(err)),
         });
-        Ok(Response::new(Box::pin(Holding::new(stream, slot))))
+        Ok(Response::new(Box::pin(self.guard(stream, slot, &key))))
     }
 
     async fn get_settings(

@@ -69,6 +69,25 @@ pub async fn key_scopes(pool: &PgPool, tenant: TenantId, hash: &[u8]) -> Result<
     Ok(row.map(|(names,)| names.iter().filter_map(|n| Scope::parse(n)).collect()))
 }
 
+/// Of the keys `(tenants[i], hashes[i])`, the hashes of those that are revoked.
+pub async fn revoked_among(
+    pool: &PgPool,
+    tenants: &[TenantId],
+    hashes: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, Error> {
+    let tenants: Vec<i64> = tenants.iter().map(|t| t.0).collect();
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "select k.key_hash from unnest($1::bigint[], $2::bytea[]) as u(tenant_id, key_hash) \
+         join api_keys k on k.tenant_id = u.tenant_id and k.key_hash = u.key_hash \
+         where k.revoked_at is not null",
+    )
+    .bind(&tenants)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(h,)| h).collect())
+}
+
 /// A key as listed: never its secret.
 #[derive(Debug, Clone)]
 pub struct KeyListing {

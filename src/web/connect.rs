@@ -67,9 +67,9 @@ pub enum Method {
 impl Method {
     pub fn path(&self) -> &'static str {
         match self {
-            Method::Unary { path, .. } | Method::ServerStream { path, .. } | Method::BidiStream { path, .. } => {
-                path
-            }
+            Method::Unary { path, .. }
+            | Method::ServerStream { path, .. }
+            | Method::BidiStream { path, .. } => path,
         }
     }
 
@@ -218,10 +218,12 @@ pub async fn call(State(web): State<Web>, request: Request) -> Response {
         return response;
     };
     if streaming != method.is_streaming() {
-        let status = Status::invalid_argument(if streaming {
+        let status = Status::unimplemented(if streaming {
             format!("{path} is a unary method: send application/json or application/proto")
         } else {
-            format!("{path} is a streaming method: send application/connect+json or application/connect+proto")
+            format!(
+                "{path} is a streaming method: send application/connect+json or application/connect+proto"
+            )
         });
         return refused(&path, Some(StatusCode::UNSUPPORTED_MEDIA_TYPE), &status);
     }
@@ -276,7 +278,9 @@ fn client_deadline(headers: &HeaderMap) -> Result<Option<Duration>, Status> {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|ms| *ms > 0)
         .map(|ms| Some(Duration::from_millis(ms)))
-        .ok_or_else(|| Status::invalid_argument("connect-timeout-ms: expected 1 to 10 digits of milliseconds"))
+        .ok_or_else(|| {
+            Status::invalid_argument("connect-timeout-ms: expected 1 to 10 digits of milliseconds")
+        })
 }
 
 /// The request body, at most [`MAX_MESSAGE_BYTES`].
@@ -313,7 +317,9 @@ async fn unary(
         ));
     }
     let (parts, body) = request.into_parts();
-    let body = body_bytes(body).await.inspect_err(|s| count_refused(path, s.code()))?;
+    let body = body_bytes(body)
+        .await
+        .inspect_err(|s| count_refused(path, s.code()))?;
     let message = match codec {
         Codec::Json => decode(&body).map_err(|e| {
             let status = Status::invalid_argument(format!("request body: {e}"));
@@ -360,7 +366,9 @@ async fn server_stream(
             .map_err(|_| Status::deadline_exceeded("the request body did not arrive in time"))??;
         let payload = unenvelope(&body)?;
         let message = match codec {
-            Codec::Json => decode(payload).map_err(|e| Status::invalid_argument(format!("request body: {e}")))?,
+            Codec::Json => {
+                decode(payload).map_err(|e| Status::invalid_argument(format!("request body: {e}")))?
+            }
             Codec::Proto => payload.to_vec(),
         };
         let response = match web.grpc.oneshot(grpc_request(&parts, path, &message)?).await {
@@ -388,11 +396,21 @@ async fn server_stream(
             Ok(Some(message)) => match codec {
                 Codec::Json => match encode(&message) {
                     Ok(json) => envelope(0, &json),
-                    Err(e) => return Some((Ok(end_of_stream(&Status::internal(format!("response: {e}")))), None)),
+                    Err(e) => {
+                        return Some((
+                            Ok(end_of_stream(&Status::internal(format!("response: {e}")))),
+                            None,
+                        ));
+                    }
                 },
                 Codec::Proto => envelope(0, &message),
             },
-            Ok(None) => return Some((Ok::<_, std::convert::Infallible>(end_of_stream(&Status::ok(""))), None)),
+            Ok(None) => {
+                return Some((
+                    Ok::<_, std::convert::Infallible>(end_of_stream(&Status::ok(""))),
+                    None,
+                ));
+            }
             Err(status) => return Some((Ok(end_of_stream(&status)), None)),
         };
         Some((Ok(frame), Some((messages, deadline))))
@@ -411,7 +429,9 @@ fn unenvelope(body: &[u8]) -> Result<&[u8], Status> {
         ));
     }
     if body[0] & 1 != 0 {
-        return Err(Status::unimplemented("compressed request messages are not supported"));
+        return Err(Status::unimplemented(
+            "compressed request messages are not supported",
+        ));
     }
     let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
     if body.len() != 5 + len {

@@ -249,33 +249,51 @@ async fn watch(app: &TestApp) -> Result<tonic::Streaming<pb::WatchOverviewRespon
         .map(|r| r.into_inner())
 }
 
+/// Enough conversations that a drill-down of them does not fit HTTP/2's flow-control window and
+/// the server's read-ahead: an unread drill-down stays open.
+async fn seed_conversations(app: &TestApp) {
+    let events: Vec<pb::Event> = (0..1000)
+        .map(|i| {
+            opened(
+                &format!("seed-{i}"),
+                &format!("seed-c{i}"),
+                &format!("seed-cust-{i}"),
+                i,
+            )
+        })
+        .collect();
+    assert_eq!(app.ingest_proto(events).await.unwrap().accepted, 1000);
+}
+
+async fn drill_down(app: &TestApp) -> Result<tonic::Streaming<pb::ConversationFacts>, tonic::Status> {
+    app.metrics()
+        .list_conversations(app.authed(pb::ListConversationsRequest {
+            query: Some(window()),
+            kpi: pb::DrillDown::Opened as i32,
+            limit: 0,
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
 #[tokio::test]
-async fn open_watchers_and_streams_of_a_tenant_are_limited_and_freed_when_closed() {
+async fn open_watchers_and_read_streams_of_a_tenant_are_limited_and_freed_when_closed() {
     let app = spawn_limited(|l| {
         l.max_watchers_per_tenant = 1;
-        l.max_streams_per_tenant = 2;
+        l.max_read_streams_per_tenant = 2;
     })
     .await;
+    seed_conversations(&app).await;
     let mut first = watch(&app).await.unwrap();
     first.message().await.unwrap().expect("a first overview");
     let err = watch(&app).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(err.message().contains("WatchOverview"), "{}", err.message());
-    // One ingest stream fits beside the watcher; a second does not.
-    let mut events = app.events();
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(1);
-    let open = events
-        .stream_events(app.authed(tokio_stream::wrappers::ReceiverStream::new(rx)))
-        .await
-        .unwrap();
-    let (_tx2, rx2) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(1);
-    let err = app
-        .events()
-        .stream_events(app.authed(tokio_stream::wrappers::ReceiverStream::new(rx2)))
-        .await
-        .unwrap_err();
+    // One drill-down (unread: it stays open) fits beside the watcher; a second does not.
+    let open = drill_down(&app).await.unwrap();
+    let err = drill_down(&app).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
-    drop((tx, open, first));
+    drop((open, first));
     // Closing frees the slots (the server learns of it from the stream reset).
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -288,6 +306,45 @@ async fn open_watchers_and_streams_of_a_tenant_are_limited_and_freed_when_closed
             Err(err) => panic!("slot never freed: {err:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn readers_holding_every_read_stream_do_not_keep_the_tenant_from_streaming_ingest() {
+    let app = spawn_limited(|l| {
+        l.max_read_streams_per_tenant = 1;
+        l.max_ingest_streams_per_tenant = 1;
+    })
+    .await;
+    seed_conversations(&app).await;
+    let _unread = drill_down(&app).await.unwrap();
+    assert_eq!(
+        drill_down(&app).await.unwrap_err().code(),
+        Code::ResourceExhausted
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(1);
+    let mut acks = app
+        .events()
+        .stream_events(app.authed(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .expect("the ingest stream opens while the read streams are taken")
+        .into_inner();
+    tx.send(pb::StreamEventsRequest {
+        batch_id: 1,
+        events: vec![opened("rs-1", "rs-c1", "rs-cust", 0)],
+    })
+    .await
+    .unwrap();
+    let ack = acks.message().await.unwrap().expect("an ack");
+    assert_eq!(ack.accepted, 1);
+    // A second ingest stream is over the ingest limit of one.
+    let (_tx2, rx2) = tokio::sync::mpsc::channel::<pb::StreamEventsRequest>(1);
+    let err = app
+        .events()
+        .stream_events(app.authed(tokio_stream::wrappers::ReceiverStream::new(rx2)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("StreamEvents"), "{}", err.message());
 }
 
 #[tokio::test]
@@ -376,7 +433,7 @@ async fn silent_idle_and_surplus_connections_are_closed() {
 }
 
 #[tokio::test]
-async fn an_address_that_keeps_failing_to_authenticate_is_refused_for_a_while() {
+async fn a_wrong_key_repeated_from_an_address_is_refused_unchecked_while_valid_keys_keep_working() {
     let app = spawn_limited(|l| l.auth_failures_per_minute = 3).await;
     let wrong = format!("ck_{}_{}", app.tenant, "0".repeat(64));
     for _ in 0..3 {
@@ -386,20 +443,61 @@ async fn an_address_that_keeps_failing_to_authenticate_is_refused_for_a_while() 
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(err.message(), "invalid api key");
     }
-    // Even the right key is refused from this address now, without a key lookup.
+    // The same wrong key is now refused without a look-up ...
     let err = app
         .metrics()
-        .get_overview(app.authed(overview_request()))
+        .get_overview(with_key(overview_request(), &wrong))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert!(
-        err.message().contains("failed authentications"),
+        err.message()
+            .contains("too many failed authentications with this key"),
         "{}",
         err.message()
     );
+    // ... while the tenant's valid key, never used before from this address, still works.
+    app.metrics()
+        .get_overview(app.authed(overview_request()))
+        .await
+        .expect("a valid key from the same address is not locked out");
     assert_eq!(app.health().await, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn an_address_guessing_many_keys_has_unknown_keys_refused_but_known_ones_work() {
+    let app = spawn_limited(|l| l.auth_failures_per_minute = 2).await;
+    // Known before the guessing starts.
+    app.metrics()
+        .get_overview(app.authed(overview_request()))
+        .await
+        .unwrap();
+    // Ten times the per-key limit, each key different.
+    for i in 0..20 {
+        let guess = format!("ck_{}_{:064x}", app.tenant, i);
+        let err = app
+            .metrics()
+            .get_overview(with_key(overview_request(), &guess))
+            .await
+            .unwrap_err();
+        assert_eq!(err.message(), "invalid api key", "guess {i}");
+    }
+    let err = app
+        .metrics()
+        .get_overview(with_key(
+            overview_request(),
+            &format!("ck_{}_{:064x}", app.tenant, 99),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("different keys"), "{}", err.message());
+    app.metrics()
+        .get_overview(app.authed(overview_request()))
+        .await
+        .expect("a key validated before keeps working");
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod hardening;
 mod helpers;
 mod import;
 mod ingest;
+mod isolation;
 mod keys;
 mod metrics;
 mod props;

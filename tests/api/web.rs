@@ -318,8 +318,10 @@ async fn errors_follow_connect_codes_and_statuses() {
         b"{}".to_vec(),
     )
     .await;
-    let message = error(501, "unimplemented", &answer);
+    // A streaming method takes Connect's streaming content types (see isolation.rs).
+    let message = error(415, "unimplemented", &answer);
     assert!(message.contains("streaming method"), "{message}");
+    assert!(message.contains("application/connect+json"), "{message}");
     let answer = http(app.addr, "GET", "/nothing/here/at/all", &[], Vec::new()).await;
     error(404, "not_found", &answer);
 

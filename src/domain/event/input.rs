@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 
 use super::{
     AgentStatus, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
-    Event, FieldError, Initiator, Message, MessageStatusChanged, Payload, Presence, Priority, Resolved,
-    MAX_TAGS_PER_EVENT, ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged,
-    check_conversion_kind,
-    check_currency, check_id, check_occurred_at, check_optional_id, check_survey_scale, check_value_minor,
+    Event, FieldError, Initiator, MAX_TAGS_PER_EVENT, Message, MessageStatusChanged, Payload, Presence,
+    Priority, Resolved, ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged,
+    check_conversion_kind, check_currency, check_id, check_occurred_at, check_optional_id,
+    check_survey_scale, check_value_minor,
 };
 
 /// An enumerated value as received: not set, a value this version knows, or a number it does

@@ -325,21 +325,22 @@ impl QueryCache {
         let mut db = store::Reads::begin(&self.pool).await?;
         let xmin = db.xmin;
         let erasures = db.erasures(tenant).await?;
-        if state.erasures.is_some_and(|seen| seen != erasures) {
-            // A customer was erased: start the tenant afresh (a new generation: nothing cached
-            // before is found again).
-            tracing::info!(
-                tenant = tenant.0,
-                "customer erased since the last refresh, rebuilding the tenant's data"
-            );
-            *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
+        let mut erased = Erased::default();
+        if let Some(seen) = state.erasures.filter(|seen| *seen != erasures) {
+            erased = self.erased_since(&mut db, tenant, seen, erasures).await?;
+            if erased.everything {
+                // The log does not cover every erasure: start the tenant afresh (a new
+                // generation: nothing cached before is found again).
+                *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
+            }
         }
         state.erasures = Some(erasures);
         let (changed, days, side) = match state.xmin {
             Some(since) => (
                 db.changed_since(tenant, since).await?,
                 None,
-                SideEvents::Read(db.side_events(tenant, since).await?),
+                // After an erasure of conversions, presence and conversions are read again.
+                SideEvents::Read(db.side_events(tenant, if erased.conversions { 0 } else { since }).await?),
             ),
             None => {
                 let days = db.days(tenant).await?;
@@ -363,6 +364,13 @@ impl QueryCache {
             let first = state.xmin.is_none();
             if let Some(days) = days {
                 state.set_days(days);
+            }
+            if let Some(rebuilt) = erased.rebuilt.take() {
+                cache.forget_days(&mut state, &erased.days, rebuilt);
+                state.version += 1;
+            }
+            if erased.conversions {
+                state.forget_side_events();
             }
             let changed_any = !changed.is_empty();
             cache.apply_changes(&mut state, changed, xmin)?;
@@ -432,6 +440,51 @@ impl QueryCache {
         };
         let bytes = state.heap_bytes();
         Ok((view, bytes))
+    }
+
+    /// What the erasures after the `seen`-th changed (`erasures` in all now): the days to
+    /// rebuild with their bounds as of now, whether conversions went; everything when the log
+    /// does not cover them all.
+    async fn erased_since(
+        &self,
+        db: &mut store::Reads,
+        tenant: TenantId,
+        seen: i64,
+        erasures: i64,
+    ) -> Result<Erased, Error> {
+        let log = db.erasures_after(tenant, seen).await?;
+        let complete = log.len() as i64 == erasures - seen
+            && log.iter().zip(seen + 1..).all(|(l, n)| l.erasure == n);
+        if !complete {
+            tracing::info!(tenant = tenant.0, "customers erased since the last refresh, rebuilding the tenant's data");
+            return Ok(Erased {
+                everything: true,
+                ..Erased::default()
+            });
+        }
+        let mut days: Vec<NaiveDate> = log.iter().flat_map(|l| l.days.iter().copied()).collect();
+        days.sort_unstable();
+        days.dedup();
+        tracing::info!(tenant = tenant.0, days = days.len(), "customers erased since the last refresh, rebuilding their days");
+        let rebuilt = db.days_among(tenant, Some(&days)).await?;
+        Ok(Erased {
+            everything: false,
+            rebuilt: Some(rebuilt),
+            days,
+            conversions: log.iter().any(|l| l.conversions > 0),
+        })
+    }
+
+    /// Drops the cached segments of `days` and takes their bounds as read now (`rebuilt`; a day
+    /// without conversations left has none): the days are loaded again from their records.
+    fn forget_days(&self, state: &mut TenantState, days: &[NaiveDate], rebuilt: Vec<store::DayRows>) {
+        for day in days {
+            self.entries
+                .invalidate(&Key::Segment(state.tenant, state.generation, *day));
+            state.days.remove(day);
+            state.persisted_at.remove(day);
+        }
+        state.days.extend(bounds_of(rebuilt));
     }
 
     /// The cached segments the computation reads, and the days it reads that are not cached.
@@ -670,24 +723,17 @@ impl PartialStore for QueryCache {
 impl TenantState {
     /// The day bounds of a tenant's first refresh.
     fn set_days(&mut self, days: Vec<store::DayRows>) {
-        self.days = days
-            .into_iter()
-            .map(|d| {
-                let bounds = Bounds {
-                    rows: usize::try_from(d.rows).unwrap_or(usize::MAX),
-                    opened: Span {
-                        start: micros(d.opened_from),
-                        end: micros(d.opened_to),
-                    },
-                    active: Span {
-                        start: micros(d.active_from),
-                        end: micros(d.active_to),
-                    },
-                    live_until: d.live_until.map_or(OPEN_END, micros),
-                };
-                (d.day, bounds)
-            })
-            .collect();
+        self.days = bounds_of(days).collect();
+    }
+
+    /// Forgets presence and conversions (after an erasure of conversions): this refresh reads
+    /// them all again.
+    fn forget_side_events(&mut self) {
+        self.presence.clear();
+        self.presence_view = Arc::default();
+        self.conversions = Arc::default();
+        self.conversion_days = Arc::default();
+        self.recent_side_events.clear();
     }
 
     /// Applies presence and conversion events not applied before; returns whether any was new.
@@ -751,6 +797,37 @@ impl TenantState {
         }
         presence_changed || conversions_changed
     }
+}
+
+/// The bounds of days as read from the database.
+fn bounds_of(days: Vec<store::DayRows>) -> impl Iterator<Item = (NaiveDate, Bounds)> {
+    days.into_iter().map(|d| {
+        let bounds = Bounds {
+            rows: usize::try_from(d.rows).unwrap_or(usize::MAX),
+            opened: Span {
+                start: micros(d.opened_from),
+                end: micros(d.opened_to),
+            },
+            active: Span {
+                start: micros(d.active_from),
+                end: micros(d.active_to),
+            },
+            live_until: d.live_until.map_or(OPEN_END, micros),
+        };
+        (d.day, bounds)
+    })
+}
+
+/// What erasures since a tenant's last refresh changed.
+#[derive(Default)]
+struct Erased {
+    /// The log did not cover them: the tenant is read afresh.
+    everything: bool,
+    /// The days that lost conversations, and their bounds now.
+    days: Vec<NaiveDate>,
+    rebuilt: Option<Vec<store::DayRows>>,
+    /// Conversions were deleted: presence and conversions are read again.
+    conversions: bool,
 }
 
 fn decode(row: &StoredConversation) -> Result<ConversationFacts, Error> {

@@ -24,10 +24,10 @@ use crate::domain::{
 };
 
 const INSERT_EVENTS: &str = r#"
-insert into events (tenant_id, event_id, conversation_id, occurred_at, kind, payload)
-select $1, e.event_id, e.conversation_id, e.occurred_at, e.kind, e.payload::jsonb
-from unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[])
-    as e(event_id, conversation_id, occurred_at, kind, payload)
+insert into events (tenant_id, event_id, conversation_id, occurred_at, kind, payload, customer_id)
+select $1, e.event_id, e.conversation_id, e.occurred_at, e.kind, e.payload::jsonb, e.customer_id
+from unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+    as e(event_id, conversation_id, occurred_at, kind, payload, customer_id)
 order by e.event_id
 on conflict (tenant_id, event_id) do nothing
 returning event_id
@@ -216,7 +216,8 @@ async fn insert_events(
     events: &[Event],
 ) -> Result<HashSet<String>, Error> {
     let n = events.len();
-    let (mut ids, mut conversations, mut times, mut kinds, mut payloads) = (
+    let (mut ids, mut conversations, mut times, mut kinds, mut payloads, mut customers) = (
+        Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
         Vec::with_capacity(n),
@@ -228,6 +229,7 @@ async fn insert_events(
         conversations.push(e.conversation_id.as_deref());
         times.push(e.occurred_at);
         kinds.push(e.payload.kind());
+        customers.push(e.payload.customer_id());
         payloads
             .push(serde_json::to_string(&e.payload).map_err(|err| Error::Internal(anyhow::Error::new(err)))?);
     }
@@ -238,6 +240,7 @@ async fn insert_events(
         .bind(&times)
         .bind(&kinds)
         .bind(&payloads)
+        .bind(&customers)
         .fetch_all(&mut **tx)
         .await?;
     Ok(rows.into_iter().map(|(id,)| id).collect())

@@ -106,8 +106,18 @@ impl Reads {
         super::tenants::erasures(&mut self.tx, tenant).await
     }
 
+    /// The erasures of `tenant` after the `seen`-th (`tenants.erasures` counts them).
+    pub async fn erasures_after(&mut self, tenant: TenantId, seen: i64) -> Result<Vec<super::tenants::ErasureLog>, Error> {
+        super::tenants::erasures_after(&mut self.tx, tenant, seen).await
+    }
+
     /// Where each day's conversations lie in time (a tenant's first query).
     pub async fn days(&mut self, tenant: TenantId) -> Result<Vec<DayRows>, Error> {
+        self.days_among(tenant, None).await
+    }
+
+    /// [`Reads::days`] of the days `only` (all days when `None`).
+    pub async fn days_among(&mut self, tenant: TenantId, only: Option<&[NaiveDate]>) -> Result<Vec<DayRows>, Error> {
         type Row = (
             NaiveDate,
             i64,
@@ -121,9 +131,12 @@ impl Reads {
             "select segment_day, count(*), min(opened_at), max(opened_at), min(active_from), \
              max(last_event_at), \
              case when max(live_until) = 'infinity' then null else max(live_until) end \
-             from conversations where tenant_id = $1 group by segment_day",
+             from conversations where tenant_id = $1 \
+               and ($2::date[] is null or segment_day = any($2)) \
+             group by segment_day",
         )
         .bind(tenant)
+        .bind(only)
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(rows

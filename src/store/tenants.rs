@@ -170,19 +170,23 @@ pub struct Erased {
     pub conversions: u64,
 }
 
-/// Deletes every conversation of `customer` in `tenant` with all their events, and the
-/// customer's conversion events, in one transaction; drops the tenant's segment snapshots (they
-/// may hold the customer) and bumps its erasure counter. Concurrent ingest of the same
-/// conversations waits on their locks.
+/// Deletes, in one transaction, every conversation in which `customer` opened a conversation
+/// (any of its `conversation_opened` events, found by the `events_by_customer` index) with all
+/// their events, and every other event naming the customer (conversions); drops the snapshots of
+/// the days that held those conversations (they may hold the customer), bumps the tenant's
+/// erasure counter and logs which days and how many conversions went, so query caches rebuild
+/// only those days. Concurrent ingest of the same conversations waits on their locks.
 pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> Result<Erased, Error> {
     let mut tx = pool.begin().await?;
     // First: the row lock orders this erasure with snapshot writes (store::segments::save_snapshot).
-    sqlx::query("update tenants set erasures = erasures + 1 where tenant_id = $1")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
+    let (erasure,): (i64,) =
+        sqlx::query_as("update tenants set erasures = erasures + 1 where tenant_id = $1 returning erasures")
+            .bind(tenant)
+            .fetch_one(&mut *tx)
+            .await?;
     let conversations: Vec<(String,)> = sqlx::query_as(
-        "select conversation_id from conversations where tenant_id = $1 and customer_id = $2 \
+        "select distinct conversation_id from events \
+         where tenant_id = $1 and customer_id = $2 and kind = 'conversation_opened' \
          order by conversation_id",
     )
     .bind(tenant)
@@ -198,23 +202,33 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    let conversions = sqlx::query(
-        "delete from events where tenant_id = $1 and kind = 'conversion' \
-         and payload -> 'conversion' ->> 'customer_id' = $2",
-    )
-    .bind(tenant)
-    .bind(customer)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let deleted = sqlx::query("delete from conversations where tenant_id = $1 and conversation_id = any($2)")
+    let conversions = sqlx::query("delete from events where tenant_id = $1 and customer_id = $2")
         .bind(tenant)
-        .bind(&ids)
+        .bind(customer)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-    sqlx::query("delete from segments where tenant_id = $1")
+    let days: Vec<(chrono::NaiveDate,)> = sqlx::query_as(
+        "delete from conversations where tenant_id = $1 and conversation_id = any($2) returning segment_day",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    let deleted = days.len() as u64;
+    let mut days: Vec<chrono::NaiveDate> = days.into_iter().map(|(d,)| d).collect();
+    days.sort_unstable();
+    days.dedup();
+    sqlx::query("delete from segments where tenant_id = $1 and segment_day = any($2)")
         .bind(tenant)
+        .bind(&days)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("insert into erasures (tenant_id, erasure, days, conversions) values ($1, $2, $3, $4)")
+        .bind(tenant)
+        .bind(erasure)
+        .bind(&days)
+        .bind(conversions as i64)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -223,4 +237,35 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
         events,
         conversions,
     })
+}
+
+/// What one logged erasure of a tenant changed (see [`erase_customer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErasureLog {
+    pub erasure: i64,
+    pub days: Vec<chrono::NaiveDate>,
+    pub conversions: i64,
+}
+
+/// The logged erasures of `tenant` after the `seen`-th, in order.
+pub async fn erasures_after(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    seen: i64,
+) -> Result<Vec<ErasureLog>, Error> {
+    let rows: Vec<(i64, Vec<chrono::NaiveDate>, i64)> = sqlx::query_as(
+        "select erasure, days, conversions from erasures where tenant_id = $1 and erasure > $2 order by erasure",
+    )
+    .bind(tenant)
+    .bind(seen)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(erasure, days, conversions)| ErasureLog {
+            erasure,
+            days,
+            conversions,
+        })
+        .collect())
 }

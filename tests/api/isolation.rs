@@ -738,3 +738,71 @@ async fn the_bearer_scheme_is_case_insensitive() {
         Code::Unauthenticated
     );
 }
+
+#[tokio::test]
+async fn erasure_finds_a_customer_named_only_by_a_later_opening_and_keeps_other_days_snapshots() {
+    let app = TestApp::spawn().await;
+    let opened_by = |id: &str, conversation: &str, customer: &str, at: i64| pb::Event {
+        event_id: id.into(),
+        conversation_id: conversation.into(),
+        occurred_at: Some(chrono_to_timestamp(t(at))),
+        payload: Some(P::ConversationOpened(pb::ConversationOpened {
+            customer_id: customer.into(),
+            channel: pb::Channel::Whatsapp as i32,
+            ..Default::default()
+        })),
+    };
+    // Day 1: someone else. Day 2: a conversation first opened for cust-a, later for cust-b.
+    let events = vec![
+        opened_by("e-x", "c-x", "cust-x", -80_000),
+        opened_by("e-a", "c-1", "cust-a", 60),
+        opened_by("e-b", "c-1", "cust-b", 120),
+    ];
+    assert_eq!(app.ingest_proto(events).await.unwrap().accepted, 3);
+    let counted = |app: &TestApp| {
+        let mut client = app.metrics();
+        let request = app.authed(overview());
+        async move { client.get_overview(request).await.unwrap().into_inner().current.unwrap().conversations }
+    };
+    assert_eq!(counted(&app).await, 2);
+    // The query persisted both days' snapshots in the background.
+    let snapshots = |app: &TestApp| {
+        let (pool, tenant) = (app.pool.clone(), app.tenant);
+        async move {
+            let days: Vec<(chrono::NaiveDate,)> =
+                sqlx::query_as("select segment_day from segments where tenant_id = $1 order by 1")
+                    .bind(tenant)
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            days.into_iter().map(|(d,)| d).collect::<Vec<_>>()
+        }
+    };
+    let (day1, day2) = (t(-80_000).date_naive(), t(60).date_naive());
+    let started = Instant::now();
+    while snapshots(&app).await != [day1, day2] {
+        assert!(started.elapsed() < Duration::from_secs(10), "snapshots were never written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let erased = app
+        .admin()
+        .erase_customer(app.authed(pb::EraseCustomerRequest {
+            customer_id: "cust-b".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((erased.conversations, erased.events, erased.conversions), (1, 2, 0));
+    let (named,): (i64,) = sqlx::query_as(
+        "select count(*) from events where tenant_id = $1 and payload::text like '%cust-b%'",
+    )
+    .bind(app.tenant)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(named, 0, "no event names the customer");
+    // Only the day that held the conversation lost its snapshot.
+    assert_eq!(snapshots(&app).await, [day1]);
+    assert_eq!(counted(&app).await, 1);
+}

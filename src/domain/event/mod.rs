@@ -77,6 +77,15 @@ impl Payload {
         }
     }
 
+    /// The customer the event names, if any (erasure finds events by it).
+    pub fn customer_id(&self) -> Option<&str> {
+        match self {
+            Payload::ConversationOpened(o) => Some(&o.customer_id),
+            Payload::Conversion(c) => Some(&c.customer_id),
+            _ => None,
+        }
+    }
+
     /// Whether the event feeds its conversation's derived facts. docs/metrics.md §3: `conversion`
     /// events never belong to a conversation's facts, even when they carry its id; presence
     /// belongs to an agent.

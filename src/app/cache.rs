@@ -340,7 +340,10 @@ impl QueryCache {
                 db.changed_since(tenant, since).await?,
                 None,
                 // After an erasure of conversions, presence and conversions are read again.
-                SideEvents::Read(db.side_events(tenant, if erased.conversions { 0 } else { since }).await?),
+                SideEvents::Read(
+                    db.side_events(tenant, if erased.conversions { 0 } else { since })
+                        .await?,
+                ),
             ),
             None => {
                 let days = db.days(tenant).await?;
@@ -453,10 +456,13 @@ impl QueryCache {
         erasures: i64,
     ) -> Result<Erased, Error> {
         let log = db.erasures_after(tenant, seen).await?;
-        let complete = log.len() as i64 == erasures - seen
-            && log.iter().zip(seen + 1..).all(|(l, n)| l.erasure == n);
+        let complete =
+            log.len() as i64 == erasures - seen && log.iter().zip(seen + 1..).all(|(l, n)| l.erasure == n);
         if !complete {
-            tracing::info!(tenant = tenant.0, "customers erased since the last refresh, rebuilding the tenant's data");
+            tracing::info!(
+                tenant = tenant.0,
+                "customers erased since the last refresh, rebuilding the tenant's data"
+            );
             return Ok(Erased {
                 everything: true,
                 ..Erased::default()
@@ -465,7 +471,11 @@ impl QueryCache {
         let mut days: Vec<NaiveDate> = log.iter().flat_map(|l| l.days.iter().copied()).collect();
         days.sort_unstable();
         days.dedup();
-        tracing::info!(tenant = tenant.0, days = days.len(), "customers erased since the last refresh, rebuilding their days");
+        tracing::info!(
+            tenant = tenant.0,
+            days = days.len(),
+            "customers erased since the last refresh, rebuilding their days"
+        );
         let rebuilt = db.days_among(tenant, Some(&days)).await?;
         Ok(Erased {
             everything: false,

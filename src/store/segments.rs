@@ -107,7 +107,11 @@ impl Reads {
     }
 
     /// The erasures of `tenant` after the `seen`-th (`tenants.erasures` counts them).
-    pub async fn erasures_after(&mut self, tenant: TenantId, seen: i64) -> Result<Vec<super::tenants::ErasureLog>, Error> {
+    pub async fn erasures_after(
+        &mut self,
+        tenant: TenantId,
+        seen: i64,
+    ) -> Result<Vec<super::tenants::ErasureLog>, Error> {
         super::tenants::erasures_after(&mut self.tx, tenant, seen).await
     }
 
@@ -117,7 +121,11 @@ impl Reads {
     }
 
     /// [`Reads::days`] of the days `only` (all days when `None`).
-    pub async fn days_among(&mut self, tenant: TenantId, only: Option<&[NaiveDate]>) -> Result<Vec<DayRows>, Error> {
+    pub async fn days_among(
+        &mut self,
+        tenant: TenantId,
+        only: Option<&[NaiveDate]>,
+    ) -> Result<Vec<DayRows>, Error> {
         type Row = (
             NaiveDate,
             i64,

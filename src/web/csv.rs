@@ -353,4 +353,16 @@ mod tests {
         assert_eq!(cell("csat_score"), "5");
         assert_eq!(cell("nps_score"), "");
     }
+
+    #[test]
+    fn every_tag_of_the_tags_cell_is_neutralized_on_its_own() {
+        // A spreadsheet that splits on `;` would otherwise see `=1+2` as a cell of its own.
+        let facts = pb::ConversationFacts {
+            tags: vec!["safe".into(), "=1+2".into(), "@cmd".into()],
+            ..Default::default()
+        };
+        let row = record(&facts);
+        let tags = &row[COLUMNS.iter().position(|c| *c == "tags").expect("column")];
+        assert_eq!(tags, "safe;'=1+2;'@cmd");
+    }
 }

@@ -578,6 +578,16 @@ async fn the_metrics_endpoint_counts_calls_events_limits_and_resources() {
         .metrics()
         .get_overview(with_key(overview_request(), "nonsense"))
         .await;
+    // Web calls refused before they became gRPC calls are counted too.
+    let refused = crate::helpers::http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.MetricsService/GetScorecard",
+        &[("content-type", "application/json")],
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(refused.status, 400);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let text = http_get(metrics_addr, "/metrics").await;
     let line = |parts: &[&str]| {
@@ -599,6 +609,11 @@ async fn the_metrics_endpoint_counts_calls_events_limits_and_resources() {
             "chatkpi_rpc_requests_total{",
             "/chatkpi.v1.MetricsService/GetOverview",
             "code=\"Unauthenticated\"",
+        ],
+        &[
+            "chatkpi_rpc_requests_total{",
+            "/chatkpi.v1.MetricsService/GetScorecard",
+            "code=\"InvalidArgument\"",
         ],
         &[
             "chatkpi_rpc_duration_seconds_bucket{",

@@ -762,7 +762,16 @@ async fn erasure_finds_a_customer_named_only_by_a_later_opening_and_keeps_other_
     let counted = |app: &TestApp| {
         let mut client = app.metrics();
         let request = app.authed(overview());
-        async move { client.get_overview(request).await.unwrap().into_inner().current.unwrap().conversations }
+        async move {
+            client
+                .get_overview(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .current
+                .unwrap()
+                .conversations
+        }
     };
     assert_eq!(counted(&app).await, 2);
     // The query persisted both days' snapshots in the background.
@@ -781,7 +790,10 @@ async fn erasure_finds_a_customer_named_only_by_a_later_opening_and_keeps_other_
     let (day1, day2) = (t(-80_000).date_naive(), t(60).date_naive());
     let started = Instant::now();
     while snapshots(&app).await != [day1, day2] {
-        assert!(started.elapsed() < Duration::from_secs(10), "snapshots were never written");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "snapshots were never written"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -793,14 +805,16 @@ async fn erasure_finds_a_customer_named_only_by_a_later_opening_and_keeps_other_
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((erased.conversations, erased.events, erased.conversions), (1, 2, 0));
-    let (named,): (i64,) = sqlx::query_as(
-        "select count(*) from events where tenant_id = $1 and payload::text like '%cust-b%'",
-    )
-    .bind(app.tenant)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    assert_eq!(
+        (erased.conversations, erased.events, erased.conversions),
+        (1, 2, 0)
+    );
+    let (named,): (i64,) =
+        sqlx::query_as("select count(*) from events where tenant_id = $1 and payload::text like '%cust-b%'")
+            .bind(app.tenant)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(named, 0, "no event names the customer");
     // Only the day that held the conversation lost its snapshot.
     assert_eq!(snapshots(&app).await, [day1]);

@@ -191,7 +191,8 @@ async fn overview_answers_the_hand_computed_kpis() {
         conversion.revenue,
         vec![pb::Money {
             currency: "EUR".into(),
-            value_minor: 1000
+            value_minor: 1000,
+            overflow: false,
         }]
     );
     assert_eq!(k.human_first_response.unwrap().count, 1);

@@ -242,10 +242,7 @@ fn conversion(
         customers: customers.len() as u64,
         converted: converted.len() as u64,
         rate: rate(converted.len() as u64, customers.len() as u64),
-        revenue: revenue
-            .into_iter()
-            .map(|(currency, v)| (currency, i64::try_from(v).unwrap_or(i64::MAX)))
-            .collect(),
+        revenue: revenue.into_iter().collect(),
         conversions: attributed.len() as u64,
     }
 }

@@ -126,7 +126,8 @@ pub struct ConversionKpis {
     pub converted: u64,
     pub rate: Option<f64>,
     /// (currency, sum of value_minor), sorted by currency.
-    pub revenue: Vec<(String, i64)>,
+    /// Sum of `value_minor` per currency, exact (128-bit; the wire's 64 bits may not hold it).
+    pub revenue: Vec<(String, i128)>,
     pub conversions: u64,
 }
 

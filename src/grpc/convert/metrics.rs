@@ -279,7 +279,10 @@ pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
                 .iter()
                 .map(|(currency, value)| pb::Money {
                     currency: currency.clone(),
-                    value_minor: *value,
+                    // docs/metrics.md §5: exact while it fits 64 bits; beyond, the largest value
+                    // and `overflow`, never a silently wrong sum.
+                    value_minor: i64::try_from(*value).unwrap_or(i64::MAX),
+                    overflow: *value > i128::from(i64::MAX),
                 })
                 .collect(),
         }),
@@ -505,5 +508,21 @@ pub fn targets_to_proto(t: &Targets) -> pb::Targets {
         utilization_min_percent: Some(t.utilization_min_percent),
         utilization_max_percent: Some(t.utilization_max_percent),
         duration_compliance_percent: Some(t.duration_compliance_percent),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revenue_beyond_64_bits_is_flagged_never_wrapped_or_silently_cut() {
+        let mut k = Kpis::default();
+        // 10,000 conversions of the largest accepted value (10^15) sum past int64's range.
+        let big = 10_000 * i128::from(crate::domain::event::MAX_VALUE_MINOR);
+        k.conversion.revenue = vec![("EUR".into(), big), ("USD".into(), 12_345)];
+        let money = kpis_to_proto(&k).conversion.unwrap().revenue;
+        assert_eq!((money[0].value_minor, money[0].overflow), (i64::MAX, true));
+        assert_eq!((money[1].value_minor, money[1].overflow), (12_345, false));
     }
 }

@@ -124,7 +124,7 @@ pub struct ConversionKpis {
     pub converted: u64,
     pub rate: Option<f64>,
     /// (currency, sum of value_minor), sorted by currency.
-    pub revenue: Vec<(String, i64)>,
+    pub revenue: Vec<(String, i128)>,
     pub conversions: u64,
 }
 
@@ -774,7 +774,7 @@ impl Computation<'_> {
         customers.dedup();
         let mut converted: HashSet<Sym> = HashSet::new();
         let mut attributed: HashSet<usize> = HashSet::new();
-        let mut revenue: BTreeMap<String, i64> = BTreeMap::new();
+        let mut revenue: BTreeMap<String, i128> = BTreeMap::new();
         for (customer, opened_at) in &a.openers {
             let end = opened_at.saturating_add(attribution);
             for (index, conv) in ds
@@ -792,7 +792,7 @@ impl Computation<'_> {
                     {
                         *revenue
                             .entry(ds.symbols.name(conv.currency).to_owned())
-                            .or_default() += v;
+                            .or_default() += i128::from(v);
                     }
                 }
             }

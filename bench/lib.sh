@@ -57,3 +57,42 @@ if "overview" in samples and "duckdb_overview" in samples:
     print(f"chatkpi / DuckDB overview: p50 {rank(o, .5) / rank(d, .5):.2f}x, p95 {rank(o, .95) / rank(d, .95):.2f}x")
 PY
 }
+
+# bulk_tenant DB NAME CONVERSATIONS SEED: a tenant NAME with CONVERSATIONS simulated conversations
+# over January 2026 in database DB (facts, presence and conversions; loaded once and kept in
+# bench-data/DB.NAME.key). Exports DATABASE_URL for DB; sets KEY and TENANT.
+bulk_tenant() {
+  local db=$1 name=$2 conversations=$3 seed=$4
+  local state=bench-data/$db.$name.key
+  mkdir -p bench-data
+  unset DATABASE_URL
+  ensure_database "$db"
+  if [ ! -f "$state" ]; then
+    log "bulk-loading tenant $name: $conversations conversations over 30 days (facts only)"
+    $BENCH bulk-load --facts-only --conversations "$conversations" --days 30 --seed "$seed" \
+      --start 2026-01-01 --agents 60 --tenant-name "$name" 2>/dev/null >"$state.out"
+    psql "$DATABASE_URL" -qc "vacuum analyze" >/dev/null
+    mv "$state.out" "$state"
+  fi
+  KEY=$(sed -n 's/^api_key=//p' "$state")
+  TENANT=$(sed -n 's/^tenant_id=//p' "$state")
+}
+
+# peak_rss_while CMD...: runs CMD while sampling the server's RSS every 200 ms; prints the peak
+# RSS of that stretch (MB) after CMD's own output.
+peak_rss_while() {
+  local peak=0 rss watcher
+  ( while kill -0 "$SERVER" 2>/dev/null; do
+      rss=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER/status" 2>/dev/null || echo 0)
+      [ "${rss:-0}" -gt "$peak" ] && peak=$rss && echo "$peak" >"$PEAK_FILE"
+      sleep 0.2
+    done ) &
+  watcher=$!
+  "$@"
+  kill "$watcher" 2>/dev/null || true
+  wait "$watcher" 2>/dev/null || true
+  awk '{printf "peak server RSS during it: %.0f MB\n", $1/1024}' "$PEAK_FILE"
+  echo 0 >"$PEAK_FILE"
+}
+PEAK_FILE=$(mktemp)
+echo 0 >"$PEAK_FILE"

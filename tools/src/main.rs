@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use chatkpi_tools::{bulk, export, queries, sim::SimConfig, stream};
+use chatkpi_tools::{bulk, export, live, queries, sim::SimConfig, stream};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Parser, Subcommand};
 
@@ -30,6 +30,12 @@ enum Command {
     /// Hold sliding WatchOverview streams open and report pushes, errors and push latency (load
     /// for bench/soak.sh).
     Watch(WatchArgs),
+    /// Ask a dashboard's questions at a steady pace while the tenant streams events into its
+    /// newest day; check every answer is fresh (bench/live.sh).
+    Live(LiveArgs),
+    /// Time one tenant's overview alone and while another floods the server with questions
+    /// never asked before (bench/neighbours.sh).
+    Neighbours(NeighboursArgs),
 }
 
 /// The simulated helpdesk's size and seed.
@@ -162,6 +168,68 @@ struct BenchQueriesArgs {
 }
 
 #[derive(Debug, Args)]
+struct LiveArgs {
+    #[arg(long)]
+    server: String,
+    #[arg(long, env = "CHATKPI_API_KEY")]
+    api_key: String,
+    /// Window start (RFC 3339).
+    #[arg(long)]
+    from: chrono::DateTime<Utc>,
+    /// Window end (RFC 3339); events stream into the day before it.
+    #[arg(long)]
+    to: chrono::DateTime<Utc>,
+    #[arg(long, default_value = "Europe/Berlin")]
+    time_zone: String,
+    /// Events per second (0: settled).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Milliseconds between questions.
+    #[arg(long, default_value_t = 250)]
+    interval_ms: u64,
+    /// Sample label prefix.
+    #[arg(long)]
+    label: String,
+    /// Append `label:kind,ms` samples to this file.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// Run name, part of the written conversations' ids (distinct per run on one data set).
+    #[arg(long)]
+    run: String,
+}
+
+#[derive(Debug, Args)]
+struct NeighboursArgs {
+    #[arg(long)]
+    server: String,
+    /// Key of the tenant whose overview is timed.
+    #[arg(long)]
+    quiet_key: String,
+    /// Key of the tenant that floods the server.
+    #[arg(long)]
+    noisy_key: String,
+    #[arg(long)]
+    from: chrono::DateTime<Utc>,
+    #[arg(long)]
+    to: chrono::DateTime<Utc>,
+    #[arg(long, default_value_t = 250)]
+    interval_ms: u64,
+    /// Seconds per phase.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Quiet and noisy phases, alternated.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Parallel clients of the noisy tenant.
+    #[arg(long, default_value_t = 8)]
+    noisy_clients: usize,
+    #[arg(long)]
+    samples: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 struct ExportArgs {
     /// Postgres connection URL.
     #[arg(long, env = "DATABASE_URL")]
@@ -233,6 +301,37 @@ async fn main() -> anyhow::Result<()> {
                 duration: std::time::Duration::from_secs(a.seconds),
             };
             queries::watch(&plan).await
+        }
+        Command::Live(a) => {
+            live::live(&live::LivePlan {
+                server: a.server,
+                api_key: a.api_key,
+                from: a.from,
+                to: a.to,
+                time_zone: a.time_zone,
+                rate: a.rate,
+                seconds: a.seconds,
+                interval: std::time::Duration::from_millis(a.interval_ms),
+                label: a.label,
+                samples: a.samples,
+                run: a.run,
+            })
+            .await
+        }
+        Command::Neighbours(a) => {
+            live::neighbours(&live::NeighboursPlan {
+                server: a.server,
+                quiet_key: a.quiet_key,
+                noisy_key: a.noisy_key,
+                from: a.from,
+                to: a.to,
+                interval: std::time::Duration::from_millis(a.interval_ms),
+                seconds: a.seconds,
+                rounds: a.rounds,
+                noisy_clients: a.noisy_clients,
+                samples: a.samples,
+            })
+            .await
         }
         Command::ExportFacts(a) => {
             let pool = pool(&a.database_url).await?;

@@ -74,7 +74,7 @@ impl Application {
                     auth_failures_per_minute: l.auth_failures_per_minute,
                 },
             },
-        ));
+        )?);
         let tls = match (&config.tls.tls_cert, &config.tls.tls_key) {
             (Some(cert), Some(key)) => {
                 let read = |path: &std::path::Path| {

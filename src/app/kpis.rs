@@ -12,7 +12,10 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::cache::{QueryCache, View};
+use super::{
+    cache::{QueryCache, View},
+    schedule::Scheduler,
+};
 use crate::{
     domain::{
         Error,
@@ -65,11 +68,16 @@ pub struct WatchUpdate {
 pub struct KpiService {
     pool: PgPool,
     cache: Arc<QueryCache>,
+    scheduler: Arc<Scheduler>,
 }
 
 impl KpiService {
-    pub fn new(pool: PgPool, cache: Arc<QueryCache>) -> Self {
-        Self { pool, cache }
+    pub fn new(pool: PgPool, cache: Arc<QueryCache>, scheduler: Arc<Scheduler>) -> Self {
+        Self {
+            pool,
+            cache,
+            scheduler,
+        }
     }
 
     /// The query cache (its size is exported as a metric).
@@ -103,6 +111,8 @@ impl KpiService {
         F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
     {
         let settings = self.settings_for(tenant, query).await?;
+        // One of the tenant's computation slots, for the refresh and the computation.
+        let _slot = self.scheduler.admit(tenant).await?;
         let view = self.cache.view(tenant, &reads).await?;
         if seen == Some(view.version) {
             return Ok(None);
@@ -111,17 +121,20 @@ impl KpiService {
         let _cancel_on_drop = CancelOnDrop(cancel.clone());
         let query = query.clone();
         let version = view.version;
-        let cache = self.cache.clone();
+        let (cache, scheduler) = (self.cache.clone(), self.scheduler.clone());
+        let lane = scheduler.lane(tenant);
         let result = tokio::task::spawn_blocking(move || {
-            let computation = Computation {
-                data: &view.data,
-                query: &query,
-                schedule: settings.business_hours.as_ref(),
-                targets: &settings.targets,
-                cancel: &cancel,
-                partials: Some(cache.as_ref()),
-            };
-            f(&computation, &view)
+            scheduler.run(tenant, lane, || {
+                let computation = Computation {
+                    data: &view.data,
+                    query: &query,
+                    schedule: settings.business_hours.as_ref(),
+                    targets: &settings.targets,
+                    cancel: &cancel,
+                    partials: Some(cache.as_ref()),
+                };
+                f(&computation, &view)
+            })
         })
         .await
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context("KPI computation failed")))??;
@@ -315,9 +328,11 @@ impl KpiService {
             _ => Reads::summary(query, Grouping::All),
         };
         let settings = self.settings_for(tenant, query).await?;
+        let slot = self.scheduler.admit(tenant).await?;
         let view = self.cache.view(tenant, &reads).await?;
         let (tx, rx) = mpsc::channel(DRILL_DOWN_AHEAD);
         let query = query.clone();
+        let scheduler = self.scheduler.clone();
         tokio::spawn(async move {
             let cancel = Arc::new(Cancel::default());
             let _cancel_on_drop = CancelOnDrop(cancel.clone());
@@ -325,9 +340,16 @@ impl KpiService {
             let (settings, q, c) = (Arc::new(settings), Arc::new(query), cancel.clone());
             let selected = {
                 let (view, settings, q) = (view.clone(), settings.clone(), q.clone());
-                tokio::task::spawn_blocking(move || computation(&view, &q, &settings, &c).drill_down(kind))
-                    .await
+                let lane = scheduler.lane(tenant);
+                tokio::task::spawn_blocking(move || {
+                    scheduler.run(tenant, lane, || {
+                        computation(&view, &q, &settings, &c).drill_down(kind)
+                    })
+                })
+                .await
             };
+            // The rows are rendered a chunk at a time as the reader takes them: no slot held.
+            drop(slot);
             let refs = match selected {
                 Ok(Ok(refs)) => refs,
                 Ok(Err(err)) => {

@@ -6,7 +6,8 @@
 //!   query [`cache`];
 //! - [`keys`]: resolve API keys to tenants and scopes;
 //! - [`admin`]: erase a customer;
-//! - [`limits`]: per-tenant and per-client rates and open streams.
+//! - [`limits`]: per-tenant and per-client rates and open streams;
+//! - [`schedule`]: fair shares of the CPU between tenants' computations.
 
 pub mod admin;
 pub mod cache;
@@ -14,6 +15,7 @@ pub mod ingest;
 pub mod keys;
 pub mod kpis;
 pub mod limits;
+pub mod schedule;
 pub mod writer;
 
 use std::sync::{
@@ -72,9 +74,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(pool: PgPool, config: &AppConfig) -> Self {
+    pub fn new(pool: PgPool, config: &AppConfig) -> Result<Self, Error> {
         let ready = Readiness::default();
-        Self {
+        Ok(Self {
             ingest: ingest::IngestService::new(
                 ingest::PgEvents(pool.clone()),
                 config.writers_per_tenant,
@@ -84,11 +86,12 @@ impl App {
             kpis: kpis::KpiService::new(
                 pool.clone(),
                 cache::QueryCache::new(pool.clone(), config.cache_bytes),
+                std::sync::Arc::new(schedule::Scheduler::new()?),
             ),
             keys: keys::KeyService::new(pool.clone()),
             admin: admin::AdminService::new(pool),
             limits: limits::Limits::new(&config.limits),
             ready,
-        }
+        })
     }
 }

@@ -52,7 +52,10 @@ const KINDS: [&str; 3] = ["overview", "breakdown_agent", "series_day"];
 pub async fn live(plan: &LivePlan) -> anyhow::Result<()> {
     let channel = client::connect(&plan.server).await?;
     let bearer = client::bearer(&plan.api_key)?;
-    let base = overview(&channel, &bearer, plan, plan.from, plan.to, None).await?.conversations;
+    crate::queries::wait_until_serving(&channel).await?;
+    let base = overview(&channel, &bearer, plan, plan.from, plan.to, None)
+        .await?
+        .conversations;
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let writer = (plan.rate > 0).then(|| {
@@ -106,7 +109,11 @@ pub async fn live(plan: &LivePlan) -> anyhow::Result<()> {
         crate::queries::nearest_rank(&times, 0.95),
         written as f64 / plan.seconds as f64,
     );
-    anyhow::ensure!(fresh == asked, "{} answers missed acknowledged events", asked - fresh);
+    anyhow::ensure!(
+        fresh == asked,
+        "{} answers missed acknowledged events",
+        asked - fresh
+    );
     Ok(())
 }
 
@@ -155,7 +162,11 @@ async fn ask(channel: &Channel, bearer: &Bearer, plan: &LivePlan, kind: &str) ->
     let mut client = pb::metrics_service_client::MetricsServiceClient::new(channel.clone());
     let q = || Some(query(plan, plan.from, plan.to, None));
     match kind {
-        "overview" => Ok(Some(overview(channel, bearer, plan, plan.from, plan.to, None).await?.conversations)),
+        "overview" => Ok(Some(
+            overview(channel, bearer, plan, plan.from, plan.to, None)
+                .await?
+                .conversations,
+        )),
         "breakdown_agent" => {
             let request = pb::GetBreakdownRequest {
                 query: q(),
@@ -283,6 +294,7 @@ pub struct NeighboursPlan {
 
 pub async fn neighbours(plan: &NeighboursPlan) -> anyhow::Result<()> {
     let channel = client::connect(&plan.server).await?;
+    crate::queries::wait_until_serving(&channel).await?;
     let quiet = client::bearer(&plan.quiet_key)?;
     let noisy = client::bearer(&plan.noisy_key)?;
     let live = LivePlan {
@@ -308,7 +320,8 @@ pub async fn neighbours(plan: &NeighboursPlan) -> anyhow::Result<()> {
             let counts = Arc::new(AtomicU64::new(0));
             let flood: Vec<_> = (0..if label == "noisy" { plan.noisy_clients } else { 0 })
                 .map(|c| {
-                    let (channel, noisy, stop, counts) = (channel.clone(), noisy.clone(), stop.clone(), counts.clone());
+                    let (channel, noisy, stop, counts) =
+                        (channel.clone(), noisy.clone(), stop.clone(), counts.clone());
                     let (from, to) = (plan.from, plan.to);
                     tokio::spawn(async move {
                         flood(channel, noisy, from, to, (round * 100 + c) as u64, stop, counts).await

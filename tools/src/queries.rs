@@ -114,7 +114,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
 
 /// Waits (up to a minute) until the server's health says SERVING: a restarted server accepts
 /// connections before its database check is done.
-async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
+pub async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };

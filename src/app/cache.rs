@@ -36,7 +36,7 @@ use crate::{
         intern::Interner,
         kpi::{
             ConversionRec, Data, PresenceChange, Reads,
-            partial::{Partial, PartialKey, PartialStore},
+            partial::{Changes, Partial, PartialKey, PartialStore},
         },
         record,
         segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
@@ -45,10 +45,6 @@ use crate::{
     },
     store::segments::{self as store, SideEvent, StoredConversation},
 };
-
-/// Source of conversion-day versions (larger than every one before, see
-/// `Data::conversion_days`).
-static CONVERSION_VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 /// Connections reading a tenant's days at once when they are loaded.
 const READERS: usize = 2;
@@ -118,8 +114,8 @@ struct TenantState {
     presence_view: Arc<Vec<PresenceChange>>,
     /// Conversions sorted by time.
     conversions: Arc<Vec<ConversionRec>>,
-    /// A version per UTC day with conversions (see `Data::conversion_days`).
-    conversion_days: Arc<BTreeMap<NaiveDate, u64>>,
+    /// Which customers' openings and conversions changed (see `Data::changes`).
+    changes: Arc<Changes>,
     /// Presence and conversion events a later refresh may read again (written by transactions
     /// at or after the last xmin), to apply each once.
     recent_side_events: HashMap<Box<str>, i64>,
@@ -142,7 +138,7 @@ impl TenantState {
             presence: Vec::new(),
             presence_view: Arc::default(),
             conversions: Arc::default(),
-            conversion_days: Arc::default(),
+            changes: Arc::default(),
             recent_side_events: HashMap::new(),
             version: 0,
             persisted_at: HashMap::new(),
@@ -379,7 +375,7 @@ impl QueryCache {
             cache.apply_changes(&mut state, changed, xmin)?;
             let side = match side {
                 SideEvents::Read(events) => {
-                    if state.apply_side_events(events, xmin) {
+                    if state.apply_side_events(events, xmin, true) {
                         state.version += 1;
                     }
                     None
@@ -417,7 +413,8 @@ impl QueryCache {
             })??;
             state = blocking(move || {
                 let mut state = state;
-                state.apply_side_events(events, xmin);
+                // The tenant's first read: no totals were kept yet, nothing to log.
+                state.apply_side_events(events, xmin, false);
                 Ok(state)
             })
             .await?;
@@ -435,7 +432,7 @@ impl QueryCache {
                 customers: read(&state.customers).len(),
                 presence: state.presence_view.clone(),
                 conversions: state.conversions.clone(),
-                conversion_days: state.conversion_days.clone(),
+                changes: state.changes.clone(),
                 tenant: state.generation,
             },
             customers: state.customers.clone(),
@@ -495,6 +492,8 @@ impl QueryCache {
             state.persisted_at.remove(day);
         }
         state.days.extend(bounds_of(rebuilt));
+        // The erased conversations' customers are not known here: no kept totals hold.
+        Arc::make_mut(&mut state.changes).reset();
     }
 
     /// The cached segments the computation reads, and the days it reads that are not cached.
@@ -543,7 +542,13 @@ impl QueryCache {
         for row in changed {
             by_day.entry(row.day).or_default().push(decode(&row)?);
         }
+        // Customers whose openings changed (a new conversation, or one whose opening moved):
+        // the kept totals that read them are computed again (`kpi::partial`).
+        let mut openings = Vec::new();
+        let mut unknown = false;
         for (day, facts) in by_day {
+            let cached = self.cached(state, day);
+            let known_day = state.days.contains_key(&day);
             let bounds = state.days.entry(day).or_insert(Bounds::EMPTY);
             for f in &facts {
                 bounds.rows += 1;
@@ -556,11 +561,42 @@ impl QueryCache {
                     f.live_until().map_or(OPEN_END, micros),
                 );
             }
-            if let Some(seg) = self.cached(state, day) {
-                let customers = state.customers.clone();
+            let customers = state.customers.clone();
+            let mut names = write(&customers);
+            for f in &facts {
+                let now = (names.intern_opt(f.customer_id.as_deref()), micros(f.opened_at));
+                let before = match &cached {
+                    Some(seg) => seg
+                        .find(&f.conversation_id)
+                        .map(|r| (seg.customer[r], seg.opened_at[r])),
+                    // A day never seen before holds only new conversations; of a day whose
+                    // segment is not in memory, the previous rows are not known.
+                    None if !known_day => None,
+                    None => {
+                        unknown = true;
+                        None
+                    }
+                };
+                if before != Some(now) {
+                    openings.push(now);
+                    openings.extend(before);
+                }
+            }
+            drop(names);
+            if let Some(seg) = cached {
                 let merged = seg.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers));
                 self.put(state, Arc::new(merged));
             }
+        }
+        let changes = Arc::make_mut(&mut state.changes);
+        if unknown {
+            tracing::debug!(
+                tenant = state.tenant.0,
+                "changed rows of a day not in memory: kept totals dropped"
+            );
+            changes.reset();
+        } else {
+            changes.record(openings, Vec::new());
         }
         Ok(())
     }
@@ -742,12 +778,13 @@ impl TenantState {
         self.presence.clear();
         self.presence_view = Arc::default();
         self.conversions = Arc::default();
-        self.conversion_days = Arc::default();
+        Arc::make_mut(&mut self.changes).reset();
         self.recent_side_events.clear();
     }
 
-    /// Applies presence and conversion events not applied before; returns whether any was new.
-    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64) -> bool {
+    /// Applies presence and conversion events not applied before (logging the customers of new
+    /// conversions when `log`); returns whether any was new.
+    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64, log: bool) -> bool {
         let mut presence_changed = false;
         let mut new_conversions = Vec::new();
         for e in events {
@@ -794,12 +831,9 @@ impl TenantState {
         }
         let conversions_changed = !new_conversions.is_empty();
         if conversions_changed {
-            let days = Arc::make_mut(&mut self.conversion_days);
-            for c in &new_conversions {
-                days.insert(
-                    crate::domain::time::to_datetime(c.at).date_naive(),
-                    CONVERSION_VERSIONS.fetch_add(1, Ordering::Relaxed),
-                );
+            if log {
+                let customers = new_conversions.iter().map(|c| (c.customer, c.at)).collect();
+                Arc::make_mut(&mut self.changes).record(Vec::new(), customers);
             }
             let all = Arc::make_mut(&mut self.conversions);
             all.extend(new_conversions);

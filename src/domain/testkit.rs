@@ -116,6 +116,8 @@ pub struct Dataset {
     presence: Vec<(String, String, DateTime<Utc>, super::event::Presence)>,
     conversions: Vec<TestConversion>,
     data: super::kpi::Data,
+    /// The customer ids of `data` (after [`Dataset::finish`]).
+    pub customers: super::intern::Interner,
 }
 
 impl Dataset {
@@ -215,6 +217,7 @@ impl Dataset {
             conversions: Arc::new(conversions),
             ..Default::default()
         };
+        self.customers = customers;
     }
 
     /// What computations read (after [`Dataset::finish`]).

@@ -775,7 +775,7 @@ fn every_row_decodes_to_its_facts() {
 }
 
 #[test]
-fn merging_replaces_and_adds_rows_in_id_order() {
+fn merging_replaces_rows_in_place_and_appends_new_ones() {
     let facts = simulated_facts(200, 5);
     let (old, new) = facts.split_at(120);
     let (mut symbols, mut customers) = (Interner::new(), Interner::new());
@@ -793,8 +793,19 @@ fn merging_replaces_and_adds_rows_in_id_order() {
     assert_eq!(merged.as_of, 2);
     assert!(merged.check());
     assert_rows_match(&merged, &facts, &symbols, &customers);
+    // The built rows keep their places (by id), the new conversations follow (by id), and
+    // every conversation is found by its id.
     let ids: Vec<&str> = (0..merged.len()).map(|r| merged.id(r)).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "rows stay sorted by id");
+    let mut built: Vec<&str> = old.iter().map(|f| f.conversation_id.as_str()).collect();
+    built.sort_unstable();
+    let mut added: Vec<&str> = new.iter().map(|f| f.conversation_id.as_str()).collect();
+    added.sort_unstable();
+    assert_eq!(ids[..old.len()], built[..]);
+    assert_eq!(ids[old.len()..], added[..]);
+    for (row, id) in ids.iter().enumerate() {
+        assert_eq!(merged.find(id), Some(row));
+    }
+    assert_eq!(merged.find("no-such-conversation"), None);
 }
 
 #[test]
@@ -952,49 +963,99 @@ fn kept_partial_totals_give_the_same_answers_and_follow_what_they_depend_on() {
     let hits = store.hits.load(std::sync::atomic::Ordering::Relaxed);
     assert!(hits > 100, "partials were reused {hits} times");
 
-    // A new conversation of a customer resolved two days earlier (a repeat contact for an
-    // interior day) and a new conversion: the kept totals of the days they affect are not reused.
+    // A new conversation, a day and more after a customer's resolution (a repeat contact for
+    // an interior day, stored in another day's segment): the kept totals that read that
+    // customer's openings are not reused.
     let q = query(at(0.0), at(15.0 * 24.0), "UTC");
     let before = w.rows_with(&q, None, Grouping::All, &store);
-    let day = (start() + Duration::days(4)).date_naive();
-    let (victim_segment, row) = w
+    // The victim: a first-contact resolution (not reopened, no opening of its customer within
+    // a week after it) of the third day.
+    let openings: Vec<(u32, i64)> = w
         .data
         .segments
         .iter()
-        .enumerate()
-        .find_map(|(s, seg)| (seg.day == (start() + Duration::days(2)).date_naive()).then_some((s, 0)))
+        .flat_map(|seg| seg.customer.iter().copied().zip(seg.opened_at.iter().copied()))
+        .collect();
+    let victim_segment = w
+        .data
+        .segments
+        .iter()
+        .position(|seg| seg.day == (start() + Duration::days(2)).date_naive())
         .unwrap();
+    let week = Duration::days(7).num_microseconds().unwrap();
     let mut c = Conv::default();
-    w.data.segments[victim_segment].decode(row, Parts::All, &mut c);
+    let seg = w.data.segments[victim_segment].clone();
+    (0..seg.len())
+        .find(|row| {
+            seg.decode(*row, Parts::All, &mut c);
+            c.customer != 0
+                && c.reopen_count == 0
+                && c.resolved_at.is_some_and(|r| {
+                    !openings
+                        .iter()
+                        .any(|(cu, o)| *cu == c.customer && r < *o && *o <= r + week)
+                })
+        })
+        .expect("a first-contact resolution on the third day");
     let customer = w.customers.name(c.customer).to_owned();
-    let resolved_at =
-        chatkpi::domain::time::to_datetime(c.resolved_at.expect("the day's first conversation is resolved"));
+    let resolved_at = chatkpi::domain::time::to_datetime(c.resolved_at.unwrap());
     let repeat = derive(
         "edge-repeat",
         &[opened(
             "xr-o",
             "edge-repeat",
-            resolved_at + Duration::hours(1),
+            resolved_at + Duration::hours(30),
             &customer,
         )],
     )
     .unwrap();
-    let target = w
-        .data
-        .segments
-        .iter()
-        .position(|s| s.day == resolved_at.date_naive())
-        .unwrap();
+    let opened_day = (resolved_at + Duration::hours(30)).date_naive();
+    assert_ne!(opened_day, w.data.segments[victim_segment].day);
+    let target = w.data.segments.iter().position(|s| s.day == opened_day).unwrap();
     let mut symbols = (*w.data.symbols).clone();
     let mut customers = w.customers.clone();
     let merged = w.data.segments[target].merge(&[repeat], 1, &mut |n| symbols.intern(n), &mut customers);
     w.data.segments[target] = Arc::new(merged);
     w.data.symbols = Arc::new(symbols);
     w.data.customers = customers.len();
-    let mut days = (*w.data.conversion_days).clone();
-    days.insert(day, 1_000_000);
-    w.data.conversion_days = Arc::new(days);
+    // As the query cache does: the new conversation's customer is logged as changed.
+    let mut changes = (*w.data.changes).clone();
+    let opened_at = chatkpi::domain::time::micros(resolved_at + Duration::hours(30));
+    changes.record(vec![(c.customer, opened_at)], Vec::new());
+    w.data.changes = Arc::new(changes);
     let after = w.rows_with(&q, None, Grouping::All, &store);
     assert_eq!(after, plain(&w, &q, None, Grouping::All));
-    assert_ne!(after, before, "the repeat contact changed the answer");
+    let rate = |rows: &[String]| rows[0].split("repeat_contact_rate: ").nth(1).unwrap()[..20].to_owned();
+    assert_ne!(
+        rate(&after),
+        rate(&before),
+        "the repeat contact changed the repeat rate"
+    );
+}
+
+#[test]
+fn kept_totals_stay_reused_when_only_customers_they_did_not_read_changed() {
+    let mut w = world();
+    w.data.tenant = 2;
+    let store = MapStore::default();
+    let q = query(at(0.0), at(15.0 * 24.0), "UTC");
+    let first = w.rows_with(&q, None, Grouping::All, &store);
+    let hits = |s: &MapStore| s.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let reused = {
+        let before = hits(&store);
+        assert_eq!(w.rows_with(&q, None, Grouping::All, &store), first);
+        hits(&store) - before
+    };
+    assert!(reused > 0);
+    // A customer id no conversation has: every kept total is still valid.
+    let mut changes = (*w.data.changes).clone();
+    let now = chatkpi::domain::time::micros(at(24.0));
+    changes.record(
+        vec![(w.data.customers as u32 + 10, now)],
+        vec![(w.data.customers as u32 + 11, now)],
+    );
+    w.data.changes = Arc::new(changes);
+    let before = hits(&store);
+    assert_eq!(w.rows_with(&q, None, Grouping::All, &store), first);
+    assert_eq!(hits(&store) - before, reused, "nothing had to be computed again");
 }

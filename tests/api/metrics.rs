@@ -748,3 +748,42 @@ async fn shuffled_duplicated_ingest_gives_identical_query_responses() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_later_day_opening_turns_a_kept_first_contact_resolution_into_a_repeat_contact() {
+    let app = TestApp::spawn().await;
+    let day = 86_400;
+    // Day 1: x opens and is resolved within the hour. Day 4 holds someone else.
+    let first = vec![
+        opened("r-1", "r-a", 0, "x", Channel::Webchat),
+        ev(
+            "r-2",
+            Some("r-a"),
+            3_600,
+            Payload::Resolved(chatkpi::domain::event::Resolved {
+                by: chatkpi::domain::event::ResolvedBy::Agent,
+                agent_id: None,
+            }),
+        ),
+        opened("r-3", "r-other", 3 * day, "y", Channel::Webchat),
+    ];
+    app.ingest(&first).await.unwrap();
+    // A window from day 0 to day 10 (UTC days): the first day's totals are kept by this call.
+    let q = || query(-3_600 * 9, 10 * day);
+    let kpis = overview(&app, q(), false).await.current.unwrap();
+    assert_eq!(
+        (kpis.resolved, kpis.fcr_rate, kpis.repeat_contact_rate),
+        (1, Some(100.0), Some(0.0))
+    );
+    // Two days later x is back, in another day's segment: the kept totals of day 1 read x's
+    // openings, so they are computed again and the resolution is a repeat contact now.
+    app.ingest(&[opened("r-4", "r-b", 2 * day, "x", Channel::Email)])
+        .await
+        .unwrap();
+    let kpis = overview(&app, q(), false).await.current.unwrap();
+    assert_eq!(kpis.conversations, 3);
+    assert_eq!(
+        (kpis.resolved, kpis.fcr_rate, kpis.repeat_contact_rate),
+        (1, Some(0.0), Some(100.0))
+    );
+}

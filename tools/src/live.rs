@@ -188,8 +188,9 @@ async fn ask(channel: &Channel, bearer: &Bearer, plan: &LivePlan, kind: &str) ->
 }
 
 /// Streams `rate` events per second (in ten batches a second) into the day before `to`: each
-/// new conversation is opened, gets a customer message, an agent reply and a resolution. Counts
-/// the conversations whose opening was acknowledged.
+/// new conversation is opened (by a new customer, or three times in ten by one of the
+/// simulated tenant's), gets a customer message, an agent reply and a resolution. Counts the
+/// conversations whose opening was acknowledged.
 async fn write(
     channel: Channel,
     bearer: Bearer,
@@ -210,8 +211,20 @@ async fn write(
         let mut opened = 0;
         while events.len() < per_batch {
             let conversation = format!("live-{run}-{n}");
+            // Mostly new customers; three in ten from the simulated tenant's own customers
+            // (`chatkpi-bench` seed 7, half as many customers as conversations), some of whom
+            // come back within a week of an earlier conversation: repeat contacts.
+            let customer = if rng.random_ratio(3, 10) {
+                let pool = 500_000;
+                format!(
+                    "cust-7-{}",
+                    rng.random_range(0..pool).min(rng.random_range(0..pool))
+                )
+            } else {
+                format!("live-cust-{run}-{n}")
+            };
             let at = to - chrono::Duration::seconds(rng.random_range(700..86_000));
-            for (i, (offset, payload)) in lifecycle(&conversation, rng.random_range(0..60))
+            for (i, (offset, payload)) in lifecycle(&conversation, &customer, rng.random_range(0..60))
                 .into_iter()
                 .enumerate()
             {
@@ -237,13 +250,13 @@ async fn write(
 }
 
 /// A conversation's events: opened, a customer message, an agent reply after `reply` s, resolved.
-fn lifecycle(conversation: &str, reply: i64) -> Vec<(i64, pb::event::Payload)> {
+fn lifecycle(conversation: &str, customer: &str, reply: i64) -> Vec<(i64, pb::event::Payload)> {
     use pb::event::Payload as P;
     vec![
         (
             0,
             P::ConversationOpened(pb::ConversationOpened {
-                customer_id: format!("live-cust-{reply}"),
+                customer_id: customer.to_owned(),
                 channel: pb::Channel::Whatsapp as i32,
                 ..Default::default()
             }),

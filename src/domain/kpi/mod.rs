@@ -43,7 +43,7 @@ use self::{
     acc::{Budget, Groups},
     filter::Compiled,
     joins::Joins,
-    partial::{KeptRows, Partial, PartialKey, PartialStore},
+    partial::{Changes, KeptRows, Partial, PartialKey, PartialStore},
     route::Router,
     scan::{LazyJoins, Scan, Select},
 };
@@ -98,9 +98,9 @@ pub struct Data {
     pub presence: Arc<Vec<PresenceChange>>,
     /// Conversions, sorted by (time, event id).
     pub conversions: Arc<Vec<ConversionRec>>,
-    /// A version per UTC day with conversions, increased when one of its conversions arrives
-    /// (the dependency of cached partial totals on attribution, [`partial`]).
-    pub conversion_days: Arc<std::collections::BTreeMap<chrono::NaiveDate, u64>>,
+    /// Which customers' openings and conversions changed, version by version: kept totals
+    /// are reused while none they read changed ([`partial`]).
+    pub changes: Arc<Changes>,
     /// The tenant's identity in the cache (partial totals of different tenants never mix).
     pub tenant: u64,
 }
@@ -253,6 +253,8 @@ impl Computation<'_> {
         }));
         Scan {
             comp: self,
+            repeat_window,
+            attribution_window: attribution,
             budget: Arc::new(Budget::new(QUERY_GROUP_BYTES)),
             grouping,
             filters: Compiled::new(&self.data.symbols, &q.filters),
@@ -288,30 +290,12 @@ impl Computation<'_> {
         .into()
     }
 
-    fn partial_key(&self, seg: &Segment, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
-        let q = self.query;
-        let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
-        let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
-        let b = &seg.bounds;
+    fn partial_key(&self, version: u64, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
         PartialKey {
             tenant: self.data.tenant,
             shape: shape.clone(),
-            segment: seg.version,
+            segment: version,
             rows,
-            opens_version: if repeat > 0 {
-                partial::opens_version(
-                    &self.data.segments,
-                    b.active.start,
-                    b.active.end.saturating_add(repeat),
-                )
-            } else {
-                0
-            },
-            conversions_version: partial::conversions_version(
-                &self.data.conversion_days,
-                b.opened.start,
-                b.opened.end.saturating_add(attribution),
-            ),
         }
     }
 
@@ -323,24 +307,31 @@ impl Computation<'_> {
         let segments = &self.data.segments;
         let Plan {
             cached,
-            to_keep,
+            days,
+            chunks,
             parts,
         } = self.plan(scan, grouping);
         // The lookups need only the customers of the rows scanned below: with kept totals
-        // that is the window's edges, not the whole lookahead (a new window, such as a sliding
-        // one, computes its edge totals and still gets the small lookups).
+        // that is the window's edges and the chunks that changed, not the whole lookahead (a
+        // new window, such as a sliding one, computes its edge totals and still gets the small
+        // lookups).
         let scanned = parts
             .iter()
             .map(|(s, rows, select)| (*s, rows.clone(), *select))
-            .chain(
-                to_keep
-                    .iter()
-                    .map(|(s, _, select)| (*s, 0..segments[*s].len(), *select)),
-            );
+            .chain(chunks.iter().map(|c| (c.segment, c.rows.clone(), c.select)));
         let _ = scan
             .asked_customers
             .set(customers_of(segments, scanned, self.data.customers));
-        let computed = self.keep_totals(scan, to_keep)?;
+        tracing::debug!(
+            ?grouping,
+            kept = cached.len(),
+            rebuilt = days.len(),
+            computed_chunks = chunks.len(),
+            computed_rows = chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            scanned_parts = parts.len(),
+            "computation plan"
+        );
+        let computed = self.keep_totals(scan, days, chunks)?;
         let scanned = self.scan_in_parts(scan, parts)?;
         if scan.budget.exceeded() {
             return Err(Error::ResourceExhausted {
@@ -354,7 +345,7 @@ impl Computation<'_> {
         }
         let all: Vec<&Groups> = scanned
             .iter()
-            .chain(cached.iter().chain(&computed).map(|p| &p.0))
+            .chain(cached.iter().chain(&computed).map(|p| &p.groups))
             .collect();
         self.cancel.check()?;
         Ok(Groups::merge_all(&all))
@@ -363,8 +354,10 @@ impl Computation<'_> {
     /// Where each relevant segment's totals come from ([`partial`]). A segment that begins
     /// inside the window keeps the totals of its rows that also end inside it, and one opened
     /// in the window before those of its rows that end before the window; its other rows (at
-    /// the window's edges) are kept too, for exactly this window. Without a partial store every
-    /// relevant segment is scanned in parts.
+    /// the window's edges) are kept too, for exactly this window. A segment's totals that are
+    /// not kept (or no longer valid) are built from its chunks' totals, of which only the
+    /// chunks that changed are computed again. Without a partial store every relevant segment
+    /// is scanned in parts.
     fn plan(&self, scan: &Scan<'_>, grouping: Grouping) -> Plan {
         let (w, previous) = (scan.window, scan.previous);
         let shape = self.shape(grouping);
@@ -382,8 +375,9 @@ impl Computation<'_> {
                     seg.active_end.iter().filter(|e| **e < end).count()
                 };
                 if ending_before > 0 {
-                    let key = self.partial_key(seg, &shape, rows(ending_before));
-                    plan.reuse_or_keep(self.partials, s, key, Select::EndingBefore(end));
+                    let key = self.partial_key(seg.version, &shape, rows(ending_before));
+                    let select = Select::EndingBefore(end);
+                    self.reuse_or_build(&mut plan, s, key, select, rows);
                 }
                 if ending_before == seg.len() {
                     continue;
@@ -395,8 +389,8 @@ impl Computation<'_> {
                     from: w.start,
                     to: w.end,
                 };
-                let key = self.partial_key(seg, &shape, edge);
-                plan.reuse_or_keep(self.partials, s, key, rest);
+                let key = self.partial_key(seg.version, &shape, edge);
+                self.reuse_or_build(&mut plan, s, key, rest, |_| edge);
                 continue;
             }
             plan.parts.extend(
@@ -406,6 +400,60 @@ impl Computation<'_> {
             );
         }
         plan
+    }
+
+    /// The kept totals of `key` (segment `s`'s rows that `select` takes) when the store has
+    /// them and no customer they read changed since; else a build from the segment's chunks,
+    /// each chunk's totals kept under `rows(number of its rows taken)` or computed now.
+    fn reuse_or_build(
+        &self,
+        plan: &mut Plan,
+        s: usize,
+        key: PartialKey,
+        select: Select,
+        rows: impl Fn(usize) -> KeptRows,
+    ) {
+        let changes = &self.data.changes;
+        let store = self.partials;
+        if let Some(p) = store
+            .and_then(|store| store.get(&key))
+            .filter(|p| changes.still_valid(p))
+        {
+            plan.cached.push(p);
+            return;
+        }
+        let seg = &self.data.segments[s];
+        let mut build = DayBuild {
+            key: key.clone(),
+            chunks: Vec::new(),
+        };
+        for (range, version) in seg.chunks() {
+            let taken = range.clone().filter(|row| select.takes(seg, *row)).count();
+            if taken == 0 {
+                continue;
+            }
+            let chunk_key = PartialKey {
+                segment: version,
+                rows: rows(taken),
+                ..key.clone()
+            };
+            match store
+                .and_then(|store| store.get(&chunk_key))
+                .filter(|p| changes.still_valid(p))
+            {
+                Some(p) => build.chunks.push(ChunkTotals::Kept(p)),
+                None => {
+                    build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
+                    plan.chunks.push(ChunkTask {
+                        segment: s,
+                        rows: range,
+                        select,
+                        key: chunk_key,
+                    });
+                }
+            }
+        }
+        plan.days.push(build);
     }
 
     /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
@@ -430,29 +478,63 @@ impl Computation<'_> {
         }
     }
 
-    /// Computes the totals a plan keeps, in parallel, and stores them.
+    /// Computes the chunks' totals a plan needs, in parallel, and builds (and keeps) the
+    /// segments' totals from their chunks.
     fn keep_totals(
         &self,
         scan: &Scan<'_>,
-        to_keep: Vec<(usize, PartialKey, Select)>,
+        days: Vec<DayBuild>,
+        chunks: Vec<ChunkTask>,
     ) -> Result<Vec<Arc<Partial>>, Error> {
-        to_keep
+        let computed: Vec<Arc<Partial>> = chunks
             .into_par_iter()
-            .map(|(s, key, select)| {
+            .map(|task| {
                 self.cancel.check()?;
-                let seg = &self.data.segments[s];
+                let seg = &self.data.segments[task.segment];
                 let mut groups = Groups::charging(&scan.budget);
                 let mut scratch = scan::Scratch::default();
-                scan.part(seg, 0..seg.len(), select, &mut groups, &mut scratch);
+                scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
                 groups.shrink();
-                let partial = Arc::new(Partial(groups));
-                // Totals cut short by the budget are incomplete: never kept.
-                if let Some(store) = self.partials.filter(|_| !scan.budget.exceeded()) {
-                    store.put(key, partial.clone());
-                }
+                let (openings, conversions) = scratch.customers_read();
+                let partial = Arc::new(Partial {
+                    groups,
+                    at: self.data.changes.version,
+                    openings,
+                    conversions,
+                });
+                self.keep(task.key, &partial, scan);
+                Ok(partial)
+            })
+            .collect::<Result<_, Error>>()?;
+        days.into_par_iter()
+            .map(|day| {
+                let mut parts: Vec<Arc<Partial>> = day
+                    .chunks
+                    .into_iter()
+                    .map(|c| match c {
+                        ChunkTotals::Kept(p) => p,
+                        ChunkTotals::Computed(i) => computed[i].clone(),
+                    })
+                    .collect();
+                let partial = if parts.len() == 1 {
+                    parts.pop().expect("one part")
+                } else {
+                    Arc::new(Partial::merged(&parts, self.data.changes.version))
+                };
+                self.keep(day.key, &partial, scan);
                 Ok(partial)
             })
             .collect()
+    }
+
+    /// Keeps `partial` under `key`, unless the budget cut it short (incomplete totals are never
+    /// kept).
+    fn keep(&self, key: PartialKey, partial: &Arc<Partial>, scan: &Scan<'_>) {
+        if let Some(store) = self.partials
+            && !scan.budget.exceeded()
+        {
+            store.put(key, partial.clone());
+        }
     }
 
     /// Scans parts of segments in parallel, one set of groups per worker.
@@ -487,26 +569,34 @@ struct Keepable {
 struct Plan {
     /// Kept totals found in the partial store.
     cached: Vec<Arc<Partial>>,
-    /// Totals to compute whole and keep: (segment, key, rows).
-    to_keep: Vec<(usize, PartialKey, Select)>,
+    /// Segments' totals to build from their chunks and keep.
+    days: Vec<DayBuild>,
+    /// Chunks' totals to compute.
+    chunks: Vec<ChunkTask>,
     /// Rows to scan in parts, nothing kept: (segment, rows, selection).
     parts: Vec<(usize, std::ops::Range<usize>, Select)>,
 }
 
-impl Plan {
-    /// The totals of `key` from the store when it has them, else computed and kept.
-    fn reuse_or_keep(
-        &mut self,
-        store: Option<&dyn PartialStore>,
-        segment: usize,
-        key: PartialKey,
-        select: Select,
-    ) {
-        match store.and_then(|store| store.get(&key)) {
-            Some(p) => self.cached.push(p),
-            None => self.to_keep.push((segment, key, select)),
-        }
-    }
+/// A segment's totals to build from its chunks' and keep under `key`.
+struct DayBuild {
+    key: PartialKey,
+    chunks: Vec<ChunkTotals>,
+}
+
+/// One chunk's totals: kept, or computed by [`Plan::chunks`]`[i]`.
+enum ChunkTotals {
+    Kept(Arc<Partial>),
+    Computed(usize),
+}
+
+/// A chunk's totals to compute, and keep under `key`: the rows `select` takes of `rows` of
+/// `segment`. (Chunks are kept with their segment's totals: when a customer they read changes,
+/// only the chunks holding that customer are computed again.)
+struct ChunkTask {
+    segment: usize,
+    rows: std::ops::Range<usize>,
+    select: Select,
+    key: PartialKey,
 }
 
 /// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.

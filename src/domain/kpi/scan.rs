@@ -25,6 +25,7 @@ use super::{
     acc::{Acc, Groups, TAG_BYTES},
     filter::Compiled,
     joins::Joins,
+    partial,
     route::Router,
     types::{GroupKey, Grouping},
 };
@@ -41,6 +42,9 @@ pub(super) type LazyJoins<'a> = LazyLock<Joins, Box<dyn FnOnce() -> Joins + Send
 /// What every part of one computation's scan shares.
 pub(super) struct Scan<'a> {
     pub comp: &'a Computation<'a>,
+    /// The query's repeat and attribution windows (what the lookups read after an item).
+    pub repeat_window: Micros,
+    pub attribution_window: Micros,
     /// What the computation's groups may take (see [`super::acc::Budget`]).
     pub budget: Arc<super::acc::Budget>,
     pub grouping: Grouping,
@@ -80,12 +84,52 @@ impl Select {
     }
 }
 
-/// Reusable buffers of one part.
+/// Reusable buffers of one part, and the customers whose openings and conversions it read.
 #[derive(Default)]
 pub(super) struct Scratch {
     conv: Conv,
     keys: Vec<GroupKey>,
     attributed: Vec<u32>,
+    read: Read,
+}
+
+/// Customers whose openings (repeat contacts) and conversions (attribution) a part read, and
+/// the span of time of what it read.
+pub(super) struct Read {
+    openings: partial::Read,
+    conversions: partial::Read,
+}
+
+impl Default for Read {
+    fn default() -> Self {
+        Read {
+            openings: partial::Read::nothing(),
+            conversions: partial::Read::nothing(),
+        }
+    }
+}
+
+/// Notes that `customer`'s items in `[from, to]` were read.
+fn note(read: &mut partial::Read, customer: u32, from: Micros, to: Micros) {
+    read.customers.push(customer);
+    read.span.start = read.span.start.min(from);
+    read.span.end = read.span.end.max(to);
+}
+
+impl Scratch {
+    /// What the part read: openings and conversions, customers sorted and distinct.
+    pub fn customers_read(self) -> (partial::Read, partial::Read) {
+        let Read {
+            mut openings,
+            mut conversions,
+        } = self.read;
+        for read in [&mut openings, &mut conversions] {
+            read.customers.sort_unstable();
+            read.customers.dedup();
+            read.customers.shrink_to_fit();
+        }
+        (openings, conversions)
+    }
 }
 
 impl Scan<'_> {
@@ -133,8 +177,9 @@ impl Scan<'_> {
                 conv,
                 keys,
                 attributed,
+                read,
             } = scratch;
-            self.conversation(conv, groups, keys, attributed);
+            self.conversation(conv, groups, keys, attributed, read);
         }
     }
 
@@ -161,6 +206,7 @@ impl Scan<'_> {
         groups: &mut Groups,
         keys: &mut Vec<GroupKey>,
         attributed: &mut Vec<u32>,
+        read: &mut Read,
     ) {
         let filters = &self.filters;
         if !filters.conversation_except_agent(c) {
@@ -169,7 +215,7 @@ impl Scan<'_> {
         let agent_ok = filters.agent(c.agent);
         if self.window.contains(c.opened_at) {
             if agent_ok {
-                self.opened(c, groups, keys, attributed);
+                self.opened(c, groups, keys, attributed, read);
             }
             self.first_responses(c, groups, keys);
         }
@@ -183,18 +229,27 @@ impl Scan<'_> {
             return;
         }
         self.resolutions(c, groups, keys);
-        self.final_resolution(c, groups, keys);
+        self.final_resolution(c, groups, keys, read);
         self.ended(c, groups, keys);
         self.messages(c, groups, keys);
         self.survey_sends(c, groups, keys);
     }
 
     /// Items placed by `opened_at` and credited to the conversation's agent.
-    fn opened(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>, attributed: &mut Vec<u32>) {
+    fn opened(
+        &self,
+        c: &Conv,
+        groups: &mut Groups,
+        keys: &mut Vec<GroupKey>,
+        attributed: &mut Vec<u32>,
+        read: &mut Read,
+    ) {
         attributed.clear();
         if c.customer != 0 {
             self.joins
                 .attributed(c.customer, c.opened_at, self.conversions, attributed);
+            let end = c.opened_at.saturating_add(self.attribution_window);
+            note(&mut read.conversions, c.customer, c.opened_at, end);
         }
         let wait = c.wait.map(|w| self.comp.measure(w));
         self.router.route(c, c.opened_at, c.agent, keys);
@@ -327,11 +382,15 @@ impl Scan<'_> {
 
     /// The final resolution, placed by `resolved_at`: resolved, resolution time, FCR, repeat
     /// contact, reopen, automation and bot resolutions.
-    fn final_resolution(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+    fn final_resolution(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>, read: &mut Read) {
         let Some(resolved_at) = c.resolved_at.filter(|t| self.window.contains(*t)) else {
             return;
         };
         let repeat = self.joins.repeat(c.customer, resolved_at, c.opened_at);
+        if c.customer != 0 && self.repeat_window > 0 {
+            let end = resolved_at.saturating_add(self.repeat_window);
+            note(&mut read.openings, c.customer, resolved_at, end);
+        }
         let seconds = self.comp.measure(Span {
             start: c.opened_at,
             end: resolved_at.max(c.opened_at),

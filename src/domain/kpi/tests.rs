@@ -794,3 +794,127 @@ fn retention_is_the_share_of_last_windows_customers_who_came_back() {
     assert_eq!((k.retention.previous_customers, k.retention.retained), (3, 1));
     assert!(close(k.retention.rate, 100.0 / 3.0));
 }
+
+/// Kept totals in a map (the query cache's stand-in), counting what is put.
+#[derive(Default)]
+struct MapStore {
+    kept: std::sync::Mutex<std::collections::HashMap<PartialKey, Arc<Partial>>>,
+    puts: std::sync::atomic::AtomicUsize,
+}
+
+impl PartialStore for MapStore {
+    fn get(&self, key: &PartialKey) -> Option<Arc<Partial>> {
+        self.kept.lock().unwrap().get(key).cloned()
+    }
+
+    fn put(&self, key: PartialKey, partial: Arc<Partial>) {
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.kept.lock().unwrap().insert(key, partial);
+    }
+}
+
+fn compute_with(data: &Data, q: &Query, store: &MapStore) -> Vec<(GroupKey, Kpis)> {
+    Computation {
+        data,
+        cancel: &Cancel::default(),
+        partials: Some(store),
+        query: q,
+        schedule: None,
+        targets: &Targets::default(),
+    }
+    .run(Grouping::By(Dimension::Agent))
+    .expect("not cancelled")
+}
+
+/// A conversation of `customer` opened at `at`, answered by `agent` and resolved.
+fn served(id: &str, customer: &str, at: i64, agent: &str) -> crate::domain::facts::ConversationFacts {
+    Conv::of(id, customer)
+        .opened("o", at, Channel::Webchat)
+        .customer("c", at + 5)
+        .agent("a", at + 65, agent)
+        .push("r", at + 600, resolved(ResolvedBy::Agent, Some(agent)))
+        .facts()
+}
+
+#[test]
+fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
+    // 3 days of 150 conversations (3 chunks of 64 rows each, in tests), customers reused so
+    // repeat contacts exist.
+    let mut ds = Dataset::new();
+    for i in 0..450 {
+        ds.upsert(&served(
+            &format!("c{i:03}"),
+            &format!("cust{}", i % 40),
+            (i / 150) * DAY + (i % 150) * 300,
+            &format!("ann{}", i % 3),
+        ));
+    }
+    ds.finish();
+    let q = Query::new(Window::new(t(-DAY), t(5 * DAY)).unwrap());
+    let store = MapStore::default();
+    let mut data = ds.data().clone();
+    assert_eq!(
+        compute_with(&data, &q, &store),
+        compute(&ds, &q, Grouping::By(Dimension::Agent))
+    );
+    // Day 2 changes: its 10th conversation gets a second agent reply, and a new conversation of
+    // a new customer is appended (after the day's 150 rows: its third chunk).
+    let s = data
+        .segments
+        .iter()
+        .position(|seg| seg.day == t(DAY).date_naive())
+        .unwrap();
+    let mut changed = served("c159", "cust39", DAY + 9 * 300, "ann0");
+    changed.last_event_at += Duration::seconds(1);
+    let new = served("c999", "newcomer", DAY + 1_000, "ann1");
+    let mut symbols = (*data.symbols).clone();
+    let mut customers = ds.customers.clone();
+    let merged = data.segments[s].merge(&[changed, new], 1, &mut |n| symbols.intern(n), &mut customers);
+    data.segments[s] = Arc::new(merged);
+    data.symbols = Arc::new(symbols);
+    data.customers = customers.len();
+    let mut changes = (*data.changes).clone();
+    changes.record(
+        vec![(customers.get("newcomer").unwrap(), micros(t(DAY + 1_000)))],
+        Vec::new(),
+    );
+    data.changes = Arc::new(changes);
+
+    let puts = || store.puts.load(std::sync::atomic::Ordering::Relaxed);
+    let reference = |data: &Data| {
+        let (targets, cancel) = (Targets::default(), Cancel::default());
+        Computation {
+            data,
+            query: &q,
+            schedule: None,
+            targets: &targets,
+            cancel: &cancel,
+            partials: None,
+        }
+        .run(Grouping::By(Dimension::Agent))
+        .unwrap()
+    };
+    let before = puts();
+    assert_eq!(compute_with(&data, &q, &store), reference(&data));
+    // The first chunk (the changed reply) and the third (the new row) are computed again and
+    // kept, then the day: the second chunk and the other days are reused.
+    assert_eq!(puts() - before, 3);
+
+    // The day changes again: one more conversation, in its third chunk.
+    let another = served("c998", "latecomer", DAY + 2_000, "ann2");
+    let mut symbols = (*data.symbols).clone();
+    let merged = data.segments[s].merge(&[another], 2, &mut |n| symbols.intern(n), &mut customers);
+    data.symbols = Arc::new(symbols);
+    data.segments[s] = Arc::new(merged);
+    data.customers = customers.len();
+    let mut changes = (*data.changes).clone();
+    changes.record(
+        vec![(customers.get("latecomer").unwrap(), micros(t(DAY + 2_000)))],
+        Vec::new(),
+    );
+    data.changes = Arc::new(changes);
+    let before = puts();
+    assert_eq!(compute_with(&data, &q, &store), reference(&data));
+    // Only that chunk is computed again, then the day: the first two chunks are reused.
+    assert_eq!(puts() - before, 2);
+}

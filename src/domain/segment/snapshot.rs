@@ -38,7 +38,8 @@ pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
         w.bytes(name.as_bytes());
     }
     w.count(segment.len());
-    for row in 0..segment.len() {
+    // By conversation id: a loaded segment's rows are in id order.
+    for row in segment.rows_by_id() {
         let hot = segment.hot(row);
         w.bytes(segment.id(row).as_bytes());
         w.bytes(customers.name(segment.customer[row]).as_bytes());
@@ -130,6 +131,7 @@ impl Parsed {
             let name = std::str::from_utf8(&self.body[*start as usize..*end as usize]).unwrap_or("");
             seg.customer[row] = customers.intern(name);
         }
+        seg.seal_sorted();
         seg.shrink();
         seg.unpersisted = 0.into();
         self.segment

@@ -96,3 +96,18 @@ peak_rss_while() {
 }
 PEAK_FILE=$(mktemp)
 echo 0 >"$PEAK_FILE"
+
+# fresh_copy DB: (re)creates database DB from its template DB_base, so that every run starts
+# from the same data (runs that write into a tenant would otherwise change it for the next).
+# The template is made from DB the first time. Exports DATABASE_URL for DB.
+fresh_copy() {
+  local db=$1 base=${1}_base
+  export PGPASSWORD=postgres
+  local q="psql -h 127.0.0.1 -U postgres -d postgres -qAtc"
+  if [ "$($q "select 1 from pg_database where datname = '$base'")" != 1 ]; then
+    $q "create database \"$base\" template \"$db\"" >/dev/null
+  fi
+  $q "drop database if exists \"$db\" with (force)" >/dev/null
+  $q "create database \"$db\" template \"$base\"" >/dev/null
+  export DATABASE_URL="postgres://postgres:postgres@127.0.0.1:5432/$db"
+}

@@ -7,7 +7,8 @@
 #   2. while 100 events/s stream into the window's last day (a large tenant's busy hour),
 #   3. while 3,000 events/s do (an import or a backfill);
 # every overview is checked to count every conversation acknowledged before it was asked, and
-# the server's peak RSS is sampled in each phase.
+# the server's peak RSS is sampled in each phase. Each run starts from a copy of the loaded data
+# (database chatkpi_live_<N>_base), so runs compare.
 #
 #   bench/live.sh [CONVERSATIONS] [SECONDS] [ROUNDS]      defaults: 1000000 60 2
 #
@@ -23,6 +24,8 @@ FROM=2026-01-01T00:00:00Z
 TO=2026-01-31T00:00:00Z
 build_release
 bulk_tenant chatkpi_live_$CONVERSATIONS live "$CONVERSATIONS" 7
+# Every run starts from the loaded data set (the live phases add conversations to it).
+fresh_copy chatkpi_live_$CONVERSATIONS
 FLAGS=(${SERVE_FLAGS:-})
 [ -n "${CACHE_BYTES:-}" ] && FLAGS+=(--cache-bytes "$CACHE_BYTES")
 SAMPLES=$(mktemp)

@@ -209,6 +209,9 @@ async fn sample_gauges(app: Arc<App>, pool: PgPool) {
     loop {
         metrics::gauge!("chatkpi_write_queue_batches").set(app.ingest.queued() as f64);
         metrics::gauge!("chatkpi_query_cache_bytes").set(app.kpis.cache().bytes() as f64);
+        for (kind, bytes) in app.kpis.cache().bytes_by_kind() {
+            metrics::gauge!("chatkpi_query_cache_bytes_by_kind", "kind" => kind).set(bytes as f64);
+        }
         let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
         metrics::gauge!("chatkpi_db_pool_connections", "state" => "idle").set(idle);
         metrics::gauge!("chatkpi_db_pool_connections", "state" => "in_use").set(size - idle);

@@ -165,6 +165,10 @@ fn describe() {
         "Batches waiting in the per-tenant write queues"
     );
     describe_gauge!("chatkpi_query_cache_bytes", "Bytes held by the query cache");
+    describe_gauge!(
+        "chatkpi_query_cache_bytes_by_kind",
+        "Bytes held by the query cache per kind: tenant tables, day segments, kept totals"
+    );
     describe_counter!(
         "chatkpi_query_cache_hits_total",
         "Day segments a query found in the cache"

@@ -205,6 +205,20 @@ impl QueryCache {
         self.entries.weighted_size()
     }
 
+    /// Bytes held per kind of entry: tenants' tables, day segments, kept totals.
+    pub fn bytes_by_kind(&self) -> [(&'static str, u64); 3] {
+        let mut sums = [("tenant", 0u64), ("segment", 0), ("totals", 0)];
+        for (_, value) in self.entries.iter() {
+            let i = match value {
+                Value::Tenant(_) => 0,
+                Value::Segment(_) => 1,
+                Value::Partial(_) => 2,
+            };
+            sums[i].1 += u64::from(value.weight());
+        }
+        sums
+    }
+
     /// Loads the last `days` days of the tenants queried in the last day (whose snapshots were
     /// written recently), most recent first, until half the budget is used or `deadline`
     /// passes: after a restart, their dashboards find their data in memory. Returns the

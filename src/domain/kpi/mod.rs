@@ -61,6 +61,9 @@ use super::{
 /// over the parts it scans in parallel; merged totals add at most as much again.
 pub const QUERY_GROUP_BYTES: usize = 64 << 20;
 
+/// A day in microseconds.
+const DAY_MICROS: i64 = 86_400_000_000;
+
 /// Rows scanned by one parallel part: small enough to spread a day over both cores, large
 /// enough that merging the parts' totals costs nothing.
 /// (Tests use small parts so that merging parts is exercised.)
@@ -423,6 +426,7 @@ impl Computation<'_> {
             return;
         }
         let seg = &self.data.segments[s];
+        let keep = self.still_changing(seg);
         let mut build = DayBuild {
             key: key.clone(),
             chunks: Vec::new(),
@@ -448,12 +452,35 @@ impl Computation<'_> {
                         segment: s,
                         rows: range,
                         select,
-                        key: chunk_key,
+                        key: keep.then_some(chunk_key),
                     });
                 }
             }
         }
         plan.days.push(build);
+    }
+
+    /// Whether a segment's totals may still change by more than a few rows: it holds open
+    /// conversations, or what its totals read (a repeat or attribution window after its items)
+    /// reaches the tenant's newest day, where new openings and conversions arrive. Such a
+    /// segment's chunks are kept with its totals, so a change computes only the chunks it
+    /// touches; an older day's totals are kept whole.
+    fn still_changing(&self, seg: &Segment) -> bool {
+        let q = self.query;
+        let reach = q
+            .repeat_window
+            .max(q.attribution_window)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .saturating_add(DAY_MICROS);
+        let newest = self
+            .data
+            .segments
+            .iter()
+            .map(|s| s.bounds.active.end)
+            .max()
+            .unwrap_or(0);
+        seg.has_open() || seg.bounds.active.end.saturating_add(reach) >= newest
     }
 
     /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
@@ -502,7 +529,9 @@ impl Computation<'_> {
                     openings,
                     conversions,
                 });
-                self.keep(task.key, &partial, scan);
+                if let Some(key) = task.key {
+                    self.keep(key, &partial, scan);
+                }
                 Ok(partial)
             })
             .collect::<Result<_, Error>>()?;
@@ -589,14 +618,14 @@ enum ChunkTotals {
     Computed(usize),
 }
 
-/// A chunk's totals to compute, and keep under `key`: the rows `select` takes of `rows` of
-/// `segment`. (Chunks are kept with their segment's totals: when a customer they read changes,
-/// only the chunks holding that customer are computed again.)
+/// A chunk's totals to compute: the rows `select` takes of `rows` of `segment`, kept under
+/// `key` when the segment still changes (then a change to a customer they read computes only
+/// the chunks holding that customer again).
 struct ChunkTask {
     segment: usize,
     rows: std::ops::Range<usize>,
     select: Select,
-    key: PartialKey,
+    key: Option<PartialKey>,
 }
 
 /// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.

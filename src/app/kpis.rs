@@ -22,7 +22,7 @@ use crate::{
         calendar::{self, Granularity},
         kpi::{
             Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, MAX_ROWS, Reads, keep_ranked,
-            live::{AgentUtilization, Backlog, ConversationRow, DrillDown},
+            live::{AgentUtilization, Backlog, ConversationRow, DrillDown, SlaStatus},
         },
         query::Query,
         scorecard::{self, Line},
@@ -130,6 +130,7 @@ impl KpiService {
                     query: &query,
                     schedule: settings.business_hours.as_ref(),
                     targets: &settings.targets,
+                    sla: &settings.sla_policies,
                     cancel: &cancel,
                     partials: Some(cache.as_ref()),
                 };
@@ -195,7 +196,7 @@ impl KpiService {
             let mut rows: Vec<(String, Kpis)> = c
                 .run(grouping)?
                 .into_iter()
-                .map(|(key, k)| (c.data.label(key), k))
+                .map(|(key, k)| (c.label(key), k))
                 .collect();
             let total = rows.len();
             keep_ranked(&mut rows, limit, by_conversations);
@@ -265,6 +266,65 @@ impl KpiService {
             .await
     }
 
+    /// SLA clocks running at `at`, and the `limit` that breach soonest (docs/metrics.md §10), with
+    /// the conversation ids, channels and priorities of those.
+    pub async fn sla_status(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        at: Micros,
+        limit: usize,
+    ) -> Result<(SlaStatus, Vec<(String, &'static str, &'static str)>), Error> {
+        self.compute_now(tenant, query, Reads::backlog(at), move |c, _| {
+            let status = c.sla_status(at, limit)?;
+            let mut conv = crate::domain::segment::Conv::default();
+            let named = status
+                .at_risk
+                .iter()
+                .map(|r| {
+                    let seg = &c.data.segments[r.segment];
+                    seg.decode(r.row, crate::domain::segment::Parts::Head, &mut conv);
+                    (
+                        seg.id(r.row).to_owned(),
+                        conv.channel.as_str(),
+                        conv.priority.as_str(),
+                    )
+                })
+                .collect();
+            Ok((status, named))
+        })
+        .await
+    }
+
+    /// One conversation's drill-down row (its facts, durations measured as `query` asks, the SLA
+    /// clocks that breached in `query`'s window); `NotFound` for an id the tenant never used.
+    pub async fn conversation(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        id: &str,
+    ) -> Result<ConversationRow, Error> {
+        let facts = store::events::conversation_facts(&self.pool, tenant, id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("conversation {id:?}")))?;
+        let opened = micros(facts.opened_at);
+        let reads = Reads::opened_in(Span {
+            start: opened,
+            end: opened + 1,
+        });
+        let id = id.to_owned();
+        self.compute_now(tenant, query, reads, move |c, view| {
+            let customers = view.customers.read().unwrap_or_else(|p| p.into_inner());
+            c.data
+                .segments
+                .iter()
+                .find_map(|seg| seg.find(&id).map(|row| c.drill_row(seg, row, &customers)))
+                // Stored but not yet in the segments (erased meanwhile): as if unknown.
+                .ok_or_else(|| Error::NotFound(format!("conversation {id:?}")))
+        })
+        .await
+    }
+
     /// Each targeted KPI against its target: overall, per agent and per team (docs/metrics.md §8).
     pub async fn scorecard(&self, tenant: TenantId, query: &Query) -> Result<Scorecards, Error> {
         let reads = Reads::summary(query, Grouping::All).and(Reads::utilization(query));
@@ -281,7 +341,7 @@ impl KpiService {
                     .run(grouping)?
                     .into_iter()
                     .filter(|(key, _)| *key != GroupKey::Value(0))
-                    .map(|(key, k)| (c.data.label(key), k))
+                    .map(|(key, k)| (c.label(key), k))
                     .collect();
                 let omitted = keep_ranked(&mut rows, MAX_ROWS, by_conversations);
                 Ok((rows, omitted))
@@ -457,6 +517,7 @@ fn computation<'a>(
         query,
         schedule: settings.business_hours.as_ref(),
         targets: &settings.targets,
+        sla: &settings.sla_policies,
         cancel,
         // A drill-down lists conversations: no totals to reuse.
         partials: None,

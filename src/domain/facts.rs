@@ -128,6 +128,70 @@ pub struct SurveySend {
     pub at: DateTime<Utc>,
 }
 
+/// A stretch in which the conversation waited on the customer (docs/metrics.md §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    pub start: DateTime<Utc>,
+    /// `None` while it still waits.
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// The attributes SLA policies match by, from `from` on (docs/metrics.md §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attributes {
+    pub from: DateTime<Utc>,
+    pub priority: Priority,
+    pub team: Option<String>,
+    /// Sorted.
+    pub tags: Vec<String>,
+}
+
+/// What an SLA clock measures (docs/metrics.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlaMetric {
+    FirstResponse,
+    NextResponse,
+    Resolution,
+}
+
+impl SlaMetric {
+    pub const ALL: [SlaMetric; 3] = [
+        SlaMetric::FirstResponse,
+        SlaMetric::NextResponse,
+        SlaMetric::Resolution,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SlaMetric::FirstResponse => "first_response",
+            SlaMetric::NextResponse => "next_response",
+            SlaMetric::Resolution => "resolution",
+        }
+    }
+}
+
+/// One SLA clock of a conversation, whatever policy will apply to it (docs/metrics.md §10).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlaClock {
+    pub metric: SlaMetric,
+    pub start: DateTime<Utc>,
+    /// How it stopped; `None` while it runs.
+    pub stop: Option<ClockStop>,
+}
+
+/// The end of an SLA clock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClockStop {
+    pub at: DateTime<Utc>,
+    /// True: the clock was completed (the response came, the conversation was resolved); false:
+    /// it was closed by the conversation's end before that.
+    pub completed: bool,
+    /// The agent who completed it (the responder; for the resolution the resolving agent, else
+    /// the conversation's agent).
+    pub agent_id: Option<String>,
+}
+
 /// Counted messages per sender (customer, agent, bot; docs/metrics.md §3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageCounts {
@@ -195,6 +259,12 @@ pub struct ConversationFacts {
     /// The last answer per survey type, in survey-type order.
     pub surveys: Vec<SurveyAnswer>,
     pub surveys_sent: Vec<SurveySend>,
+    /// Stretches of waiting on the customer, in order (docs/metrics.md §10).
+    pub waits: Vec<Wait>,
+    /// Priority, team and tags over time, in order: the first from the first event on.
+    pub attributes: Vec<Attributes>,
+    /// SLA clocks: first response, each next response (in order), resolution.
+    pub sla_clocks: Vec<SlaClock>,
     /// The earliest `occurred_at` among the conversation's events: every item of the
     /// conversation lies in `[first_event_at, last_event_at]`.
     pub first_event_at: DateTime<Utc>,
@@ -260,13 +330,14 @@ fn precedence(payload: &Payload) -> u8 {
         Payload::Message(m) if m.sender == Sender::Customer => 4,
         Payload::Message(_) => 5,
         Payload::Handoff => 6,
-        Payload::MessageStatus(_) => 7,
-        Payload::Reopened => 8,
-        Payload::Resolved(_) => 9,
-        Payload::Abandoned => 10,
-        Payload::SurveyResponse(_) | Payload::SurveySent(_) => 11,
+        Payload::WaitingOnCustomer(_) => 7,
+        Payload::MessageStatus(_) => 8,
+        Payload::Reopened => 9,
+        Payload::Resolved(_) => 10,
+        Payload::Abandoned => 11,
+        Payload::SurveyResponse(_) | Payload::SurveySent(_) => 12,
         // Never part of a conversation's facts; sorted last so they cannot shift anything.
-        Payload::Conversion(_) | Payload::AgentStatus(_) => 12,
+        Payload::Conversion(_) | Payload::AgentStatus(_) => 13,
     }
 }
 
@@ -359,6 +430,17 @@ struct Walk {
     /// The latest answer per survey type, and whether it named its agent.
     surveys: [Option<(SurveyAnswer, bool)>; 3],
     handling_open: Option<HandlingInterval>,
+    /// Customer messages, human (non-private agent) messages and ends, in order: what the
+    /// next-response clocks follow.
+    ticks: Vec<(DateTime<Utc>, Tick)>,
+}
+
+/// A step of the next-response clocks (docs/metrics.md §10).
+#[derive(Debug, Clone, PartialEq)]
+enum Tick {
+    Customer,
+    Human(String),
+    Ended,
 }
 
 impl Walk {
@@ -402,6 +484,14 @@ impl Walk {
                 messages: Vec::new(),
                 surveys: Vec::new(),
                 surveys_sent: Vec::new(),
+                waits: Vec::new(),
+                attributes: vec![Attributes {
+                    from: first_at,
+                    priority: Priority::Normal,
+                    team: None,
+                    tags: Vec::new(),
+                }],
+                sla_clocks: Vec::new(),
                 first_event_at: first_at,
                 last_event_at: first_at,
             },
@@ -415,6 +505,7 @@ impl Walk {
             abandoned_at: None,
             surveys: [None, None, None],
             handling_open: None,
+            ticks: Vec::new(),
         }
     }
 
@@ -456,6 +547,7 @@ impl Walk {
                 self.last_resolved = Some((t, r.by, r.agent_id.clone()));
                 self.f.state = State::Resolved;
             }
+            Payload::WaitingOnCustomer(w) => self.waiting_on_customer(t, w.waiting),
             Payload::Reopened => {
                 if self.f.state == State::Resolved {
                     self.f.reopen_count += 1;
@@ -488,10 +580,69 @@ impl Walk {
                 at: t,
                 state: self.f.state,
             });
+            if self.f.state != State::Open {
+                self.ended(t);
+            }
         }
         if before != (self.f.assignee.clone(), self.f.state) {
             self.track_handling(t);
         }
+        if matches!(
+            e.payload,
+            Payload::ConversationOpened(_)
+                | Payload::Assigned(_)
+                | Payload::ConversationUpdated(_)
+                | Payload::TagsChanged(_)
+        ) {
+            self.note_attributes(t);
+        }
+    }
+
+    /// Records the priority, team and tags from `t` on when they changed (a change at the same
+    /// instant as the previous one replaces it).
+    fn note_attributes(&mut self, t: DateTime<Utc>) {
+        let now = Attributes {
+            from: t,
+            priority: self.f.priority,
+            team: self.f.team.clone(),
+            tags: self.tags.iter().cloned().collect(),
+        };
+        let last = self
+            .f
+            .attributes
+            .last_mut()
+            .expect("attributes start with the first event");
+        if (last.priority, &last.team, &last.tags) == (now.priority, &now.team, &now.tags) {
+            return;
+        }
+        if last.from == t {
+            *last = now;
+        } else {
+            self.f.attributes.push(now);
+        }
+    }
+
+    /// docs/metrics.md §10: waiting on the customer starts with `waiting_on_customer { waiting:
+    /// true }` and ends with `waiting: false`, a customer message or the conversation's end.
+    fn waiting_on_customer(&mut self, t: DateTime<Utc>, waiting: bool) {
+        let open = self.f.waits.last().is_some_and(|w| w.end.is_none());
+        if waiting && !open {
+            self.f.waits.push(Wait { start: t, end: None });
+        } else if !waiting {
+            self.end_wait(t);
+        }
+    }
+
+    fn end_wait(&mut self, t: DateTime<Utc>) {
+        if let Some(w) = self.f.waits.last_mut().filter(|w| w.end.is_none()) {
+            w.end = Some(t);
+        }
+    }
+
+    /// A `resolved` or `abandoned` that changed the state: the conversation ended at `t`.
+    fn ended(&mut self, t: DateTime<Utc>) {
+        self.end_wait(t);
+        self.ticks.push((t, Tick::Ended));
     }
 
     /// Only the first `conversation_opened` counts (docs/metrics.md §3).
@@ -547,6 +698,12 @@ impl Walk {
                 f.message_counts.customer += 1;
                 f.first_customer_message_at.get_or_insert(t);
                 f.waiting_since.get_or_insert(t);
+                // docs/metrics.md §10: only a message into an open conversation asks for a
+                // next response.
+                if f.state == State::Open {
+                    self.ticks.push((t, Tick::Customer));
+                }
+                self.end_wait(t);
             }
             Sender::Agent | Sender::Bot => {
                 if m.sender == Sender::Agent {
@@ -554,6 +711,7 @@ impl Walk {
                     f.human_involved = true;
                     let agent = m.agent_id.clone().unwrap_or_default();
                     self.last_message_agent = Some(agent.clone());
+                    self.ticks.push((t, Tick::Human(agent.clone())));
                     self.agent_messages.push((t, agent));
                 } else {
                     f.message_counts.bot += 1;
@@ -599,8 +757,80 @@ impl Walk {
         self.finish_human_queue();
         self.finish_state();
         self.finish_surveys();
+        self.finish_sla();
         self.f.fill_derived_durations();
         self.f
+    }
+
+    /// The SLA clocks (docs/metrics.md §10): first response from the human queue start to the
+    /// first human response; once it stopped, a next response from each customer message into the
+    /// open conversation while no customer message is waiting, to the next human message;
+    /// resolution from opening to the final resolution. An end (`resolved`, `abandoned`) before
+    /// a response closes a response clock; an abandonment closes the resolution clock.
+    fn finish_sla(&mut self) {
+        let f = &mut self.f;
+        let mut clocks = Vec::new();
+        // The first-response clock stops at the first human message or end at or after the
+        // queue start, whichever comes first.
+        let first_stop = f.human_queue_start.and_then(|start| {
+            self.ticks
+                .iter()
+                .position(|(at, tick)| *at >= start && *tick != Tick::Customer)
+        });
+        if let Some(start) = f.human_queue_start {
+            clocks.push(SlaClock {
+                metric: SlaMetric::FirstResponse,
+                start,
+                stop: first_stop.map(|i| {
+                    let tick = &self.ticks[i];
+                    stop_at(tick, matches!(tick.1, Tick::Human(_)))
+                }),
+            });
+        }
+        if let Some(h) = first_stop {
+            let mut running: Option<DateTime<Utc>> = None;
+            for (at, tick) in &self.ticks[h + 1..] {
+                match tick {
+                    Tick::Customer if running.is_none() => running = Some(*at),
+                    Tick::Customer => {}
+                    Tick::Human(_) | Tick::Ended => {
+                        if let Some(start) = running.take() {
+                            clocks.push(SlaClock {
+                                metric: SlaMetric::NextResponse,
+                                start,
+                                stop: Some(stop_at(&(*at, tick.clone()), matches!(tick, Tick::Human(_)))),
+                            });
+                        }
+                    }
+                }
+            }
+            if let Some(start) = running {
+                clocks.push(SlaClock {
+                    metric: SlaMetric::NextResponse,
+                    start,
+                    stop: None,
+                });
+            }
+        }
+        let resolution_stop = match (f.state, f.ended_at) {
+            (State::Resolved, Some(at)) => Some(ClockStop {
+                at,
+                completed: true,
+                agent_id: f.resolving_agent.clone().or_else(|| f.agent.clone()),
+            }),
+            (State::Abandoned, Some(at)) => Some(ClockStop {
+                at,
+                completed: false,
+                agent_id: None,
+            }),
+            _ => None,
+        };
+        clocks.push(SlaClock {
+            metric: SlaMetric::Resolution,
+            start: f.opened_at,
+            stop: resolution_stop,
+        });
+        f.sla_clocks = clocks;
     }
 
     /// Human queue: the first handoff at or after the first customer message, else that message
@@ -665,6 +895,18 @@ impl Walk {
                 answer
             })
             .collect();
+    }
+}
+
+/// The stop of a response clock at tick `(at, tick)`: the responder when `completed`.
+fn stop_at((at, tick): &(DateTime<Utc>, Tick), completed: bool) -> ClockStop {
+    ClockStop {
+        at: *at,
+        completed,
+        agent_id: match tick {
+            Tick::Human(agent) if completed => Some(agent.clone()),
+            _ => None,
+        },
     }
 }
 

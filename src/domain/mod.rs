@@ -19,6 +19,7 @@ pub use error::Error;
 pub mod scorecard;
 pub mod segment;
 pub mod settings;
+pub mod sla;
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -18,14 +18,15 @@ use super::{
     codec::{Reader, Writer},
     event::{Channel, Initiator, Priority, ResolvedBy, Scale, Sender, SurveyType},
     facts::{
-        AssignmentChange, ConversationFacts, HandlingInterval, HumanResponse, MessageCounts, MessageFact,
-        Response, State, StateChange, SurveyAnswer, SurveySend, seconds_between,
+        AssignmentChange, Attributes, ClockStop, ConversationFacts, HandlingInterval, HumanResponse,
+        MessageCounts, MessageFact, Response, SlaClock, SlaMetric, State, StateChange, SurveyAnswer,
+        SurveySend, Wait, seconds_between,
     },
     time::{micros, to_datetime},
 };
 
 /// The layout written by [`encode`].
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// A record that cannot be decoded: a bug or a damaged row, never client input.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +177,34 @@ fn encode_fields<'a>(f: &'a ConversationFacts, w: &mut Writer, s: &mut Strings<'
     for x in &f.surveys_sent {
         w.u8(x.survey as u8);
         t(w, x.at);
+    }
+    w.count(f.waits.len());
+    for x in &f.waits {
+        t(w, x.start);
+        opt_t(w, x.end);
+    }
+    w.count(f.attributes.len());
+    for a in &f.attributes {
+        t(w, a.from);
+        w.u8(a.priority as u8);
+        w.u64(s.opt(a.team.as_deref()));
+        w.count(a.tags.len());
+        for tag in &a.tags {
+            w.u64(s.id(tag));
+        }
+    }
+    w.count(f.sla_clocks.len());
+    for c in &f.sla_clocks {
+        w.u8(c.metric as u8);
+        t(w, c.start);
+        match &c.stop {
+            None => w.u8(0),
+            Some(stop) => {
+                w.u8(1 + u8::from(stop.completed));
+                t(w, stop.at);
+                w.u64(s.opt(stop.agent_id.as_deref()));
+            }
+        }
     }
     t(w, f.first_event_at);
     t(w, f.last_event_at);
@@ -329,6 +358,34 @@ impl Decoder<'_> {
                 at: d.time(),
             }
         });
+        let waits = self.list(|d| Wait {
+            start: d.time(),
+            end: d.opt_time(),
+        });
+        let attributes = self.list(|d| {
+            let from = d.time();
+            let priority = d.r.u8();
+            Attributes {
+                from,
+                priority: d.pick(Priority::ALL, priority),
+                team: d.opt_string(),
+                tags: d.list(Self::string),
+            }
+        });
+        let sla_clocks = self.list(|d| {
+            let metric = d.r.u8();
+            let metric = d.pick(&SlaMetric::ALL, metric);
+            let start = d.time();
+            let stop = match d.r.u8() {
+                0 => None,
+                kind => Some(ClockStop {
+                    completed: kind == 2,
+                    at: d.time(),
+                    agent_id: d.opt_string(),
+                }),
+            };
+            SlaClock { metric, start, stop }
+        });
         let first_event_at = self.time();
         let last_event_at = self.time();
 
@@ -375,6 +432,9 @@ impl Decoder<'_> {
             messages,
             surveys,
             surveys_sent,
+            waits,
+            attributes,
+            sla_clocks,
             first_event_at,
             last_event_at,
         };

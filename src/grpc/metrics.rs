@@ -183,6 +183,65 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         }))
     }
 
+    async fn get_sla_status(
+        &self,
+        request: Request<pb::GetSlaStatusRequest>,
+    ) -> Result<Response<pb::GetSlaStatusResponse>, Status> {
+        let tenant = self.tenant(&request, Scope::Read).await?;
+        let r = request.into_inner();
+        let default_at = match r.query.as_ref().and_then(|q| q.to.as_ref()) {
+            Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
+            None => Utc::now(),
+        };
+        let query = conv::query_from_proto(r.query.as_ref(), false, default_at)?;
+        let at = match &r.at {
+            Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
+            None => default_at,
+        };
+        query::check_instant("at", at)?;
+        let limit = match r.limit {
+            0 => 20,
+            n if n <= 1000 => n as usize,
+            n => return Err(Error::invalid("limit", format!("must be between 1 and 1000, got {n}")).into()),
+        };
+        let (status, named) = self
+            .app
+            .kpis
+            .sla_status(tenant, &query, micros(at), limit)
+            .await?;
+        let active = |m: usize| pb::SlaActive {
+            active: status.active[m],
+            active_breached: status.active_breached[m],
+        };
+        Ok(Response::new(pb::GetSlaStatusResponse {
+            at: Some(chrono_to_timestamp(at)),
+            first_response: Some(active(0)),
+            next_response: Some(active(1)),
+            resolution: Some(active(2)),
+            overall: Some(pb::SlaActive {
+                active: status.active.iter().sum(),
+                active_breached: status.active_breached.iter().sum(),
+            }),
+            at_risk: status
+                .at_risk
+                .iter()
+                .zip(named)
+                .map(|(r, (id, channel, priority))| pb::AtRiskClock {
+                    conversation_id: id,
+                    metric: r.metric.as_str().to_owned(),
+                    policy: r.policy.clone(),
+                    target_seconds: r.target_seconds,
+                    started_at: Some(chrono_to_timestamp(to_datetime(r.started_at))),
+                    elapsed_seconds: r.elapsed_seconds,
+                    time_left_seconds: r.time_left_seconds,
+                    assignee: r.assignee.clone(),
+                    channel: channel.to_owned(),
+                    priority: priority.to_owned(),
+                })
+                .collect(),
+        }))
+    }
+
     type ListConversationsStream = BoxStream<pb::ConversationFacts>;
 
     async fn list_conversations(
@@ -205,6 +264,31 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             Err(err) => Err(Status::from(err)),
         });
         Ok(Response::new(Box::pin(self.guard(stream, slot, &key))))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::ConversationFacts>, Status> {
+        let tenant = self.tenant(&request, Scope::Read).await?;
+        let r = request.into_inner();
+        crate::domain::event::check_id("conversation_id", &r.conversation_id)
+            .map_err(|e| Error::invalid(e.field, e.reason))?;
+        let query = match &r.query {
+            Some(q) => window_query(Some(q))?,
+            // Every breach: a window no clock can lie outside of (it only selects breaches; no
+            // day is read for it).
+            None => Query::new(query::Window {
+                from: query::earliest_instant(),
+                to: query::latest_instant(),
+            }),
+        };
+        let row = self
+            .app
+            .kpis
+            .conversation(tenant, &query, &r.conversation_id)
+            .await?;
+        Ok(Response::new(conv::conversation_to_proto(row)))
     }
 
     type WatchOverviewStream = BoxStream<pb::WatchOverviewResponse>;
@@ -267,6 +351,11 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
                 (None, false) => None,
             },
             targets: r.targets.as_ref().map(conv::targets_from_proto).transpose()?,
+            sla_policies: r
+                .sla_policies
+                .as_ref()
+                .map(conv::policies_from_proto)
+                .transpose()?,
         };
         let settings = self.app.kpis.update_settings(tenant, update).await?;
         Ok(Response::new(pb::UpdateSettingsResponse {

@@ -12,6 +12,7 @@ use crate::domain::{
     kpi::Targets,
     query::parse_time_zone,
     settings::{Settings, SettingsUpdate},
+    sla::Policy,
     tenant::TenantId,
 };
 
@@ -41,20 +42,26 @@ fn from_doc(doc: ScheduleDoc) -> Result<Schedule, Error> {
     Schedule::new(tz, weekly, doc.holidays.into_iter().collect::<BTreeSet<_>>())
 }
 
+/// A stored settings row.
+type Row = (Option<Json<ScheduleDoc>>, Json<Targets>, Json<Vec<Policy>>);
+
+fn settings_of((hours, Json(targets), Json(sla_policies)): Row) -> Result<Settings, Error> {
+    Ok(Settings {
+        business_hours: hours.map(|Json(doc)| from_doc(doc)).transpose()?,
+        targets,
+        sla_policies,
+    })
+}
+
 /// The tenant's settings (defaults when never set).
 pub async fn get(pool: &PgPool, tenant: TenantId) -> Result<Settings, Error> {
-    let row: Option<(Option<Json<ScheduleDoc>>, Json<Targets>)> =
-        sqlx::query_as("select business_hours, targets from tenant_settings where tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(pool)
-            .await?;
-    match row {
-        None => Ok(Settings::default()),
-        Some((hours, Json(targets))) => Ok(Settings {
-            business_hours: hours.map(|Json(doc)| from_doc(doc)).transpose()?,
-            targets,
-        }),
-    }
+    let row: Option<Row> = sqlx::query_as(
+        "select business_hours, targets, sla_policies from tenant_settings where tenant_id = $1",
+    )
+    .bind(tenant)
+    .fetch_optional(pool)
+    .await?;
+    row.map_or(Ok(Settings::default()), settings_of)
 }
 
 /// Applies `update` to the tenant's settings in one transaction (the row is locked while it is
@@ -67,22 +74,21 @@ pub async fn update(pool: &PgPool, tenant: TenantId, update: SettingsUpdate) -> 
         .bind(tenant)
         .execute(&mut *tx)
         .await?;
-    let (hours, Json(targets)): (Option<Json<ScheduleDoc>>, Json<Targets>) =
-        sqlx::query_as("select business_hours, targets from tenant_settings where tenant_id = $1 for update")
-            .bind(tenant)
-            .fetch_one(&mut *tx)
-            .await?;
-    let current = Settings {
-        business_hours: hours.map(|Json(doc)| from_doc(doc)).transpose()?,
-        targets,
-    };
-    let settings = current.apply(update);
+    let row: Row = sqlx::query_as(
+        "select business_hours, targets, sla_policies from tenant_settings where tenant_id = $1 for update",
+    )
+    .bind(tenant)
+    .fetch_one(&mut *tx)
+    .await?;
+    let settings = settings_of(row)?.apply(update)?;
     sqlx::query(
-        "update tenant_settings set business_hours = $2, targets = $3, updated_at = now() where tenant_id = $1",
+        "update tenant_settings set business_hours = $2, targets = $3, sla_policies = $4, updated_at = now() \
+         where tenant_id = $1",
     )
     .bind(tenant)
     .bind(settings.business_hours.as_ref().map(|s| Json(to_doc(s))))
     .bind(Json(&settings.targets))
+    .bind(Json(&settings.sla_policies))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

@@ -104,7 +104,7 @@ where
 
 /// Every method of the three services (a unit test checks this against the proto's
 /// descriptors, so a new RPC cannot be forgotten here).
-pub static METHODS: [Method; 13] = [
+pub static METHODS: [Method; 15] = [
     method::<pb::IngestEventsRequest, pb::IngestEventsResponse>("/chatkpi.v1.EventService/IngestEvents"),
     Method::BidiStream {
         path: "/chatkpi.v1.EventService/StreamEvents",
@@ -117,9 +117,11 @@ pub static METHODS: [Method; 13] = [
         "/chatkpi.v1.MetricsService/GetUtilization",
     ),
     method::<pb::GetBacklogRequest, pb::GetBacklogResponse>("/chatkpi.v1.MetricsService/GetBacklog"),
+    method::<pb::GetSlaStatusRequest, pb::GetSlaStatusResponse>("/chatkpi.v1.MetricsService/GetSlaStatus"),
     stream::<pb::ListConversationsRequest, pb::ConversationFacts>(
         "/chatkpi.v1.MetricsService/ListConversations",
     ),
+    method::<pb::GetConversationRequest, pb::ConversationFacts>("/chatkpi.v1.MetricsService/GetConversation"),
     stream::<pb::WatchOverviewRequest, pb::WatchOverviewResponse>("/chatkpi.v1.MetricsService/WatchOverview"),
     method::<pb::GetSettingsRequest, pb::GetSettingsResponse>("/chatkpi.v1.MetricsService/GetSettings"),
     method::<pb::UpdateSettingsRequest, pb::UpdateSettingsResponse>(

@@ -3,7 +3,7 @@
 //! rows in memory at most, whatever the download's size).
 //!
 //! Parameters (repeat a filter to allow several values): `kpi` (opened, resolved, ended,
-//! missed, abandoned, backlog, not_fcr; or the `DRILL_DOWN_*` name), `from`, `to` (RFC 3339),
+//! missed, abandoned, backlog, not_fcr, sla_breached; or the `DRILL_DOWN_*` name), `from`, `to` (RFC 3339),
 //! `time_zone`, `business_hours` (true / false), `limit`, `channel` (whatsapp or
 //! `CHANNEL_WHATSAPP`), `priority`, `inbox`, `team`, `agent`, `tag`.
 
@@ -33,7 +33,7 @@ const LIST: &str = "/chatkpi.v1.MetricsService/ListConversations";
 /// Rows written into one chunk of the response before it is sent.
 const ROWS_PER_CHUNK: usize = 256;
 /// The columns, in order: the fields of `ConversationFacts`.
-pub const COLUMNS: [&str; 27] = [
+pub const COLUMNS: [&str; 28] = [
     "conversation_id",
     "customer_id",
     "channel",
@@ -61,6 +61,7 @@ pub const COLUMNS: [&str; 27] = [
     "nps_score",
     "ces_score",
     "reply_seconds",
+    "sla_breaches",
 ];
 
 /// `GET /v1/conversations.csv`.
@@ -205,6 +206,17 @@ fn record(f: &pb::ConversationFacts) -> Vec<String> {
         score(f.nps_score),
         score(f.ces_score),
         replies.join(";"),
+        // metric:policy:actual/target seconds, one per breached clock.
+        f.sla_breaches
+            .iter()
+            .map(|b| {
+                text(&format!(
+                    "{}:{}:{}/{}",
+                    b.metric, b.policy, b.actual_seconds, b.target_seconds
+                ))
+            })
+            .collect::<Vec<_>>()
+            .join(";"),
     ]
 }
 

@@ -161,7 +161,97 @@ fn tiles(k: &pb::Kpis) -> Vec<(&'static str, Kind, Option<f64>)> {
             Kind::Percent,
             k.conversion.as_ref().and_then(|c| c.rate),
         ),
+        (
+            "sla_first_response",
+            Kind::Percent,
+            sla_met(k, |s| &s.first_response),
+        ),
+        (
+            "sla_next_response",
+            Kind::Percent,
+            sla_met(k, |s| &s.next_response),
+        ),
+        ("sla_resolution", Kind::Percent, sla_met(k, |s| &s.resolution)),
     ]
+}
+
+/// The page's SLA tiles: achieved / (achieved + breached), %.
+fn sla_met(k: &pb::Kpis, metric: fn(&pb::SlaKpis) -> &Option<pb::SlaStats>) -> Option<f64> {
+    let s = metric(k.sla.as_ref()?).as_ref()?;
+    let judged = s.achieved + s.breached;
+    (judged > 0).then(|| 100.0 * s.achieved as f64 / judged as f64)
+}
+
+/// Chat `i`: opened on 5 March 2026 at 10:00 + i minutes UTC with a customer message, never
+/// answered.
+fn waiting_chat(i: u32) -> Vec<chatkpi::domain::event::Event> {
+    use chatkpi::domain::event::*;
+    let at = chrono::Utc.with_ymd_and_hms(2026, 3, 5, 10, i, 0).unwrap();
+    let conversation = format!("waiting-{i:02}");
+    let event = |kind: &str, payload| Event {
+        event_id: format!("{conversation}-{kind}"),
+        conversation_id: Some(conversation.clone()),
+        occurred_at: at,
+        payload,
+    };
+    vec![
+        event(
+            "open",
+            Payload::ConversationOpened(ConversationOpened {
+                customer_id: format!("waiting-customer-{i}"),
+                channel: Channel::Webchat,
+                inbox: None,
+                team: None,
+                priority: None,
+                initiated_by: Initiator::Customer,
+            }),
+        ),
+        event(
+            "message",
+            Payload::Message(Message {
+                message_id: format!("{conversation}-message"),
+                sender: Sender::Customer,
+                agent_id: None,
+                private: false,
+            }),
+        ),
+    ]
+}
+
+/// Calendar-time policies, so the at-risk list at "now" has the same order whenever it is asked.
+async fn set_policies(app: &TestApp) {
+    let target = |seconds| {
+        Some(pb::SlaTarget {
+            seconds,
+            business_hours: false,
+        })
+    };
+    let policy = |name: &str, priorities: Vec<i32>, seconds: [u32; 3]| pb::SlaPolicy {
+        name: name.into(),
+        conditions: Some(pb::SlaConditions {
+            priorities,
+            ..Default::default()
+        }),
+        first_response: target(seconds[0]),
+        next_response: target(seconds[1]),
+        resolution: target(seconds[2]),
+    };
+    app.metrics()
+        .update_settings(app.authed(pb::UpdateSettingsRequest {
+            sla_policies: Some(pb::SlaPolicies {
+                policies: vec![
+                    policy(
+                        "urgent",
+                        vec![pb::Priority::Urgent as i32, pb::Priority::High as i32],
+                        [60, 300, 3600],
+                    ),
+                    policy("everyone", vec![], [300, 600, 4 * 3600]),
+                ],
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
 }
 
 /// 2 to 5 March 2026 in Berlin (the page's "to" date is included), as the API's window.
@@ -210,6 +300,10 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     for chunk in events.chunks(1000) {
         app.ingest(chunk).await.unwrap();
     }
+    // Twelve chats still waiting for a human: their first-response clocks run until now.
+    let waiting: Vec<chatkpi::domain::event::Event> = (0..12).flat_map(waiting_chat).collect();
+    app.ingest(&waiting).await.unwrap();
+    set_policies(&app).await;
     let base = format!(
         "http://{}/#from=2026-03-02&to=2026-03-05&tz=Europe/Berlin",
         app.addr
@@ -302,6 +396,34 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     for id in &ids {
         assert!(drilled.contains(&format!("<td>{id}</td>")), "{id} not listed");
     }
+
+    // The SLA clocks at risk now, soonest to breach first, as GetSlaStatus lists them; a
+    // conversation of the list opens its facts.
+    let status = app
+        .metrics()
+        .get_sla_status(app.authed(pb::GetSlaStatusRequest {
+            query: None,
+            at: None,
+            limit: 10,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.at_risk.len(), 10, "the simulation leaves clocks running");
+    let listed: Vec<&str> = dom
+        .match_indices("data-risk=\"")
+        .map(|(at, m)| between(&dom[at..], m, "\""))
+        .collect();
+    let expected: Vec<&str> = status
+        .at_risk
+        .iter()
+        .map(|r| r.conversation_id.as_str())
+        .collect();
+    assert_eq!(listed, expected);
+    let id = &status.at_risk[0].conversation_id;
+    let facts = page(&format!("{url}&conversation={id}")).await;
+    assert!(facts.contains(&format!("Conversation {id}")), "{facts}");
+    assert!(facts.matches("class=\"fact-row\"").count() > 5, "{facts}");
 
     // A wrong key is an error the page shows, and it asks for the key again.
     let refused = page(&format!("{base}&key=ck_{}_wrong", app.tenant)).await;

@@ -22,6 +22,7 @@ use chatkpi::domain::{
     kpi::{live::DrillDown, *},
     query::{Filters as QueryFilters, Query, Window},
     segment::{Conv, Parts, Segment},
+    sla::{Conditions, Policy, Target},
     time::micros,
 };
 use chatkpi_tools::sim::{SimConfig, simulate};
@@ -30,6 +31,8 @@ use crate::reference::{dataset::Dataset, kpis as reference, live as reference_li
 
 /// The same tenant in both engines.
 struct World {
+    /// The tenant's SLA policies (docs/metrics.md §10), judged by both.
+    policies: Vec<Policy>,
     reference: Dataset,
     data: Data,
     /// The segments' customer table (names of customer ids).
@@ -225,6 +228,7 @@ fn build(events: &[Event]) -> World {
     presence.sort_by(|a, b| (a.1, a.2, a.0).cmp(&(b.1, b.2, b.0)));
     conversions.sort_by(|a, b| (a.1.at, a.0).cmp(&(b.1.at, b.0)));
     World {
+        policies: policies(),
         reference,
         customers: customers.clone(),
         data: Data {
@@ -241,6 +245,67 @@ fn build(events: &[Event]) -> World {
             ..Default::default()
         },
     }
+}
+
+/// Five policies as a WhatsApp and live-chat team would set them, two in business hours; one
+/// (`sales`) sets no first-response target, so the first responses it governs are not judged.
+fn policies() -> Vec<Policy> {
+    let target = |seconds, business_hours| {
+        Some(Target {
+            seconds,
+            business_hours,
+        })
+    };
+    let policy = |name: &str, conditions, targets| Policy {
+        name: name.into(),
+        conditions,
+        targets,
+    };
+    vec![
+        policy(
+            "urgent whatsapp",
+            Conditions {
+                channels: vec![Channel::Whatsapp],
+                priorities: vec![Priority::Urgent, Priority::High],
+                ..Conditions::default()
+            },
+            [target(120, false), target(600, false), target(4 * 3600, true)],
+        ),
+        policy(
+            "billing",
+            Conditions {
+                tags: vec!["billing".into(), "refund".into()],
+                ..Conditions::default()
+            },
+            [target(300, true), None, target(86_400, false)],
+        ),
+        policy(
+            "sales",
+            Conditions {
+                teams: vec!["sales".into()],
+                inboxes: vec!["wa-sales".into(), "support@".into()],
+                ..Conditions::default()
+            },
+            [None, target(300, false), None],
+        ),
+        policy(
+            "email",
+            Conditions {
+                channels: vec![Channel::Email],
+                ..Conditions::default()
+            },
+            [
+                target(3600, false),
+                target(7200, false),
+                target(2 * 86_400, false),
+            ],
+        ),
+        policy(
+            "everyone",
+            Conditions::default(),
+            [target(180, false), target(240, false), target(8 * 3600, false)],
+        ),
+    ]
 }
 
 /// Mon-Fri 09:00-17:00 and Saturday mornings in New York, with a holiday inside the data.
@@ -350,6 +415,7 @@ fn groupings() -> Vec<Grouping> {
         Dimension::Priority,
         Dimension::HourOfDay,
         Dimension::DayOfWeek,
+        Dimension::SlaPolicy,
     ] {
         out.push(Grouping::By(d));
     }
@@ -374,6 +440,7 @@ fn reference_dimension(d: Dimension) -> reference::Dimension {
         Dimension::Priority => reference::Dimension::Priority,
         Dimension::HourOfDay => reference::Dimension::HourOfDay,
         Dimension::DayOfWeek => reference::Dimension::DayOfWeek,
+        Dimension::SlaPolicy => reference::Dimension::SlaPolicy,
     }
 }
 
@@ -393,6 +460,7 @@ impl World {
             query: q,
             schedule,
             targets: &targets,
+            sla: &self.policies,
         }
         .run(reference_grouping(g))
         .into_iter()
@@ -434,6 +502,7 @@ impl World {
             query: q,
             schedule,
             targets,
+            sla: &self.policies,
             cancel,
             partials: None,
         }
@@ -446,7 +515,7 @@ fn every_grouping_of_every_case_equals_the_reference() {
     let schedule = schedule();
     let mut compared = 0;
     for case in cases() {
-        let s = case.query.business_hours.then_some(&schedule);
+        let s = Some(&schedule);
         for g in groupings() {
             let expected = w.reference_rows(&case.query, s, g);
             let actual = w.rows(&case.query, s, g);
@@ -463,15 +532,31 @@ fn every_grouping_of_every_case_equals_the_reference() {
     for wanted in ["resolutions: ", "reopen_rate: Some", "revenue: [(\"EUR\""] {
         assert!(whole.contains(wanted), "{wanted} missing");
     }
+    let (targets, cancel) = (Targets::default(), Cancel::default());
+    let sla = &w
+        .computation(&cases()[0].query, Some(&schedule), &targets, &cancel)
+        .run(Grouping::All)
+        .unwrap()[0]
+        .1
+        .sla;
+    for (metric, s) in [
+        ("first response", &sla.first_response),
+        ("next response", &sla.next_response),
+        ("resolution", &sla.resolution),
+    ] {
+        assert!(s.achieved > 0 && s.breached > 0, "{metric}: {s:?}");
+    }
 }
 
 #[test]
 fn backlog_utilization_and_drill_downs_equal_the_reference() {
     let w = world();
     let schedule = schedule();
+    // (breached conversations listed, clocks active, clocks active and breached)
+    let mut exercised = (0, 0, 0);
     for case in cases() {
         let q = &case.query;
-        let s = q.business_hours.then_some(&schedule);
+        let s = Some(&schedule);
         let (targets, cancel) = (Targets::default(), Cancel::default());
         let comp = w.computation(q, s, &targets, &cancel);
         for instant in [at(-1.0), at(20.0), at(41.0), at(7.0 * 24.0), at(40.0 * 24.0)] {
@@ -513,7 +598,52 @@ fn backlog_utilization_and_drill_downs_equal_the_reference() {
                 .collect();
             assert_eq!(expected, actual, "{} / {kind:?}", case.name);
         }
+        let expected: Vec<String> = reference_live::sla_breached(&w.reference, q, s, &w.policies)
+            .iter()
+            .map(|c| c.id.to_string())
+            .collect();
+        let actual: Vec<String> = comp
+            .drill_down(DrillDown::SlaBreached)
+            .unwrap()
+            .iter()
+            .map(|(s, row)| w.data.segments[*s].id(*row).to_owned())
+            .collect();
+        assert_eq!(expected, actual, "{} / SLA breached", case.name);
+        exercised.0 += actual.len();
+        for instant in [at(20.0), at(41.0), at(7.0 * 24.0 + 10.0), at(40.0 * 24.0)] {
+            let (active, breached, running) =
+                reference_live::sla_status(&w.reference, q, s, &w.policies, micros(instant));
+            let status = comp.sla_status(micros(instant), 20).unwrap();
+            assert_eq!(
+                (active, breached),
+                (status.active, status.active_breached),
+                "{} at {instant}",
+                case.name
+            );
+            let expected: Vec<String> = running
+                .iter()
+                .take(20)
+                .map(|(id, metric, policy, left)| {
+                    format!("{id} {metric:?} {} {left:.3}", w.policies[*policy as usize].name)
+                })
+                .collect();
+            let actual: Vec<String> = status
+                .at_risk
+                .iter()
+                .map(|r| {
+                    let id = w.data.segments[r.segment].id(r.row);
+                    format!("{id} {:?} {} {:.3}", r.metric, r.policy, r.time_left_seconds)
+                })
+                .collect();
+            assert_eq!(expected, actual, "{} at {instant}", case.name);
+            exercised.1 += status.active.iter().sum::<u64>();
+            exercised.2 += status.active_breached.iter().sum::<u64>();
+        }
     }
+    assert!(
+        exercised.0 > 0 && exercised.1 > 0 && exercised.2 > 0,
+        "{exercised:?}"
+    );
 }
 
 #[test]
@@ -943,7 +1073,7 @@ fn kept_partial_totals_give_the_same_answers_and_follow_what_they_depend_on() {
             .collect()
     };
     for case in cases() {
-        let s = case.query.business_hours.then_some(&schedule);
+        let s = Some(&schedule);
         for g in groupings() {
             let expected = plain(&w, &case.query, s, g);
             assert_eq!(

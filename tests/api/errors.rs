@@ -71,6 +71,7 @@ async fn undecodable_request_bodies_are_invalid_arguments() {
 async fn concurrent_settings_updates_of_different_fields_lose_nothing() {
     let app = TestApp::spawn().await;
     let hours = |holiday: u32| pb::UpdateSettingsRequest {
+        sla_policies: None,
         business_hours: Some(pb::BusinessHours {
             time_zone: "Europe/Berlin".into(),
             days: vec![pb::DayHours {
@@ -85,6 +86,7 @@ async fn concurrent_settings_updates_of_different_fields_lose_nothing() {
         ..Default::default()
     };
     let targets = |seconds: f64| pb::UpdateSettingsRequest {
+        sla_policies: None,
         targets: Some(pb::Targets {
             human_frt_seconds: Some(seconds),
             ..Default::default()

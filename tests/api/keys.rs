@@ -170,6 +170,7 @@ async fn call(app: &TestApp, rpc: Rpc, key: &str, customer: &str) -> Result<Stri
         ),
         Rpc::UpdateSettings => {
             let request = pb::UpdateSettingsRequest {
+                sla_policies: None,
                 clear_business_hours: true,
                 ..Default::default()
             };

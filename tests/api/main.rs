@@ -19,5 +19,6 @@ mod metrics;
 mod props;
 mod reference;
 mod server;
+mod sla;
 mod validation;
 mod web;

@@ -453,6 +453,7 @@ async fn hostile_query_values_are_invalid_arguments_not_panics() {
     ] {
         let status = client
             .update_settings(app.authed(pb::UpdateSettingsRequest {
+                sla_policies: None,
                 business_hours: Some(pb::BusinessHours {
                     time_zone: "UTC".into(),
                     days: vec![pb::DayHours {
@@ -503,6 +504,7 @@ async fn settings_round_trip_and_drive_business_hours_and_the_scorecard() {
     };
     let updated = client
         .update_settings(app.authed(pb::UpdateSettingsRequest {
+            sla_policies: None,
             business_hours: Some(hours.clone()),
             targets: Some(targets),
             clear_business_hours: false,
@@ -524,6 +526,7 @@ async fn settings_round_trip_and_drive_business_hours_and_the_scorecard() {
 
     let bad = client
         .update_settings(app.authed(pb::UpdateSettingsRequest {
+            sla_policies: None,
             business_hours: Some(pb::BusinessHours {
                 time_zone: "UTC".into(),
                 days: vec![pb::DayHours {

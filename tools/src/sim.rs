@@ -395,8 +395,23 @@ impl<'a> Conversation<'a> {
         self.advance(rng, 10, 240);
         self.message(rng, out, Sender::Agent, false);
         for _ in 0..rng.random_range(0..4) {
+            // Sometimes the agent asks the customer for something and marks the conversation
+            // as waiting on them; their answer ends the wait (docs/metrics.md §10).
+            if rng.random_ratio(1, 4) {
+                let at = self.advance(rng, 1, 30);
+                self.push(
+                    out,
+                    at,
+                    Payload::WaitingOnCustomer(WaitingOnCustomer { waiting: true }),
+                );
+            }
             self.advance(rng, 20, 600);
             self.message(rng, out, Sender::Customer, false);
+            if rng.random_ratio(1, 5) {
+                // A burst: the customer writes again before anyone answers.
+                self.advance(rng, 2, 60);
+                self.message(rng, out, Sender::Customer, false);
+            }
             if rng.random_ratio(1, 6) {
                 self.advance(rng, 5, 60);
                 self.message(rng, out, Sender::Agent, true); // internal note
@@ -584,6 +599,6 @@ mod tests {
         let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids.len(), events.len());
         let kinds: std::collections::BTreeSet<&str> = events.iter().map(|e| e.payload.kind()).collect();
-        assert_eq!(kinds.len(), 14, "{kinds:?}");
+        assert_eq!(kinds.len(), 15, "{kinds:?}");
     }
 }

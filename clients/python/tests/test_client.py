@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import grpc
 import pytest
 
-from chatkpi_client import Client, IngestError, pb
+from chatkpi_client import Client, IngestError, metrics_pb, pb
 
 REPO = pathlib.Path(__file__).resolve().parents[3]
 BIN = os.environ.get("CHATKPI_BIN", str(REPO / "target" / "debug" / "chatkpi"))
@@ -137,3 +137,30 @@ def test_a_wrong_key_fails_at_once_without_retrying(server):
             client.ingest(conversation("x", 0, 1))
         assert failure.value.error.code() == grpc.StatusCode.UNAUTHENTICATED
         assert time.monotonic() - began < 5
+
+
+def test_sla_policies_judge_first_responses_and_list_the_breaches(server, api_key):
+    # One policy, first response within 15 s (calendar): d answered in 10 s (achieved), e in 20 s
+    # (breached by 5), f in 60 s (breached by 45); g is still unanswered. A day later than the
+    # other tests' conversations, so their clocks are outside the window.
+    day = 86_400
+    events = (conversation("d", day, 10) + conversation("e", day + 100, 20)
+              + conversation("f", day + 200, 60) + conversation("g", day + 300, 10_000)[:2])
+    policy = metrics_pb.SlaPolicy(name="fast", first_response=metrics_pb.SlaTarget(seconds=15))
+    start, end = T0 + timedelta(seconds=day), T0 + timedelta(seconds=day + 3600)
+    with Client(server, api_key) as client:
+        settings = client.set_sla_policies([policy])
+        assert [p.name for p in settings.sla_policies] == ["fast"]
+        client.ingest(events)
+        first = client.overview(start, end).current.sla.first_response
+        assert (first.achieved, first.breached) == (1, 2)
+        assert first.breach_rate == pytest.approx(200 / 3)
+        assert first.over_target.mean == pytest.approx(25.0)  # (5 + 45) / 2
+        breached = [(r.conversation_id, r.sla_breaches[0].actual_seconds)
+                    for r in client.sla_breaches(start, end)]
+        assert breached == [("e", 20.0), ("f", 60.0)]
+        # 100 s after g's message its clock has run 100 s of 15: 85 s over.
+        status = client.sla_status(at=T0 + timedelta(seconds=day + 400))
+        assert (status.first_response.active, status.first_response.active_breached) == (1, 1)
+        assert [(r.conversation_id, r.time_left_seconds) for r in status.at_risk] == [("g", -85.0)]
+        client.set_sla_policies([])

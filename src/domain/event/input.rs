@@ -112,6 +112,9 @@ pub enum PayloadInput {
         agent_id: String,
         status: Choice<Presence>,
     },
+    WaitingOnCustomer {
+        waiting: bool,
+    },
 }
 
 /// A timestamp as microseconds: PostgreSQL keeps microseconds, so the validated event equals
@@ -241,6 +244,9 @@ impl PayloadInput {
                 })
             }
             PayloadInput::Handoff => Payload::Handoff,
+            PayloadInput::WaitingOnCustomer { waiting } => {
+                Payload::WaitingOnCustomer(super::WaitingOnCustomer { waiting: *waiting })
+            }
             PayloadInput::Resolved { by, agent_id } => {
                 let f = within("resolved");
                 check_optional_id("agent_id", agent_id.as_deref()).map_err(&f)?;
@@ -411,6 +417,7 @@ impl From<&Event> for EventInput {
                 removed: t.removed.clone(),
             },
             Payload::Handoff => PayloadInput::Handoff,
+            Payload::WaitingOnCustomer(w) => PayloadInput::WaitingOnCustomer { waiting: w.waiting },
             Payload::Resolved(r) => PayloadInput::Resolved {
                 by: Choice::Known(r.by),
                 agent_id: r.agent_id.clone(),

@@ -36,7 +36,7 @@ pub struct Event {
     pub payload: Payload,
 }
 
-/// The 14 event types of docs/metrics.md §2.
+/// The 15 event types of docs/metrics.md §2.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Payload {
@@ -54,6 +54,7 @@ pub enum Payload {
     SurveySent(SurveySent),
     Conversion(Conversion),
     AgentStatus(AgentStatus),
+    WaitingOnCustomer(WaitingOnCustomer),
 }
 
 impl Payload {
@@ -74,6 +75,7 @@ impl Payload {
             Payload::SurveySent(_) => "survey_sent",
             Payload::Conversion(_) => "conversion",
             Payload::AgentStatus(_) => "agent_status",
+            Payload::WaitingOnCustomer(_) => "waiting_on_customer",
         }
     }
 
@@ -185,6 +187,12 @@ pub struct Conversion {
     pub value_minor: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub currency: Option<String>,
+}
+
+/// The conversation waits on the customer (`waiting`), or is back with the team.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingOnCustomer {
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

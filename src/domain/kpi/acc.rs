@@ -62,6 +62,17 @@ pub(super) struct Acc {
     pub previous_customers: Vec<u32>,
     pub tags: HashMap<Sym, u64>,
     pub channels: [u64; 9],
+    /// SLA clocks judged, per metric (first response, next response, resolution).
+    pub sla: [SlaAcc; 3],
+}
+
+/// SLA clocks of one metric judged in a group.
+#[derive(Default)]
+pub(super) struct SlaAcc {
+    pub achieved: u64,
+    pub breached: u64,
+    /// Seconds over target of the breached ones.
+    pub over: Durations,
 }
 
 impl Acc {
@@ -106,6 +117,11 @@ impl Acc {
         for (mine, theirs) in self.channels.iter_mut().zip(o.channels) {
             *mine += theirs;
         }
+        for (mine, theirs) in self.sla.iter_mut().zip(&o.sla) {
+            mine.achieved += theirs.achieved;
+            mine.breached += theirs.breached;
+            mine.over.merge(&theirs.over);
+        }
     }
 
     /// Drops spare capacity and repeated customers and conversions (before the totals are
@@ -113,6 +129,9 @@ impl Acc {
     pub fn shrink(&mut self) {
         for d in self.durations_mut() {
             d.shrink();
+        }
+        for s in &mut self.sla {
+            s.over.shrink();
         }
         self.csat.shrink_to_fit();
         self.nps.shrink_to_fit();
@@ -181,6 +200,7 @@ impl Acc {
             + (self.attributed.capacity() + self.previous_customers.capacity()) * 4
             + self.ces.capacity() * 8
             + self.tags.capacity() * 24
+            + self.sla.iter().map(|s| s.over.heap_bytes()).sum::<usize>()
             + std::mem::size_of::<Acc>()
     }
 

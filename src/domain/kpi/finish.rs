@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use super::{
     ConversionRec,
-    acc::Acc,
-    types::{Ces, ConversionKpis, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention},
+    acc::{Acc, SlaAcc},
+    types::{Ces, ConversionKpis, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention, SlaKpis, SlaStats},
 };
 use crate::domain::{
     event::Channel,
     intern::Interner,
     segment::MessageTotals,
-    stats::{mean, rate},
+    stats::{Durations, mean, rate},
 };
 
 /// A group's KPIs and its distinct customers (sorted), which a time series' next bucket needs
@@ -85,7 +85,32 @@ pub(super) fn finish(mut a: Acc, symbols: &Interner, conversions: &[ConversionRe
             (*c, n, rate(n, a.conversations))
         })
         .collect();
+    k.sla = sla(std::mem::take(&mut a.sla));
     Finished { kpis: k, customers }
+}
+
+/// SLA figures per metric and over all three (docs/metrics.md §10).
+fn sla(per_metric: [SlaAcc; 3]) -> SlaKpis {
+    let stats = |achieved: u64, breached: u64, over: Durations| SlaStats {
+        achieved,
+        breached,
+        breach_rate: rate(breached, achieved + breached),
+        over_target: over.stats(false),
+    };
+    let mut all = Durations::default();
+    for m in &per_metric {
+        all.merge(&m.over);
+    }
+    let (achieved, breached) = per_metric
+        .iter()
+        .fold((0, 0), |(a, b), m| (a + m.achieved, b + m.breached));
+    let [first, next, resolution] = per_metric.map(|m| stats(m.achieved, m.breached, m.over));
+    SlaKpis {
+        first_response: first,
+        next_response: next,
+        resolution,
+        overall: stats(achieved, breached, all),
+    }
 }
 
 /// Retention (docs/metrics.md §5): the share of `previous` customers (sorted, distinct) found in

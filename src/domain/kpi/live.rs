@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use super::{Computation, filter::Compiled};
+use super::{Computation, filter::Compiled, sla::Policies};
 use crate::domain::{
     Error,
     event::{Presence, SurveyType},
-    facts::State,
+    facts::{SlaMetric, State},
     intern::Interner,
     segment::{Conv, Parts, Segment, Sym},
     stats::{DurationStats, rate},
@@ -44,6 +44,48 @@ pub enum DrillDown {
     Backlog,
     /// Resolved in the window but reopened or followed by a repeat contact.
     NotFcr,
+    /// With an SLA clock breached in the window (docs/metrics.md §10).
+    SlaBreached,
+}
+
+/// An SLA clock of a drill-down row that breached in the window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlaBreach {
+    pub metric: SlaMetric,
+    pub policy: String,
+    pub target_seconds: u32,
+    /// How long it ran (calendar or business seconds, as the target counts).
+    pub actual_seconds: f64,
+    /// When it stopped.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// SLA clocks running at an instant (docs/metrics.md §10).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlaStatus {
+    /// Per metric (first response, next response, resolution): running, and of them past their
+    /// target.
+    pub active: [u64; 3],
+    pub active_breached: [u64; 3],
+    /// The clocks that breach soonest (or breached longest ago), by time left.
+    pub at_risk: Vec<AtRisk>,
+}
+
+/// A running SLA clock and its time left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtRisk {
+    pub segment: usize,
+    pub row: usize,
+    pub metric: SlaMetric,
+    pub policy: String,
+    pub target_seconds: u32,
+    pub started_at: Micros,
+    /// Seconds it has run (as its target counts).
+    pub elapsed_seconds: f64,
+    /// Target minus elapsed: negative once breached.
+    pub time_left_seconds: f64,
+    /// The conversation's assignee at the instant.
+    pub assignee: String,
 }
 
 /// One conversation of a drill-down, its durations measured as the query asks.
@@ -78,9 +120,105 @@ pub struct ConversationRow {
     pub nps_score: Option<i32>,
     pub ces_score: Option<i32>,
     pub reply_seconds: Vec<f64>,
+    /// SLA clocks that breached in the window.
+    pub sla_breaches: Vec<SlaBreach>,
 }
 
 impl Computation<'_> {
+    /// SLA clocks running at `at` in conversations open at `at` that match the filters (the agent
+    /// filter by the assignee at `at`): counts per metric, and the `limit` that breach soonest.
+    pub fn sla_status(&self, at: Micros, limit: usize) -> Result<SlaStatus, Error> {
+        let policies = Policies::new(&self.data.symbols, self.sla);
+        let mut out = SlaStatus::default();
+        let mut running = Vec::new();
+        if policies.is_empty() {
+            return Ok(out);
+        }
+        let filters = Compiled::new(&self.data.symbols, &self.query.filters);
+        let mut c = Conv::default();
+        for (s, seg) in self.data.segments.iter().enumerate() {
+            if !seg.bounds.open_at(at) {
+                continue;
+            }
+            self.cancel.check()?;
+            for row in 0..seg.len() {
+                if seg.opened_at[row] > at || seg.live_until[row] <= at {
+                    continue;
+                }
+                seg.decode(row, Parts::All, &mut c);
+                let assignee = c.assignee_at(at);
+                // Clocks run in open conversations: a resolved stretch before a reopen is not
+                // at risk.
+                if c.state_at(at) != State::Open
+                    || !filters.conversation_except_agent(&c)
+                    || !filters.agent(assignee)
+                {
+                    continue;
+                }
+                for clock in c
+                    .clocks
+                    .iter()
+                    .filter(|k| k.start <= at && k.stop.is_none_or(|(t, _, _)| t > at))
+                {
+                    let Some((policy, target)) = policies.governing(&c, clock) else {
+                        continue;
+                    };
+                    let elapsed = super::sla::elapsed(&c, clock, at, target, self.schedule);
+                    let left = f64::from(target.seconds) - elapsed;
+                    let m = clock.metric as usize;
+                    out.active[m] += 1;
+                    out.active_breached[m] += u64::from(left < 0.0);
+                    running.push((left, s, row, *clock, policy, target, elapsed, assignee));
+                }
+            }
+        }
+        // The soonest to breach first; ties by conversation and metric, so answers repeat.
+        let segments = &self.data.segments;
+        running.sort_by(|a, b| {
+            a.0.total_cmp(&b.0)
+                .then_with(|| segments[a.1].id(a.2).cmp(segments[b.1].id(b.2)))
+                .then(a.3.metric.cmp(&b.3.metric))
+        });
+        running.truncate(limit);
+        out.at_risk = running
+            .into_iter()
+            .map(
+                |(left, segment, row, clock, policy, target, elapsed, assignee)| AtRisk {
+                    segment,
+                    row,
+                    metric: clock.metric,
+                    policy: self.sla[policy as usize].name.clone(),
+                    target_seconds: target.seconds,
+                    started_at: clock.start,
+                    elapsed_seconds: elapsed,
+                    time_left_seconds: left,
+                    assignee: self.data.symbols.name(assignee).to_owned(),
+                },
+            )
+            .collect();
+        Ok(out)
+    }
+
+    /// The SLA clocks of `c` that stopped in the window breached (docs/metrics.md §10).
+    fn breaches(&self, policies: &Policies, c: &Conv) -> Vec<SlaBreach> {
+        let window = self.window();
+        c.clocks
+            .iter()
+            .filter_map(|clock| {
+                let (at, completed, _) = clock.stop.filter(|s| window.contains(s.0))?;
+                let (policy, target) = policies.governing(c, clock)?;
+                let elapsed = super::sla::elapsed(c, clock, at, target, self.schedule);
+                (super::sla::judge(elapsed, target, completed).0 == crate::domain::sla::Verdict::Breached)
+                    .then(|| SlaBreach {
+                        metric: clock.metric,
+                        policy: self.sla[policy as usize].name.clone(),
+                        target_seconds: target.seconds,
+                        actual_seconds: elapsed,
+                        at: to_datetime(at),
+                    })
+            })
+            .collect()
+    }
     /// Conversations opened at or before `at` that are not ended as of it (a reopen counts from
     /// its time); age is `at - opened_at`, in business hours when asked.
     pub fn backlog(&self, at: Micros) -> Result<Backlog, Error> {
@@ -288,6 +426,7 @@ impl Computation<'_> {
                 inside(Some(r)) && (c.reopen_count > 0 || scan.joins.repeat(c.customer, r, c.opened_at))
             }),
             DrillDown::Backlog => false,
+            DrillDown::SlaBreached => !self.breaches(&scan.policies, c).is_empty(),
         }
     }
 
@@ -333,6 +472,11 @@ impl Computation<'_> {
             nps_score: score(SurveyType::Nps),
             ces_score: score(SurveyType::Ces),
             reply_seconds: c.replies().iter().map(|r| self.measure(r.span())).collect(),
+            sla_breaches: if self.sla.is_empty() {
+                Vec::new()
+            } else {
+                self.breaches(&Policies::new(&self.data.symbols, self.sla), &c)
+            },
         }
     }
 }

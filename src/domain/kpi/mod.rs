@@ -26,6 +26,7 @@ pub mod live;
 pub mod partial;
 mod route;
 mod scan;
+mod sla;
 pub mod types;
 
 use std::{
@@ -119,6 +120,8 @@ impl Data {
             GroupKey::Priority(p) => p.as_str().to_owned(),
             GroupKey::Number(n) => n.to_string(),
             GroupKey::Bucket(start) => super::time::to_datetime(start).to_rfc3339(),
+            // Named by the computation that knows the policies ([`Computation::label`]).
+            GroupKey::Policy(i) => format!("policy {i}"),
         }
     }
 }
@@ -153,6 +156,8 @@ pub struct Computation<'a> {
     /// The tenant's schedule, used when `query.business_hours`.
     pub schedule: Option<&'a Schedule>,
     pub targets: &'a Targets,
+    /// The tenant's SLA policies, in order (docs/metrics.md §10).
+    pub sla: &'a [crate::domain::sla::Policy],
     pub cancel: &'a Cancel,
     /// Where interior segments' totals are kept between computations (none: computed every
     /// time).
@@ -160,6 +165,17 @@ pub struct Computation<'a> {
 }
 
 impl Computation<'_> {
+    /// The text of a group key ([`Data::label`]; an SLA policy by its name).
+    pub fn label(&self, key: GroupKey) -> String {
+        match key {
+            GroupKey::Policy(i) => self
+                .sla
+                .get(i as usize)
+                .map_or_else(|| self.data.label(key), |p| p.name.clone()),
+            other => self.data.label(other),
+        }
+    }
+
     /// A duration as the query measures it: whole, or inside business hours (docs/metrics.md §7).
     pub fn measure(&self, span: Span) -> f64 {
         match (self.query.business_hours, self.schedule) {
@@ -259,6 +275,7 @@ impl Computation<'_> {
             repeat_window,
             attribution_window: attribution,
             budget: Arc::new(Budget::new(QUERY_GROUP_BYTES)),
+            policies: sla::Policies::new(&self.data.symbols, self.sla),
             grouping,
             filters: Compiled::new(&self.data.symbols, &q.filters),
             router,
@@ -276,19 +293,21 @@ impl Computation<'_> {
         let q = self.query;
         let mut kinds = q.conversion_kinds.clone();
         kinds.sort();
-        let schedule = if q.business_hours {
+        let business = q.business_hours || self.sla.iter().any(|p| p.uses_business_hours());
+        let schedule = if business {
             format!("{:?}", self.schedule)
         } else {
             String::new()
         };
         format!(
-            "{grouping:?}|{:?}|{}|{schedule}|{:?}|{:?}|{kinds:?}|{}|{:?}",
+            "{grouping:?}|{:?}|{}|{schedule}|{:?}|{:?}|{kinds:?}|{}|{:?}|{:?}",
             q.filters,
             q.business_hours,
             q.repeat_window,
             q.attribution_window,
             q.time_zone.name(),
-            self.targets
+            self.targets,
+            self.sla
         )
         .into()
     }
@@ -725,6 +744,14 @@ impl Reads {
     pub fn active(span: Span) -> Reads {
         Reads {
             active: vec![span],
+            ..Reads::default()
+        }
+    }
+
+    /// The conversations opened in `span` (one conversation looked up by its opening).
+    pub fn opened_in(span: Span) -> Reads {
+        Reads {
+            opened: vec![span],
             ..Reads::default()
         }
     }

@@ -88,7 +88,19 @@ impl Router {
                 Dimension::Priority => out.push(GroupKey::Priority(c.priority)),
                 Dimension::HourOfDay => out.push(GroupKey::Number(self.slot(at).1)),
                 Dimension::DayOfWeek => out.push(GroupKey::Number(self.slot(at).2)),
+                // Only SLA clocks have a policy ([`Router::route_clock`]).
+                Dimension::SlaPolicy => {}
             },
+        }
+    }
+
+    /// [`Router::route`] for an SLA clock governed by policy `policy`.
+    pub fn route_clock(&self, c: &Conv, at: Micros, agent: Sym, policy: u32, out: &mut Vec<GroupKey>) {
+        if self.grouping == Grouping::By(Dimension::SlaPolicy) {
+            out.clear();
+            out.push(GroupKey::Policy(policy));
+        } else {
+            self.route(c, at, agent, out);
         }
     }
 }

@@ -13,6 +13,7 @@
 //! | messages and delivery funnel ([`Scan::messages`]) | the message's time | the conversation's agent |
 //! | survey sends ([`Scan::survey_sends`]) | the send's time | the conversation's agent |
 //! | survey answers ([`Scan::surveys`]) | the answer's time | the credited agent |
+//! | SLA clocks ([`Scan::sla`], docs/metrics.md §10) | the clock's stop | the completing agent |
 
 use std::{
     collections::hash_map::Entry,
@@ -47,6 +48,8 @@ pub(super) struct Scan<'a> {
     pub attribution_window: Micros,
     /// What the computation's groups may take (see [`super::acc::Budget`]).
     pub budget: Arc<super::acc::Budget>,
+    /// The tenant's SLA policies (none: no clock is judged).
+    pub policies: super::sla::Policies,
     pub grouping: Grouping,
     pub filters: Compiled,
     pub router: Router,
@@ -224,6 +227,9 @@ impl Scan<'_> {
         }
         self.replies(c, groups, keys);
         self.surveys(c, groups, keys);
+        if !self.policies.is_empty() {
+            self.sla(c, groups, keys);
+        }
         if !agent_ok {
             // Every other item matches the agent filter by the conversation's agent.
             return;
@@ -468,6 +474,45 @@ impl Scan<'_> {
             self.router.route(c, s.at, s.agent, keys);
             for k in keys.iter() {
                 add_survey(groups.get(*k), s.kind, s.score, s.min, s.max, s.normalized());
+            }
+        }
+    }
+}
+
+impl Scan<'_> {
+    /// SLA clocks that stopped in the window, by their stop, matched and credited by the agent
+    /// who completed them (else the conversation's agent): achieved or breached against their
+    /// policy's target (docs/metrics.md §10).
+    fn sla(&self, c: &Conv, groups: &mut Groups, keys: &mut Vec<GroupKey>) {
+        for clock in &c.clocks {
+            let Some((at, completed, completer)) = clock.stop.filter(|s| self.window.contains(s.0)) else {
+                continue;
+            };
+            let Some((policy, target)) = self.policies.governing(c, clock) else {
+                continue;
+            };
+            let agent = if completed && completer != 0 {
+                completer
+            } else {
+                c.agent
+            };
+            if !self.filters.agent(agent) {
+                continue;
+            }
+            let elapsed = super::sla::elapsed(c, clock, at, target, self.comp.schedule);
+            let (verdict, over) = super::sla::judge(elapsed, target, completed);
+            if verdict == crate::domain::sla::Verdict::NotCounted {
+                continue;
+            }
+            self.router.route_clock(c, at, agent, policy, keys);
+            for k in keys.iter() {
+                let s = &mut groups.get(*k).sla[clock.metric as usize];
+                if verdict == crate::domain::sla::Verdict::Achieved {
+                    s.achieved += 1;
+                } else {
+                    s.breached += 1;
+                    s.over.push(over, None);
+                }
             }
         }
     }

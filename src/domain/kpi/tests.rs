@@ -34,6 +34,7 @@ mod live {
             query: q,
             schedule,
             targets: &targets,
+            sla: &[],
             cancel: &cancel,
             partials: None,
         })
@@ -206,6 +207,7 @@ fn compute(ds: &Dataset, q: &Query, grouping: Grouping) -> Vec<(GroupKey, Kpis)>
         query: q,
         schedule: None,
         targets: &Targets::default(),
+        sla: &[],
     }
     .run(grouping)
     .expect("not cancelled")
@@ -756,6 +758,7 @@ fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
         query: &q,
         schedule: Some(&schedule),
         targets: &targets,
+        sla: &[],
     }
     .run(Grouping::All)
     .unwrap();
@@ -772,6 +775,7 @@ fn business_hours_measure_only_open_time_over_a_weekend_and_a_holiday() {
         query: &q,
         schedule: Some(&schedule),
         targets: &targets,
+        sla: &[],
     }
     .run(Grouping::All)
     .unwrap();
@@ -821,6 +825,7 @@ fn compute_with(data: &Data, q: &Query, store: &MapStore) -> Vec<(GroupKey, Kpis
         query: q,
         schedule: None,
         targets: &Targets::default(),
+        sla: &[],
     }
     .run(Grouping::By(Dimension::Agent))
     .expect("not cancelled")
@@ -888,6 +893,7 @@ fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
             query: &q,
             schedule: None,
             targets: &targets,
+            sla: &[],
             cancel: &cancel,
             partials: None,
         }

@@ -27,6 +27,8 @@ pub enum Dimension {
     Priority,
     HourOfDay,
     DayOfWeek,
+    /// The SLA policy of a clock (only SLA figures are grouped by it, docs/metrics.md §10).
+    SlaPolicy,
 }
 
 /// How items are grouped.
@@ -49,6 +51,8 @@ pub enum GroupKey {
     Number(u32),
     /// Start of a calendar bucket.
     Bucket(Micros),
+    /// An SLA policy, by its place in the tenant's list.
+    Policy(u32),
 }
 
 /// KPI targets (docs/metrics.md §8), defaults from helpdesk practice.
@@ -187,6 +191,28 @@ pub struct Kpis {
     pub tags_omitted: u64,
     /// (channel, conversations, share %), in channel order, channels with conversations only.
     pub channels: Vec<(Channel, u64, Option<f64>)>,
+    /// Service levels (docs/metrics.md §10).
+    pub sla: SlaKpis,
+}
+
+/// SLA figures of a group: per metric and over all three (docs/metrics.md §10).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlaKpis {
+    pub first_response: SlaStats,
+    pub next_response: SlaStats,
+    pub resolution: SlaStats,
+    pub overall: SlaStats,
+}
+
+/// Clocks that stopped in the window: achieved, breached, breach rate and the time over target
+/// of the breached ones (seconds, calendar or business as each target counts).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlaStats {
+    pub achieved: u64,
+    pub breached: u64,
+    /// breached / (achieved + breached), %.
+    pub breach_rate: Option<f64>,
+    pub over_target: DurationStats,
 }
 
 /// Keeps at most `limit` of `rows`: those ranked first by `rank` (ties by their position), in

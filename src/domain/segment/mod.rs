@@ -34,7 +34,7 @@ use super::{
     intern::Interner,
     time::{Micros, OPEN_END, Span},
 };
-pub use row::{Conv, MessageTotals, Msg, Parts, Resp, Survey, Sym};
+pub use row::{Attr, Clock, Conv, MessageTotals, Msg, Parts, Resp, Survey, Sym};
 
 /// Where a segment's conversations lie in time, for choosing which segments a query reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

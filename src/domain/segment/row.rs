@@ -6,7 +6,8 @@
 //! - head: flags, kinds (channel, priority, state), inbox, team, agent, assignee, then the
 //!   optional resolution, end, first human response, wait, duration and waiting start, the
 //!   reopen count and message counts;
-//! - lists the window KPIs read: responses, tags, resolutions, survey answers, survey sends;
+//! - lists the window KPIs read: responses, tags, resolutions, survey answers, survey sends,
+//!   and what SLA clocks read: attributes over time, waits on the customer, the clocks;
 //! - tail lists only instants and drill-down read: messages, state changes, assignments and
 //!   handling intervals ([`Parts::All`]).
 //!
@@ -16,7 +17,7 @@
 use crate::domain::{
     codec::{Reader, Writer},
     event::{Channel, Initiator, Priority, ResolvedBy, Sender, SurveyType},
-    facts::{ConversationFacts, MessageCounts, State},
+    facts::{ConversationFacts, MessageCounts, SlaMetric, State},
     time::{Micros, OPEN_END, Span, micros},
 };
 
@@ -111,6 +112,25 @@ impl Survey {
     }
 }
 
+/// The priority, team and tags of a conversation from `from` on (SLA policies match by them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub from: Micros,
+    pub priority: Priority,
+    pub team: Sym,
+    /// Its tags: `attr_tags[tags.0..tags.1]` of the conversation.
+    pub tags: (u32, u32),
+}
+
+/// An SLA clock (docs/metrics.md §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    pub metric: SlaMetric,
+    pub start: Micros,
+    /// (when, completed, completing agent); `None` while it runs.
+    pub stop: Option<(Micros, bool, Sym)>,
+}
+
 /// Which lists to decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Parts {
@@ -165,6 +185,12 @@ pub struct Conv {
     pub resolutions: Vec<Micros>,
     pub surveys: Vec<Survey>,
     pub surveys_sent: Vec<(SurveyType, Micros)>,
+    /// Attributes over time (the first from the first event).
+    pub attributes: Vec<Attr>,
+    pub attr_tags: Vec<Sym>,
+    /// Waits on the customer (an open one ends at [`OPEN_END`]).
+    pub waits: Vec<Span>,
+    pub clocks: Vec<Clock>,
     // Tail ([`Parts::All`] only).
     pub messages: Vec<Msg>,
     pub state_changes: Vec<(Micros, State)>,
@@ -173,6 +199,20 @@ pub struct Conv {
 }
 
 impl Conv {
+    /// The attributes as of instant `t` (a change at `t` counts).
+    pub fn attributes_at(&self, t: Micros) -> Option<&Attr> {
+        self.attributes
+            .iter()
+            .take_while(|a| a.from <= t)
+            .last()
+            .or(self.attributes.first())
+    }
+
+    /// The tags of `a`.
+    pub fn attr_tags(&self, a: &Attr) -> &[Sym] {
+        &self.attr_tags[a.tags.0 as usize..a.tags.1 as usize]
+    }
+
     pub fn first_response(&self) -> Option<&Resp> {
         self.responses.first()
     }
@@ -339,6 +379,39 @@ pub fn encode(f: &ConversationFacts, mut sym: impl FnMut(Option<&str>) -> u32, w
         w.u8(s.survey as u8);
         w.time(prev, micros(s.at));
         prev = micros(s.at);
+    }
+
+    w.count(f.attributes.len());
+    for a in &f.attributes {
+        w.time(base, micros(a.from));
+        w.u8(a.priority as u8);
+        w.u64(u64::from(sym(a.team.as_deref())));
+        let mut tags: Vec<u32> = a.tags.iter().map(|t| sym(Some(t))).collect();
+        tags.sort_unstable();
+        w.count(tags.len());
+        for t in tags {
+            w.u64(u64::from(t));
+        }
+    }
+    w.count(f.waits.len());
+    for x in &f.waits {
+        let start = micros(x.start);
+        w.time(base, start);
+        w.opt_time(start, x.end.map(micros));
+    }
+    w.count(f.sla_clocks.len());
+    for c in &f.sla_clocks {
+        let start = micros(c.start);
+        w.u8(c.metric as u8);
+        w.time(base, start);
+        match &c.stop {
+            None => w.u8(0),
+            Some(stop) => {
+                w.u8(1 + u8::from(stop.completed));
+                w.time(start, micros(stop.at));
+                w.u64(u64::from(sym(stop.agent_id.as_deref())));
+            }
+        }
     }
 
     w.count(f.messages.len());
@@ -525,6 +598,7 @@ pub fn decode(blob: &[u8], tenant: &[Sym], parts: Parts, c: &mut Conv) -> bool {
             None => r.fail(),
         }
     }
+    decode_sla(&mut r, base, &mut sym, c);
     c.messages.clear();
     c.state_changes.clear();
     c.assignments.clear();
@@ -534,6 +608,56 @@ pub fn decode(blob: &[u8], tenant: &[Sym], parts: Parts, c: &mut Conv) -> bool {
         return !r.is_corrupt() && r.at_end();
     }
     !r.is_corrupt()
+}
+
+/// Attributes, waits and SLA clocks.
+fn decode_sla(r: &mut Reader<'_>, base: Micros, sym: &mut impl FnMut(&mut Reader<'_>) -> Sym, c: &mut Conv) {
+    c.attributes.clear();
+    c.attr_tags.clear();
+    for _ in 0..r.count() {
+        let from = r.time(base);
+        let priority = Priority::ALL
+            .get(usize::from(r.u8()))
+            .copied()
+            .unwrap_or_else(|| {
+                r.fail();
+                Priority::Normal
+            });
+        let team = sym(r);
+        let first = c.attr_tags.len() as u32;
+        for _ in 0..r.count() {
+            let t = sym(r);
+            c.attr_tags.push(t);
+        }
+        c.attributes.push(Attr {
+            from,
+            priority,
+            team,
+            tags: (first, c.attr_tags.len() as u32),
+        });
+    }
+    c.waits.clear();
+    for _ in 0..r.count() {
+        let start = r.time(base);
+        let end = r.opt_time(start).unwrap_or(OPEN_END);
+        c.waits.push(Span { start, end });
+    }
+    c.clocks.clear();
+    for _ in 0..r.count() {
+        let metric = SlaMetric::ALL.get(usize::from(r.u8())).copied();
+        let start = r.time(base);
+        let stop = match r.u8() {
+            0 => None,
+            kind => {
+                let at = r.time(start);
+                Some((at, kind == 2, sym(r)))
+            }
+        };
+        match metric {
+            Some(metric) => c.clocks.push(Clock { metric, start, stop }),
+            None => r.fail(),
+        }
+    }
 }
 
 fn decode_tail(r: &mut Reader<'_>, base: Micros, sym: &mut impl FnMut(&mut Reader<'_>) -> Sym, c: &mut Conv) {

@@ -18,7 +18,7 @@ use crate::domain::{
     time::{OPEN_END, Span},
 };
 
-const MAGIC: &[u8; 4] = b"CKS2";
+const MAGIC: &[u8; 4] = b"CKS3";
 
 /// A snapshot that cannot be loaded.
 #[derive(Debug, thiserror::Error)]

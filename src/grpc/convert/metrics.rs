@@ -11,6 +11,7 @@ use crate::{
         Error,
         calendar::{self, DaySeconds, Granularity, Schedule},
         event::FieldError,
+        facts::SlaMetric,
         kpi::{
             Dimension, Kpis, Targets,
             live::{AgentUtilization, ConversationRow, DrillDown},
@@ -18,6 +19,7 @@ use crate::{
         query::{self, Filters, Query, Window},
         scorecard,
         settings::Settings,
+        sla,
         stats::DurationStats,
     },
     grpc::pb,
@@ -152,6 +154,7 @@ pub fn dimension_from_proto(raw: i32) -> Result<Dimension, Error> {
             D::Priority => Dimension::Priority,
             D::HourOfDay => Dimension::HourOfDay,
             D::DayOfWeek => Dimension::DayOfWeek,
+            D::SlaPolicy => Dimension::SlaPolicy,
         })
     })
     .map_err(|e| Error::invalid(e.field, e.reason))
@@ -183,6 +186,7 @@ pub fn drill_down_from_proto(raw: i32) -> Result<DrillDown, Error> {
             K::Abandoned => DrillDown::Abandoned,
             K::Backlog => DrillDown::Backlog,
             K::NotFcr => DrillDown::NotFcr,
+            K::SlaBreached => DrillDown::SlaBreached,
         })
     })
     .map_err(|e| Error::invalid(e.field, e.reason))
@@ -301,6 +305,7 @@ pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
             })
             .collect(),
         tags_omitted: k.tags_omitted,
+        sla: Some(sla_to_proto(&k.sla)),
         channels: k
             .channels
             .iter()
@@ -368,6 +373,17 @@ pub fn conversation_to_proto(c: ConversationRow) -> pb::ConversationFacts {
         nps_score: c.nps_score,
         ces_score: c.ces_score,
         reply_seconds: c.reply_seconds,
+        sla_breaches: c
+            .sla_breaches
+            .into_iter()
+            .map(|b| pb::SlaBreach {
+                metric: b.metric.as_str().to_owned(),
+                policy: b.policy,
+                target_seconds: b.target_seconds,
+                actual_seconds: b.actual_seconds,
+                at: Some(chrono_to_timestamp(b.at)),
+            })
+            .collect(),
     }
 }
 
@@ -375,7 +391,114 @@ pub fn settings_to_proto(s: &Settings) -> pb::GetSettingsResponse {
     pb::GetSettingsResponse {
         business_hours: s.business_hours.as_ref().map(schedule_to_proto),
         targets: Some(targets_to_proto(&s.targets)),
+        sla_policies: s.sla_policies.iter().map(policy_to_proto).collect(),
     }
+}
+
+fn sla_to_proto(s: &crate::domain::kpi::SlaKpis) -> pb::SlaKpis {
+    let stats = |x: &crate::domain::kpi::SlaStats| pb::SlaStats {
+        achieved: x.achieved,
+        breached: x.breached,
+        breach_rate: x.breach_rate,
+        over_target: Some(duration_stats(&x.over_target)),
+    };
+    pb::SlaKpis {
+        first_response: Some(stats(&s.first_response)),
+        next_response: Some(stats(&s.next_response)),
+        resolution: Some(stats(&s.resolution)),
+        overall: Some(stats(&s.overall)),
+    }
+}
+
+fn policy_to_proto(p: &sla::Policy) -> pb::SlaPolicy {
+    let target = |m: SlaMetric| {
+        p.target(m).map(|t| pb::SlaTarget {
+            seconds: t.seconds,
+            business_hours: t.business_hours,
+        })
+    };
+    let c = &p.conditions;
+    pb::SlaPolicy {
+        name: p.name.clone(),
+        conditions: Some(pb::SlaConditions {
+            channels: c
+                .channels
+                .iter()
+                .map(|ch| super::channel_to_proto(*ch) as i32)
+                .collect(),
+            inboxes: c.inboxes.clone(),
+            teams: c.teams.clone(),
+            priorities: c
+                .priorities
+                .iter()
+                .map(|p| super::priority_to_proto(*p) as i32)
+                .collect(),
+            tags: c.tags.clone(),
+        }),
+        first_response: target(SlaMetric::FirstResponse),
+        next_response: target(SlaMetric::NextResponse),
+        resolution: target(SlaMetric::Resolution),
+    }
+}
+
+/// SLA policies from the wire (path prefix `sla_policies.policies`), checked.
+pub fn policies_from_proto(list: &pb::SlaPolicies) -> Result<Vec<sla::Policy>, Error> {
+    let field = "sla_policies.policies";
+    let mut out = Vec::with_capacity(list.policies.len().min(sla::MAX_POLICIES + 1));
+    for (i, p) in list.policies.iter().enumerate().take(sla::MAX_POLICIES + 1) {
+        let at = |rest: &str| format!("{field}[{i}].{rest}");
+        let c = p.conditions.clone().unwrap_or_default();
+        let mut conditions = sla::Conditions {
+            inboxes: c.inboxes,
+            teams: c.teams,
+            tags: c.tags,
+            ..Default::default()
+        };
+        for (j, ch) in c.channels.iter().enumerate().take(sla::MAX_CONDITION_VALUES + 1) {
+            conditions.channels.push(
+                super::required_enum(&format!("channels[{j}]"), *ch, super::channel)
+                    .map_err(|e| invalid(&at("conditions"), e))?,
+            );
+        }
+        for (j, pr) in c
+            .priorities
+            .iter()
+            .enumerate()
+            .take(sla::MAX_CONDITION_VALUES + 1)
+        {
+            conditions.priorities.push(
+                super::required_enum(&format!("priorities[{j}]"), *pr, super::priority)
+                    .map_err(|e| invalid(&at("conditions"), e))?,
+            );
+        }
+        let target = |t: &Option<pb::SlaTarget>| {
+            t.as_ref().map(|t| sla::Target {
+                seconds: t.seconds,
+                business_hours: t.business_hours,
+            })
+        };
+        out.push(sla::Policy {
+            name: p.name.clone(),
+            conditions,
+            targets: [
+                target(&p.first_response),
+                target(&p.next_response),
+                target(&p.resolution),
+            ],
+        });
+    }
+    if list.policies.len() > sla::MAX_POLICIES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "at most {} policies, got {}",
+                sla::MAX_POLICIES,
+                list.policies.len()
+            ),
+        ));
+    }
+    sla::check(field, &out)?;
+    Ok(out)
 }
 
 fn format_hhmm(secs: DaySeconds) -> String {

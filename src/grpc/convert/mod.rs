@@ -182,6 +182,7 @@ fn payload_input(p: &pb::event::Payload) -> PayloadInput {
             removed: t.removed.clone(),
         },
         P::Handoff(_) => PayloadInput::Handoff,
+        P::WaitingOnCustomer(w) => PayloadInput::WaitingOnCustomer { waiting: w.waiting },
         P::Resolved(r) => PayloadInput::Resolved {
             by: choice(r.by, resolved_by),
             agent_id: r.agent_id.clone(),
@@ -259,6 +260,7 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
             removed: t.removed.clone(),
         }),
         Payload::Handoff => P::Handoff(pb::Handoff {}),
+        Payload::WaitingOnCustomer(w) => P::WaitingOnCustomer(pb::WaitingOnCustomer { waiting: w.waiting }),
         Payload::Resolved(r) => P::Resolved(pb::Resolved {
             by: match r.by {
                 ResolvedBy::Agent => pb::ResolvedBy::Agent,

@@ -49,6 +49,13 @@ function format(kind, value) {
 // uint64 fields arrive as strings and are left out when 0 (proto3 JSON).
 const num = (v) => (present(v) ? Number(v) : 0);
 
+// The share (%) of judged SLA clocks that were achieved; undefined without any.
+function slaMet(stats) {
+  const achieved = num(stats?.achieved);
+  const judged = achieved + num(stats?.breached);
+  return judged > 0 ? (100 * achieved) / judged : undefined;
+}
+
 // ---- what the page shows -------------------------------------------------------------------
 
 // better: which direction is good news. drill: the DrillDown that lists the items behind it.
@@ -65,6 +72,11 @@ const TILES = [
   { id: 'missed_rate', label: 'Missed', kind: 'percent', better: -1, drill: 'missed', get: (k) => k.missedRate },
   { id: 'automation_rate', label: 'Automation', kind: 'percent', better: 1, drill: 'resolved', get: (k) => k.automationRate },
   { id: 'conversion_rate', label: 'Conversion', kind: 'percent', better: 1, drill: 'opened', get: (k) => k.conversion?.rate },
+  // SLA compliance (docs/metrics.md §10): achieved / (achieved + breached) of the clocks that
+  // stopped in the range; "–" without policies or clocks.
+  { id: 'sla_first_response', label: 'SLA first response met', kind: 'percent', better: 1, drill: 'sla_breached', get: (k) => slaMet(k.sla?.firstResponse) },
+  { id: 'sla_next_response', label: 'SLA next response met', kind: 'percent', better: 1, drill: 'sla_breached', get: (k) => slaMet(k.sla?.nextResponse) },
+  { id: 'sla_resolution', label: 'SLA resolution met', kind: 'percent', better: 1, drill: 'sla_breached', get: (k) => slaMet(k.sla?.resolution) },
 ];
 
 const DRILLS = {
@@ -73,6 +85,7 @@ const DRILLS = {
   not_fcr: 'Resolved conversations that were not first-contact resolutions',
   missed: 'Missed conversations',
   backlog: 'Conversations open at the end of the range',
+  sla_breached: 'Conversations with an SLA clock breached in the range',
 };
 
 // KPIs the chart can draw: a count as bars, anything else as a line.
@@ -105,6 +118,8 @@ const state = {
   series: 'conversations',
   granularity: 'GRANULARITY_DAY',
   drill: '',
+  // A conversation whose facts are shown in the drill-down panel instead of a drill-down.
+  conversation: '',
 };
 const seen = { agents: new Set(), tags: new Set() };
 let agentSort = { column: 'conversations', direction: -1 };
@@ -130,12 +145,13 @@ function readFragment() {
   state.series = params.get('series') || state.series;
   state.granularity = params.get('granularity') || state.granularity;
   state.drill = DRILLS[params.get('drill')] ? params.get('drill') : '';
+  state.conversation = params.get('conversation') || '';
   writeFragment();
 }
 
 function writeFragment() {
   const params = new URLSearchParams();
-  for (const name of ['from', 'to', 'tz', 'channel', 'agent', 'tag', 'series', 'granularity', 'drill']) {
+  for (const name of ['from', 'to', 'tz', 'channel', 'agent', 'tag', 'series', 'granularity', 'drill', 'conversation']) {
     if (state[name]) params.set(name, state[name]);
   }
   if (state.bh) params.set('bh', '1');
@@ -501,7 +517,8 @@ async function loadAll() {
     fillSelect($('agent'), seen.agents, state.agent);
     fillSelect($('tag'), seen.tags, state.tag);
     await loadBacklog();
-    if (state.drill) await openDrill(state.drill);
+    if (state.conversation) await openConversation(state.conversation);
+    else if (state.drill) await openDrill(state.drill);
     document.body.dataset.state = 'ready';
     setStatus(`Updated ${new Date().toLocaleTimeString('en-GB')}`);
   } catch (e) {
@@ -532,6 +549,60 @@ async function loadBacklog() {
     cell('median age', format('duration', backlog.age?.p50), 'age'),
   );
   $('backlog-at').textContent = `as of ${new Date(backlog.at || Date.now()).toLocaleTimeString('en-GB')}, every 15 s`;
+  await loadAtRisk(now);
+}
+
+const RISK_LIMIT = 10;
+const METRICS = { first_response: 'first response', next_response: 'next response', resolution: 'resolution' };
+
+// The SLA clocks running now that breach soonest (GetSlaStatus), refreshed with the backlog; a
+// conversation opens its facts.
+async function loadAtRisk(now) {
+  const status = await rpc('GetSlaStatus', { query: now, limit: RISK_LIMIT });
+  const rows = status.atRisk || [];
+  const left = (s) => (s < 0 ? `${format('duration', -s)} over` : `${format('duration', s)} left`);
+  $('risk-counts').textContent = `${format('count', num(status.overall?.active))} running, `
+    + `${format('count', num(status.overall?.activeBreached))} breached`;
+  $('at-risk').replaceChildren(
+    el('thead', {}, el('tr', {}, ...['conversation', 'clock', 'policy', 'assignee', 'time'].map((c) => el('th', { scope: 'col' }, c)))),
+    el('tbody', {}, ...rows.map((r) => el('tr', { class: `risk-row${r.timeLeftSeconds < 0 ? ' bad' : ''}`, 'data-risk': r.conversationId },
+      el('td', {}, el('button', { type: 'button', class: 'link', onclick: () => openConversation(r.conversationId) }, r.conversationId)),
+      el('td', {}, METRICS[r.metric] || r.metric),
+      el('td', {}, r.policy),
+      el('td', {}, r.assignee || 'unassigned'),
+      el('td', {}, left(r.timeLeftSeconds))))),
+  );
+  $('risk-empty').hidden = rows.length > 0;
+}
+
+// One conversation's facts (GetConversation) in the drill-down panel, as field / value lines.
+async function openConversation(id) {
+  state.conversation = id;
+  state.drill = '';
+  writeFragment();
+  $('drill').hidden = false;
+  $('drill-csv').hidden = true;
+  $('drill-title').textContent = `Conversation ${id}`;
+  $('drill-note').textContent = 'Loading…';
+  try {
+    const facts = await rpc('GetConversation', { conversationId: id, query: query() });
+    const text = (name, value) => {
+      if (name === 'slaBreaches') {
+        return value.map((b) => `${METRICS[b.metric] || b.metric} (${b.policy}): ${format('duration', b.actualSeconds)} of ${format('duration', b.targetSeconds)}`).join('; ');
+      }
+      if (Array.isArray(value)) return value.map((v) => (name.endsWith('Seconds') ? format('duration', v) : String(v))).join(', ');
+      if (name.endsWith('Seconds')) return format('duration', value);
+      if (name.endsWith('At')) return new Date(value).toLocaleString('en-GB', { timeZone: state.tz });
+      return String(value);
+    };
+    $('drill-table').replaceChildren(el('tbody', {}, ...Object.entries(facts).map(([name, value]) => el('tr', { class: 'fact-row' },
+      el('th', { scope: 'row' }, name.replace(/[A-Z]/g, (c) => ` ${c.toLowerCase()}`)),
+      el('td', {}, text(name, value))))));
+    $('drill-note').textContent = 'Every field of the conversation (fields without a value are left out).';
+    $('drill').scrollIntoView({ block: 'nearest' });
+  } catch (e) {
+    fail(e);
+  }
 }
 
 function parseCsv(text) {
@@ -551,12 +622,14 @@ function parseCsv(text) {
 }
 
 const DRILL_LIMIT = 100;
-const DRILL_COLUMNS = ['conversation_id', 'channel', 'agent', 'state', 'opened_at', 'first_response_seconds', 'resolution_seconds', 'csat_score', 'tags'];
+const DRILL_COLUMNS = ['conversation_id', 'channel', 'agent', 'state', 'opened_at', 'first_response_seconds', 'resolution_seconds', 'csat_score', 'tags', 'sla_breaches'];
 
 async function openDrill(kind) {
   state.drill = kind;
+  state.conversation = '';
   writeFragment();
   $('drill').hidden = false;
+  $('drill-csv').hidden = false;
   $('drill-title').textContent = DRILLS[kind];
   $('drill-note').textContent = 'Loading…';
   try {
@@ -671,7 +744,7 @@ function start() {
   });
   $('series-kpi').addEventListener('change', () => { state.series = $('series-kpi').value; writeFragment(); loadSeries(); });
   $('granularity').addEventListener('change', () => { state.granularity = $('granularity').value; writeFragment(); loadSeries(); });
-  $('drill-close').addEventListener('click', () => { state.drill = ''; writeFragment(); $('drill').hidden = true; });
+  $('drill-close').addEventListener('click', () => { state.drill = ''; state.conversation = ''; writeFragment(); $('drill').hidden = true; });
   $('drill-csv').addEventListener('click', downloadDrill);
   if (state.key) showDashboard(); else showLogin();
 }

@@ -98,9 +98,20 @@ impl Resp {
 pub struct Msg {
     pub at: Micros,
     pub sender: Sender,
+    /// The sending agent of an agent message.
+    pub agent: Sym,
     pub delivered: bool,
     pub read: bool,
     pub failed: bool,
+}
+
+/// The attributes SLA policies match by, from `from` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub from: Micros,
+    pub priority: Priority,
+    pub team: Sym,
+    pub tags: Box<[Sym]>,
 }
 
 /// The counting survey answer of one type.
@@ -157,6 +168,11 @@ pub struct Conv {
     pub responses: Box<[Resp]>,
     /// First human response, `waiting_since` = the human queue start.
     pub human_first: Option<Resp>,
+    pub human_queue_start: Option<Micros>,
+    /// Priority, team and tags from an instant on (docs/metrics.md §10).
+    pub attributes: Box<[Attr]>,
+    /// Stretches of waiting on the customer; `end = OPEN_END` while it waits.
+    pub waits: Box<[Span]>,
     pub wait: Option<Span>,
     /// Still waiting at the end of the events.
     pub waiting_since: Option<Micros>,
@@ -425,6 +441,7 @@ impl Dataset {
             .map(|m| Msg {
                 at: micros(m.at),
                 sender: m.sender,
+                agent: s.intern_opt(m.agent_id.as_deref()),
                 delivered: m.delivered,
                 read: m.read,
                 failed: m.failed,
@@ -446,6 +463,25 @@ impl Dataset {
             has_customer_message: f.first_customer_message_at.is_some(),
             responses: responses.into(),
             human_first,
+            human_queue_start: f.human_queue_start.map(micros),
+            attributes: f
+                .attributes
+                .iter()
+                .map(|a| Attr {
+                    from: micros(a.from),
+                    priority: a.priority,
+                    team: s.intern_opt(a.team.as_deref()),
+                    tags: a.tags.iter().map(|t| s.intern(t)).collect(),
+                })
+                .collect(),
+            waits: f
+                .waits
+                .iter()
+                .map(|w| Span {
+                    start: micros(w.start),
+                    end: w.end.map_or(OPEN_END, micros),
+                })
+                .collect(),
             wait,
             waiting_since: f.waiting_since.map(micros),
             resolved_at: f.resolved_at.map(micros),

@@ -12,7 +12,12 @@ use chatkpi::domain::{
     stats::{DurationStats, mean, rate},
 };
 
-use super::dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros};
+use chatkpi::domain::sla::Policy;
+
+use super::{
+    dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros},
+    sla,
+};
 
 /// A breakdown dimension (docs/metrics.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +30,7 @@ pub enum Dimension {
     Priority,
     HourOfDay,
     DayOfWeek,
+    SlaPolicy,
 }
 
 /// How items are grouped.
@@ -47,6 +53,8 @@ pub enum GroupKey {
     Number(u32),
     /// Start of a calendar bucket.
     Bucket(Micros),
+    /// An SLA policy by its place in the list.
+    Policy(u32),
 }
 
 /// KPI targets (docs/metrics.md §8), defaults from helpdesk practice.
@@ -183,6 +191,25 @@ pub struct Kpis {
     pub tags_omitted: u64,
     /// (channel, conversations, share %), in channel order, channels with conversations only.
     pub channels: Vec<(Channel, u64, Option<f64>)>,
+    pub sla: SlaKpis,
+}
+
+/// SLA figures per metric and over all three (docs/metrics.md §10).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlaKpis {
+    pub first_response: SlaStats,
+    pub next_response: SlaStats,
+    pub resolution: SlaStats,
+    pub overall: SlaStats,
+}
+
+/// Clocks stopped in the window: achieved, breached, breach rate, time over target.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SlaStats {
+    pub achieved: u64,
+    pub breached: u64,
+    pub breach_rate: Option<f64>,
+    pub over_target: DurationStats,
 }
 
 /// Running totals of one group.
@@ -225,6 +252,9 @@ struct Acc {
     previous_customers: HashSet<Sym>,
     tags: HashMap<Sym, u64>,
     channels: [u64; 9],
+    /// Per SLA metric: achieved, and seconds over target of each breach.
+    sla_achieved: [u64; 3],
+    sla_over: [Vec<f64>; 3],
 }
 
 /// Filters resolved to symbols. `None` = no filter; an empty set matches nothing (a filter
@@ -290,6 +320,8 @@ pub struct Computation<'a> {
     /// The tenant's schedule, used when `query.business_hours`.
     pub schedule: Option<&'a Schedule>,
     pub targets: &'a Targets,
+    /// The tenant's SLA policies, in order.
+    pub sla: &'a [Policy],
 }
 
 impl Computation<'_> {
@@ -330,6 +362,7 @@ impl Computation<'_> {
                 Dimension::Priority => out.push(GroupKey::Priority(c.priority)),
                 Dimension::HourOfDay => out.push(GroupKey::Number(times.slot(at).1)),
                 Dimension::DayOfWeek => out.push(GroupKey::Number(times.slot(at).2)),
+                Dimension::SlaPolicy => {}
             },
         }
     }
@@ -527,6 +560,8 @@ impl Computation<'_> {
                 }
             }
 
+            self.sla_clocks(grouping, times, c, filters, &inside, &mut groups, &mut keys);
+
             if !conv_agent_ok {
                 // Every remaining item matches the agent filter by the conversation's agent,
                 // except surveys (their own credit).
@@ -634,6 +669,58 @@ impl Computation<'_> {
         }
 
         groups
+    }
+
+    /// SLA clocks stopped in the window, by their stop, credited to the agent who completed
+    /// them (else the conversation's agent); by policy they go to their policy's group.
+    #[allow(clippy::too_many_arguments)]
+    fn sla_clocks(
+        &self,
+        grouping: Grouping,
+        times: &TimeIndex,
+        c: &Conv,
+        filters: &Compiled,
+        inside: &impl Fn(Micros) -> bool,
+        groups: &mut Groups,
+        keys: &mut Vec<GroupKey>,
+    ) {
+        if self.sla.is_empty() {
+            return;
+        }
+        for clock in sla::clocks(c) {
+            let Some((at, completed, completer)) = clock.stop.filter(|s| inside(s.0)) else {
+                continue;
+            };
+            let Some((policy, target)) = sla::governing(self.dataset, self.sla, c, &clock) else {
+                continue;
+            };
+            let agent = if completed && completer != NONE {
+                completer
+            } else {
+                c.agent
+            };
+            if !filters.agent(agent) {
+                continue;
+            }
+            let seconds = sla::elapsed(c, &clock, at, target, self.schedule);
+            let Ok(over) = sla::judged(seconds, target, completed) else {
+                continue;
+            };
+            if grouping == Grouping::By(Dimension::SlaPolicy) {
+                keys.clear();
+                keys.push(GroupKey::Policy(policy));
+            } else {
+                self.route(grouping, times, c, at, agent, keys);
+            }
+            let m = clock.metric as usize;
+            for k in keys.iter() {
+                let a = groups.get(*k);
+                match over {
+                    None => a.sla_achieved[m] += 1,
+                    Some(over) => a.sla_over[m].push(over),
+                }
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -836,10 +923,33 @@ impl Computation<'_> {
                 )
             })
             .collect();
+        k.sla = sla_kpis(a.sla_achieved, a.sla_over);
         GroupResult {
             kpis: k,
             conversion_customers: Some(customers),
         }
+    }
+}
+
+/// docs/metrics.md §10: per metric and overall, breach rate = breached / (achieved + breached)
+/// and the time over target of the breached clocks.
+fn sla_kpis(achieved: [u64; 3], over: [Vec<f64>; 3]) -> SlaKpis {
+    let stats = |achieved: u64, over: Vec<f64>| {
+        let breached = over.len() as u64;
+        SlaStats {
+            achieved,
+            breached,
+            breach_rate: rate(breached, achieved + breached),
+            over_target: DurationStats::from_values(over, None),
+        }
+    };
+    let all: Vec<f64> = over.iter().flatten().copied().collect();
+    let [first, next, resolution] = over;
+    SlaKpis {
+        first_response: stats(achieved[0], first),
+        next_response: stats(achieved[1], next),
+        resolution: stats(achieved[2], resolution),
+        overall: stats(achieved.iter().sum(), all),
     }
 }
 
@@ -939,6 +1049,10 @@ impl Acc {
         }
         for (mine, theirs) in self.channels.iter_mut().zip(o.channels) {
             *mine += theirs;
+        }
+        for m in 0..3 {
+            self.sla_achieved[m] += o.sla_achieved[m];
+            self.sla_over[m].extend(&o.sla_over[m]);
         }
     }
 

@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use chatkpi::domain::{
     calendar::Schedule,
     event::Presence,
-    facts::State,
+    facts::{SlaMetric, State},
     query::Query,
+    sla::Policy,
     stats::{DurationStats, rate},
 };
 
 use super::{
     dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},
     kpis::Compiled,
+    sla,
 };
 
 /// Backlog and live counts at an instant.
@@ -240,6 +242,78 @@ pub fn drill_down<'a>(ds: &'a Dataset, q: &Query, kind: DrillDown) -> Vec<&'a Co
             DrillDown::NotFcr => c.resolved_at.is_some_and(|r| {
                 inside(Some(r)) && (c.reopen_count > 0 || Dataset::repeat_contact(c, repeat_window))
             }),
+        })
+        .collect();
+    out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));
+    out
+}
+
+/// A running SLA clock at an instant: (conversation, metric, policy index, time left).
+pub type Running = (String, SlaMetric, u32, f64);
+
+/// SLA clocks running at `at` in the open conversations matching the filters (the agent filter
+/// by the assignee at `at`): active and active breached per metric, and every running clock by
+/// time left, then conversation id, then metric (docs/metrics.md §10).
+pub fn sla_status(
+    ds: &Dataset,
+    q: &Query,
+    schedule: Option<&Schedule>,
+    policies: &[Policy],
+    at: Micros,
+) -> ([u64; 3], [u64; 3], Vec<Running>) {
+    let filters = Compiled::new(ds, &q.filters);
+    let (mut active, mut breached, mut running) = ([0; 3], [0; 3], Vec::new());
+    for c in ds.conversations.iter().filter(|c| {
+        c.opened_at <= at
+            && c.state_at(at) == State::Open
+            && filters.conversation_except_agent(c)
+            && filters.agent(c.assignee_at(at))
+    }) {
+        for clock in sla::clocks(c) {
+            if clock.start > at || clock.stop.is_some_and(|(t, _, _)| t <= at) {
+                continue;
+            }
+            let Some((policy, target)) = sla::governing(ds, policies, c, &clock) else {
+                continue;
+            };
+            let left = f64::from(target.seconds) - sla::elapsed(c, &clock, at, target, schedule);
+            active[clock.metric as usize] += 1;
+            breached[clock.metric as usize] += u64::from(left < 0.0);
+            running.push((c.id.to_string(), clock.metric, policy, left));
+        }
+    }
+    running.sort_by(|a, b| {
+        a.3.total_cmp(&b.3)
+            .then_with(|| a.0.cmp(&b.0))
+            .then(a.1.cmp(&b.1))
+    });
+    (active, breached, running)
+}
+
+/// Conversations (matching the filters, by opened_at then id) with an SLA clock that stopped in
+/// the window breached.
+pub fn sla_breached<'a>(
+    ds: &'a Dataset,
+    q: &Query,
+    schedule: Option<&Schedule>,
+    policies: &[Policy],
+) -> Vec<&'a Conv> {
+    let filters = Compiled::new(ds, &q.filters);
+    let (from, to) = (micros(q.window.from), micros(q.window.to));
+    let mut out: Vec<&Conv> = ds
+        .conversations
+        .iter()
+        .filter(|c| filters.conversation(c))
+        .filter(|c| {
+            sla::clocks(c).iter().any(|clock| {
+                let Some((at, completed, _)) = clock.stop.filter(|s| from <= s.0 && s.0 < to) else {
+                    return false;
+                };
+                sla::governing(ds, policies, c, clock).is_some_and(|(_, target)| {
+                    let seconds = sla::elapsed(c, clock, at, target, schedule);
+                    matches!(sla::judged(seconds, target, completed), Ok(Some(_)))
+                })
+            })
         })
         .collect();
     out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));

@@ -9,3 +9,4 @@
 pub mod dataset;
 pub mod kpis;
 pub mod live;
+pub mod sla;

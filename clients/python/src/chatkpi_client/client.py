@@ -3,8 +3,8 @@ retries on UNAVAILABLE, and typed KPI queries."""
 import os
 import random
 import time
-from datetime import datetime, timezone
-from typing import Iterable, List, Optional, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Iterator, List, Optional, Sequence
 
 import grpc
 
@@ -145,6 +145,34 @@ class Client:
         if at is not None:
             request.at.FromDatetime(_utc(at))
         return self.metrics.GetBacklog(request, metadata=self._metadata, timeout=self.timeout)
+
+    # --- service levels (docs/metrics.md §10) -------------------------------------------------
+
+    def set_sla_policies(self, policies: Sequence[metrics_pb.SlaPolicy]) -> metrics_pb.GetSettingsResponse:
+        """Replaces the tenant's SLA policies (in order; an empty list removes them). Admin key."""
+        request = metrics_pb.UpdateSettingsRequest(
+            sla_policies=metrics_pb.SlaPolicies(policies=list(policies)))
+        return self.metrics.UpdateSettings(request, metadata=self._metadata,
+                                           timeout=self.timeout).settings
+
+    def sla_status(self, at: Optional[datetime] = None, limit: int = 20,
+                   **filters) -> metrics_pb.GetSlaStatusResponse:
+        """Running SLA clocks at an instant (default now) and the `limit` that breach soonest.
+        Filters as for `query` (agents: the assignee at the instant)."""
+        when = _utc(at) if at is not None else datetime.now(timezone.utc)
+        request = metrics_pb.GetSlaStatusRequest(
+            query=self.query(when - timedelta(days=1), when, **filters), limit=limit)
+        request.at.FromDatetime(when)
+        return self.metrics.GetSlaStatus(request, metadata=self._metadata, timeout=self.timeout)
+
+    def sla_breaches(self, from_: datetime, to: datetime,
+                     **query) -> Iterator[metrics_pb.ConversationFacts]:
+        """The conversations with an SLA clock breached in the window, each with its breaches
+        (`row.sla_breaches`: metric, policy, target and actual seconds)."""
+        request = metrics_pb.ListConversationsRequest(
+            query=self.query(from_, to, **query), kpi=metrics_pb.DRILL_DOWN_SLA_BREACHED)
+        return self.metrics.ListConversations(request, metadata=self._metadata,
+                                              timeout=self.timeout)
 
 
 def _utc(t: datetime) -> datetime:

@@ -6,7 +6,10 @@ use std::time::Instant;
 use anyhow::Context;
 
 use crate::{
-    app::admin::AdminService,
+    app::{
+        admin::AdminService,
+        whatsapp::{SourceRequest, WhatsAppService},
+    },
     config::{DatabaseArgs, ImportArgs, TenantCommand},
     domain::tenant::{Scope, TenantId},
     store,
@@ -127,6 +130,57 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
             println!("conversations={}", erased.conversations);
             println!("events={}", erased.events);
             println!("conversions={}", erased.conversions);
+        }
+        TenantCommand::AddWhatsapp {
+            database,
+            tenant,
+            name,
+            app_secret,
+            inbox,
+            verify_token,
+            inactivity_seconds,
+        } => {
+            let pool = migrated_pool(database).await?;
+            let created = WhatsAppService::new(pool)
+                .create_source(
+                    TenantId(*tenant),
+                    &SourceRequest {
+                        name: name.clone(),
+                        inbox: inbox.clone(),
+                        app_secret: app_secret.clone(),
+                        verify_token: verify_token.clone(),
+                        inactivity_seconds: *inactivity_seconds,
+                    },
+                )
+                .await?;
+            println!("source_id={}", created.source_id);
+            println!("path=/v1/whatsapp/{tenant}/{}", created.source_id);
+            println!("verify_token={}", created.verify_token);
+        }
+        TenantCommand::ListWhatsapp { database, tenant } => {
+            let pool = migrated_pool(database).await?;
+            println!("source_id\tname\tinbox\tinactivity_seconds\tcreated_at");
+            for s in WhatsAppService::new(pool).list_sources(TenantId(*tenant)).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s.source_id,
+                    s.name,
+                    s.inbox,
+                    s.inactivity_seconds,
+                    s.created_at.to_rfc3339()
+                );
+            }
+        }
+        TenantCommand::RemoveWhatsapp {
+            database,
+            tenant,
+            source_id,
+        } => {
+            let pool = migrated_pool(database).await?;
+            WhatsAppService::new(pool)
+                .delete_source(TenantId(*tenant), source_id)
+                .await?;
+            println!("removed source_id={source_id}");
         }
     }
     Ok(())

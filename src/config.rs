@@ -258,6 +258,46 @@ pub enum TenantCommand {
         #[arg(long)]
         customer: String,
     },
+    /// Add a WhatsApp Cloud API source (README "WhatsApp"; the same as
+    /// AdminService.CreateWhatsAppSource): prints its id, webhook path and verify token (shown
+    /// once).
+    AddWhatsapp {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        /// What the source is (a phone number, an app).
+        #[arg(long)]
+        name: String,
+        /// The Meta app secret (bodies are signed with it).
+        #[arg(long, env = "WHATSAPP_APP_SECRET")]
+        app_secret: String,
+        /// The inbox of its conversations (default: the business phone number of each message).
+        #[arg(long, default_value = "")]
+        inbox: String,
+        /// The token Meta's verification request carries (default: generated).
+        #[arg(long, default_value = "")]
+        verify_token: String,
+        /// Idle seconds after which a conversation is closed (default 86400).
+        #[arg(long, default_value_t = 0)]
+        inactivity_seconds: u32,
+    },
+    /// List a tenant's WhatsApp sources (never their secrets).
+    ListWhatsapp {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+    },
+    /// Remove a WhatsApp source: its URL answers 404 from then on.
+    RemoveWhatsapp {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        #[arg(long)]
+        source_id: String,
+    },
 }
 
 fn parse_scope(text: &str) -> Result<Scope, String> {

@@ -135,6 +135,7 @@ impl Application {
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
         let gauges = tokio::spawn(sample_gauges(self.app.clone(), self.pool.clone()));
+        let sweeper = tokio::spawn(close_idle_whatsapp(self.app.clone()));
         let revocations = self.app.keys.watch_revocations();
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
@@ -189,7 +190,7 @@ impl Application {
             conns,
             self.tls,
             settings,
-            web::service(grpc, request_timeout),
+            web::service(grpc, request_timeout, self.app.clone()),
             stop_rx,
             self.grace,
         )
@@ -197,10 +198,30 @@ impl Application {
         let result: anyhow::Result<()> = Ok(());
         readiness.abort();
         gauges.abort();
+        sweeper.abort();
         revocations.abort();
         self.pool.close().await;
         tracing::info!("chatkpi stopped");
         result
+    }
+}
+
+/// Closes WhatsApp conversations idle past their source's window (docs/metrics.md §11), every
+/// minute. Every replica does it; the close's event id makes a repeat a duplicate.
+async fn close_idle_whatsapp(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if !app.ready.is_ready() {
+            continue;
+        }
+        match app.whatsapp.close_idle(&app.ingest, chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(closed = n, "idle WhatsApp conversations closed"),
+            Err(err) => {
+                tracing::warn!(error = %err, "closing idle WhatsApp conversations failed; retrying in a minute")
+            }
+        }
     }
 }
 

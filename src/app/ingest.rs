@@ -63,6 +63,11 @@ impl<S: EventStore> IngestService<S> {
         }
     }
 
+    /// Largest accepted batch, in events.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Batches waiting to be written, over all tenants (a metric).
     pub fn queued(&self) -> usize {
         self.writer.queued()

@@ -7,7 +7,8 @@
 //! - [`keys`]: resolve API keys to tenants and scopes;
 //! - [`admin`]: erase a customer;
 //! - [`limits`]: per-tenant and per-client rates and open streams;
-//! - [`schedule`]: fair shares of the CPU between tenants' computations.
+//! - [`schedule`]: fair shares of the CPU between tenants' computations;
+//! - [`whatsapp`]: WhatsApp Cloud API sources and webhooks.
 
 pub mod admin;
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod keys;
 pub mod kpis;
 pub mod limits;
 pub mod schedule;
+pub mod whatsapp;
 pub mod writer;
 
 use std::sync::{
@@ -69,6 +71,7 @@ pub struct App {
     pub kpis: kpis::KpiService,
     pub keys: keys::KeyService,
     pub admin: admin::AdminService,
+    pub whatsapp: whatsapp::WhatsAppService,
     pub limits: limits::Limits,
     pub ready: Readiness,
 }
@@ -89,7 +92,8 @@ impl App {
                 std::sync::Arc::new(schedule::Scheduler::new()?),
             ),
             keys: keys::KeyService::new(pool.clone()),
-            admin: admin::AdminService::new(pool),
+            admin: admin::AdminService::new(pool.clone()),
+            whatsapp: whatsapp::WhatsAppService::new(pool),
             limits: limits::Limits::new(&config.limits),
             ready,
         })

@@ -10,7 +10,7 @@
 //! changes, handling intervals, survey answers and sends), so every KPI of docs/metrics.md §5 can be
 //! computed from facts without re-reading events.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -387,11 +387,22 @@ struct Receipt {
 }
 
 /// Attaches delivery receipts to their messages, whenever they arrived (docs/metrics.md §5: a receipt
-/// may arrive, and sort, before its message; read implies delivered).
+/// may arrive, and sort, before its message; read implies delivered). A receipt that implies
+/// its message stands for one system message at the earliest such receipt while no `message`
+/// event has the id.
 fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
     let mut receipts: HashMap<&str, Receipt> = HashMap::new();
+    let mut implied: HashMap<&str, DateTime<Utc>> = HashMap::new();
+    let mut sent: HashSet<&str> = HashSet::new();
     for e in ordered {
+        if let Payload::Message(m) = &e.payload {
+            sent.insert(m.message_id.as_str());
+        }
         if let Payload::MessageStatus(s) = &e.payload {
+            if s.implies_message {
+                // `ordered` is in time order: the first one seen is the earliest.
+                implied.entry(s.message_id.as_str()).or_insert(e.occurred_at);
+            }
             let flags = receipts.entry(s.message_id.as_str()).or_default();
             match s.status {
                 DeliveryStatus::Sent => {}
@@ -403,6 +414,22 @@ fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
                 DeliveryStatus::Failed => flags.failed = true,
             }
         }
+    }
+    let mut implied: Vec<(&str, DateTime<Utc>)> =
+        implied.into_iter().filter(|(id, _)| !sent.contains(id)).collect();
+    if !implied.is_empty() {
+        implied.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        f.messages.extend(implied.into_iter().map(|(id, at)| MessageFact {
+            message_id: id.to_owned(),
+            sender: Sender::System,
+            agent_id: None,
+            at,
+            delivered: false,
+            read: false,
+            failed: false,
+        }));
+        // Stable: messages of the same instant keep their order, implied ones after them.
+        f.messages.sort_by_key(|m| m.at);
     }
     for m in &mut f.messages {
         if let Some(r) = receipts.get(m.message_id.as_str()) {
@@ -526,21 +553,23 @@ impl Walk {
                 }
             }
             Payload::TagsChanged(c) => {
-                // Within one event: add `added`, then remove `removed`. A conversation carries
-                // at most MAX_TAGS_PER_CONVERSATION tags: an add while it is full is ignored
-                // (docs/metrics.md §3), so no answer grows with what one client sends.
+                // Within one event: add `added`, then remove `removed`.
                 for tag in &c.added {
-                    if self.tags.len() < MAX_TAGS_PER_CONVERSATION || self.tags.contains(tag) {
-                        self.tags.insert(tag.clone());
-                    }
+                    self.add_tag(tag.clone());
                 }
                 for tag in &c.removed {
                     self.tags.remove(tag);
                 }
             }
+            // docs/metrics.md §5: a receipt's category and error code tag the conversation.
+            Payload::MessageStatus(s) => {
+                for tag in s.tags() {
+                    self.add_tag(tag);
+                }
+            }
             // Private notes: never responses, never counted, not outbound.
             Payload::Message(m) if !m.private => self.message(t, m),
-            Payload::Message(_) | Payload::MessageStatus(_) => {}
+            Payload::Message(_) => {}
             Payload::Handoff => self.handoffs.push(t),
             Payload::Resolved(r) => {
                 self.f.resolutions.push(t);
@@ -593,8 +622,17 @@ impl Walk {
                 | Payload::Assigned(_)
                 | Payload::ConversationUpdated(_)
                 | Payload::TagsChanged(_)
+                | Payload::MessageStatus(_)
         ) {
             self.note_attributes(t);
+        }
+    }
+
+    /// A conversation carries at most MAX_TAGS_PER_CONVERSATION tags: an add while it is full
+    /// is ignored (docs/metrics.md §3), so no answer grows with what one client sends.
+    fn add_tag(&mut self, tag: String) {
+        if self.tags.len() < MAX_TAGS_PER_CONVERSATION || self.tags.contains(&tag) {
+            self.tags.insert(tag);
         }
     }
 

@@ -433,6 +433,9 @@ fn delivery_receipts_count_whenever_they_arrive_and_read_implies_delivered() {
         Payload::MessageStatus(MessageStatusChanged {
             message_id: m.into(),
             status: s,
+            error_code: None,
+            category: None,
+            implies_message: false,
         })
     };
     let f = Conv::new()
@@ -562,6 +565,9 @@ fn facts_are_a_function_of_the_event_set_not_its_order() {
             Payload::MessageStatus(MessageStatusChanged {
                 message_id: "m-a1".into(),
                 status: DeliveryStatus::Read,
+                error_code: None,
+                category: None,
+                implies_message: false,
             }),
         )
         .resolved("r1", 60)

@@ -20,6 +20,7 @@ pub mod scorecard;
 pub mod segment;
 pub mod settings;
 pub mod sla;
+pub mod whatsapp;
 
 #[cfg(test)]
 pub(crate) mod testkit;

@@ -468,6 +468,9 @@ mod tests {
                 Payload::MessageStatus(MessageStatusChanged {
                     message_id: "m-m1".into(),
                     status: DeliveryStatus::Read,
+                    error_code: None,
+                    category: None,
+                    implies_message: false,
                 }),
             )
             .resolved("r1", 60)

@@ -4,8 +4,16 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{auth, pb};
-use crate::{app::App, domain::tenant::Scope};
+use super::{auth, convert::chrono_to_timestamp, pb};
+use crate::{
+    app::{App, whatsapp::SourceRequest},
+    domain::tenant::{Scope, TenantId},
+};
+
+/// Where a source's webhooks go on this port.
+fn webhook_path(tenant: TenantId, source_id: &str) -> String {
+    format!("/v1/whatsapp/{tenant}/{source_id}")
+}
 
 /// The AdminService implementation.
 #[derive(Clone)]
@@ -36,5 +44,65 @@ impl pb::admin_service_server::AdminService for AdminApi {
             events: erased.events,
             conversions: erased.conversions,
         }))
+    }
+
+    async fn create_whats_app_source(
+        &self,
+        request: Request<pb::CreateWhatsAppSourceRequest>,
+    ) -> Result<Response<pb::CreateWhatsAppSourceResponse>, Status> {
+        let tenant = auth::authorize(&self.app, &request, Scope::Admin).await?;
+        let r = request.into_inner();
+        let created = self
+            .app
+            .whatsapp
+            .create_source(
+                tenant,
+                &SourceRequest {
+                    name: r.name,
+                    inbox: r.inbox.unwrap_or_default(),
+                    app_secret: r.app_secret,
+                    verify_token: r.verify_token.unwrap_or_default(),
+                    inactivity_seconds: r.inactivity_seconds,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateWhatsAppSourceResponse {
+            path: webhook_path(tenant, &created.source_id),
+            source_id: created.source_id,
+            verify_token: created.verify_token,
+        }))
+    }
+
+    async fn list_whats_app_sources(
+        &self,
+        request: Request<pb::ListWhatsAppSourcesRequest>,
+    ) -> Result<Response<pb::ListWhatsAppSourcesResponse>, Status> {
+        let tenant = auth::authorize(&self.app, &request, Scope::Admin).await?;
+        let sources = self.app.whatsapp.list_sources(tenant).await?;
+        Ok(Response::new(pb::ListWhatsAppSourcesResponse {
+            sources: sources
+                .into_iter()
+                .map(|s| pb::WhatsAppSource {
+                    path: webhook_path(tenant, &s.source_id),
+                    source_id: s.source_id,
+                    name: s.name,
+                    inbox: s.inbox,
+                    inactivity_seconds: s.inactivity_seconds as u32,
+                    created_at: Some(chrono_to_timestamp(s.created_at)),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_whats_app_source(
+        &self,
+        request: Request<pb::DeleteWhatsAppSourceRequest>,
+    ) -> Result<Response<pb::DeleteWhatsAppSourceResponse>, Status> {
+        let tenant = auth::authorize(&self.app, &request, Scope::Admin).await?;
+        self.app
+            .whatsapp
+            .delete_source(tenant, &request.get_ref().source_id)
+            .await?;
+        Ok(Response::new(pb::DeleteWhatsAppSourceResponse {}))
     }
 }

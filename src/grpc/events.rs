@@ -144,4 +144,29 @@ impl pb::event_service_server::EventService for EventsApi {
             stall,
         ))))
     }
+
+    async fn find_whats_app_conversation(
+        &self,
+        request: Request<pb::FindWhatsAppConversationRequest>,
+    ) -> Result<Response<pb::FindWhatsAppConversationResponse>, Status> {
+        let tenant = auth::authorize(&self.app, &request, Scope::Ingest).await?;
+        let r = request.get_ref();
+        let (found, idle) = self
+            .app
+            .whatsapp
+            .current(
+                tenant,
+                &r.source_id,
+                r.phone_number_id.as_deref(),
+                &r.wa_id,
+                chrono::Utc::now(),
+            )
+            .await?;
+        Ok(Response::new(pb::FindWhatsAppConversationResponse {
+            conversation_id: found.conversation_id,
+            opened_at: Some(convert::chrono_to_timestamp(found.opened_at)),
+            last_activity_at: Some(convert::chrono_to_timestamp(found.last_at)),
+            idle,
+        }))
+    }
 }

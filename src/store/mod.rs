@@ -7,6 +7,7 @@ pub mod events;
 pub mod segments;
 pub mod settings;
 pub mod tenants;
+pub mod whatsapp;
 
 use std::time::Duration;
 

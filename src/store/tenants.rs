@@ -224,6 +224,12 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
         .bind(&days)
         .execute(&mut *tx)
         .await?;
+    // The WhatsApp contacts of the customer (docs/metrics.md §11: the customer id is the wa_id).
+    sqlx::query("delete from whatsapp_contacts where tenant_id = $1 and wa_id = $2")
+        .bind(tenant)
+        .bind(customer)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("insert into erasures (tenant_id, erasure, days, conversions) values ($1, $2, $3, $4)")
         .bind(tenant)
         .bind(erasure)

@@ -104,12 +104,15 @@ where
 
 /// Every method of the three services (a unit test checks this against the proto's
 /// descriptors, so a new RPC cannot be forgotten here).
-pub static METHODS: [Method; 15] = [
+pub static METHODS: [Method; 19] = [
     method::<pb::IngestEventsRequest, pb::IngestEventsResponse>("/chatkpi.v1.EventService/IngestEvents"),
     Method::BidiStream {
         path: "/chatkpi.v1.EventService/StreamEvents",
         instead: "use gRPC over HTTP/2, or IngestEvents with batches of up to 1,000 events",
     },
+    method::<pb::FindWhatsAppConversationRequest, pb::FindWhatsAppConversationResponse>(
+        "/chatkpi.v1.EventService/FindWhatsAppConversation",
+    ),
     method::<pb::GetOverviewRequest, pb::GetOverviewResponse>("/chatkpi.v1.MetricsService/GetOverview"),
     method::<pb::GetBreakdownRequest, pb::GetBreakdownResponse>("/chatkpi.v1.MetricsService/GetBreakdown"),
     method::<pb::GetTimeSeriesRequest, pb::GetTimeSeriesResponse>("/chatkpi.v1.MetricsService/GetTimeSeries"),
@@ -129,6 +132,15 @@ pub static METHODS: [Method; 15] = [
     ),
     method::<pb::GetScorecardRequest, pb::GetScorecardResponse>("/chatkpi.v1.MetricsService/GetScorecard"),
     method::<pb::EraseCustomerRequest, pb::EraseCustomerResponse>("/chatkpi.v1.AdminService/EraseCustomer"),
+    method::<pb::CreateWhatsAppSourceRequest, pb::CreateWhatsAppSourceResponse>(
+        "/chatkpi.v1.AdminService/CreateWhatsAppSource",
+    ),
+    method::<pb::ListWhatsAppSourcesRequest, pb::ListWhatsAppSourcesResponse>(
+        "/chatkpi.v1.AdminService/ListWhatsAppSources",
+    ),
+    method::<pb::DeleteWhatsAppSourceRequest, pb::DeleteWhatsAppSourceResponse>(
+        "/chatkpi.v1.AdminService/DeleteWhatsAppSource",
+    ),
 ];
 
 fn json_to_proto<M: Message + DeserializeOwned>(json: &[u8]) -> Result<Vec<u8>, String> {

@@ -54,6 +54,9 @@ fn every_type() -> Vec<Event> {
             Payload::MessageStatus(MessageStatusChanged {
                 message_id: "e03".into(),
                 status: DeliveryStatus::Read,
+                error_code: None,
+                category: None,
+                implies_message: false,
             }),
         ),
         ev("e05", c, 20, Payload::Handoff),

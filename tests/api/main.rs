@@ -22,3 +22,4 @@ mod server;
 mod sla;
 mod validation;
 mod web;
+mod whatsapp;

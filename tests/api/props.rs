@@ -60,7 +60,11 @@ fn payload() -> impl Strategy<Value = Option<P>> {
             }))
         }),
         (text(), enum_value()).prop_map(|(message_id, status)| {
-            Some(P::MessageStatus(pb::MessageStatusChanged { message_id, status }))
+            Some(P::MessageStatus(pb::MessageStatusChanged {
+                message_id,
+                status,
+                ..Default::default()
+            }))
         }),
         text().prop_map(|agent_id| Some(P::Assigned(pb::Assigned { agent_id, team: None }))),
         (

@@ -123,6 +123,7 @@ async fn each_validation_rule_rejects_only_its_event_with_the_field_path() {
                 e.payload = Some(P::MessageStatus(pb::MessageStatusChanged {
                     message_id: "m".into(),
                     status: 9,
+                    ..Default::default()
                 }))
             }),
             "message_status.status",

@@ -226,6 +226,9 @@ impl<'a> Conversation<'a> {
                     Payload::MessageStatus(MessageStatusChanged {
                         message_id: message_id.clone(),
                         status: *status,
+                        error_code: None,
+                        category: None,
+                        implies_message: false,
                     }),
                 );
                 receipt_at += Duration::seconds(rng.random_range(1..600));

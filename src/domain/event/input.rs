@@ -8,7 +8,7 @@ use super::{
     AgentStatus, Assigned, Channel, ConversationOpened, ConversationUpdated, Conversion, DeliveryStatus,
     Event, FieldError, Initiator, MAX_TAGS_PER_EVENT, Message, MessageStatusChanged, Payload, Presence,
     Priority, Resolved, ResolvedBy, Sender, SurveyResponse, SurveySent, SurveyType, TagsChanged,
-    check_conversion_kind, check_currency, check_id, check_occurred_at, check_optional_id,
+    check_category, check_conversion_kind, check_currency, check_id, check_occurred_at, check_optional_id,
     check_survey_scale, check_value_minor,
 };
 
@@ -71,6 +71,9 @@ pub enum PayloadInput {
     MessageStatus {
         message_id: String,
         status: Choice<DeliveryStatus>,
+        error_code: Option<i32>,
+        category: Option<String>,
+        implies_message: bool,
     },
     Assigned {
         /// "" = unassigned.
@@ -189,12 +192,24 @@ impl PayloadInput {
                 agent_id,
                 private,
             } => parse_message(message_id, sender, agent_id, *private)?,
-            PayloadInput::MessageStatus { message_id, status } => {
+            PayloadInput::MessageStatus {
+                message_id,
+                status,
+                error_code,
+                category,
+                implies_message,
+            } => {
                 let f = within("message_status");
                 check_id("message_id", message_id).map_err(&f)?;
+                if let Some(c) = category {
+                    check_category("category", c).map_err(&f)?;
+                }
                 Payload::MessageStatus(MessageStatusChanged {
                     message_id: message_id.clone(),
                     status: status.required("status").map_err(&f)?,
+                    error_code: *error_code,
+                    category: category.clone(),
+                    implies_message: *implies_message,
                 })
             }
             PayloadInput::Assigned { agent_id, team } => {
@@ -403,6 +418,9 @@ impl From<&Event> for EventInput {
             Payload::MessageStatus(s) => PayloadInput::MessageStatus {
                 message_id: s.message_id.clone(),
                 status: Choice::Known(s.status),
+                error_code: s.error_code,
+                category: s.category.clone(),
+                implies_message: s.implies_message,
             },
             Payload::Assigned(a) => PayloadInput::Assigned {
                 agent_id: a.agent_id.clone().unwrap_or_default(),

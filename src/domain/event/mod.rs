@@ -130,6 +130,45 @@ pub struct Message {
 pub struct MessageStatusChanged {
     pub message_id: String,
     pub status: DeliveryStatus,
+    /// The channel's error code of a failure (docs/metrics.md §5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i32>,
+    /// The pricing category, [`check_category`]d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The receipt stands for its message when no `message` event has its id.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implies_message: bool,
+}
+
+impl MessageStatusChanged {
+    /// The conversation tags this receipt adds (docs/metrics.md §5): `message_category:<c>` and,
+    /// for a failure with a code, `message_error:<code>`.
+    pub fn tags(&self) -> impl Iterator<Item = String> + '_ {
+        let category = self.category.as_ref().map(|c| format!("message_category:{c}"));
+        let error = match (self.status, self.error_code) {
+            (DeliveryStatus::Failed, Some(code)) => Some(format!("message_error:{code}")),
+            _ => None,
+        };
+        category.into_iter().chain(error)
+    }
+}
+
+/// Longest pricing category.
+pub const MAX_CATEGORY_CHARS: usize = 64;
+
+/// docs/metrics.md §2: a message category is 1-64 characters of `a-z`, `0-9` and `_`.
+pub fn check_category(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > MAX_CATEGORY_CHARS {
+        return Err(FieldError::new(field, "must be 1-64 characters"));
+    }
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(FieldError::new(field, "must contain only a-z, 0-9 and _"));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -121,6 +121,9 @@ fn fixture() -> Vec<Conv> {
                 Payload::MessageStatus(MessageStatusChanged {
                     message_id: "m-m4".into(),
                     status: DeliveryStatus::Read,
+                    error_code: None,
+                    category: None,
+                    implies_message: false,
                 }),
             )
             .push("r", 100, resolved(ResolvedBy::Agent, Some("ann")))
@@ -168,6 +171,9 @@ fn fixture() -> Vec<Conv> {
                 Payload::MessageStatus(MessageStatusChanged {
                     message_id: "m-m2".into(),
                     status: DeliveryStatus::Failed,
+                    error_code: None,
+                    category: None,
+                    implies_message: false,
                 }),
             )
             .customer("m1", 8000)

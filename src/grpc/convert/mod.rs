@@ -168,6 +168,9 @@ fn payload_input(p: &pb::event::Payload) -> PayloadInput {
         P::MessageStatus(s) => PayloadInput::MessageStatus {
             message_id: s.message_id.clone(),
             status: choice(s.status, delivery),
+            error_code: s.error_code,
+            category: s.category.clone(),
+            implies_message: s.implies_message,
         },
         P::Assigned(a) => PayloadInput::Assigned {
             agent_id: a.agent_id.clone(),
@@ -246,6 +249,9 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
                 DeliveryStatus::Read => pb::MessageStatus::Read,
                 DeliveryStatus::Failed => pb::MessageStatus::Failed,
             } as i32,
+            error_code: s.error_code,
+            category: s.category.clone(),
+            implies_message: s.implies_message,
         }),
         Payload::Assigned(a) => P::Assigned(pb::Assigned {
             agent_id: a.agent_id.clone().unwrap_or_default(),

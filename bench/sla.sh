@@ -51,6 +51,12 @@ FIVE='{"slaPolicies": {"policies": [
    "firstResponse": {"seconds": 3600}, "nextResponse": {"seconds": 7200}, "resolution": {"seconds": 172800}},
   {"name": "everyone", "firstResponse": {"seconds": 180}, "nextResponse": {"seconds": 240},
    "resolution": {"seconds": 28800}}]}}'
+# The server answers UNAVAILABLE until its database is ready: wait for that.
+for _ in $(seq 1 600); do
+  echo '{}' | curl -sf -X POST "http://127.0.0.1:$PORT/chatkpi.v1.MetricsService/GetSettings" \
+    -H "authorization: Bearer $KEY" -H 'content-type: application/json' -d @- >/dev/null && break
+  sleep 0.5
+done
 echo "{$HOURS}" | settings
 
 RUN=$(date +%s)

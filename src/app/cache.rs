@@ -189,6 +189,7 @@ impl QueryCache {
         let entries = Cache::builder()
             .max_capacity(budget)
             .weigher(|_: &Key, v: &Value| v.weight())
+            .support_invalidation_closures()
             .build();
         Arc::new(Self {
             pool,
@@ -763,6 +764,25 @@ impl QueryCache {
                     }
                 }
             });
+        }
+    }
+}
+
+impl QueryCache {
+    /// Drops the kept totals of `tenant`: after a settings change none of them can be used again
+    /// (the settings are part of their shape), and while they filled the budget the cache's
+    /// admission policy (TinyLFU, which favours entries used often before) would refuse the new
+    /// ones, so every question would be computed from its segments again and again.
+    pub async fn forget_totals(&self, tenant: TenantId) {
+        let Some(Value::Tenant(entry)) = self.entries.get(&Key::Tenant(tenant)) else {
+            return;
+        };
+        let generation = entry.state.lock().await.generation;
+        let dropped = self
+            .entries
+            .invalidate_entries_if(move |k, _| matches!(k, Key::Partial(p) if p.tenant == generation));
+        if let Err(err) = dropped {
+            tracing::warn!(error = %err, "cannot drop a tenant's kept totals");
         }
     }
 }

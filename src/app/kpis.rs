@@ -502,7 +502,9 @@ impl KpiService {
 
     /// Applies a settings change atomically; queries use it from their next call.
     pub async fn update_settings(&self, tenant: TenantId, update: SettingsUpdate) -> Result<Settings, Error> {
-        store::settings::update(&self.pool, tenant, update).await
+        let settings = store::settings::update(&self.pool, tenant, update).await?;
+        self.cache.forget_totals(tenant).await;
+        Ok(settings)
     }
 }
 

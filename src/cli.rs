@@ -8,6 +8,7 @@ use anyhow::Context;
 use crate::{
     app::{
         admin::AdminService,
+        alerts::{AlertConfig, AlertService},
         whatsapp::{SourceRequest, WhatsAppService},
     },
     config::{DatabaseArgs, ImportArgs, TenantCommand},
@@ -156,6 +157,50 @@ pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
             println!("source_id={}", created.source_id);
             println!("path=/v1/whatsapp/{tenant}/{}", created.source_id);
             println!("verify_token={}", created.verify_token);
+        }
+        TenantCommand::AddAlert {
+            database,
+            tenant,
+            rule,
+            alert_allow_local_destinations,
+        } => {
+            let rule: crate::grpc::pb::AlertRule =
+                serde_json::from_str(rule).context("--rule is not a chatkpi.v1.AlertRule in proto3 JSON")?;
+            let spec = crate::grpc::convert::alerts::rule_from_proto(Some(&rule))?;
+            let pool = migrated_pool(database).await?;
+            let config = AlertConfig {
+                allow_local: *alert_allow_local_destinations,
+                ..AlertConfig::default()
+            };
+            let (rule_id, secret) = AlertService::new(pool, config)
+                .create_rule(TenantId(*tenant), &spec, "")
+                .await
+                .map_err(crate::grpc::convert::alerts::in_rule)?;
+            println!("rule_id={rule_id}");
+            println!("signing_secret={secret}");
+        }
+        TenantCommand::ListAlerts { database, tenant } => {
+            let pool = migrated_pool(database).await?;
+            for r in AlertService::new(pool, AlertConfig::default())
+                .rules(TenantId(*tenant))
+                .await?
+            {
+                println!(
+                    "{}",
+                    serde_json::to_string(&crate::grpc::convert::alerts::rule_to_proto(&r))?
+                );
+            }
+        }
+        TenantCommand::RemoveAlert {
+            database,
+            tenant,
+            rule_id,
+        } => {
+            let pool = migrated_pool(database).await?;
+            AlertService::new(pool, AlertConfig::default())
+                .delete_rule(TenantId(*tenant), *rule_id)
+                .await?;
+            println!("removed rule_id={rule_id}");
         }
         TenantCommand::ListWhatsapp { database, tenant } => {
             let pool = migrated_pool(database).await?;

@@ -125,6 +125,38 @@ pub struct ServeConfig {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub alerts: AlertArgs,
+}
+
+/// Alert evaluation and delivery (docs/metrics.md §12).
+#[derive(Debug, Clone, Args)]
+pub struct AlertArgs {
+    /// How often the alert rules are evaluated (by one replica at a time), in seconds.
+    #[arg(long, env = "CHATKPI_ALERT_INTERVAL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub alert_interval_secs: u64,
+    /// Delay before the first retry of a failed delivery, in milliseconds; each next retry waits
+    /// twice as long, at most an hour.
+    #[arg(long, env = "CHATKPI_ALERT_RETRY_BASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub alert_retry_base_ms: u64,
+    /// A delivery still failing this long after its notice is given up, in seconds.
+    #[arg(long, env = "CHATKPI_ALERT_GIVE_UP_SECS", default_value_t = 86_400, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub alert_give_up_secs: u64,
+    /// Allow destinations on this host (loopback, link-local, unspecified addresses; refused by
+    /// default so a rule cannot reach services only the server can reach).
+    #[arg(long, env = "CHATKPI_ALERT_ALLOW_LOCAL_DESTINATIONS")]
+    pub alert_allow_local_destinations: bool,
+}
+
+impl Default for AlertArgs {
+    fn default() -> Self {
+        Self {
+            alert_interval_secs: 30,
+            alert_retry_base_ms: 10_000,
+            alert_give_up_secs: 86_400,
+            alert_allow_local_destinations: false,
+        }
+    }
 }
 
 /// Optional TLS for the gRPC listener (plaintext when neither is given).
@@ -281,6 +313,38 @@ pub enum TenantCommand {
         /// Idle seconds after which a conversation is closed (default 86400).
         #[arg(long, default_value_t = 0)]
         inactivity_seconds: u32,
+    },
+    /// Add an alert rule (docs/metrics.md §12; the same as AdminService.CreateAlertRule): prints
+    /// its id and signing secret (shown once).
+    AddAlert {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        /// The rule as chatkpi.v1.AlertRule in the proto3 JSON mapping, e.g.
+        /// '{"name": "backlog", "metric": "backlog", "comparison": "ALERT_COMPARISON_ABOVE",
+        /// "threshold": 50, "destinations": ["https://hooks.example.com/x"]}'.
+        #[arg(long)]
+        rule: String,
+        /// Allow destinations on this host (as the server's flag of that name).
+        #[arg(long)]
+        alert_allow_local_destinations: bool,
+    },
+    /// List a tenant's alert rules with their state, as JSON lines.
+    ListAlerts {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+    },
+    /// Remove an alert rule.
+    RemoveAlert {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(long)]
+        tenant: i64,
+        #[arg(long)]
+        rule_id: i64,
     },
     /// List a tenant's WhatsApp sources (never their secrets).
     ListWhatsapp {

@@ -36,6 +36,7 @@ pub mod domain;
 pub mod edge;
 pub mod grpc;
 pub mod import;
+pub mod outbound;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -11,7 +11,7 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
-    app::{App, AppConfig, limits::LimitSettings},
+    app::{App, AppConfig, alerts::AlertConfig, limits::LimitSettings},
     config::{Limits, ServeConfig},
     edge::{
         MAX_MESSAGE_BYTES,
@@ -72,6 +72,13 @@ impl Application {
                     watchers_per_tenant: l.max_watchers_per_tenant as usize,
                     stream_stall: Duration::from_secs(l.stream_stall_secs),
                     auth_failures_per_minute: l.auth_failures_per_minute,
+                },
+                alerts: AlertConfig {
+                    interval: Duration::from_secs(config.alerts.alert_interval_secs),
+                    retry_base: Duration::from_millis(config.alerts.alert_retry_base_ms),
+                    give_up_after: Duration::from_secs(config.alerts.alert_give_up_secs),
+                    allow_local: config.alerts.alert_allow_local_destinations,
+                    ..AlertConfig::default()
                 },
             },
         )?);
@@ -136,6 +143,14 @@ impl Application {
         }
         let gauges = tokio::spawn(sample_gauges(self.app.clone(), self.pool.clone()));
         let sweeper = tokio::spawn(close_idle_whatsapp(self.app.clone()));
+        let evaluator = tokio::spawn(crate::app::alerts::run_evaluator(
+            self.app.clone(),
+            self.pool.clone(),
+        ));
+        let deliverer = tokio::spawn(crate::app::alerts::run_deliverer(
+            self.app.clone(),
+            self.pool.clone(),
+        ));
         let revocations = self.app.keys.watch_revocations();
         let readiness = tokio::spawn(watch_database(
             self.pool.clone(),
@@ -199,6 +214,8 @@ impl Application {
         readiness.abort();
         gauges.abort();
         sweeper.abort();
+        evaluator.abort();
+        deliverer.abort();
         revocations.abort();
         self.pool.close().await;
         tracing::info!("chatkpi stopped");

@@ -6,11 +6,13 @@
 //!   query [`cache`];
 //! - [`keys`]: resolve API keys to tenants and scopes;
 //! - [`admin`]: erase a customer;
+//! - [`alerts`]: alert rules, their evaluation and the delivery of their notices;
 //! - [`limits`]: per-tenant and per-client rates and open streams;
 //! - [`schedule`]: fair shares of the CPU between tenants' computations;
 //! - [`whatsapp`]: WhatsApp Cloud API sources and webhooks.
 
 pub mod admin;
+pub mod alerts;
 pub mod cache;
 pub mod ingest;
 pub mod keys;
@@ -63,6 +65,8 @@ pub struct AppConfig {
     pub cache_bytes: u64,
     /// Per-tenant and per-client limits.
     pub limits: limits::LimitSettings,
+    /// How alerts are evaluated and delivered.
+    pub alerts: alerts::AlertConfig,
 }
 
 /// Every use case, sharing one pool.
@@ -72,6 +76,7 @@ pub struct App {
     pub keys: keys::KeyService,
     pub admin: admin::AdminService,
     pub whatsapp: whatsapp::WhatsAppService,
+    pub alerts: alerts::AlertService,
     pub limits: limits::Limits,
     pub ready: Readiness,
 }
@@ -93,7 +98,8 @@ impl App {
             ),
             keys: keys::KeyService::new(pool.clone()),
             admin: admin::AdminService::new(pool.clone()),
-            whatsapp: whatsapp::WhatsAppService::new(pool),
+            whatsapp: whatsapp::WhatsAppService::new(pool.clone()),
+            alerts: alerts::AlertService::new(pool, config.alerts.clone()),
             limits: limits::Limits::new(&config.limits),
             ready,
         })

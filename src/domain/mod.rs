@@ -2,6 +2,7 @@
 //! compact dataset, calendars and business hours, tenants and errors.
 //! Nothing here knows about tonic or sqlx.
 
+pub mod alert;
 pub mod calendar;
 pub mod codec;
 pub mod error;

@@ -322,6 +322,53 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
         Ok(Response::new(Box::pin(self.guard(stream, slot, &key))))
     }
 
+    type WatchAlertsStream = BoxStream<pb::AlertNotice>;
+
+    async fn watch_alerts(
+        &self,
+        request: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let key = self.key(&request, Scope::Read).await?;
+        let slot = self.app.limits.open_stream(key.tenant, StreamKind::Watcher)?;
+        let notices = self.app.alerts.watch(key.tenant);
+        let stream = ReceiverStream::new(notices).map(|n| match n {
+            Ok(doc) => Ok(crate::grpc::convert::alerts::notice_to_proto(&doc)),
+            Err(err) => Err(Status::from(err)),
+        });
+        Ok(Response::new(Box::pin(self.guard(stream, slot, &key))))
+    }
+
+    async fn get_firing_alerts(
+        &self,
+        request: Request<pb::GetFiringAlertsRequest>,
+    ) -> Result<Response<pb::GetFiringAlertsResponse>, Status> {
+        let tenant = self.tenant(&request, Scope::Read).await?;
+        let rules = self.app.alerts.rules(tenant).await?;
+        let alerts = rules
+            .iter()
+            .filter(|r| r.state.is_firing())
+            .map(|r| {
+                let since = match r.state.phase {
+                    crate::domain::alert::Phase::Firing(t) | crate::domain::alert::Phase::Resolving(t) => {
+                        Some(chrono_to_timestamp(t))
+                    }
+                    _ => None,
+                };
+                pb::FiringAlert {
+                    rule_id: r.rule_id as u64,
+                    name: r.spec.name.clone(),
+                    metric: r.spec.metric.clone(),
+                    value: r.state.value,
+                    threshold: r.spec.threshold,
+                    comparison: crate::grpc::convert::alerts::comparison_name(r.spec.comparison).to_owned(),
+                    episode: r.state.episodes,
+                    since,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::GetFiringAlertsResponse { alerts }))
+    }
+
     async fn get_settings(
         &self,
         request: Request<pb::GetSettingsRequest>,

@@ -3,6 +3,7 @@
 //! The store calls the pure fact derivation of `domain::facts` inside its write transaction, so
 //! the events and the facts derived from them commit together.
 
+pub mod alerts;
 pub mod events;
 pub mod segments;
 pub mod settings;

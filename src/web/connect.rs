@@ -104,7 +104,7 @@ where
 
 /// Every method of the three services (a unit test checks this against the proto's
 /// descriptors, so a new RPC cannot be forgotten here).
-pub static METHODS: [Method; 19] = [
+pub static METHODS: [Method; 26] = [
     method::<pb::IngestEventsRequest, pb::IngestEventsResponse>("/chatkpi.v1.EventService/IngestEvents"),
     Method::BidiStream {
         path: "/chatkpi.v1.EventService/StreamEvents",
@@ -126,6 +126,10 @@ pub static METHODS: [Method; 19] = [
     ),
     method::<pb::GetConversationRequest, pb::ConversationFacts>("/chatkpi.v1.MetricsService/GetConversation"),
     stream::<pb::WatchOverviewRequest, pb::WatchOverviewResponse>("/chatkpi.v1.MetricsService/WatchOverview"),
+    stream::<pb::WatchAlertsRequest, pb::AlertNotice>("/chatkpi.v1.MetricsService/WatchAlerts"),
+    method::<pb::GetFiringAlertsRequest, pb::GetFiringAlertsResponse>(
+        "/chatkpi.v1.MetricsService/GetFiringAlerts",
+    ),
     method::<pb::GetSettingsRequest, pb::GetSettingsResponse>("/chatkpi.v1.MetricsService/GetSettings"),
     method::<pb::UpdateSettingsRequest, pb::UpdateSettingsResponse>(
         "/chatkpi.v1.MetricsService/UpdateSettings",
@@ -140,6 +144,21 @@ pub static METHODS: [Method; 19] = [
     ),
     method::<pb::DeleteWhatsAppSourceRequest, pb::DeleteWhatsAppSourceResponse>(
         "/chatkpi.v1.AdminService/DeleteWhatsAppSource",
+    ),
+    method::<pb::CreateAlertRuleRequest, pb::CreateAlertRuleResponse>(
+        "/chatkpi.v1.AdminService/CreateAlertRule",
+    ),
+    method::<pb::UpdateAlertRuleRequest, pb::UpdateAlertRuleResponse>(
+        "/chatkpi.v1.AdminService/UpdateAlertRule",
+    ),
+    method::<pb::DeleteAlertRuleRequest, pb::DeleteAlertRuleResponse>(
+        "/chatkpi.v1.AdminService/DeleteAlertRule",
+    ),
+    method::<pb::ListAlertRulesRequest, pb::ListAlertRulesResponse>(
+        "/chatkpi.v1.AdminService/ListAlertRules",
+    ),
+    method::<pb::ListAlertDeliveriesRequest, pb::ListAlertDeliveriesResponse>(
+        "/chatkpi.v1.AdminService/ListAlertDeliveries",
     ),
 ];
 

@@ -275,6 +275,33 @@ fn berlin_window(filters: Option<pb::Filters>) -> pb::Query {
     }
 }
 
+/// A rule on the backlog (the waiting chats keep it above 0), once it fires; returns its id.
+async fn firing_rule(app: &TestApp) -> String {
+    let created = app
+        .post_json(
+            "/chatkpi.v1.AdminService/CreateAlertRule",
+            &serde_json::json!({"rule": {"name": "backlog", "metric": "backlog",
+                "comparison": "ALERT_COMPARISON_ABOVE", "threshold": 0,
+                "destinations": ["http://127.0.0.1:9/nobody-listens"]}}),
+        )
+        .await
+        .json();
+    let id = created["ruleId"].as_str().unwrap().to_owned();
+    for _ in 0..300 {
+        let firing = app
+            .metrics()
+            .get_firing_alerts(app.authed(pb::GetFiringAlertsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        if firing.alerts.iter().any(|a| a.rule_id.to_string() == id) {
+            return id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("rule {id} did not fire");
+}
+
 async fn overview(app: &TestApp, query: pb::Query) -> pb::GetOverviewResponse {
     app.metrics()
         .get_overview(app.authed(pb::GetOverviewRequest {
@@ -304,6 +331,7 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     let waiting: Vec<chatkpi::domain::event::Event> = (0..12).flat_map(waiting_chat).collect();
     app.ingest(&waiting).await.unwrap();
     set_policies(&app).await;
+    let rule = firing_rule(&app).await;
     let base = format!(
         "http://{}/#from=2026-03-02&to=2026-03-05&tz=Europe/Berlin",
         app.addr
@@ -424,6 +452,12 @@ async fn the_dashboard_shows_what_the_api_answers_in_a_real_browser() {
     let facts = page(&format!("{url}&conversation={id}")).await;
     assert!(facts.contains(&format!("Conversation {id}")), "{facts}");
     assert!(facts.matches("class=\"fact-row\"").count() > 5, "{facts}");
+
+    // The alert rule firing now is listed.
+    assert!(
+        dom.contains(&format!("data-alert=\"{rule}\"")),
+        "alert {rule} not shown"
+    );
 
     // A wrong key is an error the page shows, and it asks for the key again.
     let refused = page(&format!("{base}&key=ck_{}_wrong", app.tenant)).await;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chatkpi::{
-    config::{DatabaseArgs, Limits, ServeConfig, TlsArgs},
+    config::{AlertArgs, DatabaseArgs, Limits, ServeConfig, TlsArgs},
     domain::{event::Event, tenant::TenantId},
     grpc::{convert::event_to_proto, pb},
     startup::Application,
@@ -70,6 +70,8 @@ pub struct Options {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Server certificate and key files, and the CA certificate the client trusts.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf, Vec<u8>)>,
+    /// Alerts: evaluated every second, retried after 200 ms, receivers on 127.0.0.1 allowed.
+    pub alerts: AlertArgs,
 }
 
 impl Default for Options {
@@ -81,6 +83,12 @@ impl Default for Options {
             limits: Limits::default(),
             metrics_listen: None,
             tls: None,
+            alerts: AlertArgs {
+                alert_interval_secs: 1,
+                alert_retry_base_ms: 200,
+                alert_give_up_secs: 60,
+                alert_allow_local_destinations: true,
+            },
         }
     }
 }
@@ -136,6 +144,7 @@ impl TestApp {
                 tls_key: options.tls.as_ref().map(|t| t.1.clone()),
             },
             limits: options.limits,
+            alerts: options.alerts,
         };
         let app = Application::build(&config).await.expect("build server");
         let addr = app.local_addr();

@@ -5,6 +5,7 @@
 //! `postgres://postgres:postgres@127.0.0.1:5432/chatkpi_test`, created if missing). When it is
 //! unreachable every test fails with that message: nothing is skipped.
 
+mod alerts;
 mod auth;
 mod dashboard;
 mod engine;

@@ -91,12 +91,13 @@ pub fn query_from_proto(
     }
     out.conversion_kinds = q.conversion_kinds.clone();
     if let Some(f) = &q.filters {
-        out.filters = filters_from_proto(f)?;
+        out.filters = filters_from_proto("query.filters", f)?;
     }
     Ok(out)
 }
 
-fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
+/// Filters, with errors named below `at` (`query.filters`, `rule.filters`).
+pub(crate) fn filters_from_proto(at: &str, f: &pb::Filters) -> Result<Filters, Error> {
     let lists: [(&str, usize); 6] = [
         ("channels", f.channels.len()),
         ("inboxes", f.inboxes.len()),
@@ -106,7 +107,7 @@ fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
         ("priorities", f.priorities.len()),
     ];
     for (name, len) in lists {
-        query::check_list_len(&format!("query.filters.{name}"), len)?;
+        query::check_list_len(&format!("{at}.{name}"), len)?;
     }
     for (name, values) in [
         ("inboxes", &f.inboxes),
@@ -115,8 +116,7 @@ fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
         ("tags", &f.tags),
     ] {
         for (i, v) in values.iter().enumerate() {
-            crate::domain::event::check_id(&format!("{name}[{i}]"), v)
-                .map_err(|e| invalid("query.filters", e))?;
+            crate::domain::event::check_id(&format!("{name}[{i}]"), v).map_err(|e| invalid(at, e))?;
         }
     }
     let mut out = Filters {
@@ -127,15 +127,12 @@ fn filters_from_proto(f: &pb::Filters) -> Result<Filters, Error> {
         ..Filters::default()
     };
     for (i, c) in f.channels.iter().enumerate() {
-        out.channels.push(
-            required_enum(&format!("channels[{i}]"), *c, super::channel)
-                .map_err(|e| invalid("query.filters", e))?,
-        );
+        out.channels
+            .push(required_enum(&format!("channels[{i}]"), *c, super::channel).map_err(|e| invalid(at, e))?);
     }
     for (i, p) in f.priorities.iter().enumerate() {
         out.priorities.push(
-            required_enum(&format!("priorities[{i}]"), *p, super::priority)
-                .map_err(|e| invalid("query.filters", e))?,
+            required_enum(&format!("priorities[{i}]"), *p, super::priority).map_err(|e| invalid(at, e))?,
         );
     }
     Ok(out)

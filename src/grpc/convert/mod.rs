@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use super::pb;
 
+pub mod alerts;
 pub mod metrics;
 use crate::domain::event::{
     Channel, DeliveryStatus, Event, FieldError, Initiator, Payload, Presence, Priority, ResolvedBy, Sender,
@@ -312,7 +313,7 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
     }
 }
 
-fn channel_to_proto(c: Channel) -> pb::Channel {
+pub(crate) fn channel_to_proto(c: Channel) -> pb::Channel {
     match c {
         Channel::Whatsapp => pb::Channel::Whatsapp,
         Channel::Webchat => pb::Channel::Webchat,
@@ -326,7 +327,7 @@ fn channel_to_proto(c: Channel) -> pb::Channel {
     }
 }
 
-fn priority_to_proto(p: Priority) -> pb::Priority {
+pub(crate) fn priority_to_proto(p: Priority) -> pb::Priority {
     match p {
         Priority::Low => pb::Priority::Low,
         Priority::Normal => pb::Priority::Normal,

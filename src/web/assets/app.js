@@ -550,6 +550,25 @@ async function loadBacklog() {
   );
   $('backlog-at').textContent = `as of ${new Date(backlog.at || Date.now()).toLocaleTimeString('en-GB')}, every 15 s`;
   await loadAtRisk(now);
+  await loadAlerts();
+}
+
+// The alert rules firing now (GetFiringAlerts, docs/metrics.md §12), refreshed with the backlog.
+async function loadAlerts() {
+  const answer = await rpc('GetFiringAlerts', {});
+  const rows = answer.alerts || [];
+  const value = (v) => (v === undefined ? 'no value' : format('decimal', v));
+  $('alerts-count').textContent = `${rows.length} firing`;
+  $('alerts').replaceChildren(
+    el('thead', {}, el('tr', {}, ...['rule', 'metric', 'value', 'threshold', 'since'].map((c) => el('th', { scope: 'col' }, c)))),
+    el('tbody', {}, ...rows.map((a) => el('tr', { class: 'alert-row bad', 'data-alert': a.ruleId },
+      el('td', {}, a.name),
+      el('td', {}, a.metric),
+      el('td', {}, value(a.value)),
+      el('td', {}, `${a.comparison.replace('_', ' ')} ${format('decimal', a.threshold)}`),
+      el('td', {}, a.since ? new Date(a.since).toLocaleString('en-GB', { timeZone: state.tz }) : '')))),
+  );
+  $('alerts-empty').hidden = rows.length > 0;
 }
 
 const RISK_LIMIT = 10;

@@ -1,0 +1,404 @@
+//! Alert rules, their state, notices, deliveries and attempts in Postgres (docs/metrics.md §12).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, types::Json};
+
+use crate::domain::{
+    Error,
+    alert::{MAX_RULES, NoticeKind, RuleSpec, State},
+    tenant::TenantId,
+};
+
+/// A rule with its state.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub tenant: TenantId,
+    pub rule_id: i64,
+    pub spec: RuleSpec,
+    pub state: State,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+type RuleRow = (
+    TenantId,
+    i64,
+    Json<RuleSpec>,
+    Option<Json<State>>,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+fn rule((tenant, rule_id, Json(spec), state, created_at, updated_at): RuleRow) -> Rule {
+    Rule {
+        tenant,
+        rule_id,
+        spec,
+        state: state.map(|Json(s)| s).unwrap_or_default(),
+        created_at,
+        updated_at,
+    }
+}
+
+/// The rules with their state: `select ... from alert_rules r left join alert_state s`.
+macro_rules! select_rules {
+    ($rest:literal) => {
+        concat!(
+            "select r.tenant_id, r.rule_id, r.spec, s.state, r.created_at, r.updated_at \
+             from alert_rules r left join alert_state s \
+             on s.tenant_id = r.tenant_id and s.rule_id = r.rule_id ",
+            $rest
+        )
+    };
+}
+
+/// Adds a rule (at most [`MAX_RULES`] per tenant; the tenant row is locked while counting).
+pub async fn create(pool: &PgPool, tenant: TenantId, spec: &RuleSpec, secret: &str) -> Result<i64, Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("select 1 from tenants where tenant_id = $1 for update")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    let (n,): (i64,) = sqlx::query_as("select count(*) from alert_rules where tenant_id = $1")
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+    if n as usize >= MAX_RULES {
+        return Err(Error::FailedPrecondition(format!(
+            "the tenant has {MAX_RULES} alert rules, the most it can have; delete one first"
+        )));
+    }
+    let (id,): (i64,) = sqlx::query_as(
+        "insert into alert_rules (tenant_id, spec, signing_secret) values ($1, $2, $3) returning rule_id",
+    )
+    .bind(tenant)
+    .bind(Json(spec))
+    .bind(secret)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Replaces a rule's spec (its episode state stays); `false` when there is no such rule.
+pub async fn update(pool: &PgPool, tenant: TenantId, rule_id: i64, spec: &RuleSpec) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "update alert_rules set spec = $3, updated_at = now() where tenant_id = $1 and rule_id = $2",
+    )
+    .bind(tenant)
+    .bind(rule_id)
+    .bind(Json(spec))
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn delete(pool: &PgPool, tenant: TenantId, rule_id: i64) -> Result<bool, Error> {
+    let done = sqlx::query("delete from alert_rules where tenant_id = $1 and rule_id = $2")
+        .bind(tenant)
+        .bind(rule_id)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+pub async fn list(pool: &PgPool, tenant: TenantId) -> Result<Vec<Rule>, Error> {
+    let rows: Vec<RuleRow> = sqlx::query_as(select_rules!("where r.tenant_id = $1 order by r.rule_id"))
+        .bind(tenant)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(rule).collect())
+}
+
+/// Every rule of every tenant, with its state and signing secret, read on the evaluator's
+/// connection.
+pub async fn all(conn: &mut PgConnection) -> Result<Vec<Rule>, Error> {
+    let rows: Vec<RuleRow> = sqlx::query_as(select_rules!("order by r.tenant_id, r.rule_id"))
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().map(rule).collect())
+}
+
+/// A notice decided by an evaluation.
+pub struct Notice<'a> {
+    pub kind: NoticeKind,
+    pub episode: i64,
+    pub at: DateTime<Utc>,
+    pub document: serde_json::Value,
+    pub destinations: &'a [String],
+}
+
+/// Stores one evaluation's outcome in one transaction on the evaluator's connection (the one
+/// holding the evaluation lock, so a replica that lost it cannot write): the state, and the
+/// notice with one pending delivery per destination.
+pub async fn save_evaluation(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    rule_id: i64,
+    state: &State,
+    notice: Option<Notice<'_>>,
+) -> Result<(), Error> {
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    sqlx::query(
+        "insert into alert_state (tenant_id, rule_id, state) \
+         select $1, $2, $3 where exists \
+             (select 1 from alert_rules where tenant_id = $1 and rule_id = $2) \
+         on conflict (tenant_id, rule_id) do update set state = excluded.state",
+    )
+    .bind(tenant)
+    .bind(rule_id)
+    .bind(Json(state))
+    .execute(&mut *tx)
+    .await?;
+    if let Some(n) = notice {
+        let (notice_id,): (i64,) = sqlx::query_as(
+            "insert into alert_notices (tenant_id, rule_id, episode, kind, at, document) \
+             values ($1, $2, $3, $4, $5, $6) returning notice_id",
+        )
+        .bind(tenant)
+        .bind(rule_id)
+        .bind(n.episode)
+        .bind(n.kind.as_str())
+        .bind(n.at)
+        .bind(Json(&n.document))
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "insert into alert_deliveries (tenant_id, notice_id, rule_id, destination, next_attempt_at) \
+             select $1, $2, $3, d, $4 from unnest($5::text[]) as d",
+        )
+        .bind(tenant)
+        .bind(notice_id)
+        .bind(rule_id)
+        .bind(n.at)
+        .bind(n.destinations)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A delivery claimed for an attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Due {
+    pub tenant_id: TenantId,
+    pub delivery_id: i64,
+    pub destination: String,
+    pub attempts: i32,
+    pub document: Json<serde_json::Value>,
+    pub signing_secret: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Claims up to `limit` deliveries due at `now`: each is leased until `lease_until` (another
+/// replica takes it only after that, so an attempt cut short by a crash is retried).
+pub async fn claim_due(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Due>, Error> {
+    Ok(sqlx::query_as(
+        "with claimed as ( \
+             update alert_deliveries d set next_attempt_at = $2 \
+             where (d.tenant_id, d.delivery_id) in ( \
+                 select tenant_id, delivery_id from alert_deliveries \
+                 where status = 'pending' and next_attempt_at <= $1 \
+                 order by next_attempt_at limit $3 for update skip locked) \
+             returning d.tenant_id, d.delivery_id, d.notice_id, d.rule_id, d.destination, d.attempts, \
+                       d.created_at) \
+         select c.tenant_id, c.delivery_id, c.destination, c.attempts, n.document, r.signing_secret, \
+                c.created_at \
+         from claimed c \
+         join alert_notices n on n.tenant_id = c.tenant_id and n.notice_id = c.notice_id \
+         join alert_rules r on r.tenant_id = c.tenant_id and r.rule_id = c.rule_id",
+    )
+    .bind(now)
+    .bind(lease_until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// What an attempt led to.
+pub enum After {
+    Delivered,
+    RetryAt(DateTime<Utc>),
+    GaveUp,
+}
+
+/// Records an attempt and the delivery's next step.
+#[allow(clippy::too_many_arguments)]
+pub async fn record_attempt(
+    pool: &PgPool,
+    tenant: TenantId,
+    delivery_id: i64,
+    attempt: i32,
+    at: DateTime<Utc>,
+    http_status: Option<i32>,
+    error: Option<&str>,
+    after: After,
+) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "insert into alert_attempts (tenant_id, delivery_id, attempt, at, http_status, error) \
+         values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+    )
+    .bind(tenant)
+    .bind(delivery_id)
+    .bind(attempt)
+    .bind(at)
+    .bind(http_status)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    let (status, next) = match after {
+        After::Delivered => ("delivered", None),
+        After::RetryAt(t) => ("pending", Some(t)),
+        After::GaveUp => ("failed", None),
+    };
+    sqlx::query(
+        "update alert_deliveries set status = $3, attempts = $4, next_attempt_at = $5 \
+         where tenant_id = $1 and delivery_id = $2",
+    )
+    .bind(tenant)
+    .bind(delivery_id)
+    .bind(status)
+    .bind(attempt)
+    .bind(next)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A delivery as it is listed, with its attempts.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub delivery_id: i64,
+    pub rule_id: i64,
+    pub notice_id: i64,
+    pub kind: String,
+    pub episode: i64,
+    pub destination: String,
+    pub status: String,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// One attempt: number, time, HTTP status (none without an answer), error.
+pub type Attempt = (i32, DateTime<Utc>, Option<i32>, Option<String>);
+
+type DeliveryRow = (
+    i64,
+    i64,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    Option<DateTime<Utc>>,
+    DateTime<Utc>,
+);
+
+/// The tenant's latest `limit` deliveries (of one rule when given), newest first.
+pub async fn deliveries(
+    pool: &PgPool,
+    tenant: TenantId,
+    rule_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Delivery>, Error> {
+    let rows: Vec<DeliveryRow> = sqlx::query_as(
+        "select d.delivery_id, d.rule_id, d.notice_id, n.kind, n.episode, d.destination, d.status, \
+                d.next_attempt_at, d.created_at \
+         from alert_deliveries d \
+         join alert_notices n on n.tenant_id = d.tenant_id and n.notice_id = d.notice_id \
+         where d.tenant_id = $1 and ($2::bigint is null or d.rule_id = $2) \
+         order by d.delivery_id desc limit $3",
+    )
+    .bind(tenant)
+    .bind(rule_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    type AttemptRow = (i64, i32, DateTime<Utc>, Option<i32>, Option<String>);
+    let attempts: Vec<AttemptRow> = sqlx::query_as(
+        "select delivery_id, attempt, at, http_status, error from alert_attempts \
+         where tenant_id = $1 and delivery_id = any($2) order by delivery_id, attempt",
+    )
+    .bind(tenant)
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                delivery_id,
+                rule_id,
+                notice_id,
+                kind,
+                episode,
+                destination,
+                status,
+                next_attempt_at,
+                created_at,
+            )| {
+                Delivery {
+                    delivery_id,
+                    rule_id,
+                    notice_id,
+                    kind,
+                    episode,
+                    destination,
+                    status,
+                    next_attempt_at,
+                    created_at,
+                    attempts: attempts
+                        .iter()
+                        .filter(|a| a.0 == delivery_id)
+                        .map(|a| (a.1, a.2, a.3, a.4.clone()))
+                        .collect(),
+                }
+            },
+        )
+        .collect())
+}
+
+/// A notice as WatchAlerts streams it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredNotice {
+    pub notice_id: i64,
+    pub document: Json<serde_json::Value>,
+}
+
+/// The tenant's notices after `after` (by id), at most `limit`.
+pub async fn notices_after(
+    pool: &PgPool,
+    tenant: TenantId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredNotice>, Error> {
+    Ok(sqlx::query_as(
+        "select notice_id, document from alert_notices \
+         where tenant_id = $1 and notice_id > $2 order by notice_id limit $3",
+    )
+    .bind(tenant)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The id of the tenant's latest notice (0 when none).
+pub async fn last_notice(pool: &PgPool, tenant: TenantId) -> Result<i64, Error> {
+    let (id,): (Option<i64>,) =
+        sqlx::query_as("select max(notice_id) from alert_notices where tenant_id = $1")
+            .bind(tenant)
+            .fetch_one(pool)
+            .await?;
+    Ok(id.unwrap_or(0))
+}

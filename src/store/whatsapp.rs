@@ -89,14 +89,7 @@ pub async fn source(pool: &PgPool, tenant: TenantId, source_id: &str) -> Result<
     .await?)
 }
 
-type ThreadRow = (
-    String,
-    DateTime<Utc>,
-    DateTime<Utc>,
-    bool,
-    Option<String>,
-    Option<DateTime<Utc>>,
-);
+type ThreadRow = (String, DateTime<Utc>, DateTime<Utc>, bool);
 
 /// Locks the contact's row for the rest of `tx` and reads where its conversation stands (with
 /// the end of that conversation when it is not open).
@@ -115,13 +108,12 @@ pub async fn lock_thread(
         ))
         .execute(&mut **tx)
         .await?;
+    // Two primary-key lookups, not a join: a join's plan depends on statistics that lag behind
+    // a table growing by thousands of contacts a minute (a hash join over every conversation
+    // made each message of a known contact take seconds).
     let row: Option<ThreadRow> = sqlx::query_as(
-        "select w.conversation_id, w.opened_at, w.last_at, w.closed, c.state, \
-                coalesce(c.ended_at, c.resolved_at) \
-         from whatsapp_contacts w \
-         left join conversations c \
-           on c.tenant_id = w.tenant_id and c.conversation_id = w.conversation_id \
-         where w.tenant_id = $1 and w.source_id = $2 and w.phone_number_id = $3 and w.wa_id = $4",
+        "select conversation_id, opened_at, last_at, closed from whatsapp_contacts \
+         where tenant_id = $1 and source_id = $2 and phone_number_id = $3 and wa_id = $4",
     )
     .bind(tenant)
     .bind(source_id)
@@ -129,15 +121,24 @@ pub async fn lock_thread(
     .bind(&contact.wa_id)
     .fetch_optional(&mut **tx)
     .await?;
-    Ok(row.map(
-        |(conversation_id, opened_at, last_at, closed, state, ended)| Thread {
-            conversation_id,
-            opened_at,
-            last_at,
-            closed,
-            ended_at: ended.filter(|_| state.as_deref().is_some_and(|s| s != "open")),
-        },
-    ))
+    let Some((conversation_id, opened_at, last_at, closed)) = row else {
+        return Ok(None);
+    };
+    let ended: Option<(String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select state, coalesce(ended_at, resolved_at) from conversations \
+         where tenant_id = $1 and conversation_id = $2",
+    )
+    .bind(tenant)
+    .bind(&conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(Some(Thread {
+        conversation_id,
+        opened_at,
+        last_at,
+        closed,
+        ended_at: ended.and_then(|(state, at)| at.filter(|_| state != "open")),
+    }))
 }
 
 /// Writes the contact's state after a body (in the same transaction as [`lock_thread`]).
@@ -220,11 +221,15 @@ pub async fn idle(pool: &PgPool, now: DateTime<Utc>, limit: i64) -> Result<Vec<I
         "select w.tenant_id, w.source_id, w.phone_number_id, w.wa_id, w.conversation_id, \
                 w.last_at + make_interval(secs => s.inactivity_seconds) as close_at, \
                 coalesce(c.state = 'open', true) as open \
-         from whatsapp_contacts w \
-         join whatsapp_sources s on s.tenant_id = w.tenant_id and s.source_id = w.source_id \
-         left join conversations c \
-           on c.tenant_id = w.tenant_id and c.conversation_id = w.conversation_id \
-         where not w.closed and w.last_at + make_interval(secs => s.inactivity_seconds) < $1 \
+         from whatsapp_sources s \
+         cross join lateral ( \
+             select * from whatsapp_contacts w \
+             where w.tenant_id = s.tenant_id and w.source_id = s.source_id and not w.closed \
+               and w.last_at < $1 - make_interval(secs => s.inactivity_seconds) \
+             order by w.last_at limit $2) w \
+         left join lateral ( \
+             select state from conversations c \
+             where c.tenant_id = w.tenant_id and c.conversation_id = w.conversation_id) c on true \
          order by w.last_at limit $2",
     )
     .bind(now)

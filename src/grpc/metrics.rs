@@ -161,18 +161,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     ) -> Result<Response<pb::GetBacklogResponse>, Status> {
         let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
-        let default_at = match r.query.as_ref().and_then(|q| q.to.as_ref()) {
-            Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
-            None => Utc::now(),
-        };
-        let query = conv::query_from_proto(r.query.as_ref(), false, default_at)?;
-        let at = match &r.at {
-            Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
-            None => default_at,
-        };
-        // The backlog age is measured up to `at`: a far-future instant would make every age
-        // (and, in business hours, every calendar walk) unbounded.
-        query::check_instant("at", at)?;
+        let (query, at) = instant_query(r.query.as_ref(), r.at.as_ref())?;
         let backlog = self.app.kpis.backlog(tenant, &query, micros(at)).await?;
         Ok(Response::new(pb::GetBacklogResponse {
             at: Some(chrono_to_timestamp(at)),
@@ -189,16 +178,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     ) -> Result<Response<pb::GetSlaStatusResponse>, Status> {
         let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
-        let default_at = match r.query.as_ref().and_then(|q| q.to.as_ref()) {
-            Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
-            None => Utc::now(),
-        };
-        let query = conv::query_from_proto(r.query.as_ref(), false, default_at)?;
-        let at = match &r.at {
-            Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
-            None => default_at,
-        };
-        query::check_instant("at", at)?;
+        let (query, at) = instant_query(r.query.as_ref(), r.at.as_ref())?;
         let limit = match r.limit {
             0 => 20,
             n if n <= 1000 => n as usize,
@@ -433,4 +413,25 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             teams_omitted: cards.teams_omitted,
         }))
     }
+}
+
+/// The query and instant of a question asked at an instant (backlog, SLA status): `at`, by
+/// default the query's `to`, by default now.
+fn instant_query(
+    query: Option<&pb::Query>,
+    at: Option<&pbjson_types::Timestamp>,
+) -> Result<(crate::domain::query::Query, chrono::DateTime<Utc>), Error> {
+    let default_at = match query.and_then(|q| q.to.as_ref()) {
+        Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
+        None => Utc::now(),
+    };
+    let q = conv::query_from_proto(query, false, default_at)?;
+    let at = match at {
+        Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
+        None => default_at,
+    };
+    // Ages are measured up to `at`: a far-future instant would make every age (and, in
+    // business hours, every calendar walk) unbounded.
+    query::check_instant("at", at)?;
+    Ok((q, at))
 }

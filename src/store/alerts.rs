@@ -274,7 +274,7 @@ pub async fn record_attempt(
 }
 
 /// A delivery as it is listed, with its attempts.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Delivery {
     pub delivery_id: i64,
     pub rule_id: i64,
@@ -285,23 +285,12 @@ pub struct Delivery {
     pub status: String,
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    #[sqlx(skip)]
     pub attempts: Vec<Attempt>,
 }
 
 /// One attempt: number, time, HTTP status (none without an answer), error.
 pub type Attempt = (i32, DateTime<Utc>, Option<i32>, Option<String>);
-
-type DeliveryRow = (
-    i64,
-    i64,
-    i64,
-    String,
-    i64,
-    String,
-    String,
-    Option<DateTime<Utc>>,
-    DateTime<Utc>,
-);
 
 /// The tenant's latest `limit` deliveries (of one rule when given), newest first.
 pub async fn deliveries(
@@ -310,7 +299,7 @@ pub async fn deliveries(
     rule_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Delivery>, Error> {
-    let rows: Vec<DeliveryRow> = sqlx::query_as(
+    let mut rows: Vec<Delivery> = sqlx::query_as(
         "select d.delivery_id, d.rule_id, d.notice_id, n.kind, n.episode, d.destination, d.status, \
                 d.next_attempt_at, d.created_at \
          from alert_deliveries d \
@@ -323,7 +312,7 @@ pub async fn deliveries(
     .bind(limit)
     .fetch_all(pool)
     .await?;
-    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let ids: Vec<i64> = rows.iter().map(|r| r.delivery_id).collect();
     type AttemptRow = (i64, i32, DateTime<Utc>, Option<i32>, Option<String>);
     let attempts: Vec<AttemptRow> = sqlx::query_as(
         "select delivery_id, attempt, at, http_status, error from alert_attempts \
@@ -333,39 +322,14 @@ pub async fn deliveries(
     .bind(&ids)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(
-                delivery_id,
-                rule_id,
-                notice_id,
-                kind,
-                episode,
-                destination,
-                status,
-                next_attempt_at,
-                created_at,
-            )| {
-                Delivery {
-                    delivery_id,
-                    rule_id,
-                    notice_id,
-                    kind,
-                    episode,
-                    destination,
-                    status,
-                    next_attempt_at,
-                    created_at,
-                    attempts: attempts
-                        .iter()
-                        .filter(|a| a.0 == delivery_id)
-                        .map(|a| (a.1, a.2, a.3, a.4.clone()))
-                        .collect(),
-                }
-            },
-        )
-        .collect())
+    for d in &mut rows {
+        d.attempts = attempts
+            .iter()
+            .filter(|a| a.0 == d.delivery_id)
+            .map(|a| (a.1, a.2, a.3, a.4.clone()))
+            .collect();
+    }
+    Ok(rows)
 }
 
 /// A notice as WatchAlerts streams it.

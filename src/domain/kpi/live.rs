@@ -135,43 +135,28 @@ impl Computation<'_> {
             return Ok(out);
         }
         let filters = Compiled::new(&self.data.symbols, &self.query.filters);
-        let mut c = Conv::default();
-        for (s, seg) in self.data.segments.iter().enumerate() {
-            if !seg.bounds.open_at(at) {
-                continue;
+        // Clocks run in open conversations: a resolved stretch before a reopen is not at risk.
+        self.each_open_at(at, |s, row, c| {
+            let assignee = c.assignee_at(at);
+            if !filters.conversation_except_agent(c) || !filters.agent(assignee) {
+                return;
             }
-            self.cancel.check()?;
-            for row in 0..seg.len() {
-                if seg.opened_at[row] > at || seg.live_until[row] <= at {
+            for clock in c
+                .clocks
+                .iter()
+                .filter(|k| k.start <= at && k.stop.is_none_or(|(t, _, _)| t > at))
+            {
+                let Some((policy, target)) = policies.governing(c, clock) else {
                     continue;
-                }
-                seg.decode(row, Parts::All, &mut c);
-                let assignee = c.assignee_at(at);
-                // Clocks run in open conversations: a resolved stretch before a reopen is not
-                // at risk.
-                if c.state_at(at) != State::Open
-                    || !filters.conversation_except_agent(&c)
-                    || !filters.agent(assignee)
-                {
-                    continue;
-                }
-                for clock in c
-                    .clocks
-                    .iter()
-                    .filter(|k| k.start <= at && k.stop.is_none_or(|(t, _, _)| t > at))
-                {
-                    let Some((policy, target)) = policies.governing(&c, clock) else {
-                        continue;
-                    };
-                    let elapsed = super::sla::elapsed(&c, clock, at, target, self.schedule);
-                    let left = f64::from(target.seconds) - elapsed;
-                    let m = clock.metric as usize;
-                    out.active[m] += 1;
-                    out.active_breached[m] += u64::from(left < 0.0);
-                    running.push((left, s, row, *clock, policy, target, elapsed, assignee));
-                }
+                };
+                let elapsed = super::sla::elapsed(c, clock, at, target, self.schedule);
+                let left = f64::from(target.seconds) - elapsed;
+                let m = clock.metric as usize;
+                out.active[m] += 1;
+                out.active_breached[m] += u64::from(left < 0.0);
+                running.push((left, s, row, *clock, policy, target, elapsed, assignee));
             }
-        }
+        })?;
         // The soonest to breach first; ties by conversation and metric, so answers repeat.
         let segments = &self.data.segments;
         running.sort_by(|a, b| {
@@ -247,6 +232,15 @@ impl Computation<'_> {
     /// Calls `f` with every conversation of the backlog at `at` that matches the filters.
     fn each_in_backlog(&self, at: Micros, mut f: impl FnMut(usize, usize, &Conv)) -> Result<(), Error> {
         let filters = Compiled::new(&self.data.symbols, &self.query.filters);
+        self.each_open_at(at, |s, row, c| {
+            if filters.conversation(c) {
+                f(s, row, c);
+            }
+        })
+    }
+
+    /// Calls `f` with every conversation open at `at` (opened by then, not ended as of then).
+    fn each_open_at(&self, at: Micros, mut f: impl FnMut(usize, usize, &Conv)) -> Result<(), Error> {
         let mut c = Conv::default();
         for (s, seg) in self.data.segments.iter().enumerate() {
             if !seg.bounds.open_at(at) {
@@ -259,7 +253,7 @@ impl Computation<'_> {
                     continue;
                 }
                 seg.decode(row, Parts::All, &mut c);
-                if c.state_at(at) == State::Open && filters.conversation(&c) {
+                if c.state_at(at) == State::Open {
                     f(s, row, &c);
                 }
             }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Alert cost benchmark (not a test): what RULES alert rules (docs/metrics.md §12) evaluated every
 # 30 s cost a tenant's dashboard and the server's CPU. A tenant with CONVERSATIONS simulated
-# conversations over the 30 days before yesterday (bulk-loaded once into chatkpi_alerts_<N>, so
-# sliding windows ending now read real data), then, in one run, ROUNDS times: SECONDS without
+# conversations over the 30 days up to today (bulk-loaded once into chatkpi_alerts_<N>, without
+# the events that have not happened yet, so sliding windows ending now read real data), then, in
+# one run, ROUNDS times: SECONDS without
 # rules and SECONDS with them, while the dashboard's three questions over the 30 days are asked
 # every 0.25 s. Per phase: the overview's p95 and the server's CPU (cores, from /proc); the
 # ratio with / without rules of both is printed.
@@ -22,7 +23,7 @@ SECONDS_PER_PHASE=${3:-90}
 ROUNDS=${4:-2}
 PORT=${BENCH_PORT:-50078}
 DB=chatkpi_alerts_$CONVERSATIONS
-START=$(date -u -d '31 days ago' +%F)
+START=$(date -u -d "30 days ago" +%F)
 FROM=${START}T00:00:00Z
 TO=$(date -u -d "$START + 30 days" +%F)T00:00:00Z
 build_release
@@ -33,7 +34,7 @@ mkdir -p bench-data
 if [ ! -f "$STATE" ] || [ "$(sed -n 's/^start=//p' "$STATE")" != "$START" ]; then
   RECREATE_DATABASE=1 ensure_database "$DB"
   log "bulk-loading $CONVERSATIONS conversations over the 30 days from $START"
-  $BENCH bulk-load --facts-only --conversations "$CONVERSATIONS" --days 30 --seed 11 \
+  $BENCH bulk-load --facts-only --until-now --conversations "$CONVERSATIONS" --days 30 --seed 11 \
     --start "$START" --agents 60 --tenant-name alerts 2>/dev/null >"$STATE.out"
   psql "$DATABASE_URL" -qc "vacuum analyze" >/dev/null
   echo "start=$START" >>"$STATE.out"

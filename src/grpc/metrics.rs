@@ -249,7 +249,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     async fn get_conversation(
         &self,
         request: Request<pb::GetConversationRequest>,
-    ) -> Result<Response<pb::ConversationFacts>, Status> {
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
         let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
         crate::domain::event::check_id("conversation_id", &r.conversation_id)
@@ -268,7 +268,9 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
             .kpis
             .conversation(tenant, &query, &r.conversation_id)
             .await?;
-        Ok(Response::new(conv::conversation_to_proto(row)))
+        Ok(Response::new(pb::GetConversationResponse {
+            conversation: Some(conv::conversation_to_proto(row)),
+        }))
     }
 
     type WatchOverviewStream = BoxStream<pb::WatchOverviewResponse>;

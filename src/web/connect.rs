@@ -124,7 +124,9 @@ pub static METHODS: [Method; 26] = [
     stream::<pb::ListConversationsRequest, pb::ConversationFacts>(
         "/chatkpi.v1.MetricsService/ListConversations",
     ),
-    method::<pb::GetConversationRequest, pb::ConversationFacts>("/chatkpi.v1.MetricsService/GetConversation"),
+    method::<pb::GetConversationRequest, pb::GetConversationResponse>(
+        "/chatkpi.v1.MetricsService/GetConversation",
+    ),
     stream::<pb::WatchOverviewRequest, pb::WatchOverviewResponse>("/chatkpi.v1.MetricsService/WatchOverview"),
     stream::<pb::WatchAlertsRequest, pb::AlertNotice>("/chatkpi.v1.MetricsService/WatchAlerts"),
     method::<pb::GetFiringAlertsRequest, pb::GetFiringAlertsResponse>(

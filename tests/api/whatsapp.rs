@@ -374,7 +374,9 @@ async fn a_contact_idle_past_the_window_starts_a_new_conversation_and_the_old_on
         }))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .conversation
+        .unwrap();
     assert_eq!(facts.resolved_at, Some(chrono_to_timestamp(t(1_100))));
 }
 

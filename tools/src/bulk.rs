@@ -31,6 +31,7 @@ pub async fn load(
     tenant_name: &str,
     config: SimConfig,
     facts_only: bool,
+    until_now: bool,
 ) -> anyhow::Result<()> {
     let (tenant, key) = store::tenants::create_tenant(pool, tenant_name)
         .await
@@ -40,7 +41,10 @@ pub async fn load(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<anyhow::Result<Vec<Event>>>(2);
     let producer = tokio::task::spawn_blocking(move || {
         let now = chrono::Utc::now();
-        sim::for_each_day(&config, |chunk| {
+        sim::for_each_day(&config, |mut chunk| {
+            if until_now {
+                chunk.retain(|e| e.occurred_at <= now);
+            }
             // A closed channel means the loader stopped on an error: the rest is not needed.
             let _ = tx.blocking_send(validated(chunk, now));
         });

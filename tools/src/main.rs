@@ -130,6 +130,10 @@ struct BulkLoadArgs {
     /// data sets larger than the disk holds in full).
     #[arg(long)]
     facts_only: bool,
+    /// Leave out the events that have not happened yet (late replies, surveys and conversions
+    /// of the last days), so the helpdesk can run up to today.
+    #[arg(long)]
+    until_now: bool,
 }
 
 #[derive(Debug, Args)]
@@ -276,7 +280,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::BulkLoad(a) => {
             let pool = pool(&a.database_url).await?;
-            bulk::load(&pool, &a.tenant_name, a.shape.config(), a.facts_only).await
+            bulk::load(&pool, &a.tenant_name, a.shape.config(), a.facts_only, a.until_now).await
         }
         Command::BenchQueries(a) => {
             queries::run(&queries::Plan {

@@ -604,7 +604,7 @@ async function openConversation(id) {
   $('drill-title').textContent = `Conversation ${id}`;
   $('drill-note').textContent = 'Loading…';
   try {
-    const facts = await rpc('GetConversation', { conversationId: id, query: query() });
+    const facts = (await rpc('GetConversation', { conversationId: id, query: query() })).conversation;
     const text = (name, value) => {
       if (name === 'slaBreaches') {
         return value.map((b) => `${METRICS[b.metric] || b.metric} (${b.policy}): ${format('duration', b.actualSeconds)} of ${format('duration', b.targetSeconds)}`).join('; ');

@@ -9,7 +9,8 @@
 # before the tenant foreign keys), in a worktree under target/, sharing this target directory's
 # compiled dependencies; or ANCHOR_BIN, a server binary. Each round runs both servers, order
 # alternated, each on a fresh database chatkpi_bench, fed by this build's `chatkpi-bench
-# simulate` (same seed) over StreamEvents.
+# simulate` (same seed) over StreamEvents. SIM_FLAGS adds flags to simulate, e.g.
+# `--leave-out waiting_on_customer` for an anchor older than that event.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -50,7 +51,8 @@ run() {
   start_server "$PORT"
   local line
   line=$($BENCH simulate --conversations "$CONVERSATIONS" --days "$DAYS" --seed 42 --start 2026-01-01 \
-    --server "http://127.0.0.1:$PORT" --api-key "$key" --streams "$STREAMS" --batch 1000 | tail -1)
+    --server "http://127.0.0.1:$PORT" --api-key "$key" --streams "$STREAMS" --batch 1000 \
+    ${SIM_FLAGS:-} | tail -1)
   echo "$name: $line $(rss)"
   stop_server
 }

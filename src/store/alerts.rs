@@ -139,7 +139,7 @@ pub async fn save_evaluation(
     notice: Option<Notice<'_>>,
 ) -> Result<(), Error> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    sqlx::query(
+    let saved = sqlx::query(
         "insert into alert_state (tenant_id, rule_id, state) \
          select $1, $2, $3 where exists \
              (select 1 from alert_rules where tenant_id = $1 and rule_id = $2) \
@@ -150,6 +150,10 @@ pub async fn save_evaluation(
     .bind(Json(state))
     .execute(&mut *tx)
     .await?;
+    if saved.rows_affected() == 0 {
+        // The rule was deleted since it was read: nothing to notify.
+        return Ok(());
+    }
     if let Some(n) = notice {
         let (notice_id,): (i64,) = sqlx::query_as(
             "insert into alert_notices (tenant_id, rule_id, episode, kind, at, document) \

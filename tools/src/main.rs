@@ -95,6 +95,10 @@ struct SimulateArgs {
     /// Send at most this many events per second (default: as fast as the server acknowledges).
     #[arg(long)]
     rate: Option<u64>,
+    /// Leave out events of this kind (e.g. `waiting_on_customer` for a server older than it);
+    /// repeatable.
+    #[arg(long = "leave-out")]
+    leave_out: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -273,7 +277,16 @@ async fn main() -> anyhow::Result<()> {
                         .api_key
                         .as_deref()
                         .context("--server needs --api-key (or CHATKPI_API_KEY)")?;
-                    stream::to_server(&config, server, key, a.batch, a.streams, a.rate).await
+                    stream::to_server(
+                        &config,
+                        server,
+                        key,
+                        a.batch,
+                        a.streams,
+                        a.rate,
+                        a.leave_out.clone(),
+                    )
+                    .await
                 }
                 _ => bail!("give either --out FILE (or -) or --server URL"),
             }

@@ -41,8 +41,9 @@ pub fn write_jsonl(config: &SimConfig, path: &Path) -> anyhow::Result<u64> {
     Ok(count)
 }
 
-/// Streams the simulated events to `server` in batches of `batch` over `streams` parallel
-/// streams and prints the totals; fails when an event was rejected.
+/// Streams the simulated events (without those of the kinds in `leave_out`, which an older server
+/// may not know) to `server` in batches of `batch` over `streams` parallel streams and prints the
+/// totals; fails when an event was rejected.
 pub async fn to_server(
     config: &SimConfig,
     server: &str,
@@ -50,6 +51,7 @@ pub async fn to_server(
     batch: usize,
     streams: usize,
     rate: Option<u64>,
+    leave_out: Vec<String>,
 ) -> anyhow::Result<()> {
     let channel = client::connect(server).await?;
     let bearer = client::bearer(api_key)?;
@@ -61,7 +63,8 @@ pub async fn to_server(
     let generator = tokio::task::spawn_blocking(move || {
         let mut batch_id = 0u64;
         let (paced_from, mut generated) = (Instant::now(), 0u64);
-        sim::for_each_day(&config, |chunk| {
+        sim::for_each_day(&config, |mut chunk| {
+            chunk.retain(|e| !leave_out.iter().any(|k| k == e.payload.kind()));
             for part in chunk.chunks(batch) {
                 if let Some(rate) = rate.filter(|r| *r > 0) {
                     // Hold each batch until the rate allows it.

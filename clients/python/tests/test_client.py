@@ -164,3 +164,39 @@ def test_sla_policies_judge_first_responses_and_list_the_breaches(server, api_ke
         assert (status.first_response.active, status.first_response.active_breached) == (1, 1)
         assert [(r.conversation_id, r.time_left_seconds) for r in status.at_risk] == [("g", -85.0)]
         client.set_sla_policies([])
+
+
+def test_the_crm_finds_the_conversation_a_whatsapp_webhook_opened(server, api_key):
+    import hashlib
+    import hmac
+    import json
+    import urllib.request
+
+    def post(path, body, headers):
+        request = urllib.request.Request(f"http://{server}{path}", data=body,
+                                         headers={"content-type": "application/json", **headers})
+        with urllib.request.urlopen(request) as answer:
+            return json.load(answer)
+
+    secret = "python-client-app-secret"
+    created = post("/chatkpi.v1.AdminService/CreateWhatsAppSource",
+                   json.dumps({"name": "python", "appSecret": secret}).encode(),
+                   {"authorization": f"Bearer {api_key}"})
+    at = int(T0.timestamp())
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{
+        "field": "messages", "value": {
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "messages": [{"from": "16505551234", "id": "wamid.py1", "timestamp": str(at),
+                          "type": "text", "text": {"body": "hi"}}]}}]}]}).encode()
+    signature = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    stored = post(created["path"], body, {"x-hub-signature-256": signature})
+    assert (stored["items"], stored["accepted"]) == (1, 2)  # the opening and the message
+    with Client(server, api_key) as client:
+        found = client.whatsapp_conversation(created["sourceId"], "16505551234")
+        assert found.conversation_id.startswith(f"wa:{created['sourceId']}:")
+        assert found.conversation_id.endswith(f":{at}")
+        assert found.opened_at.ToDatetime(tzinfo=timezone.utc) == T0
+        with pytest.raises(grpc.RpcError) as missing:
+            client.whatsapp_conversation(created["sourceId"], "10000000000")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        assert client.firing_alerts() == []

@@ -174,6 +174,29 @@ class Client:
         return self.metrics.ListConversations(request, metadata=self._metadata,
                                               timeout=self.timeout)
 
+    def whatsapp_conversation(self, source_id: str, wa_id: str,
+                              phone_number_id: Optional[str] = None
+                              ) -> pb.FindWhatsAppConversationResponse:
+        """The conversation a WhatsApp contact's messages go to now (docs/metrics.md §11): the
+        id to send the CRM's own events of that chat to (assignments, agent messages with the
+        wamid as message_id, resolutions). NOT_FOUND when the contact never wrote."""
+        request = pb.FindWhatsAppConversationRequest(source_id=source_id, wa_id=wa_id)
+        if phone_number_id is not None:
+            request.phone_number_id = phone_number_id
+        return self.events.FindWhatsAppConversation(request, metadata=self._metadata,
+                                                    timeout=self.timeout)
+
+    def firing_alerts(self) -> List[metrics_pb.FiringAlert]:
+        """The alert rules firing now (docs/metrics.md §12)."""
+        return list(self.metrics.GetFiringAlerts(metrics_pb.GetFiringAlertsRequest(),
+                                                 metadata=self._metadata,
+                                                 timeout=self.timeout).alerts)
+
+    def watch_alerts(self) -> Iterator[metrics_pb.AlertNotice]:
+        """Every alert notice (firing, reminder, resolved) of the tenant from now on; runs until
+        the iterator is dropped or `cancel()`ed."""
+        return self.metrics.WatchAlerts(metrics_pb.WatchAlertsRequest(), metadata=self._metadata)
+
 
 def _utc(t: datetime) -> datetime:
     if t.tzinfo is None:

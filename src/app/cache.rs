@@ -636,9 +636,11 @@ impl QueryCache {
         // Two readers, each taking every other day: PostgreSQL reads one day while another is
         // sent and a third prepared.
         let mut readers = Vec::new();
+        let worker = WORKER.try_with(Clone::clone).ok();
         for part in 0..READERS {
             let days: Vec<NaiveDate> = days.iter().copied().skip(part).step_by(READERS).collect();
             let (pool, exported, tx) = (self.pool.clone(), exported.clone(), tx.clone());
+            let worker = worker.clone();
             readers.push(tokio::spawn(async move {
                 let read = async {
                     let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
@@ -653,7 +655,13 @@ impl QueryCache {
                     }
                     r.finish().await
                 };
-                if let Err(err) = read.await {
+                // A spawned task does not inherit the task-local: the reader works for the same
+                // tenant.
+                let read = match worker {
+                    Some(w) => WORKER.scope(w, read).await,
+                    None => read.await,
+                };
+                if let Err(err) = read {
                     let _ = tx.send(Err(err)).await;
                 }
             }));
@@ -944,11 +952,27 @@ fn decode_all(rows: &[StoredConversation]) -> Result<Vec<ConversationFacts>, Err
     rows.par_iter().map(decode).collect()
 }
 
-/// Runs CPU work off the async threads; a panic becomes an internal error.
+tokio::task_local! {
+    /// The scheduler and tenant a refresh works for: its CPU work (decoding records, building
+    /// segments) runs on that tenant's lane and is charged to it, like its computations
+    /// (app/schedule.rs), so a tenant whose history is being loaded for the first time slows
+    /// its neighbours no more than one asking many questions.
+    pub static WORKER: (Arc<super::schedule::Scheduler>, crate::domain::tenant::TenantId);
+}
+
+/// Runs CPU work off the async threads, on the lane of the [`WORKER`] the task works for (when
+/// there is one); a panic becomes an internal error.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
+    let worker = WORKER.try_with(Clone::clone).ok();
+    tokio::task::spawn_blocking(move || match worker {
+        Some((scheduler, tenant)) => {
+            let lane = scheduler.lane(tenant);
+            scheduler.run(tenant, lane, f)
+        }
+        None => f(),
+    })
+    .await
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache work failed")))?
 }

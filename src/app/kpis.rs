@@ -113,7 +113,9 @@ impl KpiService {
         let settings = self.settings_for(tenant, query).await?;
         // One of the tenant's computation slots, for the refresh and the computation.
         let _slot = self.scheduler.admit(tenant).await?;
-        let view = self.cache.view(tenant, &reads).await?;
+        let view = super::cache::WORKER
+            .scope((self.scheduler.clone(), tenant), self.cache.view(tenant, &reads))
+            .await?;
         if seen == Some(view.version) {
             return Ok(None);
         }

@@ -5,7 +5,9 @@
 //! more than [`HEAVY_CPU`] of the last seconds (decayed with [`DECAY`]) runs on the bulk lane:
 //! while it floods the server with questions never asked before, another tenant's dashboard
 //! runs beside it at full priority, and when nobody else asks, the bulk lane has every core (a
-//! priority, not a quota: nothing idles). A tenant also runs at most [`PER_TENANT`]
+//! priority, not a quota: nothing idles). The query cache's work of loading a tenant's history
+//! (decoding records, building segments) runs on the tenant's lane too and is charged to it
+//! (`cache::WORKER`). A tenant also runs at most [`PER_TENANT`]
 //! computations at once; its others wait their turn within their request's deadline, so one
 //! tenant's flood never holds more than that many working sets in memory.
 

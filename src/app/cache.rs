@@ -974,5 +974,5 @@ async fn blocking<T: Send + 'static>(
         None => f(),
     })
     .await
-        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache work failed")))?
+    .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache work failed")))?
 }

@@ -416,3 +416,35 @@ async fn bad_rules_are_named_field_by_field() {
         assert!(message.starts_with(&format!("{field}:")), "{field}: {message}");
     }
 }
+
+#[tokio::test]
+async fn watch_alerts_streams_the_firing_notice() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]).await;
+    let mut stream = app
+        .metrics()
+        .watch_alerts(app.authed(chatkpi::grpc::pb::WatchAlertsRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    let (rule_id, _) = create_rule(&app, backlog_rule(&receiver.url, 1.0)).await;
+    app.ingest(&open_conversations("w", 2)).await.unwrap(); // backlog 2 > 1
+    let notice = tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a notice within 30 s")
+        .unwrap()
+        .expect("the stream is open");
+    assert_eq!(
+        (
+            notice.rule_id,
+            notice.state.as_str(),
+            notice.value,
+            notice.episode
+        ),
+        (rule_id, "firing", Some(2.0), 1)
+    );
+    // The same document the destination got.
+    receiver.wait_for(1).await;
+    let posted = receiver.got()[0].json();
+    assert_eq!(serde_json::from_str::<Value>(&notice.document).unwrap(), posted);
+}

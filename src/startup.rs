@@ -56,7 +56,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let pool = store::lazy_pool(&config.database.database_url, config.db_max_connections)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            .context("cannot configure the database pool")?;
         let l = &config.limits;
         let app = Arc::new(App::new(
             pool.clone(),

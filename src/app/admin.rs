@@ -20,7 +20,7 @@ impl AdminService {
     /// Deletes every stored trace of `customer` in `tenant` (see `store::tenants::erase_customer`);
     /// the query caches of every replica rebuild the tenant on their next refresh.
     pub async fn erase_customer(&self, tenant: TenantId, customer: &str) -> Result<Erased, Error> {
-        check_id("customer_id", customer).map_err(|e| Error::invalid(e.field, e.reason))?;
+        check_id("customer_id", customer).map_err(Error::from)?;
         let erased = store::tenants::erase_customer(&self.pool, tenant, customer).await?;
         tracing::info!(
             tenant = tenant.0,

@@ -97,9 +97,9 @@ impl WhatsAppService {
     /// Creates a source (README "WhatsApp"): validated, its verify token generated when not
     /// given, and only the token's hash kept.
     pub async fn create_source(&self, tenant: TenantId, r: &SourceRequest) -> Result<Created, Error> {
-        check_id("name", &r.name).map_err(|e| Error::invalid(e.field, e.reason))?;
+        check_id("name", &r.name).map_err(Error::from)?;
         if !r.inbox.is_empty() {
-            check_id("inbox", &r.inbox).map_err(|e| Error::invalid(e.field, e.reason))?;
+            check_id("inbox", &r.inbox).map_err(Error::from)?;
         }
         check_secret("app_secret", &r.app_secret)?;
         let verify_token = if r.verify_token.is_empty() {
@@ -297,7 +297,7 @@ impl WhatsAppService {
         wa_id: &str,
         now: DateTime<Utc>,
     ) -> Result<(store::whatsapp::Current, bool), Error> {
-        check_id("wa_id", wa_id).map_err(|e| Error::invalid(e.field, e.reason))?;
+        check_id("wa_id", wa_id).map_err(Error::from)?;
         let source = self.source(tenant, source_id).await?;
         let current = store::whatsapp::current(&self.pool, tenant, source_id, phone_number_id, wa_id)
             .await?

@@ -311,7 +311,7 @@ impl RuleSpec {
 
     /// Checks every value, naming the field of the first bad one (docs/metrics.md §12).
     pub fn validate(&self, allow_local: bool) -> Result<(), Error> {
-        check_id("name", &self.name).map_err(|e| Error::invalid(e.field, e.reason))?;
+        check_id("name", &self.name).map_err(Error::from)?;
         let metric = Metric::parse(&self.metric).ok_or_else(|| {
             Error::invalid(
                 "metric",

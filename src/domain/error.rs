@@ -58,3 +58,13 @@ impl Error {
         }
     }
 }
+
+/// A rule broken by one field of a request is an invalid argument naming that field.
+impl From<super::event::FieldError> for Error {
+    fn from(e: super::event::FieldError) -> Self {
+        Error::InvalidArgument {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}

@@ -68,7 +68,7 @@ pub fn check(field: &str, policies: &[Policy]) -> Result<(), Error> {
     }
     for (i, p) in policies.iter().enumerate() {
         let at = |rest: &str| format!("{field}[{i}].{rest}");
-        check_id(&at("name"), &p.name).map_err(|e| Error::invalid(e.field, e.reason))?;
+        check_id(&at("name"), &p.name).map_err(Error::from)?;
         if policies[..i].iter().any(|q| q.name == p.name) {
             return Err(Error::invalid(
                 at("name"),
@@ -111,8 +111,7 @@ pub fn check(field: &str, policies: &[Policy]) -> Result<(), Error> {
         }
         for (name, values) in [("inboxes", &c.inboxes), ("teams", &c.teams), ("tags", &c.tags)] {
             for (j, v) in values.iter().enumerate() {
-                check_id(&at(&format!("conditions.{name}[{j}]")), v)
-                    .map_err(|e| Error::invalid(e.field, e.reason))?;
+                check_id(&at(&format!("conditions.{name}[{j}]")), v).map_err(Error::from)?;
             }
         }
     }

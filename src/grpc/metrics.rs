@@ -252,8 +252,7 @@ impl pb::metrics_service_server::MetricsService for MetricsApi {
     ) -> Result<Response<pb::GetConversationResponse>, Status> {
         let tenant = self.tenant(&request, Scope::Read).await?;
         let r = request.into_inner();
-        crate::domain::event::check_id("conversation_id", &r.conversation_id)
-            .map_err(|e| Error::invalid(e.field, e.reason))?;
+        crate::domain::event::check_id("conversation_id", &r.conversation_id).map_err(Error::from)?;
         let query = match &r.query {
             Some(q) => window_query(Some(q))?,
             // Every breach: a window no clock can lie outside of (it only selects breaches; no
@@ -424,12 +423,12 @@ fn instant_query(
     at: Option<&pbjson_types::Timestamp>,
 ) -> Result<(crate::domain::query::Query, chrono::DateTime<Utc>), Error> {
     let default_at = match query.and_then(|q| q.to.as_ref()) {
-        Some(to) => timestamp_to_chrono("query.to", to).map_err(|e| Error::invalid(e.field, e.reason))?,
+        Some(to) => timestamp_to_chrono("query.to", to).map_err(Error::from)?,
         None => Utc::now(),
     };
     let q = conv::query_from_proto(query, false, default_at)?;
     let at = match at {
-        Some(at) => timestamp_to_chrono("at", at).map_err(|e| Error::invalid(e.field, e.reason))?,
+        Some(at) => timestamp_to_chrono("at", at).map_err(Error::from)?,
         None => default_at,
     };
     // Ages are measured up to `at`: a far-future instant would make every age (and, in

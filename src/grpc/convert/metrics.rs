@@ -154,7 +154,7 @@ pub fn dimension_from_proto(raw: i32) -> Result<Dimension, Error> {
             D::SlaPolicy => Dimension::SlaPolicy,
         })
     })
-    .map_err(|e| Error::invalid(e.field, e.reason))
+    .map_err(Error::from)
 }
 
 pub fn granularity_from_proto(raw: i32) -> Result<Granularity, Error> {
@@ -168,7 +168,7 @@ pub fn granularity_from_proto(raw: i32) -> Result<Granularity, Error> {
             G::Month => Granularity::Month,
         })
     })
-    .map_err(|e| Error::invalid(e.field, e.reason))
+    .map_err(Error::from)
 }
 
 pub fn drill_down_from_proto(raw: i32) -> Result<DrillDown, Error> {
@@ -186,7 +186,7 @@ pub fn drill_down_from_proto(raw: i32) -> Result<DrillDown, Error> {
             K::SlaBreached => DrillDown::SlaBreached,
         })
     })
-    .map_err(|e| Error::invalid(e.field, e.reason))
+    .map_err(Error::from)
 }
 
 pub fn duration_stats(s: &DurationStats) -> pb::DurationStats {

@@ -27,6 +27,8 @@ pub const DEFAULT_INACTIVITY_SECONDS: u32 = 86_400;
 const INACTIVITY_SECONDS: std::ops::RangeInclusive<u32> = 60..=2_592_000;
 /// Most sources per tenant.
 const MAX_SOURCES: usize = 100;
+/// Contacts placed (and locked) in one transaction.
+const CONTACTS_PER_TRANSACTION: usize = 100;
 /// Idle conversations closed per sweep round.
 const SWEEP_PAGE: i64 = 500;
 
@@ -267,7 +269,14 @@ impl WhatsAppService {
         let inbox = Some(source.inbox.as_str()).filter(|i| !i.is_empty());
         let mut events = Vec::with_capacity(items.len() * 2);
         let mut tx = self.pool.begin().await?;
-        for (contact, mut items) in by_contact {
+        for (n, (contact, mut items)) in by_contact.into_iter().enumerate() {
+            if n > 0 && n % CONTACTS_PER_TRANSACTION == 0 {
+                // A body may name thousands of contacts; each holds a lock until commit, and
+                // PostgreSQL's lock table is shared by every session. Decisions already saved
+                // are the ones a retry of the body takes again, so committing in parts is safe.
+                tx.commit().await?;
+                tx = self.pool.begin().await?;
+            }
             items.sort_by_key(|i| i.at());
             let mut thread =
                 store::whatsapp::lock_thread(&mut tx, tenant, &source.source_id, contact).await?;

@@ -393,11 +393,7 @@ struct Receipt {
 fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
     let mut receipts: HashMap<&str, Receipt> = HashMap::new();
     let mut implied: HashMap<&str, DateTime<Utc>> = HashMap::new();
-    let mut sent: HashSet<&str> = HashSet::new();
     for e in ordered {
-        if let Payload::Message(m) = &e.payload {
-            sent.insert(m.message_id.as_str());
-        }
         if let Payload::MessageStatus(s) = &e.payload {
             if s.implies_message {
                 // `ordered` is in time order: the first one seen is the earliest.
@@ -415,9 +411,17 @@ fn attach_receipts(f: &mut ConversationFacts, ordered: &[&Event]) {
             }
         }
     }
-    let mut implied: Vec<(&str, DateTime<Utc>)> =
-        implied.into_iter().filter(|(id, _)| !sent.contains(id)).collect();
     if !implied.is_empty() {
+        // Only a conversation with implying receipts (WhatsApp) looks for their messages.
+        let sent: HashSet<&str> = ordered
+            .iter()
+            .filter_map(|e| match &e.payload {
+                Payload::Message(m) => Some(m.message_id.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut implied: Vec<(&str, DateTime<Utc>)> =
+            implied.into_iter().filter(|(id, _)| !sent.contains(id)).collect();
         implied.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
         f.messages.extend(implied.into_iter().map(|(id, at)| MessageFact {
             message_id: id.to_owned(),

@@ -159,6 +159,12 @@ async fn create_source(app: &TestApp, extra: Value) -> (String, String) {
     )
 }
 
+/// The path of a source that does not exist: `path` with its last hex digit changed.
+fn other_source(path: &str) -> String {
+    let other = if path.ends_with('0') { '1' } else { '0' };
+    format!("{}{other}", &path[..path.len() - 1])
+}
+
 async fn post(app: &TestApp, path: &str, body: &[u8], signature: Option<&str>) -> HttpAnswer {
     let mut headers = vec![("content-type", "application/json")];
     if let Some(s) = signature {
@@ -400,14 +406,7 @@ async fn meta_verification_answers_the_challenge_only_with_the_verify_token() {
     ))
     .await;
     assert_eq!(mode.status, 403);
-    let unknown = http(
-        app.addr,
-        "GET",
-        &format!("{}0", &path[..path.len() - 1]),
-        &[],
-        Vec::new(),
-    )
-    .await;
+    let unknown = http(app.addr, "GET", &other_source(&path), &[], Vec::new()).await;
     assert_eq!(unknown.status, 404);
 }
 
@@ -439,7 +438,7 @@ async fn unsigned_wrongly_signed_oversized_and_foreign_bodies_are_refused_with_n
         .await;
         assert_eq!(answer.status, 400, "{}", answer.text());
     }
-    let unknown_source = format!("{}0", &path[..path.len() - 1]);
+    let unknown_source = other_source(&path);
     let answer = post(
         &app,
         &unknown_source,
@@ -535,4 +534,29 @@ async fn the_conversation_lookup_needs_an_ingest_key_of_the_tenant() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_body_naming_hundreds_of_contacts_opens_one_conversation_each() {
+    let app = TestApp::spawn().await;
+    let (path, _) = create_source(&app, json!({})).await;
+    // 250 contacts: placed 100 per transaction (each contact is locked until its commit).
+    let messages: Vec<Value> = (0..250)
+        .map(|i| {
+            json!({"from": format!("1650555{i:04}"), "id": format!("wamid.many.{i}"),
+                   "timestamp": ts(i), "type": "text", "text": {"body": "hello"}})
+        })
+        .collect();
+    let many = body(vec![vec![change(
+        Value::Null,
+        Value::Array(messages),
+        Value::Null,
+    )]]);
+    let answer = deliver(&app, &path, &many).await;
+    assert_eq!(
+        (answer["items"].as_u64(), answer["accepted"].as_u64()),
+        (Some(250), Some(500))
+    );
+    let k = overview(&app).await;
+    assert_eq!((k.conversations, k.messages_received), (250, 250));
 }

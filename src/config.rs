@@ -180,7 +180,8 @@ pub struct Limits {
     /// RESOURCE_EXHAUSTED (health and reflection are not counted).
     #[arg(long, env = "CHATKPI_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_requests: u32,
-    /// Open TCP connections; more are closed as they arrive.
+    /// Open TCP connections; when all are taken, a new one replaces the oldest connection that
+    /// has not sent a request head yet, or is closed when there is none.
     #[arg(long, env = "CHATKPI_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
     /// Open TCP connections from one client address (behind a proxy or NAT every client shares
@@ -218,8 +219,9 @@ pub struct Limits {
     /// KPI calls one tenant may make per second (bursts up to twice as many).
     #[arg(long, env = "CHATKPI_TENANT_QUERIES_PER_SEC", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub tenant_queries_per_sec: u32,
-    /// Failed authentications one client address may make per minute; beyond, its calls are
-    /// refused without looking the key up.
+    /// Failed look-ups of one key one client address may make per minute; beyond, that key is
+    /// refused from that address without a look-up (10x for different keys of one tenant, 100x
+    /// for keys of any tenants; keys known valid keep working)
     #[arg(long, env = "CHATKPI_AUTH_FAILURES_PER_MINUTE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_failures_per_minute: u32,
 }

@@ -23,9 +23,13 @@ use crate::domain::{Error, tenant::TenantId};
 
 /// How long failed authentications are remembered.
 const AUTH_WINDOW: Duration = Duration::from_secs(60);
+/// Failed look-ups one address may make with different keys of one tenant, as a multiple of its
+/// limit per key (a client guessing that tenant's keys). Counted per tenant so that clients of
+/// other tenants behind the same address (a NAT, a proxy, an ingress) are not locked out.
+const AUTH_TENANT_FACTOR: u32 = 10;
 /// Failed look-ups one address may make with all keys together, as a multiple of its limit per
-/// key (a client guessing keys).
-const AUTH_ADDRESS_FACTOR: u32 = 10;
+/// key: bounds the look-ups of a client cycling through tenant ids.
+const AUTH_ADDRESS_FACTOR: u32 = 100;
 
 /// The limits' settings.
 #[derive(Debug, Clone)]
@@ -48,9 +52,10 @@ pub struct LimitSettings {
 pub struct Limits {
     events: DefaultKeyedRateLimiter<TenantId>,
     queries: DefaultKeyedRateLimiter<TenantId>,
-    /// Failed look-ups per (address, key hash) and per address; an entry lives a minute after
-    /// its last failure.
+    /// Failed look-ups per (address, key hash), per (address, claimed tenant) and per address;
+    /// an entry lives a minute after its last failure.
     auth_failures: moka::sync::Cache<(IpAddr, [u8; 16]), u32>,
+    auth_failures_of_tenant: moka::sync::Cache<(IpAddr, TenantId), u32>,
     auth_failures_of_address: moka::sync::Cache<IpAddr, u32>,
     max_auth_failures: u32,
     ingest_streams: Slots<TenantId>,
@@ -77,19 +82,32 @@ fn per_second_with_double_burst(n: u32) -> Quota {
     Quota::per_second(n).allow_burst(burst)
 }
 
+/// Failure counts that forget an entry a minute after its last failure (100,000 entries at most,
+/// the least used dropped first).
+fn failure_counts<K: std::hash::Hash + Eq + Send + Sync + 'static>() -> moka::sync::Cache<K, u32> {
+    moka::sync::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(AUTH_WINDOW)
+        .build()
+}
+
+fn count_failure<K: std::hash::Hash + Eq + Clone + Send + Sync + 'static>(
+    counts: &moka::sync::Cache<K, u32>,
+    key: K,
+) {
+    counts
+        .entry(key)
+        .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
+}
+
 impl Limits {
     pub fn new(s: &LimitSettings) -> Self {
         Self {
             events: RateLimiter::keyed(per_second_with_double_burst(s.events_per_sec)),
             queries: RateLimiter::keyed(per_second_with_double_burst(s.queries_per_sec)),
-            auth_failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(AUTH_WINDOW)
-                .build(),
-            auth_failures_of_address: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(AUTH_WINDOW)
-                .build(),
+            auth_failures: failure_counts(),
+            auth_failures_of_tenant: failure_counts(),
+            auth_failures_of_address: failure_counts(),
             max_auth_failures: s.auth_failures_per_minute.max(1),
             ingest_streams: Slots::new(s.ingest_streams_per_tenant),
             read_streams: Slots::new(s.read_streams_per_tenant),
@@ -138,18 +156,29 @@ impl Limits {
         })
     }
 
-    /// Whether the key whose hash is `key_hash` may be looked up for `ip`: not after
-    /// [`LimitSettings::auth_failures_per_minute`] failed look-ups of that key from that address,
-    /// nor after ten times as many of any keys, until a minute passes without one. Keys known to
-    /// be valid are not looked up, so they keep working from that address.
-    pub fn auth_lookup_allowed(&self, ip: Option<IpAddr>, key_hash: &[u8]) -> Result<(), Error> {
+    /// Whether the key whose hash is `key_hash`, claiming `tenant`, may be looked up for `ip`:
+    /// not after [`LimitSettings::auth_failures_per_minute`] failed look-ups of that key from that
+    /// address, nor after ten times as many of different keys of that tenant, nor after a hundred
+    /// times as many of any keys, until a minute passes without one. Keys known to be valid are
+    /// not looked up, so they keep working from that address; so do other tenants' keys.
+    pub fn auth_lookup_allowed(
+        &self,
+        ip: Option<IpAddr>,
+        tenant: TenantId,
+        key_hash: &[u8],
+    ) -> Result<(), Error> {
         let Some(ip) = ip else { return Ok(()) };
-        let of_key = self.auth_failures.get(&(ip, fingerprint(key_hash))).unwrap_or(0);
-        let of_address = self.auth_failures_of_address.get(&ip).unwrap_or(0);
-        let refused = if of_key >= self.max_auth_failures {
+        let over =
+            |n: Option<u32>, factor: u32| n.unwrap_or(0) >= self.max_auth_failures.saturating_mul(factor);
+        let refused = if over(self.auth_failures.get(&(ip, fingerprint(key_hash))), 1) {
             "too many failed authentications with this key from this address; it was not checked, retry in a minute"
-        } else if of_address >= self.max_auth_failures.saturating_mul(AUTH_ADDRESS_FACTOR) {
-            "too many failed authentications with different keys from this address; unknown keys are not checked, retry in a minute"
+        } else if over(
+            self.auth_failures_of_tenant.get(&(ip, tenant)),
+            AUTH_TENANT_FACTOR,
+        ) {
+            "too many failed authentications with different keys of this tenant from this address; its unknown keys are not checked, retry in a minute"
+        } else if over(self.auth_failures_of_address.get(&ip), AUTH_ADDRESS_FACTOR) {
+            "too many failed authentications from this address; unknown keys are not checked, retry in a minute"
         } else {
             return Ok(());
         };
@@ -157,16 +186,12 @@ impl Limits {
         Err(Error::Unauthenticated(refused))
     }
 
-    /// Records a failed look-up of the key `key_hash` from `ip`.
-    pub fn auth_failed(&self, ip: Option<IpAddr>, key_hash: &[u8]) {
-        if let Some(ip) = ip {
-            self.auth_failures
-                .entry((ip, fingerprint(key_hash)))
-                .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
-            self.auth_failures_of_address
-                .entry(ip)
-                .and_upsert_with(|n| n.map_or(1, |n| n.into_value().saturating_add(1)));
-        }
+    /// Records a failed look-up of the key `key_hash`, claiming `tenant`, from `ip`.
+    pub fn auth_failed(&self, ip: Option<IpAddr>, tenant: TenantId, key_hash: &[u8]) {
+        let Some(ip) = ip else { return };
+        count_failure(&self.auth_failures, (ip, fingerprint(key_hash)));
+        count_failure(&self.auth_failures_of_tenant, (ip, tenant));
+        count_failure(&self.auth_failures_of_address, ip);
     }
 
     /// A slot for an open stream of `tenant` (released when dropped).

@@ -4,21 +4,24 @@
 //! the idle timeout without a call in progress; TCP_NODELAY and TCP keepalive. A connection that
 //! breaks a rule is closed and counted (`chatkpi_connections_closed_total{reason}`), so neither
 //! descriptors nor slots can pile up, and one address cannot take the slots of all (README,
-//! Limits).
+//! Limits). When every slot is taken, a new connection takes the place of the oldest one that has
+//! not sent a request head yet, so clients spread over many addresses that open connections and
+//! send nothing cannot keep others (or the health check) out either.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io,
     net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use futures::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -45,6 +48,10 @@ pub struct Activity {
     calls: AtomicUsize,
     /// Milliseconds after `opened` when the last call ended.
     last_ms: AtomicU64,
+    /// Set when a new connection took this one's place (see [`take_slot`]); `waker` then wakes
+    /// the connection's reader so that it closes.
+    evicted: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Activity {
@@ -54,7 +61,19 @@ impl Activity {
             started: AtomicU64::new(0),
             calls: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
+    }
+
+    /// Whether a first request head was read.
+    fn spoke(&self) -> bool {
+        self.started.load(Ordering::Acquire) > 0
+    }
+
+    fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Marks a call in progress (its request head was read) until the guard is dropped.
@@ -98,11 +117,38 @@ pub struct ConnInfo {
     pub activity: Arc<Activity>,
 }
 
-/// Open connections, in all and per client address.
+/// Open connections, in all and per client address, and those without a request head yet,
+/// oldest first (entries of connections that spoke or closed are dropped lazily).
 #[derive(Debug, Default)]
 struct Slots {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
+    silent: VecDeque<Weak<Activity>>,
+}
+
+impl Slots {
+    /// Closes the oldest open connection that has not sent a request head; false when there is
+    /// none.
+    fn evict_oldest_silent(&mut self) -> bool {
+        while let Some(oldest) = self.silent.pop_front() {
+            if let Some(a) = oldest
+                .upgrade()
+                .filter(|a| !a.spoke() && !a.evicted.load(Ordering::Acquire))
+            {
+                a.evict();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn remember_silent(&mut self, activity: &Arc<Activity>, limits: &ConnLimits) {
+        self.silent.push_back(Arc::downgrade(activity));
+        // Entries behind a live one are kept until it goes; at most twice the connections.
+        if self.silent.len() > 2 * limits.max_connections {
+            self.silent.retain(|w| w.upgrade().is_some_and(|a| !a.spoke()));
+        }
+    }
 }
 
 /// A connection's place among the open ones; freed when dropped.
@@ -125,18 +171,30 @@ impl Drop for Slot {
     }
 }
 
-/// Takes a slot for a connection from `ip`, or names the limit that refuses it.
-fn take_slot(slots: &Arc<Mutex<Slots>>, ip: IpAddr, limits: &ConnLimits) -> Result<Slot, &'static str> {
+/// Takes a slot for a connection from `ip` (whose calls `activity` follows), or names the limit
+/// that refuses it. When all are taken, the oldest connection that has not sent a request head is
+/// closed to make room; the slots of closing connections are freed as they go, so open
+/// connections may pass `max_connections` by a quarter (plus one) for that moment, never more.
+fn take_slot(
+    slots: &Arc<Mutex<Slots>>,
+    ip: IpAddr,
+    limits: &ConnLimits,
+    activity: &Arc<Activity>,
+) -> Result<Slot, &'static str> {
     let mut s = slots.lock().unwrap_or_else(|p| p.into_inner());
-    if s.total >= limits.max_connections {
-        return Err("too_many");
-    }
-    let of_address = s.per_address.entry(ip).or_insert(0);
-    if *of_address >= limits.max_per_address {
+    if s.per_address.get(&ip).copied().unwrap_or(0) >= limits.max_per_address {
         return Err("too_many_from_address");
     }
-    *of_address += 1;
+    if s.total >= limits.max_connections {
+        let ceiling = limits.max_connections + limits.max_connections / 4 + 1;
+        if s.total >= ceiling || !s.evict_oldest_silent() {
+            return Err("too_many");
+        }
+        metrics::counter!("chatkpi_connections_closed_total", "reason" => "replaced_silent").increment(1);
+    }
+    *s.per_address.entry(ip).or_insert(0) += 1;
     s.total += 1;
+    s.remember_silent(activity, limits);
     metrics::gauge!("chatkpi_connections_open").increment(1.0);
     Ok(Slot {
         slots: slots.clone(),
@@ -162,6 +220,11 @@ impl Conn {
     /// Why the connection is to be closed now (its deadline passed), if it is; otherwise the
     /// timer is re-armed (and registered with `cx`).
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let activity = &self.info.activity;
+        activity.waker.register(cx.waker());
+        if activity.evicted.load(Ordering::Acquire) && !activity.spoke() {
+            return Some("replaced_silent");
+        }
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return None;
@@ -244,7 +307,8 @@ pub fn accept(listener: TcpListener, limits: ConnLimits) -> mpsc::Receiver<Conn>
                     continue;
                 }
             };
-            let slot = match take_slot(&slots, remote.ip(), &limits) {
+            let activity = Arc::new(Activity::new());
+            let slot = match take_slot(&slots, remote.ip(), &limits, &activity) {
                 Ok(slot) => slot,
                 Err(reason) => {
                     metrics::counter!("chatkpi_connections_closed_total", "reason" => reason).increment(1);
@@ -259,7 +323,6 @@ pub fn accept(listener: TcpListener, limits: ConnLimits) -> mpsc::Receiver<Conn>
                 .with_time(Duration::from_secs(60))
                 .with_interval(Duration::from_secs(10));
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-            let activity = Arc::new(Activity::new());
             let conn = Conn {
                 io: stream,
                 info: ConnInfo {
@@ -297,12 +360,46 @@ mod tests {
         let l = limits(3, 2);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let first = take_slot(&slots, a, &l).unwrap();
-        let _second = take_slot(&slots, a, &l).unwrap();
-        assert_eq!(take_slot(&slots, a, &l).err(), Some("too_many_from_address"));
-        let _other = take_slot(&slots, b, &l).unwrap();
-        assert_eq!(take_slot(&slots, b, &l).err(), Some("too_many"));
+        let calls: Vec<_> = (0..5).map(|_| Arc::new(Activity::new())).collect();
+        // Every connection has a call, so none can be replaced.
+        let _busy: Vec<_> = calls.iter().map(Activity::begin).collect();
+        let first = take_slot(&slots, a, &l, &calls[0]).unwrap();
+        let _second = take_slot(&slots, a, &l, &calls[1]).unwrap();
+        assert_eq!(
+            take_slot(&slots, a, &l, &calls[2]).err(),
+            Some("too_many_from_address")
+        );
+        let _other = take_slot(&slots, b, &l, &calls[3]).unwrap();
+        assert_eq!(take_slot(&slots, b, &l, &calls[4]).err(), Some("too_many"));
         drop(first);
-        assert!(take_slot(&slots, a, &l).is_ok(), "a freed slot is taken again");
+        assert!(
+            take_slot(&slots, a, &l, &calls[0]).is_ok(),
+            "a freed slot is taken again"
+        );
+    }
+
+    #[test]
+    fn when_full_a_new_connection_replaces_the_oldest_silent_one() {
+        let slots: Arc<Mutex<Slots>> = Arc::default();
+        let l = limits(4, 4);
+        let addresses: Vec<IpAddr> = (1..=8).map(|i| format!("10.0.0.{i}").parse().unwrap()).collect();
+        let conns: Vec<_> = (0..8).map(|_| Arc::new(Activity::new())).collect();
+        let take = |i: usize| take_slot(&slots, addresses[i], &l, &conns[i]);
+        let evicted = |i: usize| conns[i].evicted.load(Ordering::Acquire);
+        let _spoke = conns[0].begin();
+        let mut held: Vec<_> = (0..4).map(|i| take(i).unwrap()).collect();
+        // Full: the oldest connection without a request head (the second) is replaced, not the
+        // first, which has a call.
+        held.push(take(4).unwrap());
+        assert_eq!((evicted(0), evicted(1), evicted(2)), (false, true, false));
+        held.push(take(5).unwrap());
+        assert!(evicted(2));
+        // The replaced connections have not closed yet: 4 + 4/4 + 1 = 6 open is the ceiling.
+        assert_eq!(take(6).err(), Some("too_many"));
+        assert!(!evicted(3));
+        // Once they close, the next one replaces the next oldest silent one.
+        held.drain(1..3);
+        assert!(take(6).is_ok());
+        assert!(evicted(3));
     }
 }

@@ -16,7 +16,7 @@ use crate::{
 
 /// The tenant of the request's bearer key when it has `scope` (recorded on the call's span):
 /// UNAUTHENTICATED (also for a key not looked up because its address failed too often with it,
-/// or with too many keys), PERMISSION_DENIED, UNAVAILABLE until the database is ready.
+/// or with too many keys of its tenant or of all tenants), PERMISSION_DENIED, UNAVAILABLE until the database is ready.
 pub async fn authorize<T>(app: &App, request: &Request<T>, scope: Scope) -> Result<TenantId, Error> {
     authorize_key(app, request, scope).await.map(|a| a.tenant)
 }
@@ -25,20 +25,20 @@ pub async fn authorize<T>(app: &App, request: &Request<T>, scope: Scope) -> Resu
 /// (`app.keys.watch`).
 pub async fn authorize_key<T>(app: &App, request: &Request<T>, scope: Scope) -> Result<Authorized, Error> {
     let key = bearer(request)?;
-    KeyService::claimed_tenant(key)?;
+    let claimed = KeyService::claimed_tenant(key)?;
     let hash = hash_key(key);
     let authorized = match app.keys.remembered(&hash, scope)? {
         Some(known) => known,
         None => {
             let ip = remote_addr(request).map(|a| a.ip());
-            app.limits.auth_lookup_allowed(ip, &hash)?;
+            app.limits.auth_lookup_allowed(ip, claimed, &hash)?;
             match app.keys.look_up(key, hash.clone(), scope).await {
                 Ok(known) => known,
                 Err(err) => {
                     // Only unknown keys count: a valid key without a scope is a setup mistake,
                     // not a guess.
                     if matches!(err, Error::Unauthenticated(_)) {
-                        app.limits.auth_failed(ip, &hash);
+                        app.limits.auth_failed(ip, claimed, &hash);
                     }
                     return Err(err);
                 }

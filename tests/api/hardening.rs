@@ -373,7 +373,7 @@ async fn calls_beyond_a_connections_stream_limit_wait_for_a_free_stream() {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 /// How long until the server closes `stream` (reads until end of stream), if within `limit`.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0u8; 4096];
     tokio::time::timeout(limit, async {
@@ -467,8 +467,12 @@ async fn a_wrong_key_repeated_from_an_address_is_refused_unchecked_while_valid_k
 }
 
 #[tokio::test]
-async fn an_address_guessing_many_keys_has_unknown_keys_refused_but_known_ones_work() {
+async fn an_address_guessing_many_keys_of_a_tenant_has_them_refused_but_known_and_other_tenants_keys_work() {
     let app = spawn_limited(|l| l.auth_failures_per_minute = 2).await;
+    // Another tenant behind the same address (a NAT), whose key has never been used.
+    let (_, neighbour) = chatkpi::store::tenants::create_tenant(&app.pool, "neighbour")
+        .await
+        .unwrap();
     // Known before the guessing starts.
     app.metrics()
         .get_overview(app.authed(overview_request()))
@@ -493,11 +497,19 @@ async fn an_address_guessing_many_keys_has_unknown_keys_refused_but_known_ones_w
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    assert!(err.message().contains("different keys"), "{}", err.message());
+    assert!(
+        err.message().contains("different keys of this tenant"),
+        "{}",
+        err.message()
+    );
     app.metrics()
         .get_overview(app.authed(overview_request()))
         .await
         .expect("a key validated before keeps working");
+    app.metrics()
+        .get_overview(with_key(overview_request(), &neighbour.plaintext))
+        .await
+        .expect("another tenant's key from the same address is not locked out");
 }
 
 #[tokio::test]

@@ -23,7 +23,10 @@ use tokio::{
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{Options, TestApp, http, t, with_key};
+use crate::{
+    hardening::closed_within,
+    helpers::{Options, TestApp, http, t, with_key},
+};
 
 fn opened(id: &str, conversation: &str, at: i64) -> pb::Event {
     pb::Event {
@@ -289,6 +292,43 @@ async fn one_address_holding_many_half_open_connections_stops_neither_other_clie
         answer, 200,
         "the address is served again once its half-open connections are gone"
     );
+}
+
+#[tokio::test]
+async fn silent_connections_from_many_addresses_give_way_to_clients_that_speak() {
+    let app = spawn_limited(|l| {
+        l.max_connections = 200;
+        l.max_connections_per_address = 50;
+        l.handshake_timeout_secs = 60;
+    })
+    .await;
+    // Ten addresses, 50 connections each: 500 silent connections for 200 slots, all within the
+    // handshake time. Every slot is held by one of them.
+    let mut hostile = Vec::new();
+    for a in 2..12 {
+        for _ in 0..50 {
+            if let Ok(mut s) = connect_from(&format!("127.0.0.{a}"), app.addr).await {
+                let _ = s.write_all(b"P").await;
+                hostile.push(s);
+            }
+        }
+    }
+    // A new client and the health check take the places of the oldest silent ones.
+    assert_eq!(app.health().await, ServingStatus::Serving);
+    app.metrics()
+        .get_overview(app.authed(overview()))
+        .await
+        .expect("a client that speaks is served");
+    let answer = http(app.addr, "GET", "/", &[], Vec::new()).await;
+    assert_eq!(answer.status, 200);
+    // At most 200 + 50 + 1 of the silent ones are still open.
+    let mut open = 0;
+    for s in &mut hostile {
+        if closed_within(s, Duration::from_millis(1)).await.is_none() {
+            open += 1;
+        }
+    }
+    assert!(open <= 251, "{open} silent connections still open");
 }
 
 /// The status of one HTTP/1.1 request on `stream`.

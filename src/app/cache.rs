@@ -758,7 +758,6 @@ impl QueryCache {
                         let snapshot = store::Snapshot {
                             day: seg.day,
                             built_xmin: seg.as_of,
-                            rows: seg.len(),
                             erasures,
                         };
                         store::save_snapshot(&cache.pool, tenant, &snapshot, &body).await

@@ -52,30 +52,25 @@ where tenant_id = $1
 
 const UPSERT_CONVERSATIONS: &str = r#"
 insert into conversations (tenant_id, conversation_id, segment_day, opened_at, active_from,
-                           last_event_at, live_until, channel, customer_id, agent, state,
-                           resolved_at, ended_at, record, derivation, updated_at, change_xid)
+                           last_event_at, live_until, state, resolved_at, ended_at, record,
+                           derivation, updated_at, change_xid)
 select $1, c.id, (c.opened_at at time zone 'UTC')::date, c.opened_at, c.active_from,
-       c.last_event_at, coalesce(c.live_until, 'infinity'), c.channel, c.customer_id, c.agent,
-       c.state, c.resolved_at, c.ended_at, c.record, $14, now(), pg_current_xact_id()
+       c.last_event_at, coalesce(c.live_until, 'infinity'), c.state, c.resolved_at, c.ended_at,
+       c.record, $11, now(), pg_current_xact_id()
 from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-            $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::text[],
-            $11::timestamptz[], $12::timestamptz[], $13::bytea[])
-    as c(id, opened_at, active_from, last_event_at, live_until, channel, customer_id, agent,
-         state, resolved_at, ended_at, record)
+            $6::timestamptz[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[])
+    as c(id, opened_at, active_from, last_event_at, live_until, state, resolved_at, ended_at,
+         record)
 order by c.id
 on conflict (tenant_id, conversation_id) do update set
     opened_at = excluded.opened_at,
     active_from = excluded.active_from,
     last_event_at = excluded.last_event_at,
     live_until = excluded.live_until,
-    channel = excluded.channel,
-    customer_id = excluded.customer_id,
-    agent = excluded.agent,
     state = excluded.state,
     resolved_at = excluded.resolved_at,
     ended_at = excluded.ended_at,
     record = excluded.record,
-    facts = null,
     derivation = excluded.derivation,
     updated_at = excluded.updated_at,
     change_xid = excluded.change_xid
@@ -279,9 +274,6 @@ async fn upsert_facts(
     let mut active_from = Vec::with_capacity(n);
     let mut last = Vec::with_capacity(n);
     let mut live_until = Vec::with_capacity(n);
-    let mut channels = Vec::with_capacity(n);
-    let mut customers = Vec::with_capacity(n);
-    let mut agents = Vec::with_capacity(n);
     let mut states = Vec::with_capacity(n);
     let mut resolved = Vec::with_capacity(n);
     let mut ended = Vec::with_capacity(n);
@@ -292,9 +284,6 @@ async fn upsert_facts(
         active_from.push(f.first_event_at);
         last.push(f.last_event_at);
         live_until.push(f.live_until());
-        channels.push(f.channel.as_str());
-        customers.push(f.customer_id.as_deref());
-        agents.push(f.agent.as_deref());
         states.push(f.state.as_str());
         resolved.push(f.resolved_at);
         ended.push(f.ended_at);
@@ -307,9 +296,6 @@ async fn upsert_facts(
         .bind(&active_from)
         .bind(&last)
         .bind(&live_until)
-        .bind(&channels)
-        .bind(&customers)
-        .bind(&agents)
         .bind(&states)
         .bind(&resolved)
         .bind(&ended)

@@ -281,7 +281,6 @@ pub struct Snapshot {
     pub day: NaiveDate,
     /// The segment holds every change of transactions older than this xmin.
     pub built_xmin: i64,
-    pub rows: usize,
     /// The tenant's erasure counter the segment was read under.
     pub erasures: i64,
 }
@@ -292,18 +291,16 @@ pub struct Snapshot {
 /// then deletes it, or this insert waits for the erasure and then sees the new counter.
 pub async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
     sqlx::query(
-        "insert into segments (tenant_id, segment_day, built_xmin, row_count, body) \
-         select $1, $2, $3::text::xid8, $4, $5 from tenants \
-         where tenant_id = $1 and erasures = $6 for share \
+        "insert into segments (tenant_id, segment_day, built_xmin, body) \
+         select $1, $2, $3::text::xid8, $4 from tenants \
+         where tenant_id = $1 and erasures = $5 for share \
          on conflict (tenant_id, segment_day) do update set \
-           built_xmin = excluded.built_xmin, row_count = excluded.row_count, body = excluded.body, \
-           written_at = now() \
+           built_xmin = excluded.built_xmin, body = excluded.body, written_at = now() \
          where segments.built_xmin < excluded.built_xmin",
     )
     .bind(tenant)
     .bind(s.day)
     .bind(s.built_xmin.to_string())
-    .bind(i32::try_from(s.rows).unwrap_or(i32::MAX))
     .bind(body)
     .bind(s.erasures)
     .execute(pool)

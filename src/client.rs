@@ -51,10 +51,17 @@ pub struct Totals {
 
 impl Totals {
     pub fn add(&mut self, other: &Totals) {
-        self.events += other.events;
-        self.accepted += other.accepted;
-        self.duplicates += other.duplicates;
-        self.rejected += other.rejected;
+        // Taken apart so that a new counter left out here does not compile.
+        let Totals {
+            events,
+            accepted,
+            duplicates,
+            rejected,
+        } = other;
+        self.events += events;
+        self.accepted += accepted;
+        self.duplicates += duplicates;
+        self.rejected += rejected;
     }
 
     pub fn of(ack: &pb::StreamEventsResponse) -> Totals {

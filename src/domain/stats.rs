@@ -132,15 +132,26 @@ impl Durations {
         }
     }
 
-    /// Adds another part's durations.
+    /// Adds another part's durations (`o` taken apart, so a new field left out here does not
+    /// compile).
     pub fn merge(&mut self, o: &Durations) {
-        self.count += o.count;
-        self.sum_micros += o.sum_micros;
-        self.min = self.min.min(o.min);
-        self.max = self.max.max(o.max);
-        self.within += o.within;
+        let Durations {
+            count,
+            sum_micros,
+            min,
+            max,
+            within,
+            values,
+            histogram,
+            binned,
+        } = o;
+        self.count += count;
+        self.sum_micros += sum_micros;
+        self.min = self.min.min(*min);
+        self.max = self.max.max(*max);
+        self.within += within;
         self.binned.clear();
-        if let Some(theirs) = &o.histogram {
+        if let Some(theirs) = histogram {
             self.histogram
                 .get_or_insert_with(|| Box::new(LogHistogram::new()))
                 .merge(theirs);
@@ -150,18 +161,18 @@ impl Durations {
                 for v in self.values.drain(..) {
                     h.add(v, 1);
                 }
-                if o.binned.is_empty() {
-                    for v in &o.values {
+                if binned.is_empty() {
+                    for v in values {
                         h.add(*v, 1);
                     }
                 } else {
-                    for (bucket, n) in &o.binned {
+                    for (bucket, n) in binned {
                         h.add_to(*bucket, u64::from(*n));
                     }
                 }
             }
             None => {
-                self.values.extend_from_slice(&o.values);
+                self.values.extend_from_slice(values);
                 self.spill_if_large();
             }
         }
@@ -343,8 +354,9 @@ impl LogHistogram {
     }
 
     fn merge(&mut self, o: &LogHistogram) {
-        self.zero += o.zero;
-        for (mine, theirs) in self.buckets.iter_mut().zip(&o.buckets) {
+        let LogHistogram { zero, buckets } = o;
+        self.zero += zero;
+        for (mine, theirs) in self.buckets.iter_mut().zip(buckets) {
             *mine += theirs;
         }
     }

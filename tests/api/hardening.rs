@@ -415,21 +415,29 @@ async fn silent_idle_and_surplus_connections_are_closed() {
         .expect("closed");
     assert!(waited >= Duration::from_millis(900), "{waited:?}");
 
-    // The health client's connection is one of three; two more fit, a fourth is closed at once.
+    // The health client's connection (it has made a call) is one of three; two silent ones
+    // fit; a fourth takes the place of the oldest silent one, which is closed at once.
     assert_eq!(app.health().await, ServingStatus::Serving);
     let mut kept = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(addr).await.unwrap();
         s.write_all(PREFACE).await.unwrap();
         kept.push(s);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut surplus = TcpStream::connect(addr).await.unwrap();
-    let _ = surplus.write_all(PREFACE).await;
-    let waited = closed_within(&mut surplus, Duration::from_secs(1))
+    let mut newest = TcpStream::connect(addr).await.unwrap();
+    let _ = newest.write_all(PREFACE).await;
+    let waited = closed_within(&mut kept[0], Duration::from_millis(800))
         .await
-        .expect("closed at once");
-    assert!(waited < Duration::from_millis(900), "{waited:?}");
+        .expect("the oldest silent connection is closed at once");
+    assert!(waited < Duration::from_millis(800), "{waited:?}");
+    assert!(
+        closed_within(&mut kept[1], Duration::from_millis(100))
+            .await
+            .is_none(),
+        "the younger silent connection stays"
+    );
+    assert_eq!(app.health().await, ServingStatus::Serving);
 }
 
 #[tokio::test]

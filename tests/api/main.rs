@@ -16,6 +16,7 @@ mod import;
 mod ingest;
 mod isolation;
 mod keys;
+mod layers;
 mod metrics;
 mod props;
 mod reference;

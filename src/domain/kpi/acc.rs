@@ -75,52 +75,85 @@ pub(super) struct SlaAcc {
     pub over: Durations,
 }
 
+impl SlaAcc {
+    fn merge(&mut self, o: &SlaAcc) {
+        let SlaAcc {
+            achieved,
+            breached,
+            over,
+        } = o;
+        self.achieved += achieved;
+        self.breached += breached;
+        self.over.merge(over);
+    }
+}
+
 impl Acc {
-    /// Adds another part's totals.
+    /// Adds another part's totals. `o` is taken apart field by field, so a field added to
+    /// [`Acc`] and left out here does not compile (it would under-count when parts merge).
     pub fn merge(&mut self, o: &Acc) {
-        self.conversations += o.conversations;
-        self.add_messages(&o.messages);
-        self.frt.merge(&o.frt);
-        self.bot_frt.merge(&o.bot_frt);
-        self.human_frt.merge(&o.human_frt);
-        self.reply.merge(&o.reply);
-        self.wait.merge(&o.wait);
-        self.resolution.merge(&o.resolution);
-        self.duration.merge(&o.duration);
-        self.resolved += o.resolved;
-        self.resolutions += o.resolutions;
-        self.fcr += o.fcr;
-        self.repeat += o.repeat;
-        self.reopened += o.reopened;
-        self.with_customer_message += o.with_customer_message;
-        self.missed += o.missed;
-        self.abandoned += o.abandoned;
-        self.ended += o.ended;
-        self.ended_messages.add(&o.ended_messages);
-        for i in 0..3 {
-            self.surveys_sent[i] += o.surveys_sent[i];
-        }
-        self.csat.extend_from_slice(&o.csat);
-        self.nps.extend_from_slice(&o.nps);
-        self.ces.extend_from_slice(&o.ces);
-        self.no_human_resolved += o.no_human_resolved;
-        self.bot_resolutions += o.bot_resolutions;
-        self.bot_involved += o.bot_involved;
-        self.bot_and_human += o.bot_and_human;
-        self.customers.extend_from_slice(&o.customers);
-        self.converted.extend_from_slice(&o.converted);
-        self.attributed.extend_from_slice(&o.attributed);
-        self.previous_customers.extend_from_slice(&o.previous_customers);
-        for (tag, n) in &o.tags {
-            *self.tags.entry(*tag).or_default() += n;
-        }
-        for (mine, theirs) in self.channels.iter_mut().zip(o.channels) {
+        // Every field, one list kept compact (rustfmt would give each its own line).
+        #[rustfmt::skip]
+        let Acc {
+            conversations, messages, frt, bot_frt, human_frt, reply, wait, resolution, duration,
+            resolved, resolutions, fcr, repeat, reopened, with_customer_message, missed,
+            abandoned, ended, ended_messages, csat, nps, ces, surveys_sent, no_human_resolved,
+            bot_resolutions, bot_involved, bot_and_human, customers, converted, attributed,
+            previous_customers, tags, channels, sla,
+        } = o;
+        for (mine, theirs) in [
+            (&mut self.conversations, conversations),
+            (&mut self.resolved, resolved),
+            (&mut self.resolutions, resolutions),
+            (&mut self.fcr, fcr),
+            (&mut self.repeat, repeat),
+            (&mut self.reopened, reopened),
+            (&mut self.with_customer_message, with_customer_message),
+            (&mut self.missed, missed),
+            (&mut self.abandoned, abandoned),
+            (&mut self.ended, ended),
+            (&mut self.no_human_resolved, no_human_resolved),
+            (&mut self.bot_resolutions, bot_resolutions),
+            (&mut self.bot_involved, bot_involved),
+            (&mut self.bot_and_human, bot_and_human),
+        ] {
             *mine += theirs;
         }
-        for (mine, theirs) in self.sla.iter_mut().zip(&o.sla) {
-            mine.achieved += theirs.achieved;
-            mine.breached += theirs.breached;
-            mine.over.merge(&theirs.over);
+        self.add_messages(messages);
+        for (mine, theirs) in [
+            (&mut self.frt, frt),
+            (&mut self.bot_frt, bot_frt),
+            (&mut self.human_frt, human_frt),
+            (&mut self.reply, reply),
+            (&mut self.wait, wait),
+            (&mut self.resolution, resolution),
+            (&mut self.duration, duration),
+        ] {
+            mine.merge(theirs);
+        }
+        self.ended_messages.add(ended_messages);
+        for (mine, theirs) in self.surveys_sent.iter_mut().zip(surveys_sent) {
+            *mine += theirs;
+        }
+        self.csat.extend_from_slice(csat);
+        self.nps.extend_from_slice(nps);
+        self.ces.extend_from_slice(ces);
+        for (mine, theirs) in [
+            (&mut self.customers, customers),
+            (&mut self.converted, converted),
+            (&mut self.attributed, attributed),
+            (&mut self.previous_customers, previous_customers),
+        ] {
+            mine.extend_from_slice(theirs);
+        }
+        for (tag, n) in tags {
+            *self.tags.entry(*tag).or_default() += n;
+        }
+        for (mine, theirs) in self.channels.iter_mut().zip(channels) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.sla.iter_mut().zip(sla) {
+            mine.merge(theirs);
         }
     }
 
@@ -219,9 +252,10 @@ pub(super) struct EndedMessages {
 
 impl EndedMessages {
     pub fn add(&mut self, o: &EndedMessages) {
-        self.customer += o.customer;
-        self.agent += o.agent;
-        self.bot += o.bot;
+        let EndedMessages { customer, agent, bot } = o;
+        self.customer += customer;
+        self.agent += agent;
+        self.bot += bot;
     }
 
     pub fn count(&mut self, c: MessageCounts) {

@@ -80,11 +80,19 @@ pub struct MessageTotals {
 
 impl MessageTotals {
     pub fn add(&mut self, other: &MessageTotals) {
-        self.received += other.received;
-        self.sent += other.sent;
-        self.delivered += other.delivered;
-        self.read += other.read;
-        self.failed += other.failed;
+        // Taken apart so that a new counter left out here does not compile.
+        let MessageTotals {
+            received,
+            sent,
+            delivered,
+            read,
+            failed,
+        } = other;
+        self.received += received;
+        self.sent += sent;
+        self.delivered += delivered;
+        self.read += read;
+        self.failed += failed;
     }
 
     /// No message at all.

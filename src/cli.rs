@@ -68,165 +68,182 @@ pub async fn reproject(database: &DatabaseArgs, tenant: Option<i64>) -> anyhow::
 
 /// `chatkpi tenant ...`: prints `key=value` lines (easy to parse).
 pub async fn tenant(command: &TenantCommand) -> anyhow::Result<()> {
+    use TenantCommand as C;
+    if let C::AddAlert { rule, .. } = command {
+        // A malformed rule is refused before the database is touched.
+        rule_spec(rule)?;
+    }
+    let pool = migrated_pool(command.database()).await?;
     match command {
-        TenantCommand::Create { database, name } => {
-            let pool = migrated_pool(database).await?;
+        C::Create { name, .. } => {
             let (tenant, key) = store::tenants::create_tenant(&pool, name).await?;
             println!("tenant_id={tenant}");
             println!("api_key={}", key.plaintext);
         }
-        TenantCommand::AddKey {
-            database,
+        C::AddKey {
             tenant,
             scopes,
             label,
-        } => {
-            let pool = migrated_pool(database).await?;
-            let scopes = if scopes.is_empty() {
-                Scope::ALL.to_vec()
-            } else {
-                scopes.clone()
-            };
-            let key = store::tenants::create_key(&pool, TenantId(*tenant), &scopes, label).await?;
-            println!("tenant_id={tenant}");
-            println!("key_id={}", crate::domain::tenant::key_id(&key.hash));
-            println!(
-                "scopes={}",
-                scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
-            );
-            println!("api_key={}", key.plaintext);
-        }
-        TenantCommand::ListKeys { database, tenant } => {
-            let pool = migrated_pool(database).await?;
-            println!("key_id\tscopes\tcreated_at\trevoked_at\tlabel");
-            for k in store::tenants::list_keys(&pool, TenantId(*tenant)).await? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    k.key_id,
-                    k.scopes.join(","),
-                    k.created_at.to_rfc3339(),
-                    k.revoked_at.map_or("-".to_owned(), |t| t.to_rfc3339()),
-                    k.label
-                );
-            }
-        }
-        TenantCommand::RevokeKey {
-            database,
-            tenant,
-            key_id,
-        } => {
-            let pool = migrated_pool(database).await?;
+            ..
+        } => add_key(&pool, TenantId(*tenant), scopes, label).await?,
+        C::ListKeys { tenant, .. } => list_keys(&pool, TenantId(*tenant)).await?,
+        C::RevokeKey { tenant, key_id, .. } => {
             store::tenants::revoke_key(&pool, TenantId(*tenant), key_id).await?;
             println!("revoked key_id={key_id} (servers refuse it within 5 s)");
         }
-        TenantCommand::EraseCustomer {
-            database,
-            tenant,
-            customer,
-        } => {
-            let pool = migrated_pool(database).await?;
-            let erased = AdminService::new(pool)
-                .erase_customer(TenantId(*tenant), customer)
-                .await?;
-            println!("conversations={}", erased.conversations);
-            println!("events={}", erased.events);
-            println!("conversions={}", erased.conversions);
+        C::EraseCustomer { tenant, customer, .. } => {
+            erase_customer(pool, TenantId(*tenant), customer).await?
         }
-        TenantCommand::AddWhatsapp {
-            database,
+        C::AddWhatsapp {
             tenant,
             name,
             app_secret,
             inbox,
             verify_token,
             inactivity_seconds,
+            ..
         } => {
-            let pool = migrated_pool(database).await?;
-            let created = WhatsAppService::new(pool)
-                .create_source(
-                    TenantId(*tenant),
-                    &SourceRequest {
-                        name: name.clone(),
-                        inbox: inbox.clone(),
-                        app_secret: app_secret.clone(),
-                        verify_token: verify_token.clone(),
-                        inactivity_seconds: *inactivity_seconds,
-                    },
-                )
-                .await?;
-            println!("source_id={}", created.source_id);
-            println!("path=/v1/whatsapp/{tenant}/{}", created.source_id);
-            println!("verify_token={}", created.verify_token);
-        }
-        TenantCommand::AddAlert {
-            database,
-            tenant,
-            rule,
-            alert_allow_local_destinations,
-        } => {
-            let rule: crate::grpc::pb::AlertRule =
-                serde_json::from_str(rule).context("--rule is not a chatkpi.v1.AlertRule in proto3 JSON")?;
-            let spec = crate::grpc::convert::alerts::rule_from_proto(Some(&rule))?;
-            let pool = migrated_pool(database).await?;
-            let config = AlertConfig {
-                allow_local: *alert_allow_local_destinations,
-                ..AlertConfig::default()
+            let request = SourceRequest {
+                name: name.clone(),
+                inbox: inbox.clone(),
+                app_secret: app_secret.clone(),
+                verify_token: verify_token.clone(),
+                inactivity_seconds: *inactivity_seconds,
             };
-            let (rule_id, secret) = AlertService::new(pool, config)
-                .create_rule(TenantId(*tenant), &spec, "")
-                .await
-                .map_err(crate::grpc::convert::alerts::in_rule)?;
-            println!("rule_id={rule_id}");
-            println!("signing_secret={secret}");
+            add_whatsapp(pool, TenantId(*tenant), &request).await?;
         }
-        TenantCommand::ListAlerts { database, tenant } => {
-            let pool = migrated_pool(database).await?;
-            for r in AlertService::new(pool, AlertConfig::default())
-                .rules(TenantId(*tenant))
-                .await?
-            {
-                println!(
-                    "{}",
-                    serde_json::to_string(&crate::grpc::convert::alerts::rule_to_proto(&r))?
-                );
-            }
-        }
-        TenantCommand::RemoveAlert {
-            database,
-            tenant,
-            rule_id,
+        C::ListWhatsapp { tenant, .. } => list_whatsapp(pool, TenantId(*tenant)).await?,
+        C::RemoveWhatsapp {
+            tenant, source_id, ..
         } => {
-            let pool = migrated_pool(database).await?;
-            AlertService::new(pool, AlertConfig::default())
-                .delete_rule(TenantId(*tenant), *rule_id)
-                .await?;
-            println!("removed rule_id={rule_id}");
-        }
-        TenantCommand::ListWhatsapp { database, tenant } => {
-            let pool = migrated_pool(database).await?;
-            println!("source_id\tname\tinbox\tinactivity_seconds\tcreated_at");
-            for s in WhatsAppService::new(pool).list_sources(TenantId(*tenant)).await? {
-                println!(
-                    "{}\t{}\t{}\t{}\t{}",
-                    s.source_id,
-                    s.name,
-                    s.inbox,
-                    s.inactivity_seconds,
-                    s.created_at.to_rfc3339()
-                );
-            }
-        }
-        TenantCommand::RemoveWhatsapp {
-            database,
-            tenant,
-            source_id,
-        } => {
-            let pool = migrated_pool(database).await?;
             WhatsAppService::new(pool)
                 .delete_source(TenantId(*tenant), source_id)
                 .await?;
             println!("removed source_id={source_id}");
         }
+        C::AddAlert {
+            tenant,
+            rule,
+            alert_allow_local_destinations,
+            ..
+        } => {
+            add_alert(
+                pool,
+                TenantId(*tenant),
+                &rule_spec(rule)?,
+                *alert_allow_local_destinations,
+            )
+            .await?
+        }
+        C::ListAlerts { tenant, .. } => list_alerts(pool, TenantId(*tenant)).await?,
+        C::RemoveAlert { tenant, rule_id, .. } => {
+            AlertService::new(pool, AlertConfig::default())
+                .delete_rule(TenantId(*tenant), *rule_id)
+                .await?;
+            println!("removed rule_id={rule_id}");
+        }
+    }
+    Ok(())
+}
+
+async fn erase_customer(pool: sqlx::PgPool, tenant: TenantId, customer: &str) -> anyhow::Result<()> {
+    let erased = AdminService::new(pool).erase_customer(tenant, customer).await?;
+    println!("conversations={}", erased.conversations);
+    println!("events={}", erased.events);
+    println!("conversions={}", erased.conversions);
+    Ok(())
+}
+
+async fn add_key(pool: &sqlx::PgPool, tenant: TenantId, scopes: &[Scope], label: &str) -> anyhow::Result<()> {
+    let scopes = if scopes.is_empty() {
+        Scope::ALL.to_vec()
+    } else {
+        scopes.to_vec()
+    };
+    let key = store::tenants::create_key(pool, tenant, &scopes, label).await?;
+    println!("tenant_id={tenant}");
+    println!("key_id={}", crate::domain::tenant::key_id(&key.hash));
+    println!(
+        "scopes={}",
+        scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+    );
+    println!("api_key={}", key.plaintext);
+    Ok(())
+}
+
+async fn list_keys(pool: &sqlx::PgPool, tenant: TenantId) -> anyhow::Result<()> {
+    println!("key_id\tscopes\tcreated_at\trevoked_at\tlabel");
+    for k in store::tenants::list_keys(pool, tenant).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            k.key_id,
+            k.scopes.join(","),
+            k.created_at.to_rfc3339(),
+            k.revoked_at.map_or("-".to_owned(), |t| t.to_rfc3339()),
+            k.label
+        );
+    }
+    Ok(())
+}
+
+async fn add_whatsapp(pool: sqlx::PgPool, tenant: TenantId, request: &SourceRequest) -> anyhow::Result<()> {
+    let created = WhatsAppService::new(pool).create_source(tenant, request).await?;
+    println!("source_id={}", created.source_id);
+    println!("path=/v1/whatsapp/{tenant}/{}", created.source_id);
+    println!("verify_token={}", created.verify_token);
+    Ok(())
+}
+
+async fn list_whatsapp(pool: sqlx::PgPool, tenant: TenantId) -> anyhow::Result<()> {
+    println!("source_id\tname\tinbox\tinactivity_seconds\tcreated_at");
+    for s in WhatsAppService::new(pool).list_sources(tenant).await? {
+        println!(
+            "{}\t{}\t{}\t{}\t{}",
+            s.source_id,
+            s.name,
+            s.inbox,
+            s.inactivity_seconds,
+            s.created_at.to_rfc3339()
+        );
+    }
+    Ok(())
+}
+
+/// `--rule`: a `chatkpi.v1.AlertRule` in proto3 JSON, checked as AdminService checks it.
+fn rule_spec(rule: &str) -> anyhow::Result<crate::domain::alert::RuleSpec> {
+    let rule: crate::grpc::pb::AlertRule =
+        serde_json::from_str(rule).context("--rule is not a chatkpi.v1.AlertRule in proto3 JSON")?;
+    Ok(crate::grpc::convert::alerts::rule_from_proto(Some(&rule))?)
+}
+
+async fn add_alert(
+    pool: sqlx::PgPool,
+    tenant: TenantId,
+    spec: &crate::domain::alert::RuleSpec,
+    allow_local: bool,
+) -> anyhow::Result<()> {
+    let config = AlertConfig {
+        allow_local,
+        ..AlertConfig::default()
+    };
+    let (rule_id, secret) = AlertService::new(pool, config)
+        .create_rule(tenant, spec, "")
+        .await
+        .map_err(crate::grpc::convert::alerts::in_rule)?;
+    println!("rule_id={rule_id}");
+    println!("signing_secret={secret}");
+    Ok(())
+}
+
+async fn list_alerts(pool: sqlx::PgPool, tenant: TenantId) -> anyhow::Result<()> {
+    for r in AlertService::new(pool, AlertConfig::default())
+        .rules(tenant)
+        .await?
+    {
+        println!(
+            "{}",
+            serde_json::to_string(&crate::grpc::convert::alerts::rule_to_proto(&r))?
+        );
     }
     Ok(())
 }

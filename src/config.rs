@@ -366,6 +366,26 @@ pub enum TenantCommand {
     },
 }
 
+impl TenantCommand {
+    /// The database every tenant subcommand works on.
+    pub fn database(&self) -> &DatabaseArgs {
+        use TenantCommand as C;
+        match self {
+            C::Create { database, .. }
+            | C::AddKey { database, .. }
+            | C::ListKeys { database, .. }
+            | C::RevokeKey { database, .. }
+            | C::EraseCustomer { database, .. }
+            | C::AddWhatsapp { database, .. }
+            | C::ListWhatsapp { database, .. }
+            | C::RemoveWhatsapp { database, .. }
+            | C::AddAlert { database, .. }
+            | C::ListAlerts { database, .. }
+            | C::RemoveAlert { database, .. } => database,
+        }
+    }
+}
+
 fn parse_scope(text: &str) -> Result<Scope, String> {
     Scope::parse(text.trim()).ok_or_else(|| format!("unknown scope {text:?} (ingest, read, admin)"))
 }

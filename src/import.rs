@@ -97,39 +97,9 @@ struct Rejection<'a> {
 
 /// Runs an import to the end and prints the summary.
 pub async fn run(plan: &ImportPlan) -> anyhow::Result<Summary> {
-    let stdin = plan.input.as_os_str() == "-";
-    let checkpoint_path = plan
-        .checkpoint
-        .clone()
-        .or_else(|| (!stdin).then(|| with_suffix(&plan.input, ".checkpoint")));
-    let rejects_path = plan.rejects.clone().unwrap_or_else(|| {
-        if stdin {
-            PathBuf::from("rejects.jsonl")
-        } else {
-            with_suffix(&plan.input, ".rejects.jsonl")
-        }
-    });
-    let resume_after = match &checkpoint_path {
-        Some(path) => read_checkpoint(path, &plan.input)?,
-        None => 0,
-    };
-    if resume_after > 0 {
-        eprintln!("resuming after line {resume_after} (checkpoint)");
-    }
     let (source, total_bytes) = open_input(&plan.input)?;
     let read_bytes = source.counter.clone();
-    let rejects = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&rejects_path)
-        .with_context(|| format!("cannot open the rejects file {}", rejects_path.display()))?;
-    let ledger = Arc::new(Mutex::new(Ledger::new(
-        resume_after,
-        checkpoint_path,
-        plan.input.display().to_string(),
-        rejects,
-    )));
-
+    let (ledger, resume_after, rejects_path) = open_ledger(plan)?;
     let channel = client::connect(&plan.server).await?;
     let bearer = client::bearer(&plan.api_key)?;
     let (tx, rx) = mpsc::channel::<pb::StreamEventsRequest>(plan.streams.max(1) * 4);
@@ -179,6 +149,42 @@ pub async fn run(plan: &ImportPlan) -> anyhow::Result<Summary> {
         }
     );
     Ok(summary)
+}
+
+/// The ledger of an import: where it resumes (the checkpoint, by default beside the input) and
+/// the rejects file it appends to (by default beside the input, or `rejects.jsonl` for stdin).
+fn open_ledger(plan: &ImportPlan) -> anyhow::Result<(Arc<Mutex<Ledger>>, u64, PathBuf)> {
+    let stdin = plan.input.as_os_str() == "-";
+    let checkpoint_path = plan
+        .checkpoint
+        .clone()
+        .or_else(|| (!stdin).then(|| with_suffix(&plan.input, ".checkpoint")));
+    let rejects_path = plan.rejects.clone().unwrap_or_else(|| {
+        if stdin {
+            PathBuf::from("rejects.jsonl")
+        } else {
+            with_suffix(&plan.input, ".rejects.jsonl")
+        }
+    });
+    let resume_after = match &checkpoint_path {
+        Some(path) => read_checkpoint(path, &plan.input)?,
+        None => 0,
+    };
+    if resume_after > 0 {
+        eprintln!("resuming after line {resume_after} (checkpoint)");
+    }
+    let rejects = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&rejects_path)
+        .with_context(|| format!("cannot open the rejects file {}", rejects_path.display()))?;
+    let ledger = Arc::new(Mutex::new(Ledger::new(
+        resume_after,
+        checkpoint_path,
+        plan.input.display().to_string(),
+        rejects,
+    )));
+    Ok((ledger, resume_after, rejects_path))
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {

@@ -119,45 +119,12 @@ impl Application {
         let addr = self.local_addr();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         set_status(&reporter, ServingStatus::NotServing).await;
-
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        // grpcurl 1.8.6 and grpcio-reflection speak only v1alpha, newer tools v1: serve both.
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
-
-        let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.app.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
-
-        let metrics =
-            pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.app.clone()));
-        let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(self.app.clone()));
-
+        let routes = self.routes(health_service)?;
         if let Some(addr) = self.metrics_listen {
             telemetry::serve_metrics(addr).context("cannot serve metrics")?;
             tracing::info!(%addr, "metrics at http://{addr}/metrics");
         }
-        let gauges = tokio::spawn(sample_gauges(self.app.clone(), self.pool.clone()));
-        let sweeper = tokio::spawn(close_idle_whatsapp(self.app.clone()));
-        let evaluator = tokio::spawn(crate::app::alerts::run_evaluator(
-            self.app.clone(),
-            self.pool.clone(),
-        ));
-        let deliverer = tokio::spawn(crate::app::alerts::run_deliverer(
-            self.app.clone(),
-            self.pool.clone(),
-        ));
-        let revocations = self.app.keys.watch_revocations();
-        let readiness = tokio::spawn(watch_database(
-            self.pool.clone(),
-            self.app.clone(),
-            self.warmup,
-            reporter.clone(),
-        ));
+        let background = self.spawn_background(&reporter);
 
         // The signal future is shared: it stops accepting and starts the drain.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -166,10 +133,9 @@ impl Application {
             let _ = stop_tx.send(true);
         });
         let mut draining = stop_rx.clone();
-        let drain_reporter = reporter.clone();
         tokio::spawn(async move {
             let _ = draining.wait_for(|stop| *stop).await;
-            set_status(&drain_reporter, ServingStatus::NotServing).await;
+            set_status(&reporter, ServingStatus::NotServing).await;
         });
         let l = &self.limits;
         let conns = conn::accept(
@@ -181,13 +147,6 @@ impl Application {
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
             },
         );
-        let routes = Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(events)
-            .add_service(metrics)
-            .add_service(admin)
-            .prepare();
         let request_timeout = Duration::from_secs(l.request_timeout_secs);
         let grpc = rpc::stack(
             routes,
@@ -210,16 +169,60 @@ impl Application {
             self.grace,
         )
         .await;
-        let result: anyhow::Result<()> = Ok(());
-        readiness.abort();
-        gauges.abort();
-        sweeper.abort();
-        evaluator.abort();
-        deliverer.abort();
-        revocations.abort();
+        for task in background {
+            task.abort();
+        }
         self.pool.close().await;
         tracing::info!("chatkpi stopped");
-        result
+        Ok(())
+    }
+
+    /// The gRPC services: the three of chatkpi, health, and reflection (v1 and v1alpha).
+    fn routes(
+        &self,
+        health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) -> anyhow::Result<Routes> {
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl 1.8.6 and grpcio-reflection speak only v1alpha, newer tools v1: serve both.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let events = pb::event_service_server::EventServiceServer::new(EventsApi::new(self.app.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let metrics =
+            pb::metrics_service_server::MetricsServiceServer::new(MetricsApi::new(self.app.clone()));
+        let admin = pb::admin_service_server::AdminServiceServer::new(AdminApi::new(self.app.clone()));
+        Ok(Routes::new(health)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(events)
+            .add_service(metrics)
+            .add_service(admin)
+            .prepare())
+    }
+
+    /// The tasks that run beside the calls until shutdown: gauges, the WhatsApp idle sweeper,
+    /// the alert evaluator and deliverer, the revocation watch and the database watch that
+    /// drives health.
+    fn spawn_background(&self, reporter: &HealthReporter) -> Vec<tokio::task::JoinHandle<()>> {
+        let (app, pool) = (&self.app, &self.pool);
+        vec![
+            tokio::spawn(sample_gauges(app.clone(), pool.clone())),
+            tokio::spawn(close_idle_whatsapp(app.clone())),
+            tokio::spawn(crate::app::alerts::run_evaluator(app.clone(), pool.clone())),
+            tokio::spawn(crate::app::alerts::run_deliverer(app.clone(), pool.clone())),
+            app.keys.watch_revocations(),
+            tokio::spawn(watch_database(
+                pool.clone(),
+                app.clone(),
+                self.warmup,
+                reporter.clone(),
+            )),
+        ]
     }
 }
 

@@ -326,88 +326,22 @@ impl QueryCache {
         }
     }
 
+    /// Brings the tenant's state up to date with the database (erasures, changed rows, presence
+    /// and conversions), loads the days `reads` needs that it does not hold and returns what a
+    /// computation reads, with the state's bytes.
     async fn refresh(
         self: &Arc<Self>,
         state: OwnedMutexGuard<TenantState>,
         reads: &Reads,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
-        let mut state = state;
         let mut db = store::Reads::begin(&self.pool).await?;
         let xmin = db.xmin;
-        let erasures = db.erasures(tenant).await?;
-        let mut erased = Erased::default();
-        if let Some(seen) = state.erasures.filter(|seen| *seen != erasures) {
-            erased = self.erased_since(&mut db, tenant, seen, erasures).await?;
-            if erased.everything {
-                // The log does not cover every erasure: start the tenant afresh (a new
-                // generation: nothing cached before is found again).
-                *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
-            }
-        }
-        state.erasures = Some(erasures);
-        let (changed, days, side) = match state.xmin {
-            Some(since) => (
-                db.changed_since(tenant, since).await?,
-                None,
-                // After an erasure of conversions, presence and conversions are read again.
-                SideEvents::Read(
-                    db.side_events(tenant, if erased.conversions { 0 } else { since })
-                        .await?,
-                ),
-            ),
-            None => {
-                let days = db.days(tenant).await?;
-                // A first refresh reads every presence and conversion event: on a second
-                // connection, on the same snapshot, while the segments load.
-                let (pool, exported) = (self.pool.clone(), db.export().await?);
-                let reading = tokio::spawn(async move {
-                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
-                    let events = r.side_events(tenant, 0).await?;
-                    r.finish().await?;
-                    Ok::<_, Error>(events)
-                });
-                (Vec::new(), Some(days), SideEvents::Reading(reading))
-            }
-        };
-
+        let (state, news) = self.read_news(state, &mut db).await?;
         let cache = self.clone();
-        let reads_owned = reads.clone();
-        let (state, mut picked, missing, side) = blocking(move || {
-            let mut state = state;
-            let first = state.xmin.is_none();
-            if let Some(days) = days {
-                state.set_days(days);
-            }
-            if let Some(rebuilt) = erased.rebuilt.take() {
-                cache.forget_days(&mut state, &erased.days, rebuilt);
-                state.version += 1;
-            }
-            if erased.conversions {
-                state.forget_side_events();
-            }
-            let changed_any = !changed.is_empty();
-            cache.apply_changes(&mut state, changed, xmin)?;
-            let side = match side {
-                SideEvents::Read(events) => {
-                    if state.apply_side_events(events, xmin, true) {
-                        state.version += 1;
-                    }
-                    None
-                }
-                SideEvents::Reading(reading) => Some(reading),
-            };
-            if changed_any || first {
-                state.version += 1;
-            }
-            let (picked, missing) = cache.pick(&state, &reads_owned);
-            metrics::counter!("chatkpi_query_cache_hits_total").increment(picked.len() as u64);
-            metrics::counter!("chatkpi_query_cache_misses_total").increment(missing.len() as u64);
-            Ok((state, picked, missing, side))
-        })
-        .await?;
-
-        let mut state = state;
+        let reads = reads.clone();
+        let (mut state, mut picked, missing, side) =
+            blocking(move || cache.apply_news(state, news, xmin, &reads)).await?;
         if !missing.is_empty() {
             let started = Instant::now();
             let days = missing.len();
@@ -435,6 +369,116 @@ impl QueryCache {
             .await?;
         }
         db.finish().await?;
+        Ok(self.refreshed_view(state, picked, xmin))
+    }
+
+    /// What changed for the tenant since its state's refresh, read in `db`'s snapshot: erasures
+    /// (a state the erasure log cannot bring up to date is started afresh), changed rows and
+    /// side events; on a first refresh the day list, and the side events read on a second
+    /// connection on the same snapshot while the segments load.
+    async fn read_news(
+        &self,
+        mut state: OwnedMutexGuard<TenantState>,
+        db: &mut store::Reads,
+    ) -> Result<(OwnedMutexGuard<TenantState>, News), Error> {
+        let tenant = state.tenant;
+        let xmin = db.xmin;
+        let erasures = db.erasures(tenant).await?;
+        let mut erased = Erased::default();
+        if let Some(seen) = state.erasures.filter(|seen| *seen != erasures) {
+            erased = self.erased_since(db, tenant, seen, erasures).await?;
+            if erased.everything {
+                // The log does not cover every erasure: start the tenant afresh (a new
+                // generation: nothing cached before is found again).
+                *state = TenantState::new(tenant, self.generations.fetch_add(1, Ordering::Relaxed));
+            }
+        }
+        state.erasures = Some(erasures);
+        let news = match state.xmin {
+            Some(since) => News {
+                changed: db.changed_since(tenant, since).await?,
+                days: None,
+                // After an erasure of conversions, presence and conversions are read again.
+                side: SideEvents::Read(
+                    db.side_events(tenant, if erased.conversions { 0 } else { since })
+                        .await?,
+                ),
+                erased,
+            },
+            None => {
+                let days = db.days(tenant).await?;
+                let (pool, exported) = (self.pool.clone(), db.export().await?);
+                let reading = tokio::spawn(async move {
+                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
+                    let events = r.side_events(tenant, 0).await?;
+                    r.finish().await?;
+                    Ok::<_, Error>(events)
+                });
+                News {
+                    changed: Vec::new(),
+                    days: Some(days),
+                    side: SideEvents::Reading(reading),
+                    erased,
+                }
+            }
+        };
+        Ok((state, news))
+    }
+
+    /// Merges `news` into the state (on the blocking pool: segments are rebuilt) and picks the
+    /// segments `reads` needs: those held, and the days still to load. Side events still being
+    /// read are handed back.
+    fn apply_news(
+        &self,
+        mut state: OwnedMutexGuard<TenantState>,
+        news: News,
+        xmin: i64,
+        reads: &Reads,
+    ) -> Result<Applied, Error> {
+        let News {
+            changed,
+            days,
+            side,
+            mut erased,
+        } = news;
+        let first = state.xmin.is_none();
+        if let Some(days) = days {
+            state.set_days(days);
+        }
+        if let Some(rebuilt) = erased.rebuilt.take() {
+            self.forget_days(&mut state, &erased.days, rebuilt);
+            state.version += 1;
+        }
+        if erased.conversions {
+            state.forget_side_events();
+        }
+        let changed_any = !changed.is_empty();
+        self.apply_changes(&mut state, changed, xmin)?;
+        let side = match side {
+            SideEvents::Read(events) => {
+                if state.apply_side_events(events, xmin, true) {
+                    state.version += 1;
+                }
+                None
+            }
+            SideEvents::Reading(reading) => Some(reading),
+        };
+        if changed_any || first {
+            state.version += 1;
+        }
+        let (picked, missing) = self.pick(&state, reads);
+        metrics::counter!("chatkpi_query_cache_hits_total").increment(picked.len() as u64);
+        metrics::counter!("chatkpi_query_cache_misses_total").increment(missing.len() as u64);
+        Ok((state, picked, missing, side))
+    }
+
+    /// The state, refreshed up to `xmin`, as a computation reads it (with its bytes).
+    fn refreshed_view(
+        self: &Arc<Self>,
+        mut state: OwnedMutexGuard<TenantState>,
+        picked: Vec<Arc<Segment>>,
+        xmin: i64,
+    ) -> (View, usize) {
         state.xmin = Some(xmin);
         state
             .recent_side_events
@@ -454,7 +498,7 @@ impl QueryCache {
             version: state.version,
         };
         let bytes = state.heap_bytes();
-        Ok((view, bytes))
+        (view, bytes)
     }
 
     /// What the erasures after the `seen`-th changed (`erasures` in all now): the days to
@@ -922,7 +966,28 @@ fn decode(row: &StoredConversation) -> Result<ConversationFacts, Error> {
 /// Presence and conversion events of a refresh: read, or being read on another connection.
 enum SideEvents {
     Read(Vec<SideEvent>),
-    Reading(tokio::task::JoinHandle<Result<Vec<SideEvent>, Error>>),
+    Reading(SideReading),
+}
+
+/// A state with news merged: the segments held that a query reads, the days still to load, the
+/// side events still being read ([`QueryCache::apply_news`]).
+type Applied = (
+    OwnedMutexGuard<TenantState>,
+    Vec<Arc<Segment>>,
+    Vec<NaiveDate>,
+    Option<SideReading>,
+);
+
+/// Presence and conversion events being read on a connection of their own.
+type SideReading = tokio::task::JoinHandle<Result<Vec<SideEvent>, Error>>;
+
+/// What changed for a tenant since its last refresh ([`QueryCache::read_news`]).
+struct News {
+    changed: Vec<StoredConversation>,
+    /// Every day with its bounds, on a first refresh.
+    days: Option<Vec<store::DayRows>>,
+    side: SideEvents,
+    erased: Erased,
 }
 
 /// A day read and decoded, not yet attached to the tenant's ids.

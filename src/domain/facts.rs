@@ -16,8 +16,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::event::{
-    Channel, DeliveryStatus, Event, Initiator, MAX_TAGS_PER_CONVERSATION, Payload, Priority, ResolvedBy,
-    Scale, Sender, SurveyType,
+    Channel, ConversationUpdated, DeliveryStatus, Event, Initiator, MAX_TAGS_PER_CONVERSATION, Payload,
+    Priority, ResolvedBy, Scale, Sender, SurveyResponse, SurveyType, TagsChanged,
 };
 
 /// The version of the derivation rules and of the stored record layout. A stored conversation
@@ -548,23 +548,8 @@ impl Walk {
         match &e.payload {
             Payload::ConversationOpened(o) => self.opened(t, o),
             Payload::Assigned(a) => self.assigned(t, a),
-            Payload::ConversationUpdated(u) => {
-                if let Some(p) = u.priority {
-                    self.f.priority = p;
-                }
-                if u.team.is_some() {
-                    self.f.team = u.team.clone();
-                }
-            }
-            Payload::TagsChanged(c) => {
-                // Within one event: add `added`, then remove `removed`.
-                for tag in &c.added {
-                    self.add_tag(tag.clone());
-                }
-                for tag in &c.removed {
-                    self.tags.remove(tag);
-                }
-            }
+            Payload::ConversationUpdated(u) => self.updated(u),
+            Payload::TagsChanged(c) => self.tags_changed(c),
             // docs/metrics.md §5: a receipt's category and error code tag the conversation.
             Payload::MessageStatus(s) => {
                 for tag in s.tags() {
@@ -591,17 +576,7 @@ impl Walk {
                 self.abandoned_at = Some(t);
                 self.f.state = State::Abandoned;
             }
-            Payload::SurveyResponse(s) => {
-                // Later answers replace earlier ones of the same type (docs/metrics.md §4).
-                let answer = SurveyAnswer {
-                    survey: s.survey,
-                    score: s.score,
-                    scale: s.scale,
-                    at: t,
-                    agent_id: s.agent_id.clone(),
-                };
-                self.surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
-            }
+            Payload::SurveyResponse(s) => self.survey_answered(t, s),
             Payload::SurveySent(s) => self.f.surveys_sent.push(SurveySend {
                 survey: s.survey,
                 at: t,
@@ -630,6 +605,37 @@ impl Walk {
         ) {
             self.note_attributes(t);
         }
+    }
+
+    fn updated(&mut self, u: &ConversationUpdated) {
+        if let Some(p) = u.priority {
+            self.f.priority = p;
+        }
+        if u.team.is_some() {
+            self.f.team = u.team.clone();
+        }
+    }
+
+    /// Within one event: add `added`, then remove `removed`.
+    fn tags_changed(&mut self, c: &TagsChanged) {
+        for tag in &c.added {
+            self.add_tag(tag.clone());
+        }
+        for tag in &c.removed {
+            self.tags.remove(tag);
+        }
+    }
+
+    /// Later answers replace earlier ones of the same type (docs/metrics.md §4).
+    fn survey_answered(&mut self, t: DateTime<Utc>, s: &SurveyResponse) {
+        let answer = SurveyAnswer {
+            survey: s.survey,
+            score: s.score,
+            scale: s.scale,
+            at: t,
+            agent_id: s.agent_id.clone(),
+        };
+        self.surveys[survey_slot(s.survey)] = Some((answer, s.agent_id.is_some()));
     }
 
     /// A conversation carries at most MAX_TAGS_PER_CONVERSATION tags: an add while it is full

@@ -91,6 +91,8 @@ impl<'a> Strings<'a> {
 }
 
 /// The body, field by field; [`Decoder::fields`] reads the same sequence.
+///
+/// A byte codec, one function on purpose: the two are read side by side, field by field.
 fn encode_fields<'a>(f: &'a ConversationFacts, w: &mut Writer, s: &mut Strings<'a>) {
     let base = micros(f.opened_at);
     let t = |w: &mut Writer, at: DateTime<Utc>| w.time(base, micros(at));
@@ -262,6 +264,8 @@ impl Decoder<'_> {
         }
     }
 
+    /// The body as [`encode_fields`] wrote it (a byte codec, one function on purpose: the two
+    /// are read side by side, field by field).
     fn fields(&mut self, conversation_id: &str, opened: i64) -> ConversationFacts {
         let flags = self.r.u8();
         let (channel, priority, state) = (self.r.u8(), self.r.u8(), self.r.u8());

@@ -198,34 +198,8 @@ impl PayloadInput {
                 error_code,
                 category,
                 implies_message,
-            } => {
-                let f = within("message_status");
-                check_id("message_id", message_id).map_err(&f)?;
-                if let Some(c) = category {
-                    check_category("category", c).map_err(&f)?;
-                }
-                Payload::MessageStatus(MessageStatusChanged {
-                    message_id: message_id.clone(),
-                    status: status.required("status").map_err(&f)?,
-                    error_code: *error_code,
-                    category: category.clone(),
-                    implies_message: *implies_message,
-                })
-            }
-            PayloadInput::Assigned { agent_id, team } => {
-                let f = within("assigned");
-                let agent_id = if agent_id.is_empty() {
-                    None
-                } else {
-                    check_id("agent_id", agent_id).map_err(&f)?;
-                    Some(agent_id.clone())
-                };
-                check_optional_id("team", team.as_deref()).map_err(&f)?;
-                Payload::Assigned(Assigned {
-                    agent_id,
-                    team: team.clone(),
-                })
-            }
+            } => parse_status(message_id, status, *error_code, category, *implies_message)?,
+            PayloadInput::Assigned { agent_id, team } => parse_assigned(agent_id, team)?,
             PayloadInput::ConversationUpdated { priority, team } => {
                 let f = within("conversation_updated");
                 check_optional_id("team", team.as_deref()).map_err(&f)?;
@@ -234,30 +208,7 @@ impl PayloadInput {
                     team: team.clone(),
                 })
             }
-            PayloadInput::TagsChanged { added, removed } => {
-                let f = within("tags_changed");
-                for (field, list) in [("added", added), ("removed", removed)] {
-                    if list.len() > MAX_TAGS_PER_EVENT {
-                        return Err(f(FieldError::new(
-                            field,
-                            format!(
-                                "at most {MAX_TAGS_PER_EVENT} tags per event, got {}; send several events",
-                                list.len()
-                            ),
-                        )));
-                    }
-                }
-                for (i, tag) in added.iter().enumerate() {
-                    check_id(&format!("added[{i}]"), tag).map_err(&f)?;
-                }
-                for (i, tag) in removed.iter().enumerate() {
-                    check_id(&format!("removed[{i}]"), tag).map_err(&f)?;
-                }
-                Payload::TagsChanged(TagsChanged {
-                    added: added.clone(),
-                    removed: removed.clone(),
-                })
-            }
+            PayloadInput::TagsChanged { added, removed } => parse_tags(added, removed)?,
             PayloadInput::Handoff => Payload::Handoff,
             PayloadInput::WaitingOnCustomer { waiting } => {
                 Payload::WaitingOnCustomer(super::WaitingOnCustomer { waiting: *waiting })
@@ -278,18 +229,7 @@ impl PayloadInput {
                 scale_min,
                 scale_max,
                 agent_id,
-            } => {
-                let f = within("survey_response");
-                let kind = survey.required("survey").map_err(&f)?;
-                let scale = check_survey_scale(kind, *score, *scale_min, *scale_max).map_err(&f)?;
-                check_optional_id("agent_id", agent_id.as_deref()).map_err(&f)?;
-                Payload::SurveyResponse(SurveyResponse {
-                    survey: kind,
-                    score: *score,
-                    scale,
-                    agent_id: agent_id.clone(),
-                })
-            }
+            } => parse_survey(survey, *score, *scale_min, *scale_max, agent_id)?,
             PayloadInput::SurveySent { survey } => Payload::SurveySent(SurveySent {
                 survey: survey.required("survey").map_err(within("survey_sent"))?,
             }),
@@ -309,6 +249,87 @@ impl PayloadInput {
             }
         })
     }
+}
+
+/// `message_status`: the message id checked, the status required, the pricing category checked.
+fn parse_status(
+    message_id: &str,
+    status: &Choice<DeliveryStatus>,
+    error_code: Option<i32>,
+    category: &Option<String>,
+    implies_message: bool,
+) -> Result<Payload, FieldError> {
+    let f = within("message_status");
+    check_id("message_id", message_id).map_err(&f)?;
+    if let Some(c) = category {
+        check_category("category", c).map_err(&f)?;
+    }
+    Ok(Payload::MessageStatus(MessageStatusChanged {
+        message_id: message_id.to_owned(),
+        status: status.required("status").map_err(&f)?,
+        error_code,
+        category: category.clone(),
+        implies_message,
+    }))
+}
+
+/// `assigned`: an empty agent id unassigns (docs/metrics.md §2).
+fn parse_assigned(agent_id: &str, team: &Option<String>) -> Result<Payload, FieldError> {
+    let f = within("assigned");
+    let agent_id = if agent_id.is_empty() {
+        None
+    } else {
+        check_id("agent_id", agent_id).map_err(&f)?;
+        Some(agent_id.to_owned())
+    };
+    check_optional_id("team", team.as_deref()).map_err(&f)?;
+    Ok(Payload::Assigned(Assigned {
+        agent_id,
+        team: team.clone(),
+    }))
+}
+
+/// `tags_changed`: at most [`MAX_TAGS_PER_EVENT`] tags added and removed, each an id.
+fn parse_tags(added: &[String], removed: &[String]) -> Result<Payload, FieldError> {
+    let f = within("tags_changed");
+    for (field, list) in [("added", added), ("removed", removed)] {
+        if list.len() > MAX_TAGS_PER_EVENT {
+            return Err(f(FieldError::new(
+                field,
+                format!(
+                    "at most {MAX_TAGS_PER_EVENT} tags per event, got {}; send several events",
+                    list.len()
+                ),
+            )));
+        }
+        for (i, tag) in list.iter().enumerate() {
+            check_id(&format!("{field}[{i}]"), tag).map_err(&f)?;
+        }
+    }
+    Ok(Payload::TagsChanged(TagsChanged {
+        added: added.to_vec(),
+        removed: removed.to_vec(),
+    }))
+}
+
+/// `survey_response`: the survey kind required, the score within the survey's scale.
+fn parse_survey(
+    survey: &Choice<SurveyType>,
+    score: i32,
+    scale_min: Option<i32>,
+    scale_max: Option<i32>,
+    agent_id: &Option<String>,
+) -> Result<Payload, FieldError> {
+    let f = within("survey_response");
+    let kind = survey.required("survey").map_err(&f)?;
+    let scale = check_survey_scale(kind, score, scale_min, scale_max).map_err(&f)?;
+    check_optional_id("agent_id", agent_id.as_deref()).map_err(&f)?;
+    Ok(Payload::SurveyResponse(SurveyResponse {
+        survey: kind,
+        score,
+        scale,
+        agent_id: agent_id.clone(),
+    }))
 }
 
 /// `conversation_opened`: ids checked, channel required, unset priority = not set, unset

@@ -247,37 +247,50 @@ impl Segment {
         for f in &added {
             encoded(&mut out, f);
         }
-        // A chunk keeps its version when none of its rows changed and it is as long as before.
-        let changed_chunk = |c: usize| {
-            let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(new_len);
-            rows.end > old_len || replaced.iter().any(|(r, _)| rows.contains(r))
-        };
-        out.chunk_versions = (0..new_len.div_ceil(CHUNK_ROWS))
-            .map(|c| match self.chunk_versions.get(c) {
-                Some(v) if !changed_chunk(c) => *v,
-                _ => new_version(),
-            })
-            .collect();
-        // The new rows, by id, merged into the old order by id.
-        let appended: Vec<u32> = (old_len as u32..new_len as u32).collect();
-        out.by_id = Vec::with_capacity(new_len);
-        let (mut a, mut b) = (self.by_id.iter().peekable(), appended.iter().peekable());
-        loop {
-            let take_old = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => out.id(**x as usize) < out.id(**y as usize),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let row = if take_old { a.next() } else { b.next() };
-            out.by_id.extend(row);
-        }
+        let replaced_rows: Vec<usize> = replaced.iter().map(|(row, _)| *row).collect();
+        out.chunk_versions = self.versions_after(old_len, new_len, &replaced_rows);
+        out.by_id = out.order_with_appended(&self.by_id, old_len);
         let before = self.unpersisted.load(Ordering::Relaxed);
         if before != NEVER_PERSISTED {
             out.unpersisted = AtomicUsize::new(before.saturating_add(replaced.len() + added.len()));
         }
         out.shrink();
         out
+    }
+
+    /// The chunk versions of a merge of this segment into `new_len` rows: a chunk keeps its
+    /// version when none of its rows was replaced (`replaced`, sorted) and it is as long as
+    /// before; the others get new ones.
+    fn versions_after(&self, old_len: usize, new_len: usize, replaced: &[usize]) -> Vec<u64> {
+        let changed_chunk = |c: usize| {
+            let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(new_len);
+            rows.end > old_len || replaced.iter().any(|r| rows.contains(r))
+        };
+        (0..new_len.div_ceil(CHUNK_ROWS))
+            .map(|c| match self.chunk_versions.get(c) {
+                Some(v) if !changed_chunk(c) => *v,
+                _ => new_version(),
+            })
+            .collect()
+    }
+
+    /// Rows by id: `old` (the first `old_len` rows by id) and the rows appended after them,
+    /// which are in id order, merged.
+    fn order_with_appended(&self, old: &[u32], old_len: usize) -> Vec<u32> {
+        let appended: Vec<u32> = (old_len as u32..self.len() as u32).collect();
+        let mut by_id = Vec::with_capacity(self.len());
+        let (mut a, mut b) = (old.iter().peekable(), appended.iter().peekable());
+        loop {
+            let take_old = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) => self.id(**x as usize) < self.id(**y as usize),
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let row = if take_old { a.next() } else { b.next() };
+            by_id.extend(row);
+        }
+        by_id
     }
 
     /// Rows by id and fresh chunk versions, for a segment whose rows were pushed in id order

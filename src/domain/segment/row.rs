@@ -276,6 +276,9 @@ pub struct Hot {
 }
 
 /// Encodes the query view of `f`; `sym` maps a name to its segment-local id.
+///
+/// A byte codec, one function on purpose: the write order here is the read order of
+/// [`decode`], field by field, and keeping each in one piece lets them be read side by side.
 pub fn encode(f: &ConversationFacts, mut sym: impl FnMut(Option<&str>) -> u32, w: &mut Writer) -> Hot {
     let base = micros(f.opened_at);
     let human_first = match (&f.first_human_response, f.human_queue_start) {
@@ -476,6 +479,8 @@ fn message(m: &crate::domain::facts::MessageFact) -> Msg {
 
 /// Decodes a blob into `c` (whose hot fields the caller has set). `tenant` maps segment-local
 /// symbols to tenant symbols. Returns `false` when the blob is malformed.
+///
+/// A byte codec, one function on purpose: it reads exactly the sequence [`encode`] writes.
 pub fn decode(blob: &[u8], tenant: &[Sym], parts: Parts, c: &mut Conv) -> bool {
     let mut r = Reader::new(blob);
     let base = c.opened_at;

@@ -13,7 +13,7 @@ use crate::{
         event::FieldError,
         facts::SlaMetric,
         kpi::{
-            Dimension, Kpis, Targets,
+            Ces, ConversionKpis, Csat, Dimension, Kpis, Nps, Targets,
             live::{AgentUtilization, ConversationRow, DrillDown},
         },
         query::{self, Filters, Query, Window},
@@ -233,60 +233,13 @@ pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
         customer_messages_per_chat: k.customer_messages_per_chat,
         agent_messages_per_chat: k.agent_messages_per_chat,
         bot_messages_per_chat: k.bot_messages_per_chat,
-        csat: Some(pb::Csat {
-            responses: k.csat.responses,
-            mean_score: k.csat.mean_score,
-            csat_percent: k.csat.satisfied_percent,
-            distribution: k
-                .csat
-                .distribution
-                .iter()
-                .map(|(score, min, max, count)| pb::ScoreCount {
-                    score: *score,
-                    scale_min: *min,
-                    scale_max: *max,
-                    count: *count,
-                })
-                .collect(),
-            sent: k.csat.sent,
-            response_rate: k.csat.response_rate,
-        }),
-        nps: Some(pb::Nps {
-            responses: k.nps.responses,
-            promoters: k.nps.promoters,
-            passives: k.nps.passives,
-            detractors: k.nps.detractors,
-            nps: k.nps.score,
-            sent: k.nps.sent,
-            response_rate: k.nps.response_rate,
-        }),
-        ces: Some(pb::Ces {
-            responses: k.ces.responses,
-            mean_score: k.ces.mean_score,
-            sent: k.ces.sent,
-            response_rate: k.ces.response_rate,
-        }),
+        csat: Some(csat_to_proto(&k.csat)),
+        nps: Some(nps_to_proto(&k.nps)),
+        ces: Some(ces_to_proto(&k.ces)),
         automation_rate: k.automation_rate,
         bot_resolutions: k.bot_resolutions,
         bot_handoff_rate: k.bot_handoff_rate,
-        conversion: Some(pb::ConversionKpis {
-            customers: k.conversion.customers,
-            converted: k.conversion.converted,
-            rate: k.conversion.rate,
-            conversions: k.conversion.conversions,
-            revenue: k
-                .conversion
-                .revenue
-                .iter()
-                .map(|(currency, value)| pb::Money {
-                    currency: currency.clone(),
-                    // docs/metrics.md §5: exact while it fits 64 bits; beyond, the largest value
-                    // and `overflow`, never a silently wrong sum.
-                    value_minor: i64::try_from(*value).unwrap_or(i64::MAX),
-                    overflow: *value > i128::from(i64::MAX),
-                })
-                .collect(),
-        }),
+        conversion: Some(conversion_to_proto(&k.conversion)),
         retention: Some(pb::Retention {
             previous_customers: k.retention.previous_customers,
             retained: k.retention.retained,
@@ -310,6 +263,67 @@ pub fn kpis_to_proto(k: &Kpis) -> pb::Kpis {
                 value: c.as_str().to_owned(),
                 conversations: *n,
                 share: *share,
+            })
+            .collect(),
+    }
+}
+
+fn csat_to_proto(c: &Csat) -> pb::Csat {
+    pb::Csat {
+        responses: c.responses,
+        mean_score: c.mean_score,
+        csat_percent: c.satisfied_percent,
+        distribution: c
+            .distribution
+            .iter()
+            .map(|(score, min, max, count)| pb::ScoreCount {
+                score: *score,
+                scale_min: *min,
+                scale_max: *max,
+                count: *count,
+            })
+            .collect(),
+        sent: c.sent,
+        response_rate: c.response_rate,
+    }
+}
+
+fn nps_to_proto(n: &Nps) -> pb::Nps {
+    pb::Nps {
+        responses: n.responses,
+        promoters: n.promoters,
+        passives: n.passives,
+        detractors: n.detractors,
+        nps: n.score,
+        sent: n.sent,
+        response_rate: n.response_rate,
+    }
+}
+
+fn ces_to_proto(c: &Ces) -> pb::Ces {
+    pb::Ces {
+        responses: c.responses,
+        mean_score: c.mean_score,
+        sent: c.sent,
+        response_rate: c.response_rate,
+    }
+}
+
+fn conversion_to_proto(c: &ConversionKpis) -> pb::ConversionKpis {
+    pb::ConversionKpis {
+        customers: c.customers,
+        converted: c.converted,
+        rate: c.rate,
+        conversions: c.conversions,
+        revenue: c
+            .revenue
+            .iter()
+            .map(|(currency, value)| pb::Money {
+                currency: currency.clone(),
+                // docs/metrics.md §5: exact while it fits 64 bits; beyond, the largest value
+                // and `overflow`, never a silently wrong sum.
+                value_minor: i64::try_from(*value).unwrap_or(i64::MAX),
+                overflow: *value > i128::from(i64::MAX),
             })
             .collect(),
     }

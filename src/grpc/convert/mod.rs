@@ -226,30 +226,17 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
             inbox: o.inbox.clone(),
             team: o.team.clone(),
             priority: o.priority.map_or(pb::Priority::Unspecified, priority_to_proto) as i32,
-            initiated_by: match o.initiated_by {
-                Initiator::Customer => pb::Initiator::Customer,
-                Initiator::Business => pb::Initiator::Business,
-            } as i32,
+            initiated_by: initiator_to_proto(o.initiated_by) as i32,
         }),
         Payload::Message(m) => P::Message(pb::Message {
             message_id: m.message_id.clone(),
-            sender: match m.sender {
-                Sender::Customer => pb::Sender::Customer,
-                Sender::Agent => pb::Sender::Agent,
-                Sender::Bot => pb::Sender::Bot,
-                Sender::System => pb::Sender::System,
-            } as i32,
+            sender: sender_to_proto(m.sender) as i32,
             agent_id: m.agent_id.clone().unwrap_or_default(),
             private: m.private,
         }),
         Payload::MessageStatus(s) => P::MessageStatus(pb::MessageStatusChanged {
             message_id: s.message_id.clone(),
-            status: match s.status {
-                DeliveryStatus::Sent => pb::MessageStatus::Sent,
-                DeliveryStatus::Delivered => pb::MessageStatus::Delivered,
-                DeliveryStatus::Read => pb::MessageStatus::Read,
-                DeliveryStatus::Failed => pb::MessageStatus::Failed,
-            } as i32,
+            status: delivery_to_proto(s.status) as i32,
             error_code: s.error_code,
             category: s.category.clone(),
             implies_message: s.implies_message,
@@ -269,12 +256,7 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
         Payload::Handoff => P::Handoff(pb::Handoff {}),
         Payload::WaitingOnCustomer(w) => P::WaitingOnCustomer(pb::WaitingOnCustomer { waiting: w.waiting }),
         Payload::Resolved(r) => P::Resolved(pb::Resolved {
-            by: match r.by {
-                ResolvedBy::Agent => pb::ResolvedBy::Agent,
-                ResolvedBy::Bot => pb::ResolvedBy::Bot,
-                ResolvedBy::Customer => pb::ResolvedBy::Customer,
-                ResolvedBy::System => pb::ResolvedBy::System,
-            } as i32,
+            by: resolved_by_to_proto(r.by) as i32,
             agent_id: r.agent_id.clone(),
         }),
         Payload::Reopened => P::Reopened(pb::Reopened {}),
@@ -297,12 +279,7 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
         }),
         Payload::AgentStatus(a) => P::AgentStatus(pb::AgentStatus {
             agent_id: a.agent_id.clone(),
-            status: match a.status {
-                Presence::Online => pb::Presence::Online,
-                Presence::Busy => pb::Presence::Busy,
-                Presence::Away => pb::Presence::Away,
-                Presence::Offline => pb::Presence::Offline,
-            } as i32,
+            status: presence_to_proto(a.status) as i32,
         }),
     };
     pb::Event {
@@ -310,6 +287,49 @@ pub fn event_to_proto(e: &Event) -> pb::Event {
         conversation_id: e.conversation_id.clone().unwrap_or_default(),
         occurred_at: Some(chrono_to_timestamp(e.occurred_at)),
         payload: Some(payload),
+    }
+}
+
+fn initiator_to_proto(i: Initiator) -> pb::Initiator {
+    match i {
+        Initiator::Customer => pb::Initiator::Customer,
+        Initiator::Business => pb::Initiator::Business,
+    }
+}
+
+fn sender_to_proto(s: Sender) -> pb::Sender {
+    match s {
+        Sender::Customer => pb::Sender::Customer,
+        Sender::Agent => pb::Sender::Agent,
+        Sender::Bot => pb::Sender::Bot,
+        Sender::System => pb::Sender::System,
+    }
+}
+
+fn delivery_to_proto(s: DeliveryStatus) -> pb::MessageStatus {
+    match s {
+        DeliveryStatus::Sent => pb::MessageStatus::Sent,
+        DeliveryStatus::Delivered => pb::MessageStatus::Delivered,
+        DeliveryStatus::Read => pb::MessageStatus::Read,
+        DeliveryStatus::Failed => pb::MessageStatus::Failed,
+    }
+}
+
+fn resolved_by_to_proto(by: ResolvedBy) -> pb::ResolvedBy {
+    match by {
+        ResolvedBy::Agent => pb::ResolvedBy::Agent,
+        ResolvedBy::Bot => pb::ResolvedBy::Bot,
+        ResolvedBy::Customer => pb::ResolvedBy::Customer,
+        ResolvedBy::System => pb::ResolvedBy::System,
+    }
+}
+
+fn presence_to_proto(p: Presence) -> pb::Presence {
+    match p {
+        Presence::Online => pb::Presence::Online,
+        Presence::Busy => pb::Presence::Busy,
+        Presence::Away => pb::Presence::Away,
+        Presence::Offline => pb::Presence::Offline,
     }
 }
 

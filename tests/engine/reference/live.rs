@@ -7,25 +7,17 @@ use chatkpi::domain::{
     calendar::Schedule,
     event::Presence,
     facts::{SlaMetric, State},
+    kpi::live::{AgentUtilization, Backlog, DrillDown},
     query::Query,
     sla::Policy,
-    stats::{DurationStats, rate},
 };
 
 use super::{
     dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},
     kpis::Compiled,
     sla,
+    stats::{rate, summary},
 };
-
-/// Backlog and live counts at an instant.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Backlog {
-    pub open: u64,
-    pub unassigned: u64,
-    pub unanswered: u64,
-    pub age: DurationStats,
-}
 
 /// Conversations opened at or before `at` and not ended as of it; a reopen counts from its
 /// time. Age is `at - opened_at`, in business hours when asked.
@@ -49,7 +41,7 @@ pub fn backlog(ds: &Dataset, q: &Query, schedule: Option<&Schedule>, at: Micros)
             _ => span.seconds(),
         });
     }
-    out.age = DurationStats::from_values(ages, None);
+    out.age = summary(ages, None);
     out
 }
 
@@ -65,50 +57,26 @@ pub fn backlog_conversations<'a>(
         .filter(move |c| c.opened_at <= at && c.state_at(at) == State::Open && filters.conversation(c))
 }
 
-/// One agent's utilization.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentUtilization {
-    pub agent: String,
-    pub logged_in_seconds: f64,
-    pub handling_seconds: f64,
-    pub utilization: Option<f64>,
-}
-
-fn merge(mut spans: Vec<Span>) -> Vec<Span> {
-    spans.sort_unstable_by_key(|s| (s.start, s.end));
-    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
-    for s in spans {
-        match out.last_mut() {
-            Some(last) if s.start <= last.end => last.end = last.end.max(s.end),
-            _ => out.push(s),
+/// How long, within `window`, some span of `a` holds and (when `b` is given) some span of `b`
+/// too. A sweep over span starts (+1) and ends (-1) counting how many spans of each list hold:
+/// derived here on its own, not the engine's sort / merge / clip / overlap walk.
+fn covered(window: Span, a: &[Span], b: Option<&[Span]>) -> i64 {
+    let mut edges: Vec<(Micros, usize, i64)> = Vec::new();
+    for (list, spans) in [(0, a), (1, b.unwrap_or(&[]))] {
+        for s in spans.iter().filter(|s| s.end > s.start) {
+            edges.push((s.start, list, 1));
+            edges.push((s.end, list, -1));
         }
     }
-    out
-}
-
-fn clip(spans: &[Span], window: Span) -> Vec<Span> {
-    spans
-        .iter()
-        .map(|s| Span {
-            start: s.start.max(window.start),
-            end: s.end.min(window.end),
-        })
-        .filter(|s| s.end > s.start)
-        .collect()
-}
-
-fn total(spans: &[Span]) -> i64 {
-    spans.iter().map(|s| s.end - s.start).sum()
-}
-
-/// Length of the intersection of two sorted, merged span lists.
-fn overlap(a: &[Span], b: &[Span]) -> i64 {
-    let (mut i, mut j, mut sum) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        let start = a[i].start.max(b[j].start);
-        let end = a[i].end.min(b[j].end);
-        sum += (end - start).max(0);
-        if a[i].end < b[j].end { i += 1 } else { j += 1 }
+    edges.sort_unstable();
+    let (mut holding, mut last, mut sum) = ([0i64; 2], window.start, 0);
+    for (at, list, change) in edges {
+        let at = at.clamp(window.start, window.end);
+        if holding[0] > 0 && (b.is_none() || holding[1] > 0) {
+            sum += at - last;
+        }
+        last = at;
+        holding[list] += change;
     }
     sum
 }
@@ -177,10 +145,16 @@ pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtil
     let mut rows = Vec::new();
     let (mut sum_logged, mut sum_handling) = (0i64, 0i64);
     for agent in agents {
-        let logged_in = clip(&merge(logged.remove(&agent).unwrap_or_default()), window);
-        let handled = clip(&merge(handling.remove(&agent).unwrap_or_default()), window);
-        let (l, h) = (total(&logged_in), overlap(&logged_in, &handled));
-        if l == 0 && h == 0 && handled.is_empty() {
+        let logged_in = logged.remove(&agent).unwrap_or_default();
+        let handled = handling.remove(&agent).unwrap_or_default();
+        let (l, h) = (
+            covered(window, &logged_in, None),
+            covered(window, &logged_in, Some(&handled)),
+        );
+        let handled_in_window = handled
+            .iter()
+            .any(|s| s.end.min(window.end) > s.start.max(window.start));
+        if l == 0 && h == 0 && !handled_in_window {
             continue;
         }
         sum_logged += l;
@@ -202,23 +176,18 @@ pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtil
     (rows, team)
 }
 
-/// Which conversations a drill-down lists (docs/metrics.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrillDown {
-    Opened,
-    Resolved,
-    Ended,
-    Missed,
-    Abandoned,
-    /// Open at the end of the window.
-    Backlog,
-    /// Resolved in the window but reopened or followed by a repeat contact.
-    NotFcr,
-}
-
 /// The conversations behind a conversation-level KPI, by opened_at then id. Conversation filters
 /// apply (agent = the conversation's agent).
-pub fn drill_down<'a>(ds: &'a Dataset, q: &Query, kind: DrillDown) -> Vec<&'a Conv> {
+pub fn drill_down<'a>(
+    ds: &'a Dataset,
+    q: &Query,
+    schedule: Option<&Schedule>,
+    policies: &[Policy],
+    kind: DrillDown,
+) -> Vec<&'a Conv> {
+    if kind == DrillDown::SlaBreached {
+        return sla_breached(ds, q, schedule, policies);
+    }
     let filters = Compiled::new(ds, &q.filters);
     let (from, to) = (micros(q.window.from), micros(q.window.to));
     let inside = |t: Option<Micros>| t.is_some_and(|t| from <= t && t < to);
@@ -242,6 +211,7 @@ pub fn drill_down<'a>(ds: &'a Dataset, q: &Query, kind: DrillDown) -> Vec<&'a Co
             DrillDown::NotFcr => c.resolved_at.is_some_and(|r| {
                 inside(Some(r)) && (c.reopen_count > 0 || Dataset::repeat_contact(c, repeat_window))
             }),
+            DrillDown::SlaBreached => unreachable!("selected by sla_breached above"),
         })
         .collect();
     out.sort_by(|a, b| (a.opened_at, &a.id).cmp(&(b.opened_at, &b.id)));

@@ -9,208 +9,22 @@ use chatkpi::domain::{
     event::{Channel, Priority, ResolvedBy, SurveyType},
     facts::State,
     query::{Filters, Query},
-    stats::{DurationStats, mean, rate},
+    stats::DurationStats,
 };
 
-use chatkpi::domain::sla::Policy;
+use chatkpi::domain::{
+    kpi::{
+        Ces, ConversionKpis, Csat, Dimension, GroupKey, Grouping, Kpis, Nps, Retention, SlaKpis, SlaStats,
+        Targets,
+    },
+    sla::Policy,
+};
 
 use super::{
     dataset::{Conv, Dataset, Micros, NONE, Span, Sym, micros},
     sla,
+    stats::{mean, rate, summary},
 };
-
-/// A breakdown dimension (docs/metrics.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dimension {
-    Channel,
-    Inbox,
-    Team,
-    Agent,
-    Tag,
-    Priority,
-    HourOfDay,
-    DayOfWeek,
-    SlaPolicy,
-}
-
-/// How items are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Grouping {
-    All,
-    By(Dimension),
-    Series(Granularity),
-}
-
-/// The group an item lands in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum GroupKey {
-    All,
-    /// An interned value (inbox, team, agent, tag); `NONE` = not set.
-    Value(Sym),
-    Channel(Channel),
-    Priority(Priority),
-    /// Hour of day (0-23) or day of week (1-7).
-    Number(u32),
-    /// Start of a calendar bucket.
-    Bucket(Micros),
-    /// An SLA policy by its place in the list.
-    Policy(u32),
-}
-
-/// KPI targets (docs/metrics.md §8), defaults from helpdesk practice.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub struct Targets {
-    pub human_frt_seconds: f64,
-    pub bot_frt_seconds: f64,
-    pub resolution_seconds: f64,
-    pub csat_percent: f64,
-    pub fcr_percent: f64,
-    pub utilization_min_percent: f64,
-    pub utilization_max_percent: f64,
-    /// Share (%) of items within a duration target for the target to count as met.
-    pub duration_compliance_percent: f64,
-}
-
-impl Default for Targets {
-    fn default() -> Self {
-        Self {
-            human_frt_seconds: 60.0,
-            bot_frt_seconds: 15.0,
-            resolution_seconds: 510.0,
-            csat_percent: 90.0,
-            fcr_percent: 70.0,
-            utilization_min_percent: 85.0,
-            utilization_max_percent: 90.0,
-            duration_compliance_percent: 90.0,
-        }
-    }
-}
-
-/// CSAT answers (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Csat {
-    pub responses: u64,
-    /// Mean score mapped to 1-5 (`1 + 4 * (score - min) / (max - min)`), so answers on
-    /// different scales can be averaged (docs/metrics.md).
-    pub mean_score: Option<f64>,
-    /// Share (%) of satisfied answers: `(score - min) / (max - min) >= 0.75`.
-    pub satisfied_percent: Option<f64>,
-    pub satisfied: u64,
-    /// Answers per (score, scale min, scale max).
-    pub distribution: Vec<(i32, i32, i32, u64)>,
-    pub sent: u64,
-    pub response_rate: Option<f64>,
-}
-
-/// NPS answers.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Nps {
-    pub responses: u64,
-    pub promoters: u64,
-    pub passives: u64,
-    pub detractors: u64,
-    /// % promoters - % detractors (-100..100).
-    pub score: Option<f64>,
-    pub sent: u64,
-    pub response_rate: Option<f64>,
-}
-
-/// CES answers, mapped to 1-7.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ces {
-    pub responses: u64,
-    pub mean_score: Option<f64>,
-    pub sent: u64,
-    pub response_rate: Option<f64>,
-}
-
-/// Conversion rate and revenue (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ConversionKpis {
-    pub customers: u64,
-    pub converted: u64,
-    pub rate: Option<f64>,
-    /// (currency, sum of value_minor), sorted by currency.
-    pub revenue: Vec<(String, i128)>,
-    pub conversions: u64,
-}
-
-/// Retention (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Retention {
-    pub previous_customers: u64,
-    pub retained: u64,
-    pub rate: Option<f64>,
-}
-
-/// Every KPI of docs/metrics.md §5 for one group.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Kpis {
-    pub conversations: u64,
-    pub messages_received: u64,
-    pub messages_sent: u64,
-    pub messages_delivered: u64,
-    pub messages_read: u64,
-    pub messages_failed: u64,
-    pub delivery_rate: Option<f64>,
-    pub read_rate: Option<f64>,
-    pub first_response: DurationStats,
-    /// First responses given by a bot (target: bot FRT).
-    pub bot_first_response: DurationStats,
-    pub human_first_response: DurationStats,
-    pub reply: DurationStats,
-    pub wait: DurationStats,
-    pub resolution: DurationStats,
-    pub duration: DurationStats,
-    pub resolved: u64,
-    pub resolutions: u64,
-    pub fcr_rate: Option<f64>,
-    pub repeat_contact_rate: Option<f64>,
-    pub reopen_rate: Option<f64>,
-    pub missed: u64,
-    pub missed_rate: Option<f64>,
-    pub abandoned: u64,
-    pub ended: u64,
-    pub messages_per_chat: Option<f64>,
-    pub customer_messages_per_chat: Option<f64>,
-    pub agent_messages_per_chat: Option<f64>,
-    pub bot_messages_per_chat: Option<f64>,
-    pub csat: Csat,
-    pub nps: Nps,
-    pub ces: Ces,
-    pub automation_rate: Option<f64>,
-    pub bot_resolutions: u64,
-    pub bot_handoff_rate: Option<f64>,
-    pub conversion: ConversionKpis,
-    pub retention: Retention,
-    /// (tag, conversations, share %), by conversations descending then tag, the 100 most
-    /// frequent (docs/metrics.md §5).
-    pub tags: Vec<(String, u64, Option<f64>)>,
-    /// Distinct tags not listed.
-    pub tags_omitted: u64,
-    /// (channel, conversations, share %), in channel order, channels with conversations only.
-    pub channels: Vec<(Channel, u64, Option<f64>)>,
-    pub sla: SlaKpis,
-}
-
-/// SLA figures per metric and over all three (docs/metrics.md §10).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SlaKpis {
-    pub first_response: SlaStats,
-    pub next_response: SlaStats,
-    pub resolution: SlaStats,
-    pub overall: SlaStats,
-}
-
-/// Clocks stopped in the window: achieved, breached, breach rate, time over target.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SlaStats {
-    pub achieved: u64,
-    pub breached: u64,
-    pub breach_rate: Option<f64>,
-    pub over_target: DurationStats,
-}
 
 /// Running totals of one group.
 #[derive(Default)]
@@ -940,7 +754,7 @@ fn sla_kpis(achieved: [u64; 3], over: [Vec<f64>; 3]) -> SlaKpis {
             achieved,
             breached,
             breach_rate: rate(breached, achieved + breached),
-            over_target: DurationStats::from_values(over, None),
+            over_target: summary(over, None),
         }
     };
     let all: Vec<f64> = over.iter().flatten().copied().collect();
@@ -1102,10 +916,7 @@ impl TimeIndex {
 
 /// Duration statistics of several value sets.
 fn duration_stats(inputs: Vec<(Vec<f64>, Option<f64>)>) -> Vec<DurationStats> {
-    inputs
-        .into_iter()
-        .map(|(v, target)| DurationStats::from_values(v, target))
-        .collect()
+    inputs.into_iter().map(|(v, target)| summary(v, target)).collect()
 }
 
 fn survey_index(kind: SurveyType) -> usize {

@@ -10,3 +10,4 @@ pub mod dataset;
 pub mod kpis;
 pub mod live;
 pub mod sla;
+pub mod stats;

@@ -43,22 +43,30 @@ fn from_doc(doc: ScheduleDoc) -> Result<Schedule, Error> {
 }
 
 /// A stored settings row.
-type Row = (Option<Json<ScheduleDoc>>, Json<Targets>, Json<Vec<Policy>>);
+struct Row {
+    business_hours: Option<Json<ScheduleDoc>>,
+    targets: Json<Targets>,
+    sla_policies: Json<Vec<Policy>>,
+}
 
-fn settings_of((hours, Json(targets), Json(sla_policies)): Row) -> Result<Settings, Error> {
+fn settings_of(row: Row) -> Result<Settings, Error> {
     Ok(Settings {
-        business_hours: hours.map(|Json(doc)| from_doc(doc)).transpose()?,
-        targets,
-        sla_policies,
+        business_hours: row.business_hours.map(|Json(doc)| from_doc(doc)).transpose()?,
+        targets: row.targets.0,
+        sla_policies: row.sla_policies.0,
     })
 }
 
 /// The tenant's settings (defaults when never set).
 pub async fn get(pool: &PgPool, tenant: TenantId) -> Result<Settings, Error> {
-    let row: Option<Row> = sqlx::query_as(
-        "select business_hours, targets, sla_policies from tenant_settings where tenant_id = $1",
+    let row = sqlx::query_as!(
+        Row,
+        r#"select business_hours as "business_hours: Json<ScheduleDoc>",
+                  targets as "targets: Json<Targets>",
+                  sla_policies as "sla_policies: Json<Vec<Policy>>"
+           from tenant_settings where tenant_id = $1"#,
+        tenant.0
     )
-    .bind(tenant)
     .fetch_optional(pool)
     .await?;
     row.map_or(Ok(Settings::default()), settings_of)
@@ -70,25 +78,31 @@ pub async fn get(pool: &PgPool, tenant: TenantId) -> Result<Settings, Error> {
 pub async fn update(pool: &PgPool, tenant: TenantId, update: SettingsUpdate) -> Result<Settings, Error> {
     let mut tx = pool.begin().await?;
     // Make sure the row exists, so `for update` has something to lock.
-    sqlx::query("insert into tenant_settings (tenant_id) values ($1) on conflict (tenant_id) do nothing")
-        .bind(tenant)
-        .execute(&mut *tx)
-        .await?;
-    let row: Row = sqlx::query_as(
-        "select business_hours, targets, sla_policies from tenant_settings where tenant_id = $1 for update",
+    sqlx::query!(
+        "insert into tenant_settings (tenant_id) values ($1) on conflict (tenant_id) do nothing",
+        tenant.0
     )
-    .bind(tenant)
+    .execute(&mut *tx)
+    .await?;
+    let row = sqlx::query_as!(
+        Row,
+        r#"select business_hours as "business_hours: Json<ScheduleDoc>",
+                  targets as "targets: Json<Targets>",
+                  sla_policies as "sla_policies: Json<Vec<Policy>>"
+           from tenant_settings where tenant_id = $1 for update"#,
+        tenant.0
+    )
     .fetch_one(&mut *tx)
     .await?;
     let settings = settings_of(row)?.apply(update)?;
-    sqlx::query(
+    sqlx::query!(
         "update tenant_settings set business_hours = $2, targets = $3, sla_policies = $4, updated_at = now() \
          where tenant_id = $1",
+        tenant.0,
+        settings.business_hours.as_ref().map(|s| Json(to_doc(s))) as _,
+        Json(&settings.targets) as _,
+        Json(&settings.sla_policies) as _
     )
-    .bind(tenant)
-    .bind(settings.business_hours.as_ref().map(|s| Json(to_doc(s))))
-    .bind(Json(&settings.targets))
-    .bind(Json(&settings.sla_policies))
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;

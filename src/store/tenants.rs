@@ -8,25 +8,28 @@ use crate::domain::{
     tenant::{NewApiKey, Scope, TenantId, generate_key, key_id},
 };
 
-fn scope_names(scopes: &[Scope]) -> Vec<&'static str> {
-    scopes.iter().map(|s| s.as_str()).collect()
+fn scope_names(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.as_str().to_owned()).collect()
 }
 
 /// Creates a tenant and its first API key (every scope); returns the id and the key (shown
 /// once).
 pub async fn create_tenant(pool: &PgPool, name: &str) -> Result<(TenantId, NewApiKey), Error> {
     let mut tx = pool.begin().await?;
-    let (tenant,): (TenantId,) = sqlx::query_as("insert into tenants (name) values ($1) returning tenant_id")
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
+    let tenant = TenantId(
+        sqlx::query_scalar!("insert into tenants (name) values ($1) returning tenant_id", name)
+            .fetch_one(&mut *tx)
+            .await?,
+    );
     let key = generate_key(tenant);
-    sqlx::query("insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, 'first key')")
-        .bind(tenant)
-        .bind(&key.hash)
-        .bind(scope_names(&Scope::ALL))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, 'first key')",
+        tenant.0,
+        &key.hash,
+        &scope_names(&Scope::ALL)
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok((tenant, key))
 }
@@ -38,35 +41,36 @@ pub async fn create_key(
     scopes: &[Scope],
     label: &str,
 ) -> Result<NewApiKey, Error> {
-    let exists: Option<(TenantId,)> = sqlx::query_as("select tenant_id from tenants where tenant_id = $1")
-        .bind(tenant)
+    let exists = sqlx::query_scalar!("select tenant_id from tenants where tenant_id = $1", tenant.0)
         .fetch_optional(pool)
         .await?;
     if exists.is_none() {
         return Err(Error::NotFound(format!("tenant {tenant}")));
     }
     let key = generate_key(tenant);
-    sqlx::query("insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, $4)")
-        .bind(tenant)
-        .bind(&key.hash)
-        .bind(scope_names(scopes))
-        .bind(label)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "insert into api_keys (tenant_id, key_hash, scopes, label) values ($1, $2, $3, $4)",
+        tenant.0,
+        &key.hash,
+        &scope_names(scopes),
+        label
+    )
+    .execute(pool)
+    .await?;
     Ok(key)
 }
 
 /// The scopes of a live (not revoked) key of `tenant` with this hash; `None` when there is no
 /// such key.
 pub async fn key_scopes(pool: &PgPool, tenant: TenantId, hash: &[u8]) -> Result<Option<Vec<Scope>>, Error> {
-    let row: Option<(Vec<String>,)> = sqlx::query_as(
+    let names = sqlx::query_scalar!(
         "select scopes from api_keys where tenant_id = $1 and key_hash = $2 and revoked_at is null",
+        tenant.0,
+        hash
     )
-    .bind(tenant)
-    .bind(hash)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(names,)| names.iter().filter_map(|n| Scope::parse(n)).collect()))
+    Ok(names.map(|names| names.iter().filter_map(|n| Scope::parse(n)).collect()))
 }
 
 /// Of the keys `(tenants[i], hashes[i])`, the hashes of those that are revoked.
@@ -76,16 +80,15 @@ pub async fn revoked_among(
     hashes: &[Vec<u8>],
 ) -> Result<Vec<Vec<u8>>, Error> {
     let tenants: Vec<i64> = tenants.iter().map(|t| t.0).collect();
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+    Ok(sqlx::query_scalar!(
         "select k.key_hash from unnest($1::bigint[], $2::bytea[]) as u(tenant_id, key_hash) \
          join api_keys k on k.tenant_id = u.tenant_id and k.key_hash = u.key_hash \
          where k.revoked_at is not null",
+        &tenants,
+        hashes
     )
-    .bind(&tenants)
-    .bind(hashes)
     .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(h,)| h).collect())
+    .await?)
 }
 
 /// A key as listed: never its secret.
@@ -98,7 +101,6 @@ pub struct KeyListing {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct KeyRow {
     key_hash: Vec<u8>,
     scopes: Vec<String>,
@@ -109,11 +111,12 @@ struct KeyRow {
 
 /// Every key of `tenant`, oldest first.
 pub async fn list_keys(pool: &PgPool, tenant: TenantId) -> Result<Vec<KeyListing>, Error> {
-    let rows: Vec<KeyRow> = sqlx::query_as(
+    let rows = sqlx::query_as!(
+        KeyRow,
         "select key_hash, scopes, label, created_at, revoked_at from api_keys \
          where tenant_id = $1 order by created_at, key_hash",
+        tenant.0
     )
-    .bind(tenant)
     .fetch_all(pool)
     .await?;
     Ok(rows
@@ -137,13 +140,13 @@ pub async fn revoke_key(pool: &PgPool, tenant: TenantId, id: &str) -> Result<(),
             "must be the 12 hex digits `list-keys` shows",
         ));
     }
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update api_keys set revoked_at = now() \
          where tenant_id = $1 and encode(substring(key_hash from 1 for 6), 'hex') = lower($2) \
            and revoked_at is null",
+        tenant.0,
+        id
     )
-    .bind(tenant)
-    .bind(id)
     .execute(pool)
     .await?;
     if done.rows_affected() == 0 {
@@ -155,11 +158,10 @@ pub async fn revoke_key(pool: &PgPool, tenant: TenantId, id: &str) -> Result<(),
 /// The tenant's erasure counter (see the erasure migration): query caches rebuild the tenant
 /// when it moves.
 pub async fn erasures(conn: &mut sqlx::PgConnection, tenant: TenantId) -> Result<i64, Error> {
-    let row: Option<(i64,)> = sqlx::query_as("select erasures from tenants where tenant_id = $1")
-        .bind(tenant)
+    let erasures = sqlx::query_scalar!("select erasures from tenants where tenant_id = $1", tenant.0)
         .fetch_optional(conn)
         .await?;
-    Ok(row.map_or(0, |(n,)| n))
+    Ok(erasures.unwrap_or(0))
 }
 
 /// What an erasure deleted.
@@ -179,64 +181,74 @@ pub struct Erased {
 pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> Result<Erased, Error> {
     let mut tx = pool.begin().await?;
     // First: the row lock orders this erasure with snapshot writes (store::segments::save_snapshot).
-    let (erasure,): (i64,) =
-        sqlx::query_as("update tenants set erasures = erasures + 1 where tenant_id = $1 returning erasures")
-            .bind(tenant)
-            .fetch_one(&mut *tx)
-            .await?;
-    let conversations: Vec<(String,)> = sqlx::query_as(
-        "select distinct conversation_id from events \
-         where tenant_id = $1 and customer_id = $2 and kind = 'conversation_opened' \
-         order by conversation_id",
+    let erasure = sqlx::query_scalar!(
+        "update tenants set erasures = erasures + 1 where tenant_id = $1 returning erasures",
+        tenant.0
     )
-    .bind(tenant)
-    .bind(customer)
+    .fetch_one(&mut *tx)
+    .await?;
+    // An opening always names its conversation (docs/metrics.md §2).
+    let ids: Vec<String> = sqlx::query_scalar!(
+        r#"select distinct conversation_id as "conversation_id!" from events
+           where tenant_id = $1 and customer_id = $2 and kind = 'conversation_opened'
+           order by conversation_id"#,
+        tenant.0,
+        customer
+    )
     .fetch_all(&mut *tx)
     .await?;
-    let ids: Vec<String> = conversations.into_iter().map(|(id,)| id).collect();
     let id_refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     super::events::lock_conversations(&mut tx, tenant, &id_refs).await?;
-    let events = sqlx::query("delete from events where tenant_id = $1 and conversation_id = any($2)")
-        .bind(tenant)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let conversions = sqlx::query("delete from events where tenant_id = $1 and customer_id = $2")
-        .bind(tenant)
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let days: Vec<(chrono::NaiveDate,)> = sqlx::query_as(
-        "delete from conversations where tenant_id = $1 and conversation_id = any($2) returning segment_day",
+    let events = sqlx::query!(
+        "delete from events where tenant_id = $1 and conversation_id = any($2)",
+        tenant.0,
+        &ids
     )
-    .bind(tenant)
-    .bind(&ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let conversions = sqlx::query!(
+        "delete from events where tenant_id = $1 and customer_id = $2",
+        tenant.0,
+        customer
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    let mut days = sqlx::query_scalar!(
+        "delete from conversations where tenant_id = $1 and conversation_id = any($2) returning segment_day",
+        tenant.0,
+        &ids
+    )
     .fetch_all(&mut *tx)
     .await?;
     let deleted = days.len() as u64;
-    let mut days: Vec<chrono::NaiveDate> = days.into_iter().map(|(d,)| d).collect();
     days.sort_unstable();
     days.dedup();
-    sqlx::query("delete from segments where tenant_id = $1 and segment_day = any($2)")
-        .bind(tenant)
-        .bind(&days)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "delete from segments where tenant_id = $1 and segment_day = any($2)",
+        tenant.0,
+        &days
+    )
+    .execute(&mut *tx)
+    .await?;
     // The WhatsApp contacts of the customer (docs/metrics.md §11: the customer id is the wa_id).
-    sqlx::query("delete from whatsapp_contacts where tenant_id = $1 and wa_id = $2")
-        .bind(tenant)
-        .bind(customer)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("insert into erasures (tenant_id, erasure, days, conversions) values ($1, $2, $3, $4)")
-        .bind(tenant)
-        .bind(erasure)
-        .bind(&days)
-        .bind(conversions as i64)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "delete from whatsapp_contacts where tenant_id = $1 and wa_id = $2",
+        tenant.0,
+        customer
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "insert into erasures (tenant_id, erasure, days, conversions) values ($1, $2, $3, $4)",
+        tenant.0,
+        erasure,
+        &days,
+        conversions as i64
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(Erased {
         conversations: deleted,
@@ -259,19 +271,12 @@ pub async fn erasures_after(
     tenant: TenantId,
     seen: i64,
 ) -> Result<Vec<ErasureLog>, Error> {
-    let rows: Vec<(i64, Vec<chrono::NaiveDate>, i64)> = sqlx::query_as(
+    Ok(sqlx::query_as!(
+        ErasureLog,
         "select erasure, days, conversions from erasures where tenant_id = $1 and erasure > $2 order by erasure",
+        tenant.0,
+        seen
     )
-    .bind(tenant)
-    .bind(seen)
     .fetch_all(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(erasure, days, conversions)| ErasureLog {
-            erasure,
-            days,
-            conversions,
-        })
-        .collect())
+    .await?)
 }

@@ -356,11 +356,7 @@ pub async fn run_evaluator(app: Arc<App>, pool: PgPool) {
         }
         let c = conn.as_mut().expect("connected above");
         if !leader {
-            match sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock($1)")
-                .bind(EVALUATOR_LOCK)
-                .fetch_one(&mut *c)
-                .await
-            {
+            match store::alerts::try_lock(c, EVALUATOR_LOCK).await {
                 Ok(true) => {
                     leader = true;
                     tracing::info!("this replica evaluates the alert rules");

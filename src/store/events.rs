@@ -12,7 +12,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction, types::Json};
 
 use crate::domain::{
@@ -23,58 +22,8 @@ use crate::domain::{
     tenant::TenantId,
 };
 
-const INSERT_EVENTS: &str = r#"
-insert into events (tenant_id, event_id, conversation_id, occurred_at, kind, payload, customer_id)
-select $1, e.event_id, e.conversation_id, e.occurred_at, e.kind, e.payload::jsonb, e.customer_id
-from unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
-    as e(event_id, conversation_id, occurred_at, kind, payload, customer_id)
-order by e.event_id
-on conflict (tenant_id, event_id) do nothing
-returning event_id
-"#;
 
-const LOCK_CONVERSATIONS: &str = r#"
-select pg_advisory_xact_lock(s.k)
-from (
-    select distinct hashtextextended($1::text || '/' || c, 0) as k
-    from unnest($2::text[]) as c
-    order by 1
-) as s
-"#;
 
-const LOAD_EVENTS: &str = r#"
-select conversation_id, event_id, occurred_at, payload
-from events
-where tenant_id = $1
-  and conversation_id = any($2::text[])
-  and kind not in ('conversion', 'agent_status')
-"#;
-
-const UPSERT_CONVERSATIONS: &str = r#"
-insert into conversations (tenant_id, conversation_id, segment_day, opened_at, active_from,
-                           last_event_at, live_until, state, resolved_at, ended_at, record,
-                           derivation, updated_at, change_xid)
-select $1, c.id, (c.opened_at at time zone 'UTC')::date, c.opened_at, c.active_from,
-       c.last_event_at, coalesce(c.live_until, 'infinity'), c.state, c.resolved_at, c.ended_at,
-       c.record, $11, now(), pg_current_xact_id()
-from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-            $6::timestamptz[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[])
-    as c(id, opened_at, active_from, last_event_at, live_until, state, resolved_at, ended_at,
-         record)
-order by c.id
-on conflict (tenant_id, conversation_id) do update set
-    opened_at = excluded.opened_at,
-    active_from = excluded.active_from,
-    last_event_at = excluded.last_event_at,
-    live_until = excluded.live_until,
-    state = excluded.state,
-    resolved_at = excluded.resolved_at,
-    ended_at = excluded.ended_at,
-    record = excluded.record,
-    derivation = excluded.derivation,
-    updated_at = excluded.updated_at,
-    change_xid = excluded.change_xid
-"#;
 
 /// Stores a batch of validated events with distinct `event_id`s in one transaction and returns
 /// the ids that were new (the others were stored before: duplicates). When this returns `Ok`,
@@ -131,11 +80,21 @@ pub(super) async fn lock_conversations(
     tenant: TenantId,
     conversations: &[&str],
 ) -> Result<(), Error> {
-    sqlx::query(LOCK_CONVERSATIONS)
-        .bind(tenant.to_string())
-        .bind(conversations)
-        .execute(&mut **tx)
-        .await?;
+    // One lock per conversation, in key order: concurrent writers cannot deadlock.
+    sqlx::query!(
+        r#"
+        select pg_advisory_xact_lock(s.k)
+        from (
+            select distinct hashtextextended($1::text || '/' || c, 0) as k
+            from unnest($2::text[]) as c
+            order by 1
+        ) as s
+        "#,
+        tenant.to_string(),
+        conversations as _
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -146,20 +105,20 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
     let mut after = String::new();
     let mut done = 0u64;
     loop {
-        let ids: Vec<(String,)> = sqlx::query_as(
+        let ids = sqlx::query_scalar!(
             "select conversation_id from conversations where tenant_id = $1 and conversation_id > $2 \
              order by conversation_id limit $3",
+            tenant.0,
+            after,
+            page
         )
-        .bind(tenant)
-        .bind(&after)
-        .bind(page)
         .fetch_all(pool)
         .await?;
-        let Some((last,)) = ids.last() else {
+        let Some(last) = ids.last() else {
             return Ok(done);
         };
         after = last.clone();
-        let ids: Vec<&str> = ids.iter().map(|(id,)| id.as_str()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut tx = pool.begin().await?;
         recompute(&mut tx, tenant, &ids).await?;
         tx.commit().await?;
@@ -180,14 +139,14 @@ pub async fn store_facts(pool: &PgPool, tenant: TenantId, facts: &[ConversationF
 /// Derives again every conversation stored by an older derivation (`derivation` below
 /// [`facts::DERIVATION`]), tenant by tenant; returns how many were derived.
 pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {
-    let tenants: Vec<(TenantId,)> = sqlx::query_as(
+    let tenants = sqlx::query_scalar!(
         "select distinct tenant_id from conversations where derivation < $1 order by tenant_id",
+        facts::DERIVATION
     )
-    .bind(facts::DERIVATION)
     .fetch_all(pool)
     .await?;
     let mut done = 0;
-    for (tenant,) in tenants {
+    for tenant in tenants.into_iter().map(TenantId) {
         tracing::info!(
             tenant = tenant.0,
             "deriving the tenant's conversations again (upgrade)"
@@ -199,10 +158,10 @@ pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {
 
 /// Every tenant id.
 pub async fn tenants(pool: &PgPool) -> Result<Vec<TenantId>, Error> {
-    let rows: Vec<(TenantId,)> = sqlx::query_as("select tenant_id from tenants order by tenant_id")
+    let rows = sqlx::query_scalar!("select tenant_id from tenants order by tenant_id")
         .fetch_all(pool)
         .await?;
-    Ok(rows.into_iter().map(|(t,)| t).collect())
+    Ok(rows.into_iter().map(TenantId).collect())
 }
 
 async fn insert_events(
@@ -228,17 +187,30 @@ async fn insert_events(
         payloads
             .push(serde_json::to_string(&e.payload).map_err(|err| Error::Internal(anyhow::Error::new(err)))?);
     }
-    let rows: Vec<(String,)> = sqlx::query_as(INSERT_EVENTS)
-        .bind(tenant)
-        .bind(&ids)
-        .bind(&conversations)
-        .bind(&times)
-        .bind(&kinds)
-        .bind(&payloads)
-        .bind(&customers)
-        .fetch_all(&mut **tx)
-        .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    // In event_id order: concurrent writers take the rows' locks in one order. Arrays of
+    // borrowed strings skip sqlx's Rust-side check (`as _`: it wants owned `String`s, which would
+    // copy every id of the batch); PostgreSQL still checks their types.
+    let inserted = sqlx::query_scalar!(
+        r#"
+        insert into events (tenant_id, event_id, conversation_id, occurred_at, kind, payload, customer_id)
+        select $1, e.event_id, e.conversation_id, e.occurred_at, e.kind, e.payload::jsonb, e.customer_id
+        from unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::text[])
+            as e(event_id, conversation_id, occurred_at, kind, payload, customer_id)
+        order by e.event_id
+        on conflict (tenant_id, event_id) do nothing
+        returning event_id
+        "#,
+        tenant.0,
+        ids as _,
+        conversations as _,
+        times.as_slice(),
+        kinds as _,
+        payloads.as_slice(),
+        customers as _
+    )
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(inserted.into_iter().collect())
 }
 
 async fn load_events(
@@ -246,13 +218,24 @@ async fn load_events(
     tenant: TenantId,
     conversations: &[&str],
 ) -> Result<HashMap<String, Vec<Event>>, Error> {
-    let rows: Vec<(String, String, DateTime<Utc>, Json<Payload>)> = sqlx::query_as(LOAD_EVENTS)
-        .bind(tenant)
-        .bind(conversations)
-        .fetch_all(&mut **tx)
-        .await?;
+    let rows = sqlx::query!(
+        r#"
+        select conversation_id as "conversation_id!", event_id, occurred_at,
+               payload as "payload: Json<Payload>"
+        from events
+        where tenant_id = $1
+          and conversation_id = any($2::text[])
+          and kind not in ('conversion', 'agent_status')
+        "#,
+        tenant.0,
+        conversations as _
+    )
+    .fetch_all(&mut **tx)
+    .await?;
     let mut grouped: HashMap<String, Vec<Event>> = HashMap::with_capacity(conversations.len());
-    for (conversation_id, event_id, occurred_at, Json(payload)) in rows {
+    for row in rows {
+        let (conversation_id, event_id, occurred_at, Json(payload)) =
+            (row.conversation_id, row.event_id, row.occurred_at, row.payload);
         grouped.entry(conversation_id.clone()).or_default().push(Event {
             event_id,
             conversation_id: Some(conversation_id),
@@ -289,20 +272,48 @@ async fn upsert_facts(
         ended.push(f.ended_at);
         records.push(record::encode(f));
     }
-    sqlx::query(UPSERT_CONVERSATIONS)
-        .bind(tenant)
-        .bind(&ids)
-        .bind(&opened)
-        .bind(&active_from)
-        .bind(&last)
-        .bind(&live_until)
-        .bind(&states)
-        .bind(&resolved)
-        .bind(&ended)
-        .bind(&records)
-        .bind(facts::DERIVATION)
-        .execute(&mut **tx)
-        .await?;
+    // `as _`: borrowed strings and arrays with NULLs (which sqlx's Rust-side check does not
+    // model); PostgreSQL checks their types.
+    sqlx::query!(
+        r#"
+        insert into conversations (tenant_id, conversation_id, segment_day, opened_at, active_from,
+                                   last_event_at, live_until, state, resolved_at, ended_at, record,
+                                   derivation, updated_at, change_xid)
+        select $1, c.id, (c.opened_at at time zone 'UTC')::date, c.opened_at, c.active_from,
+               c.last_event_at, coalesce(c.live_until, 'infinity'), c.state, c.resolved_at, c.ended_at,
+               c.record, $11, now(), pg_current_xact_id()
+        from unnest($2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                    $6::timestamptz[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bytea[])
+            as c(id, opened_at, active_from, last_event_at, live_until, state, resolved_at, ended_at,
+                 record)
+        order by c.id
+        on conflict (tenant_id, conversation_id) do update set
+            opened_at = excluded.opened_at,
+            active_from = excluded.active_from,
+            last_event_at = excluded.last_event_at,
+            live_until = excluded.live_until,
+            state = excluded.state,
+            resolved_at = excluded.resolved_at,
+            ended_at = excluded.ended_at,
+            record = excluded.record,
+            derivation = excluded.derivation,
+            updated_at = excluded.updated_at,
+            change_xid = excluded.change_xid
+        "#,
+        tenant.0,
+        ids as _,
+        opened.as_slice(),
+        active_from.as_slice(),
+        last.as_slice(),
+        live_until as _,
+        states as _,
+        resolved as _,
+        ended as _,
+        records.as_slice(),
+        facts::DERIVATION
+    )
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -312,13 +323,14 @@ pub async fn conversation_facts(
     tenant: TenantId,
     conversation_id: &str,
 ) -> Result<Option<ConversationFacts>, Error> {
-    let row: Option<(Vec<u8>,)> =
-        sqlx::query_as("select record from conversations where tenant_id = $1 and conversation_id = $2")
-            .bind(tenant)
-            .bind(conversation_id)
-            .fetch_optional(pool)
-            .await?;
-    row.map(|(bytes,)| decode(conversation_id, &bytes)).transpose()
+    let record = sqlx::query_scalar!(
+        r#"select record as "record!" from conversations where tenant_id = $1 and conversation_id = $2"#,
+        tenant.0,
+        conversation_id
+    )
+    .fetch_optional(pool)
+    .await?;
+    record.map(|bytes| decode(conversation_id, &bytes)).transpose()
 }
 
 /// The stored facts of every conversation of a tenant, ordered by conversation id.
@@ -326,13 +338,16 @@ pub async fn all_conversation_facts(
     pool: &PgPool,
     tenant: TenantId,
 ) -> Result<Vec<ConversationFacts>, Error> {
-    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-        "select conversation_id, record from conversations where tenant_id = $1 order by conversation_id",
+    let rows = sqlx::query!(
+        r#"select conversation_id, record as "record!" from conversations
+           where tenant_id = $1 order by conversation_id"#,
+        tenant.0
     )
-    .bind(tenant)
     .fetch_all(pool)
     .await?;
-    rows.iter().map(|(id, bytes)| decode(id, bytes)).collect()
+    rows.iter()
+        .map(|r| decode(&r.conversation_id, &r.record))
+        .collect()
 }
 
 fn decode(conversation_id: &str, bytes: &[u8]) -> Result<ConversationFacts, Error> {
@@ -341,9 +356,9 @@ fn decode(conversation_id: &str, bytes: &[u8]) -> Result<ConversationFacts, Erro
 
 /// Number of stored events of a tenant.
 pub async fn count_events(pool: &PgPool, tenant: TenantId) -> Result<i64, Error> {
-    let (n,): (i64,) = sqlx::query_as("select count(*) from events where tenant_id = $1")
-        .bind(tenant)
-        .fetch_one(pool)
-        .await?;
-    Ok(n)
+    Ok(
+        sqlx::query_scalar!(r#"select count(*) as "n!" from events where tenant_id = $1"#, tenant.0)
+            .fetch_one(pool)
+            .await?,
+    )
 }

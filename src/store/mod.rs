@@ -74,7 +74,7 @@ impl Probe {
                 self.conn = Some(self.options.connect().await?);
             }
             match self.conn.as_mut() {
-                Some(conn) => sqlx::query("select 1").execute(conn).await.map(|_| ()),
+                Some(conn) => sqlx::query!("select 1 as one").fetch_one(conn).await.map(|_| ()),
                 None => Ok(()),
             }
         })

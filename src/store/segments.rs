@@ -56,10 +56,10 @@ pub struct Reads {
 impl Reads {
     pub async fn begin(pool: &PgPool) -> Result<Self, Error> {
         let mut tx = pool.begin().await?;
-        sqlx::query("set transaction isolation level repeatable read, read only")
+        sqlx::query!("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
-        let (xmin,): (i64,) = sqlx::query_as("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+        let xmin = sqlx::query_scalar!(r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#)
             .fetch_one(&mut *tx)
             .await?;
         Ok(Self { tx, xmin })
@@ -68,10 +68,9 @@ impl Reads {
     /// Exports this transaction's snapshot, so other connections read exactly the same state
     /// ([`Reads::begin_at`]): loading runs on several connections at once.
     pub async fn export(&mut self) -> Result<String, Error> {
-        let (id,): (String,) = sqlx::query_as("select pg_export_snapshot()")
+        Ok(sqlx::query_scalar!(r#"select pg_export_snapshot() as "id!""#)
             .fetch_one(&mut *self.tx)
-            .await?;
-        Ok(id)
+            .await?)
     }
 
     /// A read-only transaction on a snapshot exported by [`Reads::export`] (while the exporting
@@ -84,10 +83,11 @@ impl Reads {
             )));
         }
         let mut tx = pool.begin().await?;
-        sqlx::query("set transaction isolation level repeatable read, read only")
+        sqlx::query!("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
-        // SET takes no parameters; the id was checked to be hex words and dashes above.
+        // SET takes no parameters, so this one statement cannot be checked at compile time; the
+        // id was checked to be hex words and dashes above.
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "set transaction snapshot '{snapshot}'"
         )))
@@ -126,41 +126,21 @@ impl Reads {
         tenant: TenantId,
         only: Option<&[NaiveDate]>,
     ) -> Result<Vec<DayRows>, Error> {
-        type Row = (
-            NaiveDate,
-            i64,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            DateTime<Utc>,
-            Option<DateTime<Utc>>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "select segment_day, count(*), min(opened_at), max(opened_at), min(active_from), \
-             max(last_event_at), \
-             case when max(live_until) = 'infinity' then null else max(live_until) end \
-             from conversations where tenant_id = $1 \
-               and ($2::date[] is null or segment_day = any($2)) \
-             group by segment_day",
+        Ok(sqlx::query_as!(
+            DayRows,
+            r#"select segment_day as "day!", count(*) as "rows!", min(opened_at) as "opened_from!",
+                      max(opened_at) as "opened_to!", min(active_from) as "active_from!",
+                      max(last_event_at) as "active_to!",
+                      case when max(live_until) = 'infinity' then null else max(live_until) end
+                        as "live_until"
+               from conversations where tenant_id = $1
+                 and ($2::date[] is null or segment_day = any($2))
+               group by segment_day"#,
+            tenant.0,
+            only
         )
-        .bind(tenant)
-        .bind(only)
         .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(day, rows, opened_from, opened_to, active_from, active_to, live_until)| DayRows {
-                    day,
-                    rows,
-                    opened_from,
-                    opened_to,
-                    active_from,
-                    active_to,
-                    live_until,
-                },
-            )
-            .collect())
+        .await?)
     }
 
     /// Conversations written by transactions at or after `xmin`.
@@ -169,15 +149,15 @@ impl Reads {
         tenant: TenantId,
         xmin: i64,
     ) -> Result<Vec<StoredConversation>, Error> {
-        let rows: Vec<(NaiveDate, String, Vec<u8>)> = sqlx::query_as(
-            "select segment_day, conversation_id, record from conversations \
-             where tenant_id = $1 and change_xid >= $2::text::xid8",
+        Ok(sqlx::query_as!(
+            StoredConversation,
+            r#"select segment_day as day, conversation_id, record as "record!" from conversations
+               where tenant_id = $1 and change_xid >= $2::text::xid8"#,
+            tenant.0,
+            xmin.to_string()
         )
-        .bind(tenant)
-        .bind(xmin.to_string())
         .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(stored(rows))
+        .await?)
     }
 
     /// The persisted segments of `days`.
@@ -186,22 +166,15 @@ impl Reads {
         tenant: TenantId,
         days: &[NaiveDate],
     ) -> Result<Vec<StoredSnapshot>, Error> {
-        let rows: Vec<(NaiveDate, i64, Vec<u8>)> = sqlx::query_as(
-            "select segment_day, built_xmin::text::bigint, body from segments \
-             where tenant_id = $1 and segment_day = any($2)",
+        Ok(sqlx::query_as!(
+            StoredSnapshot,
+            r#"select segment_day as day, built_xmin::text::bigint as "built_xmin!", body from segments
+               where tenant_id = $1 and segment_day = any($2)"#,
+            tenant.0,
+            days
         )
-        .bind(tenant)
-        .bind(days)
         .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(day, built_xmin, body)| StoredSnapshot {
-                day,
-                built_xmin,
-                body,
-            })
-            .collect())
+        .await?)
     }
 
     /// The conversations of each day written at or after its xmin (0 = every conversation).
@@ -212,51 +185,42 @@ impl Reads {
     ) -> Result<Vec<StoredConversation>, Error> {
         let (dates, xmins): (Vec<NaiveDate>, Vec<String>) =
             days.iter().map(|(d, x)| (*d, x.to_string())).unzip();
-        let rows: Vec<(NaiveDate, String, Vec<u8>)> = sqlx::query_as(
-            "select c.segment_day, c.conversation_id, c.record \
-             from unnest($2::date[], $3::text[]) as d(day, since) \
-             join conversations c on c.tenant_id = $1 and c.segment_day = d.day \
-             where c.change_xid >= d.since::xid8",
+        Ok(sqlx::query_as!(
+            StoredConversation,
+            r#"select c.segment_day as day, c.conversation_id, c.record as "record!"
+               from unnest($2::date[], $3::text[]) as d(day, since)
+               join conversations c on c.tenant_id = $1 and c.segment_day = d.day
+               where c.change_xid >= d.since::xid8"#,
+            tenant.0,
+            &dates,
+            &xmins
         )
-        .bind(tenant)
-        .bind(&dates)
-        .bind(&xmins)
         .fetch_all(&mut *self.tx)
-        .await?;
-        Ok(stored(rows))
+        .await?)
     }
 
     /// Presence and conversion events written at or after `xmin` (0 = all).
     pub async fn side_events(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<SideEvent>, Error> {
-        let rows: Vec<(String, DateTime<Utc>, Json<Payload>, i64)> = sqlx::query_as(
-            "select event_id, occurred_at, payload, ingest_xid::text::bigint from events \
-             where tenant_id = $1 and kind in ('agent_status', 'conversion') \
-               and ingest_xid >= $2::text::xid8",
+        let rows = sqlx::query!(
+            r#"select event_id, occurred_at, payload as "payload: Json<Payload>",
+                      ingest_xid::text::bigint as "ingest_xid!" from events
+               where tenant_id = $1 and kind in ('agent_status', 'conversion')
+                 and ingest_xid >= $2::text::xid8"#,
+            tenant.0,
+            xmin.to_string()
         )
-        .bind(tenant)
-        .bind(xmin.to_string())
         .fetch_all(&mut *self.tx)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(event_id, occurred_at, Json(payload), ingest_xid)| SideEvent {
-                event_id,
-                occurred_at,
-                payload,
-                ingest_xid,
+            .map(|r| SideEvent {
+                event_id: r.event_id,
+                occurred_at: r.occurred_at,
+                payload: r.payload.0,
+                ingest_xid: r.ingest_xid,
             })
             .collect())
     }
-}
-
-fn stored(rows: Vec<(NaiveDate, String, Vec<u8>)>) -> Vec<StoredConversation> {
-    rows.into_iter()
-        .map(|(day, conversation_id, record)| StoredConversation {
-            day,
-            conversation_id,
-            record,
-        })
-        .collect()
 }
 
 /// Tenants whose snapshots were written since `since` (their data was queried recently), with
@@ -265,14 +229,14 @@ pub async fn recently_queried(
     pool: &PgPool,
     since: DateTime<Utc>,
 ) -> Result<Vec<(TenantId, NaiveDate)>, Error> {
-    let rows: Vec<(TenantId, NaiveDate)> = sqlx::query_as(
-        "select tenant_id, max(segment_day) from segments where written_at > $1 \
-         group by tenant_id order by max(written_at) desc",
+    let rows = sqlx::query!(
+        r#"select tenant_id, max(segment_day) as "day!" from segments where written_at > $1
+           group by tenant_id order by max(written_at) desc"#,
+        since
     )
-    .bind(since)
     .fetch_all(pool)
     .await?;
-    Ok(rows)
+    Ok(rows.into_iter().map(|r| (TenantId(r.tenant_id), r.day)).collect())
 }
 
 /// What a snapshot is of.
@@ -290,19 +254,19 @@ pub struct Snapshot {
 /// tenant row is read `for share`: an erasure (which updates it first) waits for this insert and
 /// then deletes it, or this insert waits for the erasure and then sees the new counter.
 pub async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
-    sqlx::query(
+    sqlx::query!(
         "insert into segments (tenant_id, segment_day, built_xmin, body) \
          select $1, $2, $3::text::xid8, $4 from tenants \
          where tenant_id = $1 and erasures = $5 for share \
          on conflict (tenant_id, segment_day) do update set \
            built_xmin = excluded.built_xmin, body = excluded.body, written_at = now() \
          where segments.built_xmin < excluded.built_xmin",
+        tenant.0,
+        s.day,
+        s.built_xmin.to_string(),
+        body,
+        s.erasures
     )
-    .bind(tenant)
-    .bind(s.day)
-    .bind(s.built_xmin.to_string())
-    .bind(body)
-    .bind(s.erasures)
     .execute(pool)
     .await?;
     Ok(())

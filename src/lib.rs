@@ -14,9 +14,12 @@
 //! - [`app`]: the use cases (ingest, KPI queries, admin) with their per-tenant limits, the
 //!   per-tenant write queues that merge waiting batches into one transaction, and the query
 //!   cache of day segments within a byte budget.
-//! - [`domain`]: pure logic. Validated events, derived conversation facts (docs/metrics.md §3),
-//!   day segments, KPI computation, calendars, settings, tenants and keys, errors. No tonic, no
-//!   sqlx.
+//! - [`engine`]: the query engine. The conversation record format, day segments and their
+//!   snapshots, the parallel scan that computes every KPI, kept partial totals, duration
+//!   accumulators. Reads only [`domain`].
+//! - [`domain`]: the rules, pure. Validated events, derived conversation facts (docs/metrics.md
+//!   §3), calendars, SLA clocks, settings, scorecards, alerts, the WhatsApp mapping, the KPI
+//!   answer types, tenants and keys, errors. No tonic, no sqlx, no engine.
 //! - [`store`]: PostgreSQL through sqlx: the event store write path (facts derived with
 //!   [`domain::facts::derive`] inside the write transaction), segment reads and snapshots,
 //!   settings, tenants and keys.
@@ -34,6 +37,7 @@ pub mod client;
 pub mod config;
 pub mod domain;
 pub mod edge;
+pub mod engine;
 pub mod grpc;
 pub mod import;
 pub mod outbound;

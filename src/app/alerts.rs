@@ -17,13 +17,13 @@ use crate::{
     domain::{
         Error,
         alert::{self, Metric, NoticeKind, Observation, Phase, RuleSpec},
-        kpi::{
-            Kpis,
-            live::{Backlog, SlaStatus},
-        },
         query::{Query, Window},
         tenant::TenantId,
         time::micros,
+    },
+    engine::kpi::{
+        Kpis,
+        live::{Backlog, SlaStatus},
     },
     outbound,
     store::{self, alerts::After},

@@ -33,6 +33,10 @@ use crate::{
         Error,
         event::Payload,
         facts::ConversationFacts,
+        tenant::TenantId,
+        time::{OPEN_END, Span, micros},
+    },
+    engine::{
         intern::Interner,
         kpi::{
             ConversionRec, Data, PresenceChange, Reads,
@@ -40,8 +44,6 @@ use crate::{
         },
         record,
         segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
-        tenant::TenantId,
-        time::{OPEN_END, Span, micros},
     },
     store::segments::{self as store, SideEvent, StoredConversation},
 };

@@ -20,15 +20,15 @@ use crate::{
     domain::{
         Error,
         calendar::{self, Granularity},
-        kpi::{
-            Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, MAX_ROWS, Reads, keep_ranked,
-            live::{AgentUtilization, Backlog, ConversationRow, DrillDown, SlaStatus},
-        },
         query::Query,
         scorecard::{self, Line},
         settings::{Settings, SettingsUpdate},
         tenant::TenantId,
         time::{Micros, Span, micros},
+    },
+    engine::kpi::{
+        Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, MAX_ROWS, Reads, keep_ranked,
+        live::{AgentUtilization, Backlog, ConversationRow, DrillDown, SlaStatus},
     },
     store,
 };
@@ -279,13 +279,13 @@ impl KpiService {
     ) -> Result<(SlaStatus, Vec<(String, &'static str, &'static str)>), Error> {
         self.compute_now(tenant, query, Reads::backlog(at), move |c, _| {
             let status = c.sla_status(at, limit)?;
-            let mut conv = crate::domain::segment::Conv::default();
+            let mut conv = crate::engine::segment::Conv::default();
             let named = status
                 .at_risk
                 .iter()
                 .map(|r| {
                     let seg = &c.data.segments[r.segment];
-                    seg.decode(r.row, crate::domain::segment::Parts::Head, &mut conv);
+                    seg.decode(r.row, crate::engine::segment::Parts::Head, &mut conv);
                     (
                         seg.id(r.row).to_owned(),
                         conv.channel.as_str(),

@@ -20,12 +20,12 @@ use crate::{
     },
     domain::{
         Error,
-        kpi::MAX_ROWS,
         query::{self, Query},
         settings::SettingsUpdate,
         tenant::{Scope, TenantId},
         time::{micros, to_datetime},
     },
+    engine::kpi::MAX_ROWS,
 };
 
 /// The MetricsService implementation.

@@ -60,9 +60,12 @@ async fn rules(conn: &mut PgConnection, tenant: Option<TenantId>) -> Result<Vec<
 /// Adds a rule (at most [`MAX_RULES`] per tenant; the tenant row is locked while counting).
 pub async fn create(pool: &PgPool, tenant: TenantId, spec: &RuleSpec, secret: &str) -> Result<i64, Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query_scalar!("select tenant_id from tenants where tenant_id = $1 for update", tenant.0)
-        .fetch_optional(&mut *tx)
-        .await?;
+    sqlx::query_scalar!(
+        "select tenant_id from tenants where tenant_id = $1 for update",
+        tenant.0
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
     let n = sqlx::query_scalar!(
         r#"select count(*) as "n!" from alert_rules where tenant_id = $1"#,
         tenant.0
@@ -380,16 +383,21 @@ pub async fn notices_after(
 
 /// The id of the tenant's latest notice (0 when none).
 pub async fn last_notice(pool: &PgPool, tenant: TenantId) -> Result<i64, Error> {
-    let id = sqlx::query_scalar!("select max(notice_id) from alert_notices where tenant_id = $1", tenant.0)
-        .fetch_one(pool)
-        .await?;
+    let id = sqlx::query_scalar!(
+        "select max(notice_id) from alert_notices where tenant_id = $1",
+        tenant.0
+    )
+    .fetch_one(pool)
+    .await?;
     Ok(id.unwrap_or(0))
 }
 
 /// Takes the session-level advisory lock `key` on `conn` if it is free: `true` when this
 /// connection holds it now (the alert evaluator's leadership, app::alerts).
 pub async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool, Error> {
-    Ok(sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, key)
-        .fetch_one(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar!(r#"select pg_try_advisory_lock($1) as "locked!""#, key)
+            .fetch_one(conn)
+            .await?,
+    )
 }

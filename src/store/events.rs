@@ -18,12 +18,9 @@ use crate::domain::{
     Error,
     event::{Event, Payload},
     facts::{self, ConversationFacts},
-    record,
     tenant::TenantId,
 };
-
-
-
+use crate::engine::record;
 
 /// Stores a batch of validated events with distinct `event_id`s in one transaction and returns
 /// the ids that were new (the others were stored before: duplicates). When this returns `Ok`,
@@ -356,9 +353,10 @@ fn decode(conversation_id: &str, bytes: &[u8]) -> Result<ConversationFacts, Erro
 
 /// Number of stored events of a tenant.
 pub async fn count_events(pool: &PgPool, tenant: TenantId) -> Result<i64, Error> {
-    Ok(
-        sqlx::query_scalar!(r#"select count(*) as "n!" from events where tenant_id = $1"#, tenant.0)
-            .fetch_one(pool)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"select count(*) as "n!" from events where tenant_id = $1"#,
+        tenant.0
     )
+    .fetch_one(pool)
+    .await?)
 }

@@ -59,9 +59,10 @@ impl Reads {
         sqlx::query!("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
             .await?;
-        let xmin = sqlx::query_scalar!(r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#)
-            .fetch_one(&mut *tx)
-            .await?;
+        let xmin =
+            sqlx::query_scalar!(r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#)
+                .fetch_one(&mut *tx)
+                .await?;
         Ok(Self { tx, xmin })
     }
 

@@ -9,12 +9,12 @@ use sqlx::{PgPool, types::Json};
 use crate::domain::{
     Error,
     calendar::{DaySeconds, Schedule},
-    kpi::Targets,
     query::parse_time_zone,
     settings::{Settings, SettingsUpdate},
     sla::Policy,
     tenant::TenantId,
 };
+use crate::engine::kpi::Targets;
 
 /// Stored form of a [`Schedule`].
 #[derive(Debug, Serialize, Deserialize)]

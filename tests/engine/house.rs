@@ -10,10 +10,11 @@ use std::{
 };
 
 /// Lowest first: a module may use the modules listed before it, never one after it or beside
-/// it. The rules, then what reads and writes them (store, outbound webhooks), the use cases, the
-/// adapters, the wiring.
+/// it. The rules, the query engine, what reads and writes them (store, outbound webhooks), the
+/// use cases, the adapters, the wiring.
 const LAYERS: &[&[&str]] = &[
     &["domain"],
+    &["engine"],
     &["config", "outbound", "store"],
     &["app"],
     &["telemetry"],

@@ -18,12 +18,14 @@ use chatkpi::domain::{
     calendar::{Granularity, Schedule},
     event::*,
     facts::{ConversationFacts, derive},
-    intern::Interner,
-    kpi::{live::DrillDown, *},
     query::{Filters as QueryFilters, Query, Window},
-    segment::{Conv, Parts, Segment},
     sla::{Conditions, Policy, Target},
     time::micros,
+};
+use chatkpi::engine::{
+    intern::Interner,
+    kpi::{live::DrillDown, *},
+    segment::{Conv, Parts, Segment},
 };
 use chatkpi_tools::sim::{SimConfig, simulate};
 
@@ -921,12 +923,12 @@ fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
         &mut |n: &str| symbols.intern(n),
         &mut customers,
     );
-    let bytes = chatkpi::domain::segment::snapshot::encode(&s, &customers);
+    let bytes = chatkpi::engine::segment::snapshot::encode(&s, &customers);
     // Another process: its tables already hold other names, so ids differ.
     let (mut symbols2, mut customers2) = (Interner::new(), Interner::new());
     symbols2.intern("someone-else");
     customers2.intern("other-customer");
-    let loaded = chatkpi::domain::segment::snapshot::decode(
+    let loaded = chatkpi::engine::segment::snapshot::decode(
         segment_day(),
         &bytes,
         &mut |n: &str| symbols2.intern(n),
@@ -936,7 +938,7 @@ fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
     assert_eq!((loaded.as_of, loaded.bounds), (9, s.bounds));
     assert_rows_match(&loaded, &facts, &symbols2, &customers2);
     assert!(
-        chatkpi::domain::segment::snapshot::decode(
+        chatkpi::engine::segment::snapshot::decode(
             segment_day().succ_opt().unwrap(),
             &bytes,
             &mut |n: &str| symbols2.intern(n),
@@ -946,7 +948,7 @@ fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
     );
     for cut in [0, 3, 10, bytes.len() / 2, bytes.len() - 1] {
         assert!(
-            chatkpi::domain::segment::snapshot::decode(
+            chatkpi::engine::segment::snapshot::decode(
                 segment_day(),
                 &bytes[..cut],
                 &mut |n: &str| symbols2.intern(n),
@@ -976,10 +978,10 @@ fn every_simulated_conversation_round_trips_exactly_and_compactly() {
         let Some(f) = derive(id, events) else {
             continue;
         };
-        let bytes = chatkpi::domain::record::encode(&f);
+        let bytes = chatkpi::engine::record::encode(&f);
         record_bytes += bytes.len();
         json_bytes += serde_json::to_vec(&f).unwrap().len();
-        assert_eq!(chatkpi::domain::record::decode(id, &bytes).unwrap(), f, "{id}");
+        assert_eq!(chatkpi::engine::record::decode(id, &bytes).unwrap(), f, "{id}");
     }
     assert!(
         record_bytes * 4 < json_bytes,

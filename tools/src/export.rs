@@ -10,9 +10,9 @@ use anyhow::Context;
 use chatkpi::domain::{
     event::{ResolvedBy, Sender, SurveyType},
     facts::ConversationFacts,
-    record,
     time::micros,
 };
+use chatkpi::engine::record;
 use sqlx::PgPool;
 
 /// Writes the two CSV files; returns the number of conversations.

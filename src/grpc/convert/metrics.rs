@@ -12,14 +12,16 @@ use crate::{
         calendar::{self, DaySeconds, Granularity, Schedule},
         event::FieldError,
         facts::SlaMetric,
-        kpi::{
-            Ces, ConversionKpis, Csat, Dimension, Kpis, Nps, Targets,
-            live::{AgentUtilization, ConversationRow, DrillDown},
-        },
         query::{self, Filters, Query, Window},
         scorecard,
         settings::Settings,
         sla,
+    },
+    engine::{
+        kpi::{
+            Ces, ConversionKpis, Csat, Dimension, Kpis, Nps, Targets,
+            live::{AgentUtilization, ConversationRow, DrillDown},
+        },
         stats::DurationStats,
     },
     grpc::pb,
@@ -406,8 +408,8 @@ pub fn settings_to_proto(s: &Settings) -> pb::GetSettingsResponse {
     }
 }
 
-fn sla_to_proto(s: &crate::domain::kpi::SlaKpis) -> pb::SlaKpis {
-    let stats = |x: &crate::domain::kpi::SlaStats| pb::SlaStats {
+fn sla_to_proto(s: &crate::engine::kpi::SlaKpis) -> pb::SlaKpis {
+    let stats = |x: &crate::engine::kpi::SlaStats| pb::SlaStats {
         achieved: x.achieved,
         breached: x.breached,
         breach_rate: x.breach_rate,

@@ -9,15 +9,13 @@ use chatkpi::domain::{
     event::{Channel, Priority, ResolvedBy, SurveyType},
     facts::State,
     query::{Filters, Query},
-    stats::DurationStats,
 };
+use chatkpi::engine::stats::DurationStats;
 
-use chatkpi::domain::{
-    kpi::{
-        Ces, ConversionKpis, Csat, Dimension, GroupKey, Grouping, Kpis, Nps, Retention, SlaKpis, SlaStats,
-        Targets,
-    },
-    sla::Policy,
+use chatkpi::domain::sla::Policy;
+use chatkpi::engine::kpi::{
+    Ces, ConversionKpis, Csat, Dimension, GroupKey, Grouping, Kpis, Nps, Retention, SlaKpis, SlaStats,
+    Targets,
 };
 
 use super::{

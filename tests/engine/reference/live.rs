@@ -7,10 +7,10 @@ use chatkpi::domain::{
     calendar::Schedule,
     event::Presence,
     facts::{SlaMetric, State},
-    kpi::live::{AgentUtilization, Backlog, DrillDown},
     query::Query,
     sla::Policy,
 };
+use chatkpi::engine::kpi::live::{AgentUtilization, Backlog, DrillDown};
 
 use super::{
     dataset::{Conv, Dataset, Micros, NONE, OPEN_END, Span, Sym, micros},

@@ -1,7 +1,7 @@
 //! docs/metrics.md §5 arithmetic, derived here rather than borrowed from the engine: duration
 //! statistics by sorting every value, rates and means by their formulas.
 
-use chatkpi::domain::stats::DurationStats;
+use chatkpi::engine::stats::DurationStats;
 
 /// Count, mean, min, max, `percentile_cont` p50 / p90 / p95 / p99 and the share at or under
 /// `target` of `values` (seconds). All values are sorted; a percentile interpolates linearly

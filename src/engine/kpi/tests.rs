@@ -7,11 +7,11 @@ use super::*;
 use crate::domain::{
     calendar::Schedule,
     event::*,
-    kpi::live::DrillDown,
     query::{Query, Window},
-    testkit::{Conv, Dataset, t},
+    testkit::{Conv, t},
     time::micros,
 };
+use crate::engine::{kpi::live::DrillDown, testkit::Dataset};
 
 /// The backlog, utilization and drill-down calls of these tests, on the segment engine.
 mod live {
@@ -405,7 +405,7 @@ fn breakdowns_by_channel_priority_inbox_team_hour_and_weekday() {
     assert_eq!(by(Dimension::Inbox)[0].1.conversations, 5);
     assert_eq!(
         by(Dimension::Team)[0].0,
-        GroupKey::Value(crate::domain::intern::NONE)
+        GroupKey::Value(crate::engine::intern::NONE)
     );
     // Opened at 09:00, 09:16, 10:23, 10:56, 11:13 UTC on a Monday.
     let hours: Vec<(GroupKey, u64)> = by(Dimension::HourOfDay)

@@ -3,12 +3,12 @@
 
 use chrono_tz::Tz;
 
-use super::types::{Dimension, GroupKey, Grouping};
+use super::{Dimension, GroupKey, Grouping};
 use crate::domain::{
     calendar::{self, Granularity},
-    segment::{Conv, Sym},
     time::Micros,
 };
+use crate::engine::segment::{Conv, Sym};
 
 /// Routes items of one computation to their groups.
 pub(super) struct Router {

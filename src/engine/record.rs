@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
-use super::{
-    codec::{Reader, Writer},
+use super::codec::{Reader, Writer};
+use crate::domain::{
     event::{Channel, Initiator, Priority, ResolvedBy, Scale, Sender, SurveyType},
     facts::{
         AssignmentChange, Attributes, ClockStop, ConversationFacts, HandlingInterval, HumanResponse,

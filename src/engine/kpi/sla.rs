@@ -5,10 +5,12 @@
 use crate::domain::{
     calendar::Schedule,
     facts::SlaMetric,
-    intern::{Interner, NONE},
-    segment::{Attr, Clock, Conv, Sym},
     sla::{Policy, Target, Verdict, verdict},
     time::Span,
+};
+use crate::engine::{
+    intern::{Interner, NONE},
+    segment::{Attr, Clock, Conv, Sym},
 };
 
 /// One policy with its conditions as tenant symbols. `None` = any value; an empty list (only

@@ -22,20 +22,19 @@ use std::{
 };
 
 use super::{
-    Computation, ConversionRec,
+    Computation, ConversionRec, GroupKey, Grouping,
     acc::{Acc, Groups, TAG_BYTES},
     filter::Compiled,
     joins::Joins,
     partial,
     route::Router,
-    types::{GroupKey, Grouping},
 };
 use crate::domain::{
     event::{ResolvedBy, SurveyType},
     facts::State,
-    segment::{Conv, MessageTotals, Parts, Segment},
     time::{Micros, Span},
 };
+use crate::engine::segment::{Conv, MessageTotals, Parts, Segment};
 
 /// Per-customer lookups built on first use.
 pub(super) type LazyJoins<'a> = LazyLock<Joins, Box<dyn FnOnce() -> Joins + Send + 'a>>;

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::{
-    ConversionRec,
+    Ces, ConversionKpis, ConversionRec, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention, SlaKpis, SlaStats,
     acc::{Acc, SlaAcc},
-    types::{Ces, ConversionKpis, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention, SlaKpis, SlaStats},
 };
-use crate::domain::{
-    event::Channel,
+use crate::domain::event::Channel;
+use crate::engine::{
     intern::Interner,
     segment::MessageTotals,
     stats::{Durations, mean, rate},

@@ -28,10 +28,9 @@ use std::{
 
 use chrono::NaiveDate;
 
-use super::{
-    codec::Writer,
+use super::{codec::Writer, intern::Interner};
+use crate::domain::{
     facts::ConversationFacts,
-    intern::Interner,
     time::{Micros, OPEN_END, Span},
 };
 pub use row::{Attr, Clock, Conv, MessageTotals, Msg, Parts, Resp, Survey, Sym};

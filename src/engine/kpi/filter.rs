@@ -4,8 +4,10 @@ use std::collections::HashSet;
 
 use crate::domain::{
     event::{Channel, Priority},
-    intern::{Interner, NONE},
     query::Filters,
+};
+use crate::engine::{
+    intern::{Interner, NONE},
     segment::{Conv, Sym},
 };
 

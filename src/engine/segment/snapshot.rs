@@ -12,10 +12,10 @@
 use chrono::{Datelike, NaiveDate};
 
 use super::{Segment, row::Hot};
-use crate::domain::{
+use crate::domain::time::{OPEN_END, Span};
+use crate::engine::{
     codec::{Reader, Writer},
     intern::Interner,
-    time::{OPEN_END, Span},
 };
 
 const MAGIC: &[u8; 4] = b"CKS3";

@@ -11,9 +11,9 @@ use std::{
 
 use rayon::prelude::*;
 
-use super::types::GroupKey;
-use crate::domain::{
-    facts::MessageCounts,
+use super::GroupKey;
+use crate::domain::facts::MessageCounts;
+use crate::engine::{
     segment::{MessageTotals, Sym},
     stats::Durations,
 };

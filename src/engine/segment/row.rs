@@ -15,11 +15,11 @@
 //! the first lists stops there.
 
 use crate::domain::{
-    codec::{Reader, Writer},
     event::{Channel, Initiator, Priority, ResolvedBy, Sender, SurveyType},
     facts::{ConversationFacts, MessageCounts, SlaMetric, State},
     time::{Micros, OPEN_END, Span, micros},
 };
+use crate::engine::codec::{Reader, Writer};
 
 /// A tenant symbol (agent, team, inbox, tag, currency, kind); 0 = absent.
 pub type Sym = u32;

@@ -7,10 +7,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use super::ConversionRec;
-use crate::domain::{
-    segment::{Segment, Sym},
-    time::{Micros, Span},
-};
+use crate::domain::time::{Micros, Span};
+use crate::engine::segment::{Segment, Sym};
 
 /// Items grouped by customer id.
 struct Csr<T> {

@@ -1,0 +1,807 @@
+//! KPI computation (docs/metrics.md §4-§8) over a tenant's day segments.
+//!
+//! A computation reads [`Data`]: the segments a query needs (chosen by their [`Bounds`]), the
+//! tenant's symbol names, presence and conversions. Overview, breakdowns and time series share
+//! one scan ([`scan`]) that places every item by its docs/metrics.md §4 time, filters it by the §6
+//! rules and routes it ([`route`]) to its group; the segments are split into parts scanned in
+//! parallel ([`acc`] totals merge in any order), and each group's totals become KPIs in
+//! [`finish`]. Repeat contacts and conversion attribution need a customer's other days; they
+//! come from per-query lookups by customer ([`joins`]). Backlog, utilization and drill-down are
+//! in [`live`].
+//!
+//! Counts and sums are integers and means are sums of whole microseconds, so they are exact in
+//! any merge order; percentiles are exact up to [`EXACT_PERCENTILES_UP_TO`] values per group and
+//! within 1 % above (docs/metrics.md §9, [`stats`]).
+//!
+//! [`EXACT_PERCENTILES_UP_TO`]: crate::engine::stats::EXACT_PERCENTILES_UP_TO
+//! [`stats`]: crate::engine::stats
+//!
+//! [`Bounds`]: crate::engine::segment::Bounds
+
+mod acc;
+mod filter;
+pub mod finish;
+mod joins;
+pub mod live;
+pub mod partial;
+mod route;
+mod scan;
+mod sla;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, LazyLock, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use rayon::prelude::*;
+
+use self::{
+    acc::{Budget, Groups},
+    filter::Compiled,
+    joins::Joins,
+    partial::{Changes, KeptRows, Partial, PartialKey, PartialStore},
+    route::Router,
+    scan::{LazyJoins, Scan, Select},
+};
+use super::{intern::Interner, segment::Segment};
+pub use crate::domain::kpi::*;
+use crate::domain::{
+    Error,
+    calendar::{self, Schedule},
+    event::Presence,
+    query::Query,
+    time::{Micros, Span, micros},
+};
+
+/// Most bytes one computation spends on groups and their tag counts (README, Limits), summed
+/// over the parts it scans in parallel; merged totals add at most as much again.
+pub const QUERY_GROUP_BYTES: usize = 64 << 20;
+
+/// A day in microseconds.
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Rows scanned by one parallel part: small enough to spread a day over both cores, large
+/// enough that merging the parts' totals costs nothing.
+/// (Tests use small parts so that merging parts is exercised.)
+const PART_ROWS: usize = if cfg!(test) { 97 } else { 16_384 };
+
+/// An `agent_status` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceChange {
+    pub agent: Sym,
+    pub at: Micros,
+    pub status: Presence,
+}
+
+/// A `conversion` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversionRec {
+    pub at: Micros,
+    /// Tenant customer id.
+    pub customer: u32,
+    pub kind: Sym,
+    pub value_minor: Option<i64>,
+    pub currency: Sym,
+}
+
+/// A consistent snapshot of what a tenant's computations read.
+#[derive(Clone, Default)]
+pub struct Data {
+    /// The segments the query needs (any order); a conversation is in exactly one segment.
+    pub segments: Vec<Arc<Segment>>,
+    /// Names of the tenant's symbols.
+    pub symbols: Arc<Interner>,
+    /// Number of tenant customer ids (every customer id is below it).
+    pub customers: usize,
+    /// Presence changes, sorted by (agent, time, event id).
+    pub presence: Arc<Vec<PresenceChange>>,
+    /// Conversions, sorted by (time, event id).
+    pub conversions: Arc<Vec<ConversionRec>>,
+    /// Which customers' openings and conversions changed, version by version: kept totals
+    /// are reused while none they read changed ([`partial`]).
+    pub changes: Arc<Changes>,
+    /// The tenant's identity in the cache (partial totals of different tenants never mix).
+    pub tenant: u64,
+}
+
+impl Data {
+    /// The text of a group key: a dimension value's name ("" = not set), a channel or priority
+    /// name, an hour (0-23) or ISO weekday (1-7), or a bucket's start in RFC 3339.
+    pub fn label(&self, key: GroupKey) -> String {
+        match key {
+            GroupKey::All => String::new(),
+            GroupKey::Value(sym) => self.symbols.name(sym).to_owned(),
+            GroupKey::Channel(c) => c.as_str().to_owned(),
+            GroupKey::Priority(p) => p.as_str().to_owned(),
+            GroupKey::Number(n) => n.to_string(),
+            GroupKey::Bucket(start) => crate::domain::time::to_datetime(start).to_rfc3339(),
+            // Named by the computation that knows the policies ([`Computation::label`]).
+            GroupKey::Policy(i) => format!("policy {i}"),
+        }
+    }
+}
+
+/// Set when the client went away or its deadline passed: computations stop at the next part.
+#[derive(Debug, Default)]
+pub struct Cancel(AtomicBool);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `Err(Cancelled)` once cancelled.
+    pub fn check(&self) -> Result<(), Error> {
+        if self.is_cancelled() {
+            Err(Error::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One question over one tenant's data.
+pub struct Computation<'a> {
+    pub data: &'a Data,
+    pub query: &'a Query,
+    /// The tenant's schedule, used when `query.business_hours`.
+    pub schedule: Option<&'a Schedule>,
+    pub targets: &'a Targets,
+    /// The tenant's SLA policies, in order (docs/metrics.md §10).
+    pub sla: &'a [crate::domain::sla::Policy],
+    pub cancel: &'a Cancel,
+    /// Where interior segments' totals are kept between computations (none: computed every
+    /// time).
+    pub partials: Option<&'a dyn PartialStore>,
+}
+
+impl Computation<'_> {
+    /// The text of a group key ([`Data::label`]; an SLA policy by its name).
+    pub fn label(&self, key: GroupKey) -> String {
+        match key {
+            GroupKey::Policy(i) => self
+                .sla
+                .get(i as usize)
+                .map_or_else(|| self.data.label(key), |p| p.name.clone()),
+            other => self.data.label(other),
+        }
+    }
+
+    /// A duration as the query measures it: whole, or inside business hours (docs/metrics.md §7).
+    pub fn measure(&self, span: Span) -> f64 {
+        match (self.query.business_hours, self.schedule) {
+            (true, Some(s)) => s.open_seconds(span),
+            _ => span.seconds().max(0.0),
+        }
+    }
+
+    fn window(&self) -> Span {
+        Span {
+            start: micros(self.query.window.from),
+            end: micros(self.query.window.to),
+        }
+    }
+
+    /// KPIs per group of `grouping` (docs/metrics.md §6). Groups without items are not returned,
+    /// except every bucket of a time series, which is always present.
+    pub fn run(&self, grouping: Grouping) -> Result<Vec<(GroupKey, Kpis)>, Error> {
+        let scan = self.scan(grouping);
+        let mut groups = self.scan_parts(&scan, grouping)?;
+        let buckets = match grouping {
+            Grouping::Series(g) => {
+                calendar::buckets(self.query.time_zone, g, scan.window.start, scan.window.end)
+            }
+            _ => Vec::new(),
+        };
+        for b in &buckets {
+            groups.get(GroupKey::Bucket(b.start));
+        }
+        self.cancel.check()?;
+        let d = self.data;
+        let mut out: Vec<(GroupKey, finish::Finished)> = groups
+            .into_sorted()
+            .into_par_iter()
+            .map(|(key, acc)| (key, finish::finish(acc, &d.symbols, &d.conversions)))
+            .collect();
+        if let Grouping::Series(_) = grouping {
+            series_retention(&mut out);
+        }
+        // Rows by value name, not by id (ids depend on arrival order).
+        if let Grouping::By(_) = grouping {
+            out.sort_by(|(a, _), (b, _)| match (a, b) {
+                (GroupKey::Value(x), GroupKey::Value(y)) => d.symbols.name(*x).cmp(d.symbols.name(*y)),
+                _ => a.cmp(b),
+            });
+        }
+        Ok(out.into_iter().map(|(key, f)| (key, f.kpis)).collect())
+    }
+
+    /// Everything the scan of `grouping` shares: filters, routing, the previous window and the
+    /// customer lookups.
+    fn scan(&self, grouping: Grouping) -> Scan<'_> {
+        let q = self.query;
+        let window = self.window();
+        let (previous, first_bucket) = previous_window(q, grouping);
+        // Hour-of-day and weekday rows also place the previous window's customers by their own
+        // local hour and weekday.
+        let router = Router::new(
+            grouping,
+            q.time_zone,
+            previous.start.min(window.start),
+            window.end,
+        );
+        let kinds: Option<HashSet<Sym>> = (!q.conversion_kinds.is_empty()).then(|| {
+            q.conversion_kinds
+                .iter()
+                .filter_map(|k| self.data.symbols.get(k))
+                .collect()
+        });
+        let repeat_window = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
+        // Built on first use: when every row comes from kept totals, no lookup is needed.
+        let data = self.data;
+        let asked_customers: Arc<OnceLock<Vec<u64>>> = Arc::default();
+        let asked = asked_customers.clone();
+        let joins: LazyJoins<'_> = LazyLock::new(Box::new(move || {
+            Joins::new(
+                &data.segments,
+                data.customers,
+                Span {
+                    start: window.start,
+                    end: window.end.saturating_add(repeat_window),
+                },
+                repeat_window,
+                &data.conversions,
+                Span {
+                    start: window.start,
+                    end: window.end.saturating_add(attribution),
+                },
+                kinds.as_ref(),
+                attribution,
+                asked.get().map(Vec::as_slice),
+            )
+        }));
+        Scan {
+            comp: self,
+            repeat_window,
+            attribution_window: attribution,
+            budget: Arc::new(Budget::new(QUERY_GROUP_BYTES)),
+            policies: sla::Policies::new(&self.data.symbols, self.sla),
+            grouping,
+            filters: Compiled::new(&self.data.symbols, &q.filters),
+            router,
+            joins,
+            asked_customers,
+            window,
+            previous,
+            first_bucket,
+            conversions: &self.data.conversions,
+        }
+    }
+
+    /// Everything about the question that changes a segment's totals, except the window.
+    fn shape(&self, grouping: Grouping) -> Arc<str> {
+        let q = self.query;
+        let mut kinds = q.conversion_kinds.clone();
+        kinds.sort();
+        let business = q.business_hours || self.sla.iter().any(|p| p.uses_business_hours());
+        let schedule = if business {
+            format!("{:?}", self.schedule)
+        } else {
+            String::new()
+        };
+        format!(
+            "{grouping:?}|{:?}|{}|{schedule}|{:?}|{:?}|{kinds:?}|{}|{:?}|{:?}",
+            q.filters,
+            q.business_hours,
+            q.repeat_window,
+            q.attribution_window,
+            q.time_zone.name(),
+            self.targets,
+            self.sla
+        )
+        .into()
+    }
+
+    fn partial_key(&self, version: u64, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
+        PartialKey {
+            tenant: self.data.tenant,
+            shape: shape.clone(),
+            segment: version,
+            rows,
+        }
+    }
+
+    /// Totals of every relevant segment, merged: what [`Computation::plan`] found kept is
+    /// reused, the rest is computed (and kept) or scanned in parts. Work runs in parallel; each
+    /// worker folds the parts it takes into one set of groups, so value lists are merged once
+    /// per worker, not once per part.
+    fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
+        let segments = &self.data.segments;
+        let Plan {
+            cached,
+            days,
+            chunks,
+            parts,
+        } = self.plan(scan, grouping);
+        // The lookups need only the customers of the rows scanned below: with kept totals
+        // that is the window's edges and the chunks that changed, not the whole lookahead (a
+        // new window, such as a sliding one, computes its edge totals and still gets the small
+        // lookups).
+        let scanned = parts
+            .iter()
+            .map(|(s, rows, select)| (*s, rows.clone(), *select))
+            .chain(chunks.iter().map(|c| (c.segment, c.rows.clone(), c.select)));
+        let _ = scan
+            .asked_customers
+            .set(customers_of(segments, scanned, self.data.customers));
+        tracing::debug!(
+            ?grouping,
+            kept = cached.len(),
+            rebuilt = days.len(),
+            computed_chunks = chunks.len(),
+            computed_rows = chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            scanned_parts = parts.len(),
+            "computation plan"
+        );
+        let computed = self.keep_totals(scan, days, chunks)?;
+        let scanned = self.scan_in_parts(scan, parts)?;
+        if scan.budget.exceeded() {
+            return Err(Error::ResourceExhausted {
+                limit: "query_memory",
+                message: format!(
+                    "this question's groups and tag counts need more than {} MiB; ask for a shorter window, add filters or break down by another dimension",
+                    scan.budget.limit() >> 20
+                ),
+                retry_after: None,
+            });
+        }
+        let all: Vec<&Groups> = scanned
+            .iter()
+            .chain(cached.iter().chain(&computed).map(|p| &p.groups))
+            .collect();
+        self.cancel.check()?;
+        Ok(Groups::merge_all(&all))
+    }
+
+    /// Where each relevant segment's totals come from ([`partial`]). A segment that begins
+    /// inside the window keeps the totals of its rows that also end inside it, and one opened
+    /// in the window before those of its rows that end before the window; its other rows (at
+    /// the window's edges) are kept too, for exactly this window. A segment's totals that are
+    /// not kept (or no longer valid) are built from its chunks' totals, of which only the
+    /// chunks that changed are computed again. Without a partial store every relevant segment
+    /// is scanned in parts.
+    fn plan(&self, scan: &Scan<'_>, grouping: Grouping) -> Plan {
+        let (w, previous) = (scan.window, scan.previous);
+        let shape = self.shape(grouping);
+        let mut plan = Plan::default();
+        for (s, seg) in self.data.segments.iter().enumerate() {
+            let b = &seg.bounds;
+            if !(b.active_in(w.start, w.end) || b.opened_in(previous.start, previous.end)) {
+                continue;
+            }
+            let mut rest = Select::All;
+            if let Some(Keepable { rows, end }) = self.keepable(seg, scan, grouping) {
+                let ending_before = if b.active.end < end {
+                    seg.len()
+                } else {
+                    seg.active_end.iter().filter(|e| **e < end).count()
+                };
+                if ending_before > 0 {
+                    let key = self.partial_key(seg.version, &shape, rows(ending_before));
+                    let select = Select::EndingBefore(end);
+                    self.reuse_or_build(&mut plan, s, key, select, rows);
+                }
+                if ending_before == seg.len() {
+                    continue;
+                }
+                rest = Select::EndingFrom(end);
+            }
+            if self.partials.is_some() {
+                let edge = KeptRows::Edge {
+                    from: w.start,
+                    to: w.end,
+                };
+                let key = self.partial_key(seg.version, &shape, edge);
+                self.reuse_or_build(&mut plan, s, key, rest, |_| edge);
+                continue;
+            }
+            plan.parts.extend(
+                (0..seg.len())
+                    .step_by(PART_ROWS)
+                    .map(|start| (s, start..(start + PART_ROWS).min(seg.len()), rest)),
+            );
+        }
+        plan
+    }
+
+    /// The kept totals of `key` (segment `s`'s rows that `select` takes) when the store has
+    /// them and no customer they read changed since; else a build from the segment's chunks,
+    /// each chunk's totals kept under `rows(number of its rows taken)` or computed now.
+    fn reuse_or_build(
+        &self,
+        plan: &mut Plan,
+        s: usize,
+        key: PartialKey,
+        select: Select,
+        rows: impl Fn(usize) -> KeptRows,
+    ) {
+        let changes = &self.data.changes;
+        let store = self.partials;
+        if let Some(p) = store
+            .and_then(|store| store.get(&key))
+            .filter(|p| changes.still_valid(p))
+        {
+            plan.cached.push(p);
+            return;
+        }
+        let seg = &self.data.segments[s];
+        let keep = self.still_changing(seg);
+        let mut build = DayBuild {
+            key: key.clone(),
+            chunks: Vec::new(),
+        };
+        for (range, version) in seg.chunks() {
+            let taken = range.clone().filter(|row| select.takes(seg, *row)).count();
+            if taken == 0 {
+                continue;
+            }
+            let chunk_key = PartialKey {
+                segment: version,
+                rows: rows(taken),
+                ..key.clone()
+            };
+            match store
+                .and_then(|store| store.get(&chunk_key))
+                .filter(|p| changes.still_valid(p))
+            {
+                Some(p) => build.chunks.push(ChunkTotals::Kept(p)),
+                None => {
+                    build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
+                    plan.chunks.push(ChunkTask {
+                        segment: s,
+                        rows: range,
+                        select,
+                        key: keep.then_some(chunk_key),
+                    });
+                }
+            }
+        }
+        plan.days.push(build);
+    }
+
+    /// Whether a segment's totals may still change by more than a few rows: it holds open
+    /// conversations, or what its totals read (a repeat or attribution window after its items)
+    /// reaches the tenant's newest day, where new openings and conversions arrive. Such a
+    /// segment's chunks are kept with its totals, so a change computes only the chunks it
+    /// touches; an older day's totals are kept whole.
+    fn still_changing(&self, seg: &Segment) -> bool {
+        let q = self.query;
+        let reach = q
+            .repeat_window
+            .max(q.attribution_window)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .saturating_add(DAY_MICROS);
+        let newest = self
+            .data
+            .segments
+            .iter()
+            .map(|s| s.bounds.active.end)
+            .max()
+            .unwrap_or(0);
+        seg.has_open() || seg.bounds.active.end.saturating_add(reach) >= newest
+    }
+
+    /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
+    fn keepable(&self, seg: &Segment, scan: &Scan<'_>, grouping: Grouping) -> Option<Keepable> {
+        let (w, previous, b) = (scan.window, scan.previous, &seg.bounds);
+        if b.active.start >= w.start {
+            Some(Keepable {
+                rows: KeptRows::Inside,
+                end: w.end,
+            })
+        } else if !matches!(grouping, Grouping::Series(_))
+            && b.opened.start >= previous.start
+            && b.opened.end < w.start
+        {
+            // (A series keys previous customers to its first bucket: not kept.)
+            Some(Keepable {
+                rows: KeptRows::Before,
+                end: w.start,
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Computes the chunks' totals a plan needs, in parallel, and builds (and keeps) the
+    /// segments' totals from their chunks.
+    fn keep_totals(
+        &self,
+        scan: &Scan<'_>,
+        days: Vec<DayBuild>,
+        chunks: Vec<ChunkTask>,
+    ) -> Result<Vec<Arc<Partial>>, Error> {
+        let computed: Vec<Arc<Partial>> = chunks
+            .into_par_iter()
+            .map(|task| {
+                self.cancel.check()?;
+                let seg = &self.data.segments[task.segment];
+                let mut groups = Groups::charging(&scan.budget);
+                let mut scratch = scan::Scratch::default();
+                scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
+                groups.shrink();
+                let (openings, conversions) = scratch.customers_read();
+                let partial = Arc::new(Partial {
+                    groups,
+                    at: self.data.changes.version,
+                    openings,
+                    conversions,
+                });
+                if let Some(key) = task.key {
+                    self.keep(key, &partial, scan);
+                }
+                Ok(partial)
+            })
+            .collect::<Result<_, Error>>()?;
+        days.into_par_iter()
+            .map(|day| {
+                let mut parts: Vec<Arc<Partial>> = day
+                    .chunks
+                    .into_iter()
+                    .map(|c| match c {
+                        ChunkTotals::Kept(p) => p,
+                        ChunkTotals::Computed(i) => computed[i].clone(),
+                    })
+                    .collect();
+                let partial = if parts.len() == 1 {
+                    parts.pop().expect("one part")
+                } else {
+                    Arc::new(Partial::merged(&parts, self.data.changes.version))
+                };
+                self.keep(day.key, &partial, scan);
+                Ok(partial)
+            })
+            .collect()
+    }
+
+    /// Keeps `partial` under `key`, unless the budget cut it short (incomplete totals are never
+    /// kept).
+    fn keep(&self, key: PartialKey, partial: &Arc<Partial>, scan: &Scan<'_>) {
+        if let Some(store) = self.partials
+            && !scan.budget.exceeded()
+        {
+            store.put(key, partial.clone());
+        }
+    }
+
+    /// Scans parts of segments in parallel, one set of groups per worker.
+    fn scan_in_parts(
+        &self,
+        scan: &Scan<'_>,
+        parts: Vec<(usize, std::ops::Range<usize>, Select)>,
+    ) -> Result<Vec<Groups>, Error> {
+        parts
+            .into_par_iter()
+            .try_fold(
+                || (Groups::charging(&scan.budget), scan::Scratch::default()),
+                |(mut groups, mut scratch), (s, rows, select)| {
+                    self.cancel.check()?;
+                    scan.part(&self.data.segments[s], rows, select, &mut groups, &mut scratch);
+                    Ok((groups, scratch))
+                },
+            )
+            .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
+            .collect()
+    }
+}
+
+/// A segment's rows whose totals can be kept: those ending before `end`, named by their number.
+struct Keepable {
+    rows: fn(usize) -> KeptRows,
+    end: Micros,
+}
+
+/// Where one computation's totals come from, segment by segment.
+#[derive(Default)]
+struct Plan {
+    /// Kept totals found in the partial store.
+    cached: Vec<Arc<Partial>>,
+    /// Segments' totals to build from their chunks and keep.
+    days: Vec<DayBuild>,
+    /// Chunks' totals to compute.
+    chunks: Vec<ChunkTask>,
+    /// Rows to scan in parts, nothing kept: (segment, rows, selection).
+    parts: Vec<(usize, std::ops::Range<usize>, Select)>,
+}
+
+/// A segment's totals to build from its chunks' and keep under `key`.
+struct DayBuild {
+    key: PartialKey,
+    chunks: Vec<ChunkTotals>,
+}
+
+/// One chunk's totals: kept, or computed by [`Plan::chunks`]`[i]`.
+enum ChunkTotals {
+    Kept(Arc<Partial>),
+    Computed(usize),
+}
+
+/// A chunk's totals to compute: the rows `select` takes of `rows` of `segment`, kept under
+/// `key` when the segment still changes (then a change to a customer they read computes only
+/// the chunks holding that customer again).
+struct ChunkTask {
+    segment: usize,
+    rows: std::ops::Range<usize>,
+    select: Select,
+    key: Option<PartialKey>,
+}
+
+/// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.
+fn customers_of(
+    segments: &[Arc<Segment>],
+    parts: impl Iterator<Item = (usize, std::ops::Range<usize>, Select)>,
+    customers: usize,
+) -> Vec<u64> {
+    let mut bits = vec![0u64; customers.div_ceil(64).max(1)];
+    for (s, rows, select) in parts {
+        let seg = &segments[s];
+        for row in rows.filter(|row| select.takes(seg, *row)) {
+            let c = seg.customer[row] as usize;
+            // Every scanned customer must be in the set (a lookup leaves the others out).
+            if c / 64 >= bits.len() {
+                bits.resize(c / 64 + 1, 0);
+            }
+            bits[c / 64] |= 1 << (c % 64);
+        }
+    }
+    bits
+}
+
+/// The window whose customers retention compares with (docs/metrics.md §5: the window of the same
+/// length ending at `from`; for a time series, one bucket length before its first bucket,
+/// docs/metrics.md), and a series' first bucket.
+fn previous_window(q: &Query, grouping: Grouping) -> (Span, Option<Micros>) {
+    let window = Span {
+        start: micros(q.window.from),
+        end: micros(q.window.to),
+    };
+    match grouping {
+        Grouping::Series(g) => {
+            let first = calendar::buckets(q.time_zone, g, window.start, window.end)
+                .first()
+                .copied();
+            let start = first.map_or(window.start, |b| b.start - (b.end - b.start));
+            (
+                Span {
+                    start,
+                    end: window.start,
+                },
+                first.map(|b| b.start),
+            )
+        }
+        _ => (
+            Span {
+                start: window.start - (window.end - window.start),
+                end: window.start,
+            },
+            None,
+        ),
+    }
+}
+
+/// Which day segments a computation reads, by what their [`Bounds`] must overlap: the cache
+/// loads exactly those.
+///
+/// [`Bounds`]: crate::engine::segment::Bounds
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reads {
+    /// Items placed in these spans (any item of a conversation lies in its active span).
+    active: Vec<Span>,
+    /// Conversations opened in these spans (retention's window before, repeat lookahead).
+    opened: Vec<Span>,
+    /// Conversations open at these instants (backlog).
+    open_at: Vec<Micros>,
+    /// Conversations that can be handled in these spans (utilization).
+    handled: Vec<Span>,
+}
+
+impl Reads {
+    /// What a summary (overview, breakdown, series, drill-down) of `q` grouped by `grouping`
+    /// reads.
+    pub fn summary(q: &Query, grouping: Grouping) -> Reads {
+        let window = Span {
+            start: micros(q.window.from),
+            end: micros(q.window.to),
+        };
+        let (previous, _) = previous_window(q, grouping);
+        let repeat = q.repeat_window.num_microseconds().unwrap_or(i64::MAX);
+        let mut opened = vec![previous];
+        if repeat > 0 {
+            opened.push(Span {
+                start: window.start,
+                end: window.end.saturating_add(repeat),
+            });
+        }
+        Reads {
+            active: vec![window],
+            opened,
+            ..Reads::default()
+        }
+    }
+
+    /// Every conversation with an item in `span` (a warm-up of recent days).
+    pub fn active(span: Span) -> Reads {
+        Reads {
+            active: vec![span],
+            ..Reads::default()
+        }
+    }
+
+    /// The conversations opened in `span` (one conversation looked up by its opening).
+    pub fn opened_in(span: Span) -> Reads {
+        Reads {
+            opened: vec![span],
+            ..Reads::default()
+        }
+    }
+
+    /// What a backlog at `at` reads.
+    pub fn backlog(at: Micros) -> Reads {
+        Reads {
+            open_at: vec![at],
+            ..Reads::default()
+        }
+    }
+
+    /// What utilization over `q`'s window reads.
+    pub fn utilization(q: &Query) -> Reads {
+        Reads {
+            handled: vec![Span {
+                start: micros(q.window.from),
+                end: micros(q.window.to),
+            }],
+            ..Reads::default()
+        }
+    }
+
+    /// Both.
+    pub fn and(mut self, other: Reads) -> Reads {
+        self.active.extend(other.active);
+        self.opened.extend(other.opened);
+        self.open_at.extend(other.open_at);
+        self.handled.extend(other.handled);
+        self
+    }
+
+    /// Whether a segment with these bounds is read.
+    pub fn wants(&self, b: &crate::engine::segment::Bounds) -> bool {
+        self.active.iter().any(|w| b.active_in(w.start, w.end))
+            || self.opened.iter().any(|w| b.opened_in(w.start, w.end))
+            || self.open_at.iter().any(|at| b.open_at(*at))
+            || self.handled.iter().any(|w| b.handled_in(w.start, w.end))
+    }
+}
+
+/// Series retention: the previous bucket's customers (the first bucket's were collected from
+/// the window before it).
+fn series_retention(out: &mut [(GroupKey, finish::Finished)]) {
+    let mut previous: Option<Vec<u32>> = None;
+    for (_, f) in out.iter_mut() {
+        if let Some(prev) = previous.take() {
+            f.kpis.retention = finish::retention(prev, &f.customers);
+        }
+        previous = Some(std::mem::take(&mut f.customers));
+    }
+}
+
+#[cfg(test)]
+mod tests;

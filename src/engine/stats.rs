@@ -1,0 +1,403 @@
+//! Duration statistics accumulated part by part (docs/metrics.md §5).
+//!
+//! [`Durations`] accumulates one KPI of one group. Count, mean, min, max and the share within a
+//! target are always exact. Percentiles are exact while the group has at most
+//! [`EXACT_PERCENTILES_UP_TO`] items; above that, every value is counted in a log-linear
+//! histogram ([`LogHistogram`]) and percentiles come from it with less than 1 % relative error
+//! (docs/metrics.md §5 allows 1 %). Which one applies depends only on the group's item count, so
+//! the same question always gets the same answer.
+
+pub use crate::domain::stats::*;
+use crate::domain::stats::{PERCENTILES, exact_percentiles};
+
+/// Groups with at most this many items get exact percentiles (see the module doc).
+pub const EXACT_PERCENTILES_UP_TO: usize = 10_000;
+
+/// Durations (seconds) of one KPI and one group, item by item or merged from parts.
+#[derive(Debug, Clone)]
+pub struct Durations {
+    count: u64,
+    /// Sum in whole microseconds: every duration is a difference of microsecond instants, so
+    /// the mean is exact and independent of the order items came in.
+    sum_micros: i128,
+    min: f64,
+    max: f64,
+    /// Items at or under the KPI's target (counted as they are added).
+    within: u64,
+    /// Every value, while there are at most [`EXACT_PERCENTILES_UP_TO`].
+    values: Vec<f64>,
+    /// Counts per log bucket, once there are more (then `values` is empty).
+    histogram: Option<Box<LogHistogram>>,
+    /// `values` counted per log bucket (sparse), made when kept totals are shrunk: merged into
+    /// a histogram, a kept part adds one count per bucket instead of one per value (a 30-day
+    /// overview merges 30 days of a few thousand values per KPI). Empty, or exactly the
+    /// buckets of `values`.
+    binned: Vec<(u16, u32)>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            sum_micros: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            within: 0,
+            values: Vec::new(),
+            histogram: None,
+            binned: Vec::new(),
+        }
+    }
+}
+
+/// Kept values are also binned from this many on (fewer are as cheap to add one by one).
+const BIN_FROM: usize = 64;
+
+impl Durations {
+    /// Adds one duration; `target` (seconds) counts it as within target when it is at or under.
+    pub fn push(&mut self, v: f64, target: Option<f64>) {
+        self.count += 1;
+        self.sum_micros += (v * 1e6).round() as i64 as i128;
+        self.min = self.min.min(v);
+        self.max = self.max.max(v);
+        self.within += u64::from(target.is_some_and(|t| v <= t));
+        self.binned.clear();
+        match &mut self.histogram {
+            Some(h) => h.add(v, 1),
+            None => {
+                self.values.push(v);
+                self.spill_if_large();
+            }
+        }
+    }
+
+    /// Adds another part's durations (`o` taken apart, so a new field left out here does not
+    /// compile).
+    pub fn merge(&mut self, o: &Durations) {
+        let Durations {
+            count,
+            sum_micros,
+            min,
+            max,
+            within,
+            values,
+            histogram,
+            binned,
+        } = o;
+        self.count += count;
+        self.sum_micros += sum_micros;
+        self.min = self.min.min(*min);
+        self.max = self.max.max(*max);
+        self.within += within;
+        self.binned.clear();
+        if let Some(theirs) = histogram {
+            self.histogram
+                .get_or_insert_with(|| Box::new(LogHistogram::new()))
+                .merge(theirs);
+        }
+        match &mut self.histogram {
+            Some(h) => {
+                for v in self.values.drain(..) {
+                    h.add(v, 1);
+                }
+                if binned.is_empty() {
+                    for v in values {
+                        h.add(*v, 1);
+                    }
+                } else {
+                    for (bucket, n) in binned {
+                        h.add_to(*bucket, u64::from(*n));
+                    }
+                }
+            }
+            None => {
+                self.values.extend_from_slice(values);
+                self.spill_if_large();
+            }
+        }
+    }
+
+    /// Makes room for `total` values before parts are merged in: a histogram straight away
+    /// when they will not stay exact, otherwise space for every value.
+    pub fn prepare(&mut self, total: u64) {
+        if self.histogram.is_some() {
+            return;
+        }
+        if total as usize > EXACT_PERCENTILES_UP_TO {
+            self.binned.clear();
+            let mut h = Box::new(LogHistogram::new());
+            for v in self.values.drain(..) {
+                h.add(v, 1);
+            }
+            self.values = Vec::new();
+            self.histogram = Some(h);
+        } else {
+            self.values.reserve(total as usize);
+        }
+    }
+
+    fn spill_if_large(&mut self) {
+        if self.values.len() > EXACT_PERCENTILES_UP_TO {
+            self.prepare(self.values.len() as u64);
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Drops spare capacity and bins the values (before the totals are kept).
+    pub fn shrink(&mut self) {
+        self.values.shrink_to_fit();
+        if self.values.len() >= BIN_FROM {
+            self.binned = LogHistogram::sparse(&self.values);
+        }
+    }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.values.capacity() * 8
+            + self.binned.capacity() * 8
+            + self.histogram.as_ref().map_or(0, |_| LogHistogram::BYTES)
+    }
+
+    /// The statistics; `with_target` reports the share within target.
+    pub fn stats(mut self, with_target: bool) -> DurationStats {
+        if self.count == 0 {
+            return DurationStats::default();
+        }
+        let n = self.count;
+        let within_target = with_target.then(|| 100.0 * self.within as f64 / n as f64);
+        let [p50, p90, p95, p99] = match &self.histogram {
+            None => exact_percentiles(&mut self.values),
+            Some(h) => h.percentiles(n, self.min, self.max),
+        };
+        DurationStats {
+            count: n,
+            mean: Some(self.sum_micros as f64 / 1e6 / n as f64),
+            min: Some(self.min),
+            max: Some(self.max),
+            p50: Some(p50),
+            p90: Some(p90),
+            p95: Some(p95),
+            p99: Some(p99),
+            within_target,
+        }
+    }
+}
+
+/// Counts of non-negative durations in log-linear buckets (as HdrHistogram and DDSketch do):
+/// every power of two `[2^e, 2^(e+1))` is cut into 64 equal buckets, so a bucket is at most
+/// 1/64 of its lower bound wide and its midpoint, the representative, is within 0.8 % of every
+/// value in it. A value's bucket is read off its IEEE 754 bits (exponent and top six mantissa
+/// bits), without a logarithm. Zero has its own bucket.
+#[derive(Debug, Clone)]
+pub struct LogHistogram {
+    zero: u64,
+    buckets: Vec<u64>,
+}
+
+/// Buckets per power of two (as bits of the mantissa).
+const SUB_BITS: u32 = 6;
+/// The mantissa bits below a bucket's.
+const SHIFT: u32 = 52 - SUB_BITS;
+/// `(exponent, top mantissa bits)` of 2^-20 s (just under one microsecond, the smallest
+/// positive duration): bucket 0.
+const FIRST: u64 = (1023 - 20) << SUB_BITS;
+/// 56 powers of two, up to 2^36 s (about 2,000 years): longer than any span between valid
+/// instants.
+const BUCKETS: usize = 56 << SUB_BITS;
+/// Zero's bucket in sparse form (past every other).
+const ZERO: u16 = u16::MAX;
+const _: () = assert!(BUCKETS < ZERO as usize);
+
+impl LogHistogram {
+    const BYTES: usize = BUCKETS * 8 + 16;
+
+    fn new() -> Self {
+        Self {
+            zero: 0,
+            buckets: vec![0; BUCKETS],
+        }
+    }
+
+    fn index(v: f64) -> Option<usize> {
+        (v > 0.0).then(|| ((v.to_bits() >> SHIFT).saturating_sub(FIRST) as usize).min(BUCKETS - 1))
+    }
+
+    fn add(&mut self, v: f64, n: u64) {
+        match Self::index(v) {
+            Some(i) => self.buckets[i] += n,
+            None => self.zero += n,
+        }
+    }
+
+    /// The bucket of `v` in [`Self::sparse`] form ([`ZERO`] for zero).
+    fn bucket(v: f64) -> u16 {
+        Self::index(v).map_or(ZERO, |i| i as u16)
+    }
+
+    /// Adds `n` to a bucket of [`Self::sparse`] form.
+    fn add_to(&mut self, bucket: u16, n: u64) {
+        match self.buckets.get_mut(usize::from(bucket)) {
+            Some(count) => *count += n,
+            None => self.zero += n,
+        }
+    }
+
+    /// The non-empty buckets of `values` with their counts, by bucket.
+    fn sparse(values: &[f64]) -> Vec<(u16, u32)> {
+        let mut buckets: Vec<u16> = values.iter().map(|v| Self::bucket(*v)).collect();
+        buckets.sort_unstable();
+        let mut out: Vec<(u16, u32)> = Vec::new();
+        for b in buckets {
+            match out.last_mut() {
+                Some((last, n)) if *last == b => *n += 1,
+                _ => out.push((b, 1)),
+            }
+        }
+        out.shrink_to_fit();
+        out
+    }
+
+    fn merge(&mut self, o: &LogHistogram) {
+        let LogHistogram { zero, buckets } = o;
+        self.zero += zero;
+        for (mine, theirs) in self.buckets.iter_mut().zip(buckets) {
+            *mine += theirs;
+        }
+    }
+
+    /// The midpoint of bucket `i`.
+    fn representative(i: usize) -> f64 {
+        let bound = |i: usize| f64::from_bits((i as u64 + FIRST) << SHIFT);
+        (bound(i) + bound(i + 1)) / 2.0
+    }
+
+    /// Approximate p50, p90, p95 and p99 of `n` values within `[min, max]`.
+    fn percentiles(&self, n: u64, min: f64, max: f64) -> [f64; 4] {
+        // The value at a 0-based rank: its bucket's representative, kept inside [min, max].
+        let at_rank = |rank: u64| -> f64 {
+            if rank < self.zero {
+                return 0.0;
+            }
+            let mut seen = self.zero;
+            for (i, count) in self.buckets.iter().enumerate() {
+                seen += count;
+                if rank < seen {
+                    return Self::representative(i).clamp(min, max);
+                }
+            }
+            max
+        };
+        PERCENTILES.map(|p| {
+            let pos = p * (n - 1) as f64;
+            let (lo, hi) = (pos.floor() as u64, pos.ceil() as u64);
+            let (a, b) = (at_rank(lo), at_rank(hi));
+            a + (b - a) * (pos - lo as f64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accumulated_durations_equal_the_values_definition_below_the_limit() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let values: Vec<f64> = (0..5000)
+            .map(|_| rng.random_range(0..100_000_000) as f64 / 1e6)
+            .collect();
+        let expected = DurationStats::from_values(values.clone(), Some(30.0));
+        // In two parts, merged, as a parallel scan does.
+        let (mut a, mut b) = (Durations::default(), Durations::default());
+        for (i, v) in values.iter().enumerate() {
+            if i % 3 == 0 {
+                a.push(*v, Some(30.0))
+            } else {
+                b.push(*v, Some(30.0))
+            }
+        }
+        a.merge(&b);
+        assert_eq!(a.stats(true), expected);
+    }
+
+    #[test]
+    fn above_the_limit_percentiles_are_within_one_percent_and_the_rest_exact() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        // Long-tailed, with zeros and a few huge values.
+        let values: Vec<f64> = (0..(EXACT_PERCENTILES_UP_TO * 3))
+            .map(|i| match i % 50 {
+                0 => 0.0,
+                1 => rng.random_range(1..10_000_000_000_000i64) as f64 / 1e6,
+                _ => (rng.random::<f64>().powi(4) * 86_400.0 * 1e6).round() / 1e6,
+            })
+            .collect();
+        let exact = DurationStats::from_values(values.clone(), Some(120.0));
+        let mut parts = vec![Durations::default(); 7];
+        for (i, v) in values.iter().enumerate() {
+            parts[i % 7].push(*v, Some(120.0));
+        }
+        let mut all = Durations::default();
+        for p in &parts {
+            all.merge(p);
+        }
+        let approx = all.stats(true);
+        assert_eq!(
+            (
+                approx.count,
+                approx.mean,
+                approx.min,
+                approx.max,
+                approx.within_target
+            ),
+            (exact.count, exact.mean, exact.min, exact.max, exact.within_target)
+        );
+        for (a, e) in [
+            (approx.p50, exact.p50),
+            (approx.p90, exact.p90),
+            (approx.p95, exact.p95),
+            (approx.p99, exact.p99),
+        ] {
+            let (a, e) = (a.unwrap(), e.unwrap());
+            assert!((a - e).abs() <= 0.01 * e, "approximate {a} vs exact {e}");
+        }
+    }
+
+    /// Kept parts carry their values binned; merged, they give the same statistics as the
+    /// values added one by one, above and below the exact limit.
+    #[test]
+    fn binned_parts_merge_like_their_values() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+        for n in [50, 5_000, EXACT_PERCENTILES_UP_TO * 2] {
+            let mut parts = vec![Durations::default(); 9];
+            for i in 0..n {
+                let v = match i % 40 {
+                    0 => 0.0,
+                    _ => (rng.random::<f64>().powi(3) * 7_200.0 * 1e6).round() / 1e6,
+                };
+                parts[i % 9].push(v, Some(60.0));
+            }
+            let (mut plain, mut binned) = (Durations::default(), Durations::default());
+            let total = parts.iter().map(Durations::count).sum();
+            plain.prepare(total);
+            binned.prepare(total);
+            for p in &parts {
+                plain.merge(p);
+                let mut kept = p.clone();
+                kept.shrink();
+                assert_eq!(kept.binned.is_empty(), kept.values.len() < BIN_FROM);
+                assert_eq!(
+                    kept.binned.iter().map(|(_, n)| u64::from(*n)).sum::<u64>(),
+                    if kept.binned.is_empty() { 0 } else { p.count() }
+                );
+                binned.merge(&kept);
+            }
+            assert_eq!(binned.stats(true), plain.stats(true), "n={n}");
+        }
+    }
+}

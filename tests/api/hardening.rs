@@ -598,6 +598,27 @@ async fn the_metrics_endpoint_counts_calls_events_limits_and_resources() {
         .metrics()
         .get_overview(with_key(overview_request(), "nonsense"))
         .await;
+    // Web calls refused before they become gRPC calls are counted too: a body that is not the
+    // message (by its method) and a content type the API does not speak.
+    let bearer = format!("Bearer {}", app.api_key);
+    let malformed = crate::helpers::http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.AdminService/ListWhatsAppSources",
+        &[("content-type", "application/json"), ("authorization", &bearer)],
+        b"{not json".to_vec(),
+    )
+    .await;
+    assert_eq!(malformed.status, 400);
+    let unsupported = crate::helpers::http(
+        app.addr,
+        "POST",
+        "/chatkpi.v1.MetricsService/GetOverview",
+        &[("content-type", "text/plain"), ("authorization", &bearer)],
+        b"x".to_vec(),
+    )
+    .await;
+    assert_eq!(unsupported.status, 415);
     // Web calls refused before they became gRPC calls are counted too.
     let refused = crate::helpers::http(
         app.addr,
@@ -634,6 +655,16 @@ async fn the_metrics_endpoint_counts_calls_events_limits_and_resources() {
             "chatkpi_rpc_requests_total{",
             "/chatkpi.v1.MetricsService/GetScorecard",
             "code=\"InvalidArgument\"",
+        ],
+        &[
+            "chatkpi_rpc_requests_total{",
+            "/chatkpi.v1.AdminService/ListWhatsAppSources",
+            "code=\"InvalidArgument\"",
+        ],
+        &[
+            "chatkpi_rpc_requests_total{",
+            "method=\"unknown\"",
+            "code=\"Unimplemented\"",
         ],
         &[
             "chatkpi_rpc_duration_seconds_bucket{",

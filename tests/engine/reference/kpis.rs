@@ -825,6 +825,16 @@ impl Groups {
 impl Acc {
     /// Adds another part's totals (all aggregates here are order-independent).
     fn merge(&mut self, o: Acc) {
+        // Every field named, so one added to `Acc` and left out here does not compile.
+        #[rustfmt::skip]
+        let Acc {
+            conversations: _, received: _, sent: _, delivered: _, read: _, failed: _, frt: _,
+            bot_frt: _, human_frt: _, reply: _, wait: _, resolution: _, duration: _, resolved: _,
+            resolutions: _, fcr: _, repeat: _, reopened: _, with_customer_message: _, missed: _,
+            abandoned: _, ended: _, ended_messages: _, csat: _, nps: _, ces: _, surveys_sent: _,
+            no_human_resolved: _, bot_resolutions: _, bot_involved: _, bot_and_human: _,
+            openers: _, previous_customers: _, tags: _, channels: _, sla_achieved: _, sla_over: _,
+        } = &o;
         self.conversations += o.conversations;
         self.add_messages(&[o.received, o.sent, o.delivered, o.read, o.failed]);
         self.frt.extend(o.frt);

@@ -347,6 +347,26 @@ pub async fn all_conversation_facts(
         .collect()
 }
 
+/// Up to `limit` stored records of `tenant` with conversation ids after `after`, by id: (id,
+/// record bytes). A page at a time, for exports of any size.
+pub async fn records_after(
+    pool: &PgPool,
+    tenant: TenantId,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<(String, Vec<u8>)>, Error> {
+    let rows = sqlx::query!(
+        r#"select conversation_id, record as "record!" from conversations
+           where tenant_id = $1 and conversation_id > $2 order by conversation_id limit $3"#,
+        tenant.0,
+        after,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.conversation_id, r.record)).collect())
+}
+
 fn decode(conversation_id: &str, bytes: &[u8]) -> Result<ConversationFacts, Error> {
     record::decode(conversation_id, bytes).map_err(|e| Error::Internal(anyhow::Error::new(e)))
 }

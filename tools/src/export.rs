@@ -64,13 +64,12 @@ pub async fn export(pool: &PgPool, tenant: i64, prefix: &Path) -> anyhow::Result
     let mut after = String::new();
     let mut count = 0u64;
     loop {
-        let page: Vec<(String, Vec<u8>)> = sqlx::query_as(
-            "select conversation_id, record from conversations \
-             where tenant_id = $1 and conversation_id > $2 order by conversation_id limit 10000",
+        let page = chatkpi::store::events::records_after(
+            pool,
+            chatkpi::domain::tenant::TenantId(tenant),
+            &after,
+            10_000,
         )
-        .bind(tenant)
-        .bind(&after)
-        .fetch_all(pool)
         .await?;
         let Some((last, _)) = page.last() else { break };
         after = last.clone();

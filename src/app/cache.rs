@@ -28,6 +28,7 @@ use moka::sync::Cache;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
+use super::schedule::Lane;
 use crate::{
     domain::{
         Error,
@@ -791,13 +792,24 @@ impl QueryCache {
             let (cache, seg, customers, tenant) =
                 (self.clone(), seg.clone(), state.customers.clone(), state.tenant);
             let erasures = state.erasures.unwrap_or(0);
+            // Background work: encoded on the bulk lane (lowest priority) and charged to the
+            // tenant, so persisting a freshly built history does not slow other tenants'
+            // dashboards (app/schedule.rs).
+            let worker = WORKER.try_with(Clone::clone).ok();
             tokio::spawn(async move {
                 let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
                     return;
                 };
                 let encoded = {
                     let seg = seg.clone();
-                    tokio::task::spawn_blocking(move || snapshot::encode(&seg, &read(&customers))).await
+                    tokio::task::spawn_blocking(move || {
+                        let encode = || snapshot::encode(&seg, &read(&customers));
+                        match worker {
+                            Some((scheduler, tenant)) => scheduler.run(tenant, Lane::Bulk, encode),
+                            None => encode(),
+                        }
+                    })
+                    .await
                 };
                 let result = match encoded {
                     Ok(body) => {

@@ -92,32 +92,36 @@ pub fn utilization(ds: &Dataset, q: &Query) -> (Vec<AgentUtilization>, AgentUtil
     };
     let filters = Compiled::new(ds, &q.filters);
 
-    // Logged-in intervals from the presence timeline of each agent.
-    let mut logged: BTreeMap<Sym, Vec<Span>> = BTreeMap::new();
-    let mut current: Option<(Sym, Option<Micros>)> = None;
-    let close = |logged: &mut BTreeMap<Sym, Vec<Span>>, agent: Sym, start: Option<Micros>, end: Micros| {
-        if let Some(start) = start {
-            logged.entry(agent).or_default().push(Span { start, end });
-        }
-    };
+    // Logged-in intervals, agent by agent: each agent's presence changes in timeline order; an
+    // interval opens at the first change to online / busy / away and closes at the next
+    // offline (or never, OPEN_END).
+    let mut timelines: BTreeMap<Sym, Vec<(Micros, bool)>> = BTreeMap::new();
     for (_, p) in &ds.presence {
-        if current.is_some_and(|(a, _)| a != p.agent) {
-            let (agent, since) = current.take().unwrap_or((NONE, None));
-            close(&mut logged, agent, since, OPEN_END);
-        }
-        let since = current.and_then(|(_, s)| s);
-        let online = p.status != Presence::Offline;
-        current = Some(match (since, online) {
-            (None, true) => (p.agent, Some(p.at)),
-            (Some(s), false) => {
-                close(&mut logged, p.agent, Some(s), p.at);
-                (p.agent, None)
-            }
-            (s, _) => (p.agent, s),
-        });
+        timelines
+            .entry(p.agent)
+            .or_default()
+            .push((p.at, p.status != Presence::Offline));
     }
-    if let Some((agent, since)) = current {
-        close(&mut logged, agent, since, OPEN_END);
+    let mut logged: BTreeMap<Sym, Vec<Span>> = BTreeMap::new();
+    for (agent, changes) in timelines {
+        let mut spans = Vec::new();
+        let mut since: Option<Micros> = None;
+        for (at, online) in changes {
+            match (since, online) {
+                (None, true) => since = Some(at),
+                (Some(start), false) => {
+                    spans.push(Span { start, end: at });
+                    since = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = since {
+            spans.push(Span { start, end: OPEN_END });
+        }
+        if !spans.is_empty() {
+            logged.insert(agent, spans);
+        }
     }
 
     // Handling intervals of matching conversations (agent filter excluded: it picks agents).

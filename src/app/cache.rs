@@ -191,6 +191,11 @@ impl QueryCache {
     pub fn new(pool: PgPool, budget: u64) -> Arc<Self> {
         let entries = Cache::builder()
             .max_capacity(budget)
+            // Least recently used goes first. (moka's default, TinyLFU, admits a new entry only
+            // when it was asked for more often than what it would evict: the totals a live
+            // tenant computes again after each change are new entries every time, and were
+            // refused while older ones filled the budget.)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .weigher(|_: &Key, v: &Value| v.weight())
             .support_invalidation_closures()
             .build();
@@ -835,9 +840,7 @@ impl QueryCache {
 
 impl QueryCache {
     /// Drops the kept totals of `tenant`: after a settings change none of them can be used again
-    /// (the settings are part of their shape), and while they filled the budget the cache's
-    /// admission policy (TinyLFU, which favours entries used often before) would refuse the new
-    /// ones, so every question would be computed from its segments again and again.
+    /// (the settings are part of their shape), and they would hold the budget until evicted.
     pub async fn forget_totals(&self, tenant: TenantId) {
         let Some(Value::Tenant(entry)) = self.entries.get(&Key::Tenant(tenant)) else {
             return;

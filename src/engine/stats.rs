@@ -50,8 +50,13 @@ impl Default for Durations {
     }
 }
 
-/// Kept values are also binned from this many on (fewer are as cheap to add one by one).
-const BIN_FROM: usize = 64;
+/// A day's kept values are also binned from this many on (fewer are as cheap to add one by
+/// one). A chunk's are binned only from [`BIN_CHUNK_FROM`]: they are merged into their day's
+/// totals, which stay exact (and read the values, not the bins) unless the day has more than
+/// [`EXACT_PERCENTILES_UP_TO`] values, so small bins would double a chunk's bytes for nothing.
+pub const BIN_FROM: usize = 64;
+/// See [`BIN_FROM`].
+pub const BIN_CHUNK_FROM: usize = 1_024;
 
 impl Durations {
     /// Adds one duration; `target` (seconds) counts it as within target when it is at or under.
@@ -146,10 +151,11 @@ impl Durations {
         self.count
     }
 
-    /// Drops spare capacity and bins the values (before the totals are kept).
-    pub fn shrink(&mut self) {
+    /// Drops spare capacity and bins the values when there are at least `bin_from` (before the
+    /// totals are kept).
+    pub fn shrink(&mut self, bin_from: usize) {
         self.values.shrink_to_fit();
-        if self.values.len() >= BIN_FROM {
+        if self.values.len() >= bin_from {
             self.binned = LogHistogram::sparse(&self.values);
         }
     }
@@ -389,7 +395,7 @@ mod tests {
             for p in &parts {
                 plain.merge(p);
                 let mut kept = p.clone();
-                kept.shrink();
+                kept.shrink(BIN_FROM);
                 assert_eq!(kept.binned.is_empty(), kept.values.len() < BIN_FROM);
                 assert_eq!(
                     kept.binned.iter().map(|(_, n)| u64::from(*n)).sum::<u64>(),

@@ -158,13 +158,14 @@ impl Acc {
     }
 
     /// Drops spare capacity and repeated customers and conversions (before the totals are
-    /// kept: every customer list is read as a set, [`super::finish`]).
-    pub fn shrink(&mut self) {
+    /// kept: every customer list is read as a set, [`super::finish`]); bins durations from
+    /// `bin_from` values on ([`crate::engine::stats::BIN_FROM`]).
+    pub fn shrink(&mut self, bin_from: usize) {
         for d in self.durations_mut() {
-            d.shrink();
+            d.shrink(bin_from);
         }
         for s in &mut self.sla {
-            s.over.shrink();
+            s.over.shrink(bin_from);
         }
         self.csat.shrink_to_fit();
         self.nps.shrink_to_fit();
@@ -175,7 +176,9 @@ impl Acc {
             &mut self.attributed,
             &mut self.previous_customers,
         ] {
-            set.sort_unstable();
+            // Merged totals hold their parts' sorted lists one after another: the stable sort
+            // merges such runs in linear time where the unstable one sorts from scratch.
+            set.sort();
             set.dedup();
             set.shrink_to_fit();
         }
@@ -388,10 +391,10 @@ impl Groups {
         }
     }
 
-    /// Drops spare capacity (before the totals are kept).
-    pub fn shrink(&mut self) {
+    /// Drops spare capacity (before the totals are kept); see [`Acc::shrink`].
+    pub fn shrink(&mut self, bin_from: usize) {
         for (_, acc) in &mut self.accs {
-            acc.shrink();
+            acc.shrink(bin_from);
         }
         self.accs.shrink_to_fit();
         self.index.shrink_to_fit();

@@ -42,7 +42,7 @@ use self::{
     acc::{Budget, Groups},
     filter::Compiled,
     joins::Joins,
-    partial::{Changes, KeptRows, Partial, PartialKey, PartialStore},
+    partial::{Changes, KeptRows, Partial, PartialKey, PartialStore, Slot},
     route::Router,
     scan::{LazyJoins, Scan, Select},
 };
@@ -310,12 +310,12 @@ impl Computation<'_> {
         .into()
     }
 
-    fn partial_key(&self, version: u64, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
+    fn partial_key(&self, day: chrono::NaiveDate, shape: &Arc<str>, rows: KeptRows) -> PartialKey {
         PartialKey {
             tenant: self.data.tenant,
             shape: shape.clone(),
-            segment: version,
-            rows,
+            slot: Slot::Day(day),
+            rows: rows.slot(),
         }
     }
 
@@ -395,9 +395,10 @@ impl Computation<'_> {
                     seg.active_end.iter().filter(|e| **e < end).count()
                 };
                 if ending_before > 0 {
-                    let key = self.partial_key(seg.version, &shape, rows(ending_before));
+                    let kept = rows(ending_before);
+                    let key = self.partial_key(seg.day, &shape, kept);
                     let select = Select::EndingBefore(end);
-                    self.reuse_or_build(&mut plan, s, key, select, rows);
+                    self.reuse_or_build(&mut plan, s, (key, kept), select, rows);
                 }
                 if ending_before == seg.len() {
                     continue;
@@ -409,8 +410,8 @@ impl Computation<'_> {
                     from: w.start,
                     to: w.end,
                 };
-                let key = self.partial_key(seg.version, &shape, edge);
-                self.reuse_or_build(&mut plan, s, key, rest, |_| edge);
+                let key = self.partial_key(seg.day, &shape, edge);
+                self.reuse_or_build(&mut plan, s, (key, edge), rest, |_| edge);
                 continue;
             }
             plan.parts.extend(
@@ -422,66 +423,101 @@ impl Computation<'_> {
         plan
     }
 
-    /// The kept totals of `key` (segment `s`'s rows that `select` takes) when the store has
-    /// them and no customer they read changed since; else a build from the segment's chunks,
-    /// each chunk's totals kept under `rows(number of its rows taken)` or computed now.
+    /// The kept totals of `key` (segment `s`'s rows `kept`, those `select` takes) when the store
+    /// has them for the segment's version and no customer they read changed since; else a build
+    /// from the segment's chunks.
     fn reuse_or_build(
         &self,
         plan: &mut Plan,
         s: usize,
-        key: PartialKey,
+        (key, kept): (PartialKey, KeptRows),
         select: Select,
         rows: impl Fn(usize) -> KeptRows,
     ) {
-        let changes = &self.data.changes;
-        let store = self.partials;
-        if let Some(p) = store
-            .and_then(|store| store.get(&key))
-            .filter(|p| changes.still_valid(p))
-        {
+        let seg = &self.data.segments[s];
+        if let Some(p) = self.kept(&key, seg.version, kept) {
             plan.cached.push(p);
             return;
         }
-        let seg = &self.data.segments[s];
-        let keep = self.still_changing(seg);
         let mut build = DayBuild {
-            key: key.clone(),
+            key,
+            from: seg.version,
+            rows: kept,
             chunks: Vec::new(),
         };
-        for (range, version) in seg.chunks() {
+        if self.still_changing(seg) {
+            self.chunks_of(plan, &mut build, s, select, rows);
+        } else {
+            // Nothing of an older day is kept but its totals: computed in pieces of several
+            // chunks (fewer sets of groups in flight, fewer to merge).
+            for start in (0..seg.len()).step_by(PART_ROWS) {
+                build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
+                plan.chunks.push(ChunkTask {
+                    segment: s,
+                    rows: start..(start + PART_ROWS).min(seg.len()),
+                    version: seg.version,
+                    kept,
+                    select,
+                    key: None,
+                });
+            }
+        }
+        plan.days.push(build);
+    }
+
+    /// Each chunk's totals of the rows `select` takes, kept under `rows(number taken)`: reused
+    /// or computed now (and kept).
+    fn chunks_of(
+        &self,
+        plan: &mut Plan,
+        build: &mut DayBuild,
+        s: usize,
+        select: Select,
+        rows: impl Fn(usize) -> KeptRows,
+    ) {
+        let seg = &self.data.segments[s];
+        for (index, (range, version)) in seg.chunks().enumerate() {
             let taken = range.clone().filter(|row| select.takes(seg, *row)).count();
             if taken == 0 {
                 continue;
             }
-            let chunk_key = PartialKey {
-                segment: version,
-                rows: rows(taken),
-                ..key.clone()
+            let kept = rows(taken);
+            let key = PartialKey {
+                slot: Slot::Chunk(seg.day, index as u32),
+                rows: kept.slot(),
+                ..build.key.clone()
             };
-            match store
-                .and_then(|store| store.get(&chunk_key))
-                .filter(|p| changes.still_valid(p))
-            {
+            match self.kept(&key, version, kept) {
                 Some(p) => build.chunks.push(ChunkTotals::Kept(p)),
                 None => {
                     build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
                     plan.chunks.push(ChunkTask {
                         segment: s,
                         rows: range,
+                        version,
+                        kept,
                         select,
-                        key: keep.then_some(chunk_key),
+                        key: Some(key),
                     });
                 }
             }
         }
-        plan.days.push(build);
     }
 
-    /// Whether a segment's totals may still change by more than a few rows: it holds open
-    /// conversations, or what its totals read (a repeat or attribution window after its items)
-    /// reaches the tenant's newest day, where new openings and conversions arrive. Such a
-    /// segment's chunks are kept with its totals, so a change computes only the chunks it
-    /// touches; an older day's totals are kept whole.
+    /// The totals kept under `key`, when they are of version `from` of the rows `kept` and no
+    /// customer they read changed since.
+    fn kept(&self, key: &PartialKey, from: u64, kept: KeptRows) -> Option<Arc<Partial>> {
+        self.partials?
+            .get(key)
+            .filter(|p| p.is_of(from, kept) && self.data.changes.still_valid(p))
+    }
+
+    /// Whether a segment's totals are likely to change again soon: what its totals read (a
+    /// repeat or attribution window after its items) reaches the tenant's newest day, where
+    /// new openings and conversions arrive. Such a segment's chunks are kept with its totals,
+    /// so a change computes only the chunks it touches; an older day's totals are kept whole
+    /// (its rare change, such as an open conversation resolved late, computes the day again),
+    /// which halves what its totals hold in memory.
     fn still_changing(&self, seg: &Segment) -> bool {
         let q = self.query;
         let reach = q
@@ -494,10 +530,10 @@ impl Computation<'_> {
             .data
             .segments
             .iter()
-            .map(|s| s.bounds.active.end)
+            .map(|s| s.bounds.opened.end)
             .max()
             .unwrap_or(0);
-        seg.has_open() || seg.bounds.active.end.saturating_add(reach) >= newest
+        seg.bounds.active.end.saturating_add(reach) >= newest
     }
 
     /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
@@ -538,10 +574,12 @@ impl Computation<'_> {
                 let mut groups = Groups::charging(&scan.budget);
                 let mut scratch = scan::Scratch::default();
                 scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
-                groups.shrink();
+                groups.shrink(crate::engine::stats::BIN_CHUNK_FROM);
                 let (openings, conversions) = scratch.customers_read();
                 let partial = Arc::new(Partial {
                     groups,
+                    from: task.version,
+                    rows: task.kept,
                     at: self.data.changes.version,
                     openings,
                     conversions,
@@ -554,7 +592,7 @@ impl Computation<'_> {
             .collect::<Result<_, Error>>()?;
         days.into_par_iter()
             .map(|day| {
-                let mut parts: Vec<Arc<Partial>> = day
+                let parts: Vec<Arc<Partial>> = day
                     .chunks
                     .into_iter()
                     .map(|c| match c {
@@ -562,11 +600,10 @@ impl Computation<'_> {
                         ChunkTotals::Computed(i) => computed[i].clone(),
                     })
                     .collect();
-                let partial = if parts.len() == 1 {
-                    parts.pop().expect("one part")
-                } else {
-                    Arc::new(Partial::merged(&parts, self.data.changes.version))
-                };
+                // (Even one chunk's totals are copied: the day's are of the segment's version.)
+                let mut partial = Partial::merged(&parts, day.from, day.rows, self.data.changes.version);
+                partial.groups.shrink(crate::engine::stats::BIN_FROM);
+                let partial = Arc::new(partial);
                 self.keep(day.key, &partial, scan);
                 Ok(partial)
             })
@@ -626,6 +663,9 @@ struct Plan {
 /// A segment's totals to build from its chunks' and keep under `key`.
 struct DayBuild {
     key: PartialKey,
+    /// The segment's version and the rows built.
+    from: u64,
+    rows: KeptRows,
     chunks: Vec<ChunkTotals>,
 }
 
@@ -641,6 +681,9 @@ enum ChunkTotals {
 struct ChunkTask {
     segment: usize,
     rows: std::ops::Range<usize>,
+    /// The chunk's version and the rows taken.
+    version: u64,
+    kept: KeptRows,
     select: Select,
     key: Option<PartialKey>,
 }

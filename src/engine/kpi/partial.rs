@@ -35,12 +35,19 @@
 
 use std::{collections::VecDeque, sync::Arc};
 
+use chrono::NaiveDate;
+
 use super::acc::Groups;
 use crate::domain::time::{Micros, Span};
 
 /// A segment's totals for one question shape, and what they read beyond the segment.
 pub struct Partial {
     pub(super) groups: Groups,
+    /// The version of the segment (or chunk) the totals were computed from, and exactly which
+    /// of its rows: a [`PartialKey`]'s slot holds the newest totals computed for it, and are
+    /// used only for the same version and rows ([`Partial::is_of`]).
+    pub(super) from: u64,
+    pub(super) rows: KeptRows,
     /// The tenant's [`Changes::version`] the totals were computed at.
     pub(super) at: u64,
     /// Customers whose openings the repeat-contact check read, and when.
@@ -82,7 +89,8 @@ impl Read {
             all.span.start = all.span.start.min(r.span.start);
             all.span.end = all.span.end.max(r.span.end);
         }
-        all.customers.sort_unstable();
+        // Sorted runs, one per part: the stable sort merges them in linear time.
+        all.customers.sort();
         all.customers.dedup();
         all
     }
@@ -91,17 +99,24 @@ impl Read {
 impl Partial {
     /// The totals of `parts` together (a segment's from its chunks'), valid at `at`: every part
     /// was checked against the changes up to it.
-    pub(super) fn merged(parts: &[Arc<Partial>], at: u64) -> Partial {
+    pub(super) fn merged(parts: &[Arc<Partial>], from: u64, rows: KeptRows, at: u64) -> Partial {
         // The parts were shrunk when computed; their merge is made to size, and repeats across
         // chunks (a customer of two chunks) are left for `finish`, which reads lists as sets.
         let groups: Vec<&Groups> = parts.iter().map(|p| &p.groups).collect();
         let groups = Groups::merge_all(&groups);
         Partial {
             groups,
+            from,
+            rows,
             at,
             openings: Read::union(parts.iter().map(|p| p.openings.clone())),
             conversions: Read::union(parts.iter().map(|p| p.conversions.clone())),
         }
+    }
+
+    /// Whether these are the totals of version `from` of the rows `rows`.
+    pub(super) fn is_of(&self, from: u64, rows: KeptRows) -> bool {
+        self.from == from && self.rows == rows
     }
 
     /// Heap bytes held (for the cache's budget).
@@ -111,17 +126,27 @@ impl Partial {
     }
 }
 
-/// What a segment's totals were computed from, besides the customers they read (see the module
-/// doc).
+/// Where a segment's totals are kept: the question shape, the day (or a chunk of it) and which
+/// kind of its rows ([`KeptRows::slot`]). A slot holds one set of totals: those computed from a
+/// newer segment, or from more of its rows, replace the older ones in place, so a tenant that
+/// keeps writing into its newest day leaves no stale totals behind to fill the budget
+/// ([`Partial::is_of`] says what a slot holds).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PartialKey {
     /// The tenant's cache identity (ids of names differ between tenants and generations).
     pub tenant: u64,
     /// Everything about the question that changes the totals, except the window.
     pub shape: Arc<str>,
-    pub segment: u64,
-    /// Which of the segment's rows the totals cover.
+    pub slot: Slot,
+    /// Which of the slot's rows the totals cover.
     pub rows: KeptRows,
+}
+
+/// A day's segment, or one of its chunks (by index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Slot {
+    Day(NaiveDate),
+    Chunk(NaiveDate, u32),
 }
 
 /// The rows of a segment whose totals are kept: a number of those ending first.
@@ -135,6 +160,18 @@ pub enum KeptRows {
     /// window: a dashboard asking the same window again reuses them while the segment is
     /// unchanged.
     Edge { from: Micros, to: Micros },
+}
+
+impl KeptRows {
+    /// The rows' slot in a [`PartialKey`]: the kind of rows without their number (the totals
+    /// say how many they cover).
+    pub fn slot(self) -> KeptRows {
+        match self {
+            KeptRows::Inside(_) => KeptRows::Inside(0),
+            KeptRows::Before(_) => KeptRows::Before(0),
+            edge @ KeptRows::Edge { .. } => edge,
+        }
+    }
 }
 
 /// Keeps partial totals between computations (the query cache implements it, within its byte
@@ -234,6 +271,8 @@ mod tests {
     fn partial(at: u64, openings: Read, conversions: Read) -> Partial {
         Partial {
             groups: Groups::default(),
+            from: 1,
+            rows: KeptRows::Inside(1),
             at,
             openings,
             conversions,

@@ -930,3 +930,50 @@ fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
     // Only that chunk is computed again, then the day: the first two chunks are reused.
     assert_eq!(puts() - before, 2);
 }
+
+#[test]
+fn a_day_that_keeps_receiving_conversations_leaves_no_stale_totals_behind() {
+    // 2 days of 100 conversations; new conversations stream into the second one.
+    let mut ds = Dataset::new();
+    for i in 0..200 {
+        ds.upsert(&served(
+            &format!("c{i:03}"),
+            &format!("cust{}", i % 30),
+            (i / 100) * DAY + (i % 100) * 600,
+            &format!("ann{}", i % 3),
+        ));
+    }
+    ds.finish();
+    let q = Query::new(Window::new(t(-DAY), t(3 * DAY)).unwrap());
+    let store = MapStore::default();
+    let mut data = ds.data().clone();
+    compute_with(&data, &q, &store);
+    let slots = store.kept.lock().unwrap().len();
+    let s = data
+        .segments
+        .iter()
+        .position(|seg| seg.day == t(DAY).date_naive())
+        .unwrap();
+    let mut customers = ds.customers.clone();
+    for n in 0..5 {
+        let new = served(
+            &format!("new{n}"),
+            &format!("cust{n}"),
+            DAY + 70_000 + n * 60,
+            "ann1",
+        );
+        let mut symbols = (*data.symbols).clone();
+        let merged = data.segments[s].merge(&[new], 1 + n, &mut |x| symbols.intern(x), &mut customers);
+        data.segments[s] = Arc::new(merged);
+        data.symbols = Arc::new(symbols);
+        data.customers = customers.len();
+        let mut changes = (*data.changes).clone();
+        let customer = customers.get(&format!("cust{n}")).unwrap();
+        changes.record(vec![(customer, micros(t(DAY + 70_000 + n * 60)))], Vec::new());
+        data.changes = Arc::new(changes);
+        let fresh = MapStore::default();
+        assert_eq!(compute_with(&data, &q, &store), compute_with(&data, &q, &fresh));
+        // Totals of the day's newer versions (and of more of its rows) replaced the older ones.
+        assert_eq!(store.kept.lock().unwrap().len(), slots, "after change {n}");
+    }
+}

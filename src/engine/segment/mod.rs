@@ -31,7 +31,7 @@ use chrono::NaiveDate;
 use super::{codec::Writer, intern::Interner};
 use crate::domain::{
     facts::ConversationFacts,
-    time::{Micros, OPEN_END, Span},
+    time::{Micros, Span},
 };
 pub use row::{Attr, Clock, Conv, MessageTotals, Msg, Parts, Resp, Survey, Sym};
 
@@ -481,11 +481,6 @@ impl Segment {
             + self.names.iter().map(|n| n.len() + 16).sum::<usize>()
             + self.tenant_syms.capacity() * 4
             + std::mem::size_of::<Segment>()
-    }
-
-    /// Whether the segment still holds a conversation that is open now.
-    pub fn has_open(&self) -> bool {
-        self.bounds.live_until == OPEN_END
     }
 }
 

@@ -12,10 +12,9 @@ use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::{
-    cache::{QueryCache, View},
-    schedule::Scheduler,
-};
+/// The engine's query cache over the event store.
+pub type QueryCache = crate::engine::cache::QueryCache<crate::store::segments::PgSource>;
+
 use crate::{
     domain::{
         Error,
@@ -29,6 +28,10 @@ use crate::{
     engine::kpi::{
         Cancel, Computation, Dimension, GroupKey, Grouping, Kpis, MAX_ROWS, Reads, keep_ranked,
         live::{AgentUtilization, Backlog, ConversationRow, DrillDown, SlaStatus},
+    },
+    engine::{
+        cache::{View, WORKER},
+        schedule::Scheduler,
     },
     store,
 };
@@ -113,7 +116,7 @@ impl KpiService {
         let settings = self.settings_for(tenant, query).await?;
         // One of the tenant's computation slots, for the refresh and the computation.
         let _slot = self.scheduler.admit(tenant).await?;
-        let view = super::cache::WORKER
+        let view = WORKER
             .scope((self.scheduler.clone(), tenant), self.cache.view(tenant, &reads))
             .await?;
         if seen == Some(view.version) {

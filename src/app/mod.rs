@@ -3,22 +3,19 @@
 //! - [`ingest`]: validate, de-duplicate and store batches, one outcome per event, through the
 //!   per-tenant write queues of [`writer`];
 //! - [`kpis`]: answer KPI questions (settings, preconditions, scorecards, streams) from the
-//!   query [`cache`];
+//!   engine's query cache over the event store;
 //! - [`keys`]: resolve API keys to tenants and scopes;
 //! - [`admin`]: erase a customer;
 //! - [`alerts`]: alert rules, their evaluation and the delivery of their notices;
 //! - [`limits`]: per-tenant and per-client rates and open streams;
-//! - [`schedule`]: fair shares of the CPU between tenants' computations;
 //! - [`whatsapp`]: WhatsApp Cloud API sources and webhooks.
 
 pub mod admin;
 pub mod alerts;
-pub mod cache;
 pub mod ingest;
 pub mod keys;
 pub mod kpis;
 pub mod limits;
-pub mod schedule;
 pub mod whatsapp;
 pub mod writer;
 
@@ -93,8 +90,8 @@ impl App {
             ),
             kpis: kpis::KpiService::new(
                 pool.clone(),
-                cache::QueryCache::new(pool.clone(), config.cache_bytes),
-                std::sync::Arc::new(schedule::Scheduler::new()?),
+                kpis::QueryCache::new(crate::store::segments::PgSource(pool.clone()), config.cache_bytes),
+                std::sync::Arc::new(crate::engine::schedule::Scheduler::new()?),
             ),
             keys: keys::KeyService::new(pool.clone()),
             admin: admin::AdminService::new(pool.clone()),

@@ -1,7 +1,7 @@
-//! Reads of the query engine: a tenant's day segments (persisted snapshots and conversation
-//! records), the rows changed since a snapshot of the database, and the events that belong to no
-//! conversation (presence, conversions). All reads of one refresh run in one read-only
-//! repeatable-read transaction ([`Reads`]), so a query sees one consistent state.
+//! The query engine's [`Source`] in PostgreSQL: a tenant's day segments (persisted snapshots and
+//! conversation records), the rows changed since a snapshot of the database, and the events that
+//! belong to no conversation (presence, conversions). All reads of one refresh run in one
+//! read-only repeatable-read transaction ([`Reads`]), so a query sees one consistent state.
 //!
 //! Change tracking: every conversation row and event carries the id of the transaction that
 //! wrote it (`change_xid`, `ingest_xid`). A reader that remembers the xmin of its previous
@@ -12,49 +12,42 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{PgPool, Postgres, Transaction, types::Json};
 
 use crate::domain::{Error, event::Payload, tenant::TenantId};
+use crate::engine::source::{
+    DayRows, ErasureLog, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSnapshot,
+};
 
-/// One conversation record of a day segment.
-pub struct StoredConversation {
-    pub day: NaiveDate,
-    pub conversation_id: String,
-    pub record: Vec<u8>,
-}
+/// The event store as the query cache's [`Source`].
+#[derive(Clone)]
+pub struct PgSource(pub PgPool);
 
-/// What the rows of one day span (see `segment::Bounds`).
-pub struct DayRows {
-    pub day: NaiveDate,
-    pub rows: i64,
-    pub opened_from: DateTime<Utc>,
-    pub opened_to: DateTime<Utc>,
-    pub active_from: DateTime<Utc>,
-    pub active_to: DateTime<Utc>,
-    /// `None`: a conversation of the day is still open.
-    pub live_until: Option<DateTime<Utc>>,
-}
+impl Source for PgSource {
+    type Reads = Reads;
 
-/// A persisted segment.
-pub struct StoredSnapshot {
-    pub day: NaiveDate,
-    pub built_xmin: i64,
-    pub body: Vec<u8>,
-}
+    async fn begin(&self) -> Result<Reads, Error> {
+        Reads::begin(&self.0).await
+    }
 
-/// A presence or conversion event.
-pub struct SideEvent {
-    pub event_id: String,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: Payload,
-    pub ingest_xid: i64,
+    async fn begin_at(&self, snapshot: &str, xmin: i64) -> Result<Reads, Error> {
+        Reads::begin_at(&self.0, snapshot, xmin).await
+    }
+
+    async fn recently_queried(&self, since: DateTime<Utc>) -> Result<Vec<(TenantId, NaiveDate)>, Error> {
+        recently_queried(&self.0, since).await
+    }
+
+    async fn save_snapshot(&self, tenant: TenantId, snapshot: &Snapshot, body: &[u8]) -> Result<(), Error> {
+        save_snapshot(&self.0, tenant, snapshot, body).await
+    }
 }
 
 /// A read-only, repeatable-read transaction and the xmin of its snapshot.
 pub struct Reads {
     tx: Transaction<'static, Postgres>,
-    pub xmin: i64,
+    xmin: i64,
 }
 
 impl Reads {
-    pub async fn begin(pool: &PgPool) -> Result<Self, Error> {
+    async fn begin(pool: &PgPool) -> Result<Self, Error> {
         let mut tx = pool.begin().await?;
         sqlx::query!("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
@@ -66,17 +59,9 @@ impl Reads {
         Ok(Self { tx, xmin })
     }
 
-    /// Exports this transaction's snapshot, so other connections read exactly the same state
-    /// ([`Reads::begin_at`]): loading runs on several connections at once.
-    pub async fn export(&mut self) -> Result<String, Error> {
-        Ok(sqlx::query_scalar!(r#"select pg_export_snapshot() as "id!""#)
-            .fetch_one(&mut *self.tx)
-            .await?)
-    }
-
-    /// A read-only transaction on a snapshot exported by [`Reads::export`] (while the exporting
-    /// transaction is open).
-    pub async fn begin_at(pool: &PgPool, snapshot: &str, xmin: i64) -> Result<Self, Error> {
+    /// A read-only transaction on a snapshot exported by [`SourceReads::export`] (while the
+    /// exporting transaction is open).
+    async fn begin_at(pool: &PgPool, snapshot: &str, xmin: i64) -> Result<Self, Error> {
         // Snapshot ids are hex words and dashes; anything else is not one.
         if snapshot.is_empty() || !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(Error::Internal(anyhow::anyhow!(
@@ -96,33 +81,38 @@ impl Reads {
         .await?;
         Ok(Self { tx, xmin })
     }
+}
 
-    pub async fn finish(self) -> Result<(), Error> {
+impl SourceReads for Reads {
+    fn xmin(&self) -> i64 {
+        self.xmin
+    }
+
+    /// Exports this transaction's snapshot, so other connections read exactly the same state
+    /// ([`Source::begin_at`]): loading runs on several connections at once.
+    async fn export(&mut self) -> Result<String, Error> {
+        Ok(sqlx::query_scalar!(r#"select pg_export_snapshot() as "id!""#)
+            .fetch_one(&mut *self.tx)
+            .await?)
+    }
+
+    async fn finish(self) -> Result<(), Error> {
         self.tx.commit().await?;
         Ok(())
     }
 
     /// The tenant's erasure counter (`tenants.erasures`).
-    pub async fn erasures(&mut self, tenant: TenantId) -> Result<i64, Error> {
+    async fn erasures(&mut self, tenant: TenantId) -> Result<i64, Error> {
         super::tenants::erasures(&mut self.tx, tenant).await
     }
 
     /// The erasures of `tenant` after the `seen`-th (`tenants.erasures` counts them).
-    pub async fn erasures_after(
-        &mut self,
-        tenant: TenantId,
-        seen: i64,
-    ) -> Result<Vec<super::tenants::ErasureLog>, Error> {
+    async fn erasures_after(&mut self, tenant: TenantId, seen: i64) -> Result<Vec<ErasureLog>, Error> {
         super::tenants::erasures_after(&mut self.tx, tenant, seen).await
     }
 
-    /// Where each day's conversations lie in time (a tenant's first query).
-    pub async fn days(&mut self, tenant: TenantId) -> Result<Vec<DayRows>, Error> {
-        self.days_among(tenant, None).await
-    }
-
-    /// [`Reads::days`] of the days `only` (all days when `None`).
-    pub async fn days_among(
+    /// Where each day's conversations lie in time: the days `only`, or all.
+    async fn days_among(
         &mut self,
         tenant: TenantId,
         only: Option<&[NaiveDate]>,
@@ -145,11 +135,7 @@ impl Reads {
     }
 
     /// Conversations written by transactions at or after `xmin`.
-    pub async fn changed_since(
-        &mut self,
-        tenant: TenantId,
-        xmin: i64,
-    ) -> Result<Vec<StoredConversation>, Error> {
+    async fn changed_since(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<StoredConversation>, Error> {
         Ok(sqlx::query_as!(
             StoredConversation,
             r#"select segment_day as day, conversation_id, record as "record!" from conversations
@@ -162,7 +148,7 @@ impl Reads {
     }
 
     /// The persisted segments of `days`.
-    pub async fn snapshots(
+    async fn snapshots(
         &mut self,
         tenant: TenantId,
         days: &[NaiveDate],
@@ -179,7 +165,7 @@ impl Reads {
     }
 
     /// The conversations of each day written at or after its xmin (0 = every conversation).
-    pub async fn days_since(
+    async fn days_since(
         &mut self,
         tenant: TenantId,
         days: &[(NaiveDate, i64)],
@@ -201,7 +187,7 @@ impl Reads {
     }
 
     /// Presence and conversion events written at or after `xmin` (0 = all).
-    pub async fn side_events(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<SideEvent>, Error> {
+    async fn side_events(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<SideEvent>, Error> {
         let rows = sqlx::query!(
             r#"select event_id, occurred_at, payload as "payload: Json<Payload>",
                       ingest_xid::text::bigint as "ingest_xid!" from events
@@ -226,10 +212,7 @@ impl Reads {
 
 /// Tenants whose snapshots were written since `since` (their data was queried recently), with
 /// their latest snapshot day, most recently written first.
-pub async fn recently_queried(
-    pool: &PgPool,
-    since: DateTime<Utc>,
-) -> Result<Vec<(TenantId, NaiveDate)>, Error> {
+async fn recently_queried(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<(TenantId, NaiveDate)>, Error> {
     let rows = sqlx::query!(
         r#"select tenant_id, max(segment_day) as "day!" from segments where written_at > $1
            group by tenant_id order by max(written_at) desc"#,
@@ -240,21 +223,11 @@ pub async fn recently_queried(
     Ok(rows.into_iter().map(|r| (TenantId(r.tenant_id), r.day)).collect())
 }
 
-/// What a snapshot is of.
-#[derive(Debug, Clone, Copy)]
-pub struct Snapshot {
-    pub day: NaiveDate,
-    /// The segment holds every change of transactions older than this xmin.
-    pub built_xmin: i64,
-    /// The tenant's erasure counter the segment was read under.
-    pub erasures: i64,
-}
-
 /// Persists a segment unless a snapshot built at a later xmin is already stored (another replica
 /// may have written one meanwhile) or a customer was erased since the segment was read. The
 /// tenant row is read `for share`: an erasure (which updates it first) waits for this insert and
 /// then deletes it, or this insert waits for the erasure and then sees the new counter.
-pub async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
+async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
     sqlx::query!(
         "insert into segments (tenant_id, segment_day, built_xmin, body) \
          select $1, $2, $3::text::xid8, $4 from tenants \

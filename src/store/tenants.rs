@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+pub use crate::engine::source::ErasureLog;
+
 use crate::domain::{
     Error,
     tenant::{NewApiKey, Scope, TenantId, generate_key, key_id},
@@ -255,14 +257,6 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
         events,
         conversions,
     })
-}
-
-/// What one logged erasure of a tenant changed (see [`erase_customer`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErasureLog {
-    pub erasure: i64,
-    pub days: Vec<chrono::NaiveDate>,
-    pub conversions: i64,
 }
 
 /// The logged erasures of `tenant` after the `seen`-th, in order.

@@ -25,28 +25,25 @@ use std::{
 
 use chrono::NaiveDate;
 use moka::sync::Cache;
-use sqlx::PgPool;
 use tokio::sync::{Mutex, OwnedMutexGuard, Semaphore};
 
-use super::schedule::Lane;
-use crate::{
-    domain::{
-        Error,
-        event::Payload,
-        facts::ConversationFacts,
-        tenant::TenantId,
-        time::{OPEN_END, Span, micros},
+use super::{
+    intern::Interner,
+    kpi::{
+        ConversionRec, Data, PresenceChange, Reads,
+        partial::{Changes, Partial, PartialKey, PartialStore},
     },
-    engine::{
-        intern::Interner,
-        kpi::{
-            ConversionRec, Data, PresenceChange, Reads,
-            partial::{Changes, Partial, PartialKey, PartialStore},
-        },
-        record,
-        segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
-    },
-    store::segments::{self as store, SideEvent, StoredConversation},
+    record,
+    schedule::{Lane, Scheduler},
+    segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
+    source::{DayRows, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSnapshot},
+};
+use crate::domain::{
+    Error,
+    event::Payload,
+    facts::ConversationFacts,
+    tenant::TenantId,
+    time::{OPEN_END, Span, micros},
 };
 
 /// Connections reading a tenant's days at once when they are loaded.
@@ -176,9 +173,9 @@ fn write(lock: &RwLock<Interner>) -> std::sync::RwLockWriteGuard<'_, Interner> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The cache of every tenant's query data.
-pub struct QueryCache {
-    pool: PgPool,
+/// The cache of every tenant's query data, read from `S`.
+pub struct QueryCache<S> {
+    source: S,
     budget: u64,
     entries: Cache<Key, Value>,
     generations: AtomicU64,
@@ -186,9 +183,9 @@ pub struct QueryCache {
     snapshot_writes: Arc<Semaphore>,
 }
 
-impl QueryCache {
-    /// A cache holding at most `budget` bytes of query data.
-    pub fn new(pool: PgPool, budget: u64) -> Arc<Self> {
+impl<S: Source> QueryCache<S> {
+    /// A cache of the data of `source` holding at most `budget` bytes.
+    pub fn new(source: S, budget: u64) -> Arc<Self> {
         let entries = Cache::builder()
             .max_capacity(budget)
             // Least recently used goes first. (moka's default, TinyLFU, admits a new entry only
@@ -200,7 +197,7 @@ impl QueryCache {
             .support_invalidation_closures()
             .build();
         Arc::new(Self {
-            pool,
+            source,
             budget,
             entries,
             generations: AtomicU64::new(1),
@@ -238,7 +235,7 @@ impl QueryCache {
         }
         let started = Instant::now();
         let since = chrono::Utc::now() - chrono::Duration::days(1);
-        let tenants = match store::recently_queried(&self.pool, since).await {
+        let tenants = match self.source.recently_queried(since).await {
             Ok(t) => t,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list tenants to warm up");
@@ -343,8 +340,8 @@ impl QueryCache {
         reads: &Reads,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
-        let mut db = store::Reads::begin(&self.pool).await?;
-        let xmin = db.xmin;
+        let mut db = self.source.begin().await?;
+        let xmin = db.xmin();
         let (state, news) = self.read_news(state, &mut db).await?;
         let cache = self.clone();
         let reads = reads.clone();
@@ -387,10 +384,10 @@ impl QueryCache {
     async fn read_news(
         &self,
         mut state: OwnedMutexGuard<TenantState>,
-        db: &mut store::Reads,
+        db: &mut S::Reads,
     ) -> Result<(OwnedMutexGuard<TenantState>, News), Error> {
         let tenant = state.tenant;
-        let xmin = db.xmin;
+        let xmin = db.xmin();
         let erasures = db.erasures(tenant).await?;
         let mut erased = Erased::default();
         if let Some(seen) = state.erasures.filter(|seen| *seen != erasures) {
@@ -414,10 +411,10 @@ impl QueryCache {
                 erased,
             },
             None => {
-                let days = db.days(tenant).await?;
-                let (pool, exported) = (self.pool.clone(), db.export().await?);
+                let days = db.days_among(tenant, None).await?;
+                let (source, exported) = (self.source.clone(), db.export().await?);
                 let reading = tokio::spawn(async move {
-                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
+                    let mut r = source.begin_at(&exported, xmin).await?;
                     let events = r.side_events(tenant, 0).await?;
                     r.finish().await?;
                     Ok::<_, Error>(events)
@@ -514,7 +511,7 @@ impl QueryCache {
     /// does not cover them all.
     async fn erased_since(
         &self,
-        db: &mut store::Reads,
+        db: &mut S::Reads,
         tenant: TenantId,
         seen: i64,
         erasures: i64,
@@ -551,7 +548,7 @@ impl QueryCache {
 
     /// Drops the cached segments of `days` and takes their bounds as read now (`rebuilt`; a day
     /// without conversations left has none): the days are loaded again from their records.
-    fn forget_days(&self, state: &mut TenantState, days: &[NaiveDate], rebuilt: Vec<store::DayRows>) {
+    fn forget_days(&self, state: &mut TenantState, days: &[NaiveDate], rebuilt: Vec<DayRows>) {
         for day in days {
             self.entries
                 .invalidate(&Key::Segment(state.tenant, state.generation, *day));
@@ -678,11 +675,11 @@ impl QueryCache {
     async fn load(
         self: &Arc<Self>,
         mut state: OwnedMutexGuard<TenantState>,
-        db: &mut store::Reads,
+        db: &mut S::Reads,
         days: Vec<NaiveDate>,
     ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
         let tenant = state.tenant;
-        let xmin = db.xmin;
+        let xmin = db.xmin();
         let exported = db.export().await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared, Error>>(2);
         // Two readers, each taking every other day: PostgreSQL reads one day while another is
@@ -691,11 +688,11 @@ impl QueryCache {
         let worker = WORKER.try_with(Clone::clone).ok();
         for part in 0..READERS {
             let days: Vec<NaiveDate> = days.iter().copied().skip(part).step_by(READERS).collect();
-            let (pool, exported, tx) = (self.pool.clone(), exported.clone(), tx.clone());
+            let (source, exported, tx) = (self.source.clone(), exported.clone(), tx.clone());
             let worker = worker.clone();
             readers.push(tokio::spawn(async move {
                 let read = async {
-                    let mut r = store::Reads::begin_at(&pool, &exported, xmin).await?;
+                    let mut r = source.begin_at(&exported, xmin).await?;
                     for day in days {
                         let snapshot = r.snapshots(tenant, &[day]).await?.pop();
                         let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
@@ -799,7 +796,7 @@ impl QueryCache {
             let erasures = state.erasures.unwrap_or(0);
             // Background work: encoded on the bulk lane (lowest priority) and charged to the
             // tenant, so persisting a freshly built history does not slow other tenants'
-            // dashboards (app/schedule.rs).
+            // dashboards (engine/schedule.rs).
             let worker = WORKER.try_with(Clone::clone).ok();
             tokio::spawn(async move {
                 let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
@@ -818,12 +815,12 @@ impl QueryCache {
                 };
                 let result = match encoded {
                     Ok(body) => {
-                        let snapshot = store::Snapshot {
+                        let snapshot = Snapshot {
                             day: seg.day,
                             built_xmin: seg.as_of,
                             erasures,
                         };
-                        store::save_snapshot(&cache.pool, tenant, &snapshot, &body).await
+                        cache.source.save_snapshot(tenant, &snapshot, &body).await
                     }
                     Err(err) => Err(Error::Internal(anyhow::Error::new(err))),
                 };
@@ -838,7 +835,7 @@ impl QueryCache {
     }
 }
 
-impl QueryCache {
+impl<S: Source> QueryCache<S> {
     /// Drops the kept totals of `tenant`: after a settings change none of them can be used again
     /// (the settings are part of their shape), and they would hold the budget until evicted.
     pub async fn forget_totals(&self, tenant: TenantId) {
@@ -855,7 +852,7 @@ impl QueryCache {
     }
 }
 
-impl PartialStore for QueryCache {
+impl<S: Source> PartialStore for QueryCache<S> {
     fn get(&self, key: &PartialKey) -> Option<Arc<Partial>> {
         match self.entries.get(&Key::Partial(key.clone())) {
             Some(Value::Partial(p)) => Some(p),
@@ -870,7 +867,7 @@ impl PartialStore for QueryCache {
 
 impl TenantState {
     /// The day bounds of a tenant's first refresh.
-    fn set_days(&mut self, days: Vec<store::DayRows>) {
+    fn set_days(&mut self, days: Vec<DayRows>) {
         self.days = bounds_of(days).collect();
     }
 
@@ -946,7 +943,7 @@ impl TenantState {
 }
 
 /// The bounds of days as read from the database.
-fn bounds_of(days: Vec<store::DayRows>) -> impl Iterator<Item = (NaiveDate, Bounds)> {
+fn bounds_of(days: Vec<DayRows>) -> impl Iterator<Item = (NaiveDate, Bounds)> {
     days.into_iter().map(|d| {
         let bounds = Bounds {
             rows: usize::try_from(d.rows).unwrap_or(usize::MAX),
@@ -971,7 +968,7 @@ struct Erased {
     everything: bool,
     /// The days that lost conversations, and their bounds now.
     days: Vec<NaiveDate>,
-    rebuilt: Option<Vec<store::DayRows>>,
+    rebuilt: Option<Vec<DayRows>>,
     /// Conversions were deleted: presence and conversions are read again.
     conversions: bool,
 }
@@ -1002,7 +999,7 @@ type SideReading = tokio::task::JoinHandle<Result<Vec<SideEvent>, Error>>;
 struct News {
     changed: Vec<StoredConversation>,
     /// Every day with its bounds, on a first refresh.
-    days: Option<Vec<store::DayRows>>,
+    days: Option<Vec<DayRows>>,
     side: SideEvents,
     erased: Erased,
 }
@@ -1017,7 +1014,7 @@ struct Prepared {
 /// Parses a day's snapshot and decodes its records (no tenant state needed).
 fn prepare(
     day: NaiveDate,
-    snapshot: Option<store::StoredSnapshot>,
+    snapshot: Option<StoredSnapshot>,
     rows: Vec<StoredConversation>,
 ) -> Result<Prepared, Error> {
     Ok(Prepared {
@@ -1036,9 +1033,9 @@ fn decode_all(rows: &[StoredConversation]) -> Result<Vec<ConversationFacts>, Err
 tokio::task_local! {
     /// The scheduler and tenant a refresh works for: its CPU work (decoding records, building
     /// segments) runs on that tenant's lane and is charged to it, like its computations
-    /// (app/schedule.rs), so a tenant whose history is being loaded for the first time slows
+    /// (engine/schedule.rs), so a tenant whose history is being loaded for the first time slows
     /// its neighbours no more than one asking many questions.
-    pub static WORKER: (Arc<super::schedule::Scheduler>, crate::domain::tenant::TenantId);
+    pub static WORKER: (Arc<Scheduler>, TenantId);
 }
 
 /// Runs CPU work off the async threads, on the lane of the [`WORKER`] the task works for (when

@@ -847,20 +847,27 @@ fn served(id: &str, customer: &str, at: i64, agent: &str) -> crate::domain::fact
         .facts()
 }
 
-#[test]
-fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
-    // 3 days of 150 conversations (3 chunks of 64 rows each, in tests), customers reused so
-    // repeat contacts exist.
+/// `days` days of `per_day` served conversations each, 300 s apart from midnight, of
+/// `customers` customers in turn (so customers come back: repeat contacts) and three agents.
+fn served_days(days: i64, per_day: i64, customers: i64) -> Dataset {
     let mut ds = Dataset::new();
-    for i in 0..450 {
+    for i in 0..days * per_day {
         ds.upsert(&served(
             &format!("c{i:03}"),
-            &format!("cust{}", i % 40),
-            (i / 150) * DAY + (i % 150) * 300,
+            &format!("cust{}", i % customers),
+            (i / per_day) * DAY + (i % per_day) * 300,
             &format!("ann{}", i % 3),
         ));
     }
     ds.finish();
+    ds
+}
+
+#[test]
+fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
+    // 3 days of 150 conversations (3 chunks of 64 rows each, in tests), customers reused so
+    // repeat contacts exist.
+    let ds = served_days(3, 150, 40);
     let q = Query::new(Window::new(t(-DAY), t(5 * DAY)).unwrap());
     let store = MapStore::default();
     let mut data = ds.data().clone();
@@ -934,16 +941,7 @@ fn a_changed_day_computes_its_changed_chunks_again_and_reuses_the_others() {
 #[test]
 fn a_day_that_keeps_receiving_conversations_leaves_no_stale_totals_behind() {
     // 2 days of 100 conversations; new conversations stream into the second one.
-    let mut ds = Dataset::new();
-    for i in 0..200 {
-        ds.upsert(&served(
-            &format!("c{i:03}"),
-            &format!("cust{}", i % 30),
-            (i / 100) * DAY + (i % 100) * 600,
-            &format!("ann{}", i % 3),
-        ));
-    }
-    ds.finish();
+    let ds = served_days(2, 100, 30);
     let q = Query::new(Window::new(t(-DAY), t(3 * DAY)).unwrap());
     let store = MapStore::default();
     let mut data = ds.data().clone();

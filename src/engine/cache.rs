@@ -1,5 +1,6 @@
 //! The query cache: each tenant's day segments, names, presence and conversions in memory,
-//! within one byte budget, brought up to date with PostgreSQL before every query.
+//! within one byte budget, brought up to date with the event store (a [`Source`]) before every
+//! query.
 //!
 //! A query asks for a [`View`] with the [`Reads`] of its computation. Under the tenant's refresh
 //! lock, in one read-only repeatable-read transaction, the cache

@@ -513,8 +513,8 @@ impl Computation<'_> {
     }
 
     /// Whether a segment's totals are likely to change again soon: what its totals read (a
-    /// repeat or attribution window after its items) reaches the tenant's newest day, where
-    /// new openings and conversions arrive. Such a segment's chunks are kept with its totals,
+    /// repeat or attribution window after its items) reaches the tenant's newest opening, where
+    /// new openings and conversions arrive (a day's last event may lie days after it). Such a segment's chunks are kept with its totals,
     /// so a change computes only the chunks it touches; an older day's totals are kept whole
     /// (its rare change, such as an open conversation resolved late, computes the day again),
     /// which halves what its totals hold in memory.

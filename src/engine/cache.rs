@@ -154,6 +154,7 @@ impl TenantState {
             + self.conversions.capacity() * std::mem::size_of::<ConversionRec>()
             + self.days.len() * 96
             + self.recent_side_events.len() * 64
+            + self.changes.heap_bytes()
     }
 
     /// The tenant id of symbol `name`; the shared table is copied only for a new name.

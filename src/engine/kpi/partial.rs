@@ -234,6 +234,11 @@ impl Changes {
         self.version
     }
 
+    /// Heap bytes held (up to 16 MiB of logged changes, [`MAX_LOGGED`]).
+    pub fn heap_bytes(&self) -> usize {
+        self.logged * std::mem::size_of::<(u32, Micros)>() + self.log.len() * std::mem::size_of::<Change>()
+    }
+
     /// A change the log cannot describe customer by customer (an erasure, a day whose previous
     /// rows are not known): every totals computed before it are stale.
     pub fn reset(&mut self) -> u64 {

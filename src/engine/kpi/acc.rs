@@ -19,7 +19,7 @@ use crate::engine::{
 };
 
 /// Running totals of one group (the inputs of [`super::finish`]).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Acc {
     pub conversations: u64,
     pub messages: MessageTotals,
@@ -67,7 +67,7 @@ pub(super) struct Acc {
 }
 
 /// SLA clocks of one metric judged in a group.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct SlaAcc {
     pub achieved: u64,
     pub breached: u64,
@@ -311,7 +311,7 @@ impl Budget {
 
 /// The groups of one part of a computation, with the last used group cached: consecutive items
 /// of one conversation usually land in the same group.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Groups {
     index: HashMap<GroupKey, usize>,
     accs: Vec<(GroupKey, Acc)>,
@@ -348,6 +348,24 @@ impl Groups {
             }
         };
         &mut self.accs[i].1
+    }
+
+    /// Moves one resolution counted in group `key` to the verdict `repeat` (docs/metrics.md §5:
+    /// a repeat contact is not first-contact resolved; a reopened one never is): see
+    /// [`super::ledger`].
+    pub fn rejudge(&mut self, key: GroupKey, reopened: bool, repeat: bool) {
+        let a = self.get(key);
+        if repeat {
+            a.repeat += 1;
+            if !reopened {
+                a.fcr = a.fcr.saturating_sub(1);
+            }
+        } else {
+            a.repeat = a.repeat.saturating_sub(1);
+            if !reopened {
+                a.fcr += 1;
+            }
+        }
     }
 
     /// Charges `bytes` more to the budget.

@@ -130,14 +130,25 @@ impl Joins {
     /// contact: when its own `opened_at` is in that range (a `conversation_opened` stamped
     /// after the resolution) it is counted out.
     pub fn repeat(&self, customer: u32, resolved_at: Micros, own_opened_at: Micros) -> bool {
+        self.repeat_given(customer, resolved_at, self.own_inside(resolved_at, own_opened_at))
+    }
+
+    /// Whether a conversation opened at `own_opened_at` lies in the repeat range of its own
+    /// resolution at `resolved_at` (then it is counted out of [`Joins::repeat`]).
+    pub fn own_inside(&self, resolved_at: Micros, own_opened_at: Micros) -> bool {
+        let limit = resolved_at.saturating_add(self.repeat_window);
+        resolved_at < own_opened_at && own_opened_at <= limit
+    }
+
+    /// [`Joins::repeat`], told whether the conversation's own opening is in the range.
+    pub fn repeat_given(&self, customer: u32, resolved_at: Micros, own_inside: bool) -> bool {
         if self.repeat_window == 0 || customer == 0 {
             return false;
         }
         let limit = resolved_at.saturating_add(self.repeat_window);
         let opens = self.opens.of(customer);
         let inside = opens.iter().filter(|t| resolved_at < **t && **t <= limit).count();
-        let own = usize::from(resolved_at < own_opened_at && own_opened_at <= limit);
-        inside > own
+        inside > usize::from(own_inside)
     }
 
     /// Appends the conversions of `customer` in `[opened_at, opened_at + attribution_window]`

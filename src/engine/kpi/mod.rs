@@ -22,6 +22,7 @@ mod acc;
 mod filter;
 pub mod finish;
 mod joins;
+mod ledger;
 pub mod live;
 pub mod partial;
 mod route;
@@ -327,6 +328,7 @@ impl Computation<'_> {
         let segments = &self.data.segments;
         let Plan {
             cached,
+            corrections,
             days,
             chunks,
             parts,
@@ -339,19 +341,23 @@ impl Computation<'_> {
             .iter()
             .map(|(s, rows, select)| (*s, rows.clone(), *select))
             .chain(chunks.iter().map(|c| (c.segment, c.rows.clone(), c.select)));
-        let _ = scan
-            .asked_customers
-            .set(customers_of(segments, scanned, self.data.customers));
+        let mut asked = customers_of(segments, scanned, self.data.customers);
+        for c in corrections.iter().flat_map(|c| &c.customers) {
+            set_bit(&mut asked, *c);
+        }
+        let _ = scan.asked_customers.set(asked);
         tracing::debug!(
             ?grouping,
             kept = cached.len(),
+            corrected = corrections.len(),
             rebuilt = days.len(),
             computed_chunks = chunks.len(),
             computed_rows = chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
             scanned_parts = parts.len(),
             "computation plan"
         );
-        let computed = self.keep_totals(scan, days, chunks)?;
+        let corrected = self.correct(scan, &corrections);
+        let computed = self.keep_totals(scan, days, chunks, &corrected)?;
         let scanned = self.scan_in_parts(scan, parts)?;
         if scan.budget.exceeded() {
             return Err(Error::ResourceExhausted {
@@ -363,9 +369,20 @@ impl Computation<'_> {
                 retry_after: None,
             });
         }
+        let whole_days = corrected
+            .iter()
+            .zip(&corrections)
+            .filter(|(_, c)| c.whole_day)
+            .map(|(p, _)| p);
         let all: Vec<&Groups> = scanned
             .iter()
-            .chain(cached.iter().chain(&computed).map(|p| &p.groups))
+            .chain(
+                cached
+                    .iter()
+                    .chain(&computed)
+                    .chain(whole_days)
+                    .map(|p| &p.groups),
+            )
             .collect();
         self.cancel.check()?;
         Ok(Groups::merge_all(&all))
@@ -435,9 +452,10 @@ impl Computation<'_> {
         rows: impl Fn(usize) -> KeptRows,
     ) {
         let seg = &self.data.segments[s];
-        if let Some(p) = self.kept(&key, seg.version, kept) {
-            plan.cached.push(p);
-            return;
+        match self.kept(&key, seg.version, kept) {
+            Kept::Current(p) => return plan.cached.push(p),
+            Kept::Stale(stale) => return plan.corrections.push(stale.into_correction(key, true)),
+            Kept::No => {}
         }
         let mut build = DayBuild {
             key,
@@ -488,8 +506,12 @@ impl Computation<'_> {
                 ..build.key.clone()
             };
             match self.kept(&key, version, kept) {
-                Some(p) => build.chunks.push(ChunkTotals::Kept(p)),
-                None => {
+                Kept::Current(p) => build.chunks.push(ChunkTotals::Kept(p)),
+                Kept::Stale(stale) => {
+                    build.chunks.push(ChunkTotals::Corrected(plan.corrections.len()));
+                    plan.corrections.push(stale.into_correction(key, false));
+                }
+                Kept::No => {
                     build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
                     plan.chunks.push(ChunkTask {
                         segment: s,
@@ -504,12 +526,47 @@ impl Computation<'_> {
         }
     }
 
-    /// The totals kept under `key`, when they are of version `from` of the rows `kept` and no
-    /// customer they read changed since.
-    fn kept(&self, key: &PartialKey, from: u64, kept: KeptRows) -> Option<Arc<Partial>> {
-        self.partials?
-            .get(key)
-            .filter(|p| p.is_of(from, kept) && self.data.changes.still_valid(p))
+    /// The totals kept under `key`, when they are of version `from` of the rows `kept`: current
+    /// when no customer they read changed since, to correct when only returning customers'
+    /// openings did and their verdicts were kept ([`ledger`]).
+    fn kept(&self, key: &PartialKey, from: u64, kept: KeptRows) -> Kept {
+        let Some(p) = self
+            .partials
+            .and_then(|store| store.get(key))
+            .filter(|p| p.is_of(from, kept))
+        else {
+            return Kept::No;
+        };
+        match (self.data.changes.stale_openings(&p), &p.ledgers) {
+            (Some(customers), _) if customers.is_empty() => Kept::Current(p),
+            (Some(customers), Some(ledgers)) => Kept::Stale(Stale {
+                ledgers: ledgers.clone(),
+                partial: p,
+                customers,
+            }),
+            _ => Kept::No,
+        }
+    }
+
+    /// Judges the corrections' verdicts again (the lookups hold their customers) and keeps the
+    /// corrected totals.
+    fn correct(&self, scan: &Scan<'_>, corrections: &[Correction]) -> Vec<Arc<Partial>> {
+        let repeat =
+            |customer, resolved_at, own_inside| scan.joins.repeat_given(customer, resolved_at, own_inside);
+        corrections
+            .par_iter()
+            .map(|c| {
+                let stale = &c.stale;
+                let partial = Arc::new(stale.partial.corrected(
+                    &stale.ledgers,
+                    &c.customers,
+                    repeat,
+                    self.data.changes.version,
+                ));
+                self.keep(c.key.clone(), &partial, scan);
+                partial
+            })
+            .collect()
     }
 
     /// Whether a segment's totals are likely to change again soon: what its totals read (a
@@ -565,6 +622,7 @@ impl Computation<'_> {
         scan: &Scan<'_>,
         days: Vec<DayBuild>,
         chunks: Vec<ChunkTask>,
+        corrected: &[Arc<Partial>],
     ) -> Result<Vec<Arc<Partial>>, Error> {
         let computed: Vec<Arc<Partial>> = chunks
             .into_par_iter()
@@ -572,10 +630,16 @@ impl Computation<'_> {
                 self.cancel.check()?;
                 let seg = &self.data.segments[task.segment];
                 let mut groups = Groups::charging(&scan.budget);
-                let mut scratch = scan::Scratch::default();
+                // Kept chunks are of days where customers still return: their verdicts are
+                // kept to be corrected ([`ledger`]).
+                let mut scratch = if task.key.is_some() {
+                    scan::Scratch::judging()
+                } else {
+                    scan::Scratch::default()
+                };
                 scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
                 groups.shrink(crate::engine::stats::BIN_CHUNK_FROM);
-                let (openings, conversions) = scratch.customers_read();
+                let (openings, conversions, ledger) = scratch.customers_read();
                 let partial = Arc::new(Partial {
                     groups,
                     from: task.version,
@@ -583,6 +647,7 @@ impl Computation<'_> {
                     at: self.data.changes.version,
                     openings,
                     conversions,
+                    ledgers: ledger.map(|l| vec![l]),
                 });
                 if let Some(key) = task.key {
                     self.keep(key, &partial, scan);
@@ -597,6 +662,7 @@ impl Computation<'_> {
                     .into_iter()
                     .map(|c| match c {
                         ChunkTotals::Kept(p) => p,
+                        ChunkTotals::Corrected(i) => corrected[i].clone(),
                         ChunkTotals::Computed(i) => computed[i].clone(),
                     })
                     .collect();
@@ -647,11 +713,48 @@ struct Keepable {
     end: Micros,
 }
 
+/// What the partial store holds for a slot ([`Computation::kept`]).
+enum Kept {
+    Current(Arc<Partial>),
+    Stale(Stale),
+    No,
+}
+
+/// Kept totals that returning customers' openings made stale, with their verdicts.
+struct Stale {
+    partial: Arc<Partial>,
+    ledgers: Vec<Arc<ledger::Ledger>>,
+    /// Whose openings changed (sorted).
+    customers: Vec<u32>,
+}
+
+impl Stale {
+    fn into_correction(self, key: PartialKey, whole_day: bool) -> Correction {
+        Correction {
+            customers: self.customers.clone(),
+            stale: self,
+            key,
+            whole_day,
+        }
+    }
+}
+
+/// Kept totals to correct and keep again under `key`.
+struct Correction {
+    stale: Stale,
+    customers: Vec<u32>,
+    key: PartialKey,
+    /// A segment's totals (used as they are), not a chunk's (merged into its day's).
+    whole_day: bool,
+}
+
 /// Where one computation's totals come from, segment by segment.
 #[derive(Default)]
 struct Plan {
     /// Kept totals found in the partial store.
     cached: Vec<Arc<Partial>>,
+    /// Kept totals to correct for returning customers.
+    corrections: Vec<Correction>,
     /// Segments' totals to build from their chunks and keep.
     days: Vec<DayBuild>,
     /// Chunks' totals to compute.
@@ -669,9 +772,11 @@ struct DayBuild {
     chunks: Vec<ChunkTotals>,
 }
 
-/// One chunk's totals: kept, or computed by [`Plan::chunks`]`[i]`.
+/// One chunk's totals: kept, corrected by [`Plan::corrections`]`[i]` or computed by
+/// [`Plan::chunks`]`[i]`.
 enum ChunkTotals {
     Kept(Arc<Partial>),
+    Corrected(usize),
     Computed(usize),
 }
 
@@ -698,15 +803,20 @@ fn customers_of(
     for (s, rows, select) in parts {
         let seg = &segments[s];
         for row in rows.filter(|row| select.takes(seg, *row)) {
-            let c = seg.customer[row] as usize;
             // Every scanned customer must be in the set (a lookup leaves the others out).
-            if c / 64 >= bits.len() {
-                bits.resize(c / 64 + 1, 0);
-            }
-            bits[c / 64] |= 1 << (c % 64);
+            set_bit(&mut bits, seg.customer[row]);
         }
     }
     bits
+}
+
+/// Adds customer `c` to a set of one bit per customer id.
+fn set_bit(bits: &mut Vec<u64>, c: u32) {
+    let c = c as usize;
+    if c / 64 >= bits.len() {
+        bits.resize(c / 64 + 1, 0);
+    }
+    bits[c / 64] |= 1 << (c % 64);
 }
 
 /// The window whose customers retention compares with (docs/metrics.md §5: the window of the same

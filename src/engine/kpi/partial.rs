@@ -31,13 +31,15 @@
 //! when: totals are reused while no customer they read changed inside the span they read. So a
 //! tenant streaming new conversations into its newest day invalidates the totals of that day's
 //! changed chunks and of the chunks where its returning customers were resolved in the last
-//! week, not of every day whose lookahead reaches the newest one.
+//! week, not of every day whose lookahead reaches the newest one. Totals of days where customers
+//! still return keep their repeat-contact verdicts ([`super::ledger`]): when only openings they
+//! read changed, they are corrected for those customers instead ([`Partial::corrected`]).
 
 use std::{collections::VecDeque, sync::Arc};
 
 use chrono::NaiveDate;
 
-use super::acc::Groups;
+use super::{acc::Groups, ledger::Ledger};
 use crate::domain::time::{Micros, Span};
 
 /// A segment's totals for one question shape, and what they read beyond the segment.
@@ -54,6 +56,11 @@ pub struct Partial {
     pub(super) openings: Read,
     /// Customers whose conversions attribution read, and when.
     pub(super) conversions: Read,
+    /// Every repeat-contact verdict the totals counted, one ledger per chunk, when kept (totals
+    /// of days where customers still return): then a change of openings corrects the totals
+    /// ([`Partial::corrected`]) instead of making them stale. Shared with the chunks' own
+    /// totals.
+    pub(super) ledgers: Option<Vec<Arc<Ledger>>>,
 }
 
 /// Customers (sorted) whose items in a span of time some totals read.
@@ -111,6 +118,40 @@ impl Partial {
             at,
             openings: Read::union(parts.iter().map(|p| p.openings.clone())),
             conversions: Read::union(parts.iter().map(|p| p.conversions.clone())),
+            ledgers: parts
+                .iter()
+                .map(|p| p.ledgers.clone())
+                .collect::<Option<Vec<_>>>()
+                .map(|ledgers| ledgers.concat()),
+        }
+    }
+
+    /// These totals, whose verdicts are `ledgers` (their own), with the repeat-contact verdicts
+    /// of `customers` (sorted) judged again by `repeat(customer, resolved_at, own opening
+    /// inside)` ([`super::ledger`]), valid at `at`.
+    pub(super) fn corrected(
+        &self,
+        ledgers: &[Arc<Ledger>],
+        customers: &[u32],
+        repeat: impl Fn(u32, Micros, bool) -> bool,
+        at: u64,
+    ) -> Partial {
+        let mut groups = self.groups.clone();
+        let ledgers = ledgers
+            .iter()
+            .map(|l| match l.rejudge(customers, &repeat, &mut groups) {
+                Some(new) => Arc::new(new),
+                None => l.clone(),
+            })
+            .collect();
+        Partial {
+            groups,
+            from: self.from,
+            rows: self.rows,
+            at,
+            openings: self.openings.clone(),
+            conversions: self.conversions.clone(),
+            ledgers: Some(ledgers),
         }
     }
 
@@ -119,10 +160,17 @@ impl Partial {
         self.from == from && self.rows == rows
     }
 
-    /// Heap bytes held (for the cache's budget).
+    /// Heap bytes held (for the cache's budget). Ledgers shared with the chunks' totals are
+    /// counted in each: the budget errs on the side of holding less.
     pub fn heap_bytes(&self) -> usize {
         self.groups.heap_bytes()
             + (self.openings.customers.capacity() + self.conversions.customers.capacity()) * 4
+            + self
+                .ledgers
+                .iter()
+                .flatten()
+                .map(|l| l.heap_bytes() + 16)
+                .sum::<usize>()
     }
 }
 
@@ -251,14 +299,34 @@ impl Changes {
 
     /// Whether `p` is still what its rows give: no opening or conversion it read changed since.
     pub fn still_valid(&self, p: &Partial) -> bool {
+        self.stale_openings(p)
+            .is_some_and(|customers| customers.is_empty())
+    }
+
+    /// The customers (sorted, distinct) whose openings `p` read changed since it was computed,
+    /// when nothing else it read changed (no conversion, no change the log forgot): judging
+    /// their verdicts again makes `p` current ([`Partial::corrected`]). `None`: `p` is stale
+    /// beyond that.
+    pub fn stale_openings(&self, p: &Partial) -> Option<Vec<u32>> {
         if p.at < self.covered_from || p.at > self.version {
-            return false;
+            return None;
         }
         let newer = self.log.partition_point(|c| c.version <= p.at);
-        self.log.range(newer..).all(|c| {
-            !c.openings.iter().any(|(cu, t)| p.openings.reads(*cu, *t))
-                && !c.conversions.iter().any(|(cu, t)| p.conversions.reads(*cu, *t))
-        })
+        let mut customers = Vec::new();
+        for c in self.log.range(newer..) {
+            if c.conversions.iter().any(|(cu, t)| p.conversions.reads(*cu, *t)) {
+                return None;
+            }
+            customers.extend(
+                c.openings
+                    .iter()
+                    .filter(|(cu, t)| p.openings.reads(*cu, *t))
+                    .map(|(cu, _)| *cu),
+            );
+        }
+        customers.sort_unstable();
+        customers.dedup();
+        Some(customers)
     }
 }
 
@@ -281,6 +349,7 @@ mod tests {
             at,
             openings,
             conversions,
+            ledgers: None,
         }
     }
 

@@ -26,7 +26,7 @@ use super::{
     acc::{Acc, Groups, TAG_BYTES},
     filter::Compiled,
     joins::Joins,
-    partial,
+    ledger, partial,
     route::Router,
 };
 use crate::domain::{
@@ -86,7 +86,8 @@ impl Select {
     }
 }
 
-/// Reusable buffers of one part, and the customers whose openings and conversions it read.
+/// Reusable buffers of one part, and the customers whose openings and conversions it read
+/// (and, for totals kept where customers return, the verdicts it judged).
 #[derive(Default)]
 pub(super) struct Scratch {
     conv: Conv,
@@ -100,6 +101,8 @@ pub(super) struct Scratch {
 pub(super) struct Read {
     openings: partial::Read,
     conversions: partial::Read,
+    /// The repeat-contact verdicts counted, when they are kept ([`super::ledger`]).
+    judged: Option<ledger::Builder>,
 }
 
 impl Default for Read {
@@ -107,6 +110,7 @@ impl Default for Read {
         Read {
             openings: partial::Read::nothing(),
             conversions: partial::Read::nothing(),
+            judged: None,
         }
     }
 }
@@ -119,18 +123,27 @@ fn note(read: &mut partial::Read, customer: u32, from: Micros, to: Micros) {
 }
 
 impl Scratch {
-    /// What the part read: openings and conversions, customers sorted and distinct.
-    pub fn customers_read(self) -> (partial::Read, partial::Read) {
+    /// A part's buffers that also note every repeat-contact verdict counted.
+    pub fn judging() -> Self {
+        let mut scratch = Scratch::default();
+        scratch.read.judged = Some(ledger::Builder::default());
+        scratch
+    }
+
+    /// What the part read: openings and conversions, customers sorted and distinct, and the
+    /// verdicts judged when noted ([`Scratch::judging`]).
+    pub fn customers_read(self) -> (partial::Read, partial::Read, Option<Arc<ledger::Ledger>>) {
         let Read {
             mut openings,
             mut conversions,
+            judged,
         } = self.read;
         for read in [&mut openings, &mut conversions] {
             read.customers.sort_unstable();
             read.customers.dedup();
             read.customers.shrink_to_fit();
         }
-        (openings, conversions)
+        (openings, conversions, judged.map(ledger::Builder::finish))
     }
 }
 
@@ -391,16 +404,27 @@ impl Scan<'_> {
         let Some(resolved_at) = c.resolved_at.filter(|t| self.window.contains(*t)) else {
             return;
         };
-        let repeat = self.joins.repeat(c.customer, resolved_at, c.opened_at);
-        if c.customer != 0 && self.repeat_window > 0 {
-            let end = resolved_at.saturating_add(self.repeat_window);
-            note(&mut read.openings, c.customer, resolved_at, end);
-        }
+        let own_inside = self.joins.own_inside(resolved_at, c.opened_at);
+        let repeat = self.joins.repeat_given(c.customer, resolved_at, own_inside);
         let seconds = self.comp.measure(Span {
             start: c.opened_at,
             end: resolved_at.max(c.opened_at),
         });
         self.router.route(c, resolved_at, c.agent, keys);
+        if c.customer != 0 && self.repeat_window > 0 {
+            let end = resolved_at.saturating_add(self.repeat_window);
+            note(&mut read.openings, c.customer, resolved_at, end);
+            if let Some(judged) = &mut read.judged {
+                let verdict = ledger::Verdict {
+                    customer: c.customer,
+                    resolved_at,
+                    own_inside,
+                    reopened: c.reopen_count > 0,
+                    repeat,
+                };
+                judged.note(verdict, keys);
+            }
+        }
         for k in keys.iter() {
             let a = groups.get(*k);
             a.resolved += 1;

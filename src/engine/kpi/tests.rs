@@ -975,3 +975,98 @@ fn a_day_that_keeps_receiving_conversations_leaves_no_stale_totals_behind() {
         assert_eq!(store.kept.lock().unwrap().len(), slots, "after change {n}");
     }
 }
+
+/// Streams `facts` into day segment `s` as of store position `as_of` and logs their openings.
+fn stream_in(
+    data: &mut Data,
+    customers: &mut crate::engine::intern::Interner,
+    s: usize,
+    facts: &[crate::domain::facts::ConversationFacts],
+    as_of: i64,
+) {
+    let mut symbols = (*data.symbols).clone();
+    let merged = data.segments[s].merge(facts, as_of, &mut |n| symbols.intern(n), customers);
+    data.segments[s] = Arc::new(merged);
+    data.symbols = Arc::new(symbols);
+    data.customers = customers.len();
+    let mut changes = (*data.changes).clone();
+    let openings = facts
+        .iter()
+        .map(|f| {
+            (
+                customers.get(f.customer_id.as_deref().unwrap_or("")).unwrap_or(0),
+                micros(f.opened_at),
+            )
+        })
+        .collect();
+    changes.record(openings, Vec::new());
+    data.changes = Arc::new(changes);
+}
+
+#[test]
+fn a_returning_customer_corrects_the_kept_totals_that_counted_them_instead_of_computing_them_again() {
+    // 3 days of 150 served conversations (chunks of 64 rows in tests), and two loyal customers
+    // served once: at the end of day 0 and early on day 2. Both come back late on day 2, so
+    // their first conversations become repeat contacts (default repeat window: 7 days).
+    let mut ds = Dataset::new();
+    for i in 0..450 {
+        let at = (i / 150) * DAY + (i % 150) * 300;
+        ds.upsert(&served(
+            &format!("c{i:03}"),
+            &format!("cust{}", i % 40),
+            at,
+            "ann0",
+        ));
+    }
+    ds.upsert(&served("loyal1-first", "loyal1", 50_000, "ann1"));
+    ds.upsert(&served("loyal2-first", "loyal2", 2 * DAY + 100, "ann2"));
+    ds.finish();
+    let q = Query::new(Window::new(t(-DAY), t(5 * DAY)).unwrap());
+    let store = MapStore::default();
+    let mut data = ds.data().clone();
+    let before = compute_with(&data, &q, &store);
+    let day0 = t(0).date_naive();
+    let kept_of_day0 = |store: &MapStore| -> Vec<(Slot, Arc<Partial>)> {
+        let kept = store.kept.lock().unwrap();
+        let mut of_day0: Vec<(Slot, Arc<Partial>)> = kept
+            .iter()
+            .filter(|(k, _)| matches!(k.slot, Slot::Day(d) | Slot::Chunk(d, _) if d == day0))
+            .map(|(k, p)| (k.slot, p.clone()))
+            .collect();
+        of_day0.sort_by_key(|(slot, _)| format!("{slot:?}"));
+        of_day0
+    };
+    let kept_before = kept_of_day0(&store);
+
+    let s = data
+        .segments
+        .iter()
+        .position(|seg| seg.day == t(2 * DAY).date_naive())
+        .unwrap();
+    let mut customers = ds.customers.clone();
+    let back = [
+        served("loyal1-back", "loyal1", 2 * DAY + 80_000, "ann1"),
+        served("loyal2-back", "loyal2", 2 * DAY + 80_060, "ann2"),
+    ];
+    stream_in(&mut data, &mut customers, s, &back, 1);
+    let after = compute_with(&data, &q, &MapStore::default());
+    assert_ne!(
+        before, after,
+        "the loyal customers' first conversations became repeat contacts"
+    );
+    assert_eq!(compute_with(&data, &q, &store), after);
+
+    // Day 0 is settled: its kept totals were corrected as a whole (same rows, one verdict
+    // moved), and its chunks' totals were not even read.
+    let kept_after = kept_of_day0(&store);
+    assert_eq!(kept_before.len(), kept_after.len());
+    for ((slot, old), (_, new)) in kept_before.iter().zip(&kept_after) {
+        match slot {
+            Slot::Chunk(..) => assert!(Arc::ptr_eq(old, new), "{slot:?} untouched"),
+            Slot::Day(_) => {
+                assert!(!Arc::ptr_eq(old, new), "the day's totals were corrected");
+                assert!(new.is_of(old.from, old.rows));
+            }
+        }
+    }
+}

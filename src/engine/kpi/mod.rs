@@ -463,21 +463,23 @@ impl Computation<'_> {
             rows: kept,
             chunks: Vec::new(),
         };
-        if self.still_changing(seg) {
-            self.chunks_of(plan, &mut build, s, select, rows);
-        } else {
-            // Nothing of an older day is kept but its totals: computed in pieces of several
-            // chunks (fewer sets of groups in flight, fewer to merge).
-            for start in (0..seg.len()).step_by(PART_ROWS) {
-                build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
-                plan.chunks.push(ChunkTask {
-                    segment: s,
-                    rows: start..(start + PART_ROWS).min(seg.len()),
-                    version: seg.version,
-                    kept,
-                    select,
-                    key: None,
-                });
+        match self.what_to_keep(seg) {
+            KeepOf::Chunks => self.chunks_of(plan, &mut build, s, select, rows),
+            // Nothing else of an older day is kept: computed in pieces of several chunks (fewer
+            // sets of groups in flight, fewer to merge).
+            keep => {
+                for start in (0..seg.len()).step_by(PART_ROWS) {
+                    build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
+                    plan.chunks.push(ChunkTask {
+                        segment: s,
+                        rows: start..(start + PART_ROWS).min(seg.len()),
+                        version: seg.version,
+                        kept,
+                        select,
+                        key: None,
+                        judge: keep == KeepOf::Verdicts,
+                    });
+                }
             }
         }
         plan.days.push(build);
@@ -520,6 +522,7 @@ impl Computation<'_> {
                         kept,
                         select,
                         key: Some(key),
+                        judge: true,
                     });
                 }
             }
@@ -569,13 +572,14 @@ impl Computation<'_> {
             .collect()
     }
 
-    /// Whether a segment's totals are likely to change again soon: what its totals read (a
-    /// repeat or attribution window after its items) reaches the tenant's newest opening, where
-    /// new openings and conversions arrive (a day's last event may lie days after it). Such a segment's chunks are kept with its totals,
-    /// so a change computes only the chunks it touches; an older day's totals are kept whole
-    /// (its rare change, such as an open conversation resolved late, computes the day again),
-    /// which halves what its totals hold in memory.
-    fn still_changing(&self, seg: &Segment) -> bool {
+    /// What is kept of a segment besides its totals. Its rows change while its conversations
+    /// still receive events: a day opened within a day of the tenant's newest opening keeps
+    /// its chunks' totals, so a change computes only the chunks it touches. What its totals
+    /// read (a repeat or attribution window after its items) changes while that window
+    /// reaches the newest opening: such a day keeps its repeat-contact verdicts ([`ledger`]),
+    /// so a returning customer corrects its totals. An older day keeps its totals alone (its
+    /// rare change, such as a conversation resolved late, computes the day again).
+    fn what_to_keep(&self, seg: &Segment) -> KeepOf {
         let q = self.query;
         let reach = q
             .repeat_window
@@ -590,7 +594,13 @@ impl Computation<'_> {
             .map(|s| s.bounds.opened.end)
             .max()
             .unwrap_or(0);
-        seg.bounds.active.end.saturating_add(reach) >= newest
+        if seg.bounds.opened.end.saturating_add(DAY_MICROS) >= newest {
+            KeepOf::Chunks
+        } else if seg.bounds.active.end.saturating_add(reach) >= newest {
+            KeepOf::Verdicts
+        } else {
+            KeepOf::Totals
+        }
     }
 
     /// The rows of `seg` whose totals do not depend on the window's exact bounds, if any.
@@ -630,9 +640,7 @@ impl Computation<'_> {
                 self.cancel.check()?;
                 let seg = &self.data.segments[task.segment];
                 let mut groups = Groups::charging(&scan.budget);
-                // Kept chunks are of days where customers still return: their verdicts are
-                // kept to be corrected ([`ledger`]).
-                let mut scratch = if task.key.is_some() {
+                let mut scratch = if task.judge {
                     scan::Scratch::judging()
                 } else {
                     scan::Scratch::default()
@@ -705,6 +713,17 @@ impl Computation<'_> {
             .map(|folded: Result<_, Error>| folded.map(|(groups, _)| groups))
             .collect()
     }
+}
+
+/// What is kept of a segment ([`Computation::what_to_keep`]): its totals, and with them...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeepOf {
+    /// ...its chunks' totals (with their verdicts),
+    Chunks,
+    /// ...its repeat-contact verdicts,
+    Verdicts,
+    /// ...nothing else.
+    Totals,
 }
 
 /// A segment's rows whose totals can be kept: those ending before `end`, named by their number.
@@ -781,8 +800,8 @@ enum ChunkTotals {
 }
 
 /// A chunk's totals to compute: the rows `select` takes of `rows` of `segment`, kept under
-/// `key` when the segment still changes (then a change to a customer they read computes only
-/// the chunks holding that customer again).
+/// `key` when the segment's rows still change (then a change computes only the chunks it
+/// touches again; [`Computation::what_to_keep`]).
 struct ChunkTask {
     segment: usize,
     rows: std::ops::Range<usize>,
@@ -791,6 +810,8 @@ struct ChunkTask {
     kept: KeptRows,
     select: Select,
     key: Option<PartialKey>,
+    /// Note the repeat-contact verdicts counted ([`ledger`]).
+    judge: bool,
 }
 
 /// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.

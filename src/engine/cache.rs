@@ -755,7 +755,11 @@ impl<S: Source> QueryCache<S> {
     ) -> Result<(OwnedMutexGuard<TenantState>, Option<Arc<Segment>>), Error> {
         blocking(move || {
             let mut state = state;
-            let Prepared { day, base, facts } = prepared;
+            let Prepared { day, base, rows } = prepared;
+            // Decoded here, one day at a time, not by the readers: decoded records take several
+            // times the bytes of the stored ones, and the days read ahead would all hold them.
+            let facts = decode_all(&rows)?;
+            drop(rows);
             let customers = state.customers.clone();
             let seg = match base {
                 Some(Ok(parsed)) => {
@@ -1006,14 +1010,15 @@ struct News {
     erased: Erased,
 }
 
-/// A day read and decoded, not yet attached to the tenant's ids.
+/// A day read, its snapshot parsed, not yet attached to the tenant's ids.
 struct Prepared {
     day: NaiveDate,
     base: Option<Result<snapshot::Parsed, snapshot::CorruptSnapshot>>,
-    facts: Vec<ConversationFacts>,
+    /// Records changed since the snapshot (all of them without one), decoded when attached.
+    rows: Vec<StoredConversation>,
 }
 
-/// Parses a day's snapshot and decodes its records (no tenant state needed).
+/// Parses a day's snapshot (no tenant state needed).
 fn prepare(
     day: NaiveDate,
     snapshot: Option<StoredSnapshot>,
@@ -1022,7 +1027,7 @@ fn prepare(
     Ok(Prepared {
         day,
         base: snapshot.map(|s| snapshot::parse(day, s.body)),
-        facts: decode_all(&rows)?,
+        rows,
     })
 }
 

@@ -256,6 +256,7 @@ async fn sample_gauges(app: Arc<App>, pool: PgPool) {
         let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
         metrics::gauge!("chatkpi_db_pool_connections", "state" => "idle").set(idle);
         metrics::gauge!("chatkpi_db_pool_connections", "state" => "in_use").set(size - idle);
+        crate::telemetry::sample_memory();
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -181,4 +181,37 @@ fn describe() {
         "chatkpi_db_pool_connections",
         "Database pool connections by state (idle, in_use)"
     );
+    describe_gauge!(
+        "chatkpi_memory_bytes",
+        "Process memory: resident (RSS, what a container limit counts), and the allocator's allocated and resident bytes"
+    );
+}
+
+/// Sets the memory gauges: the process's resident set (Linux), and jemalloc's own counts (zero
+/// where chatkpi is not the program that installed jemalloc as its allocator).
+pub fn sample_memory() {
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("chatkpi_memory_bytes", "kind" => "process_resident").set(rss as f64);
+    }
+    // jemalloc's statistics are a snapshot refreshed by advancing its epoch.
+    if tikv_jemalloc_ctl::epoch::advance().is_ok() {
+        use tikv_jemalloc_ctl::stats;
+        for (kind, value) in [
+            ("allocated", stats::allocated::read()),
+            ("allocator_resident", stats::resident::read()),
+        ] {
+            if let Ok(v) = value {
+                metrics::gauge!("chatkpi_memory_bytes", "kind" => kind).set(v as f64);
+            }
+        }
+    }
+}
+
+/// The process's resident set size, from `/proc/self/statm` (Linux; `None` elsewhere).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
 }

@@ -34,8 +34,10 @@ if [ -z "$ANCHOR" ]; then
     log "building the anchor $ANCHOR_REV"
     (cd "$SRC" && CARGO_TARGET_DIR="$PWD/../.." cargo build --release --locked --quiet --bin chatkpi)
     cp target/release/chatkpi "$ANCHOR"
-    # The anchor's build replaced target/release/chatkpi and its generated code: build again.
-    touch build.rs proto/chatkpi/v1/*.proto
+    # The anchor's build replaced target/release/chatkpi and its generated code (both builds
+    # share the build script's output directory, and touching the protos does not make cargo
+    # run it again): remove that output and build again.
+    rm -rf target/release/build/chatkpi-*
     build_release
   fi
 fi

@@ -14,11 +14,21 @@ build_release() {
 
 # start_server PORT [extra serve flags...]: starts `chatkpi serve` in the background on
 # 127.0.0.1:PORT against $DATABASE_URL, sets SERVER to its pid and waits until it listens.
+# A server left listening on PORT (by a run that stopped early) would answer in place of this
+# build's: refuse. Every server started here is stopped when the script exits, however it exits
+# (a script's own EXIT trap replaces this one and must stop them itself).
+STARTED_SERVERS=()
+trap 'for s in "${STARTED_SERVERS[@]}"; do kill "$s" 2>/dev/null || true; done' EXIT
 start_server() {
   local port=$1
   shift
+  if (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "port $port is already in use (a server left from an earlier run?): stop it first"
+    return 1
+  fi
   CHATKPI_LISTEN=127.0.0.1:$port RUST_LOG=${RUST_LOG:-warn} $BIN serve "$@" &
   SERVER=$!
+  STARTED_SERVERS+=("$SERVER")
   for _ in $(seq 1 200); do
     (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
     sleep 0.05

@@ -13,8 +13,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// set follows what the cache holds (its byte budget, README "Memory is bounded in bytes")
 /// shortly after a burst of query or load buffers, not only when later allocations happen to
 /// trigger a purge; one arena per CPU (jemalloc's default is four) keeps fewer partly used pages
-/// apart. Measured on the live tenant (BENCHMARKS.md, "Live tenants"): peak RSS 794 -> 655 MiB
-/// for the same cache.
+/// apart. Measured on the live tenant (BENCHMARKS.md, "Live tenants"; two arenas on its two
+/// CPUs): peak RSS 794 -> 655 MiB for the same cache.
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] =

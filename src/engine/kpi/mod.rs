@@ -342,7 +342,7 @@ impl Computation<'_> {
             .map(|(s, rows, select)| (*s, rows.clone(), *select))
             .chain(chunks.iter().map(|c| (c.segment, c.rows.clone(), c.select)));
         let mut asked = customers_of(segments, scanned, self.data.customers);
-        for c in corrections.iter().flat_map(|c| &c.customers) {
+        for c in corrections.iter().flat_map(|c| &c.stale.customers) {
             set_bit(&mut asked, *c);
         }
         let _ = scan.asked_customers.set(asked);
@@ -562,7 +562,7 @@ impl Computation<'_> {
                 let stale = &c.stale;
                 let partial = Arc::new(stale.partial.corrected(
                     &stale.ledgers,
-                    &c.customers,
+                    &stale.customers,
                     repeat,
                     self.data.changes.version,
                 ));
@@ -750,7 +750,6 @@ struct Stale {
 impl Stale {
     fn into_correction(self, key: PartialKey, whole_day: bool) -> Correction {
         Correction {
-            customers: self.customers.clone(),
             stale: self,
             key,
             whole_day,
@@ -761,7 +760,6 @@ impl Stale {
 /// Kept totals to correct and keep again under `key`.
 struct Correction {
     stale: Stale,
-    customers: Vec<u32>,
     key: PartialKey,
     /// A segment's totals (used as they are), not a chunk's (merged into its day's).
     whole_day: bool,

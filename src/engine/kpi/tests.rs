@@ -960,15 +960,7 @@ fn a_day_that_keeps_receiving_conversations_leaves_no_stale_totals_behind() {
             DAY + 70_000 + n * 60,
             "ann1",
         );
-        let mut symbols = (*data.symbols).clone();
-        let merged = data.segments[s].merge(&[new], 1 + n, &mut |x| symbols.intern(x), &mut customers);
-        data.segments[s] = Arc::new(merged);
-        data.symbols = Arc::new(symbols);
-        data.customers = customers.len();
-        let mut changes = (*data.changes).clone();
-        let customer = customers.get(&format!("cust{n}")).unwrap();
-        changes.record(vec![(customer, micros(t(DAY + 70_000 + n * 60)))], Vec::new());
-        data.changes = Arc::new(changes);
+        stream_in(&mut data, &mut customers, s, &[new], 1 + n);
         let fresh = MapStore::default();
         assert_eq!(compute_with(&data, &q, &store), compute_with(&data, &q, &fresh));
         // Totals of the day's newer versions (and of more of its rows) replaced the older ones.

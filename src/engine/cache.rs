@@ -37,6 +37,7 @@ use super::{
     record,
     schedule::{Lane, Scheduler},
     segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
+    side,
     source::{DayRows, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSnapshot},
 };
 use crate::domain::{
@@ -110,8 +111,9 @@ struct TenantState {
     /// Symbol names; shared with running computations, copied on the rare new name.
     symbols: Arc<Interner>,
     customers: Arc<RwLock<Interner>>,
-    /// Presence changes with their event ids, sorted by (agent, time, event id).
-    presence: Vec<(Box<str>, PresenceChange)>,
+    /// Presence changes with their event ids, sorted by (agent, time, event id); shared with a
+    /// snapshot being written.
+    presence: Arc<Vec<(Box<str>, PresenceChange)>>,
     presence_view: Arc<Vec<PresenceChange>>,
     /// Conversions sorted by time.
     conversions: Arc<Vec<ConversionRec>>,
@@ -120,6 +122,10 @@ struct TenantState {
     /// Presence and conversion events a later refresh may read again (written by transactions
     /// at or after the last xmin), to apply each once.
     recent_side_events: HashMap<Box<str>, i64>,
+    /// Presence and conversion events applied since the tenant's side snapshot was loaded or
+    /// written ([`NEVER_PERSISTED`] when there is none).
+    side_unpersisted: usize,
+    side_persisted_at: Option<Instant>,
     version: u64,
     persisted_at: HashMap<NaiveDate, Instant>,
     /// The tenant's erasure counter when the state was read (`None` before the first refresh):
@@ -136,11 +142,13 @@ impl TenantState {
             days: BTreeMap::new(),
             symbols: Arc::new(Interner::new()),
             customers: Arc::new(RwLock::new(Interner::new())),
-            presence: Vec::new(),
+            presence: Arc::default(),
             presence_view: Arc::default(),
             conversions: Arc::default(),
             changes: Arc::default(),
             recent_side_events: HashMap::new(),
+            side_unpersisted: 0,
+            side_persisted_at: None,
             version: 0,
             persisted_at: HashMap::new(),
             erasures: None,
@@ -364,13 +372,12 @@ impl<S: Source> QueryCache<S> {
             picked.extend(loaded);
         }
         if let Some(reading) = side {
-            let events = reading.await.map_err(|e| {
+            let read = reading.await.map_err(|e| {
                 Error::Internal(anyhow::Error::new(e).context("presence and conversions reader failed"))
             })??;
             state = blocking(move || {
                 let mut state = state;
-                // The tenant's first read: no totals were kept yet, nothing to log.
-                state.apply_side_events(events, xmin, false);
+                state.apply_side_read(read, xmin);
                 Ok(state)
             })
             .await?;
@@ -415,12 +422,7 @@ impl<S: Source> QueryCache<S> {
             None => {
                 let days = db.days_among(tenant, None).await?;
                 let (source, exported) = (self.source.clone(), db.export().await?);
-                let reading = tokio::spawn(async move {
-                    let mut r = source.begin_at(&exported, xmin).await?;
-                    let events = r.side_events(tenant, 0).await?;
-                    r.finish().await?;
-                    Ok::<_, Error>(events)
-                });
+                let reading = tokio::spawn(read_side(source, exported, xmin, tenant, erasures));
                 News {
                     changed: Vec::new(),
                     days: Some(days),
@@ -491,6 +493,7 @@ impl<S: Source> QueryCache<S> {
             .recent_side_events
             .retain(|_, ingest_xid| *ingest_xid >= xmin);
         self.persist_drifted(&mut state, &picked);
+        self.persist_side(&mut state, xmin);
         let view = View {
             data: Data {
                 segments: picked,
@@ -800,9 +803,6 @@ impl<S: Source> QueryCache<S> {
             let (cache, seg, customers, tenant) =
                 (self.clone(), seg.clone(), state.customers.clone(), state.tenant);
             let erasures = state.erasures.unwrap_or(0);
-            // Background work: encoded on the bulk lane (lowest priority) and charged to the
-            // tenant, so persisting a freshly built history does not slow other tenants'
-            // dashboards (engine/schedule.rs).
             let worker = WORKER.try_with(Clone::clone).ok();
             tokio::spawn(async move {
                 let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
@@ -810,14 +810,7 @@ impl<S: Source> QueryCache<S> {
                 };
                 let encoded = {
                     let seg = seg.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let encode = || snapshot::encode(&seg, &read(&customers));
-                        match worker {
-                            Some((scheduler, tenant)) => scheduler.run(tenant, Lane::Bulk, encode),
-                            None => encode(),
-                        }
-                    })
-                    .await
+                    in_background(worker, move || snapshot::encode(&seg, &read(&customers))).await
                 };
                 let result = match encoded {
                     Ok(body) => {
@@ -828,7 +821,7 @@ impl<S: Source> QueryCache<S> {
                         };
                         cache.source.save_snapshot(tenant, &snapshot, &body).await
                     }
-                    Err(err) => Err(Error::Internal(anyhow::Error::new(err))),
+                    Err(err) => Err(err),
                 };
                 match result {
                     Ok(()) => seg.unpersisted.store(0, Ordering::Relaxed),
@@ -838,6 +831,60 @@ impl<S: Source> QueryCache<S> {
                 }
             });
         }
+    }
+
+    /// Writes the tenant's presence and conversions, complete for `xmin`, as its side snapshot
+    /// (engine/side.rs) in the background when none is stored or a tenth of them arrived since
+    /// the last one (at most once per [`PERSIST_INTERVAL`]): the next process reads them in one
+    /// row instead of every event as JSON.
+    fn persist_side(self: &Arc<Self>, state: &mut TenantState, xmin: i64) {
+        let total = state.presence.len() + state.conversions.len();
+        let unpersisted = state.side_unpersisted;
+        let drifted =
+            unpersisted == NEVER_PERSISTED || unpersisted.saturating_mul(PERSIST_DRIFT) > total.max(1_000);
+        let recent = state
+            .side_persisted_at
+            .is_some_and(|at| at.elapsed() < PERSIST_INTERVAL);
+        if !drifted || recent || total == 0 {
+            return;
+        }
+        // Counted as written now: a failed write is logged and the next drift writes again.
+        state.side_unpersisted = 0;
+        state.side_persisted_at = Some(Instant::now());
+        let (cache, tenant, erasures) = (self.clone(), state.tenant, state.erasures.unwrap_or(0));
+        let (presence, conversions, recent) = (
+            state.presence.clone(),
+            state.conversions.clone(),
+            state.recent_side_events.clone(),
+        );
+        let (symbols, customers) = (state.symbols.clone(), state.customers.clone());
+        let worker = WORKER.try_with(Clone::clone).ok();
+        tokio::spawn(async move {
+            let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
+                return;
+            };
+            let encode = move || {
+                let side = side::Side {
+                    xmin,
+                    presence: &presence,
+                    conversions: &conversions,
+                    recent: &recent,
+                };
+                side::encode(&side, &symbols, &read(&customers))
+            };
+            let result = match in_background(worker, encode).await {
+                Ok(body) => {
+                    cache
+                        .source
+                        .save_side_snapshot(tenant, xmin, erasures, &body)
+                        .await
+                }
+                Err(err) => Err(err),
+            };
+            if let Err(err) = result {
+                tracing::warn!(tenant = tenant.0, error = %err, "could not persist presence and conversions");
+            }
+        });
     }
 }
 
@@ -880,17 +927,37 @@ impl TenantState {
     /// Forgets presence and conversions (after an erasure of conversions): this refresh reads
     /// them all again.
     fn forget_side_events(&mut self) {
-        self.presence.clear();
+        self.presence = Arc::default();
         self.presence_view = Arc::default();
         self.conversions = Arc::default();
         Arc::make_mut(&mut self.changes).reset();
         self.recent_side_events.clear();
+        self.side_unpersisted = NEVER_PERSISTED;
+    }
+
+    /// Takes the presence and conversions of a first refresh: the tenant's side snapshot when
+    /// one was loaded, then the events written since it (all of them without one).
+    fn apply_side_read(&mut self, read: SideRead, xmin: i64) {
+        self.side_unpersisted = match read.base {
+            Some(base) => {
+                let customers = self.customers.clone();
+                let attached = base.attach(&mut |name| self.symbol(name), &mut write(&customers));
+                self.presence_view = Arc::new(attached.presence.iter().map(|(_, c)| *c).collect());
+                self.presence = Arc::new(attached.presence);
+                self.conversions = Arc::new(attached.conversions);
+                self.recent_side_events = attached.recent;
+                0
+            }
+            None => NEVER_PERSISTED,
+        };
+        // The tenant's first read: no totals were kept yet, nothing to log.
+        self.apply_side_events(read.events, xmin, false);
     }
 
     /// Applies presence and conversion events not applied before (logging the customers of new
     /// conversions when `log`); returns whether any was new.
     fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64, log: bool) -> bool {
-        let mut presence_changed = false;
+        let mut new_presence = Vec::new();
         let mut new_conversions = Vec::new();
         for e in events {
             if self.recent_side_events.contains_key(e.event_id.as_str()) {
@@ -904,12 +971,7 @@ impl TenantState {
                         at,
                         status: p.status,
                     };
-                    let key = (change.agent, change.at, e.event_id.as_str());
-                    let i = self
-                        .presence
-                        .partition_point(|(id, c)| (c.agent, c.at, id.as_ref()) < key);
-                    self.presence.insert(i, (e.event_id.as_str().into(), change));
-                    presence_changed = true;
+                    new_presence.push((e.event_id.as_str().into(), change));
                 }
                 Payload::Conversion(c) => {
                     let customer = write(&self.customers).intern(&c.customer_id);
@@ -931,7 +993,16 @@ impl TenantState {
                 self.recent_side_events.insert(e.event_id.into(), e.ingest_xid);
             }
         }
+        self.side_unpersisted = self
+            .side_unpersisted
+            .saturating_add(new_presence.len() + new_conversions.len());
+        let presence_changed = !new_presence.is_empty();
         if presence_changed {
+            let all = Arc::make_mut(&mut self.presence);
+            all.extend(new_presence);
+            // A sorted run and a short tail (a first read: any order); a stable sort merges
+            // runs in linear time.
+            all.sort_by(|(a_id, a), (b_id, b)| (a.agent, a.at, a_id).cmp(&(b.agent, b.at, b_id)));
             self.presence_view = Arc::new(self.presence.iter().map(|(_, c)| *c).collect());
         }
         let conversions_changed = !new_conversions.is_empty();
@@ -999,7 +1070,14 @@ type Applied = (
 );
 
 /// Presence and conversion events being read on a connection of their own.
-type SideReading = tokio::task::JoinHandle<Result<Vec<SideEvent>, Error>>;
+type SideReading = tokio::task::JoinHandle<Result<SideRead, Error>>;
+
+/// What a first refresh reads of presence and conversions: the tenant's side snapshot (parsed),
+/// if one is stored for its erasure counter, and the events written since it.
+struct SideRead {
+    base: Option<side::Parsed>,
+    events: Vec<SideEvent>,
+}
 
 /// What changed for a tenant since its last refresh ([`QueryCache::read_news`]).
 struct News {
@@ -1043,6 +1121,55 @@ tokio::task_local! {
     /// (engine/schedule.rs), so a tenant whose history is being loaded for the first time slows
     /// its neighbours no more than one asking many questions.
     pub static WORKER: (Arc<Scheduler>, TenantId);
+}
+
+/// Runs background CPU work (encoding snapshots) off the async threads, on the bulk lane (the
+/// lowest priority) of the [`WORKER`] it was started for, charged to that tenant: persisting a
+/// freshly built history does not slow other tenants' dashboards (engine/schedule.rs).
+async fn in_background<T: Send + 'static>(
+    worker: Option<(Arc<Scheduler>, TenantId)>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(move || match worker {
+        Some((scheduler, tenant)) => scheduler.run(tenant, Lane::Bulk, f),
+        None => f(),
+    })
+    .await
+    .map_err(|e| Error::Internal(anyhow::Error::new(e).context("snapshot encoding failed")))
+}
+
+/// Reads a first refresh's presence and conversions on its own view of the same database
+/// snapshot: the tenant's side snapshot when one is stored for the erasure counter the refresh
+/// read (parsed while the events written since it are read), else every event.
+async fn read_side<S: Source>(
+    source: S,
+    exported: String,
+    xmin: i64,
+    tenant: TenantId,
+    erasures: i64,
+) -> Result<SideRead, Error> {
+    let mut r = source.begin_at(&exported, xmin).await?;
+    let stored = r.side_snapshot(tenant).await?.filter(|s| s.erasures == erasures);
+    let (base, events) = match stored {
+        Some(stored) => {
+            let built_xmin = stored.built_xmin;
+            let parsing = tokio::task::spawn_blocking(move || side::parse(&stored.body));
+            let events = r.side_events(tenant, built_xmin).await?;
+            match parsing.await {
+                Ok(Ok(base)) if base.xmin == built_xmin => (Some(base), events),
+                _ => {
+                    tracing::warn!(
+                        tenant = tenant.0,
+                        "presence and conversions snapshot damaged, reading the events"
+                    );
+                    (None, r.side_events(tenant, 0).await?)
+                }
+            }
+        }
+        None => (None, r.side_events(tenant, 0).await?),
+    };
+    r.finish().await?;
+    Ok(SideRead { base, events })
 }
 
 /// Runs CPU work off the async threads, on the lane of the [`WORKER`] the task works for (when

@@ -13,6 +13,7 @@ pub mod kpi;
 pub mod record;
 pub mod schedule;
 pub mod segment;
+pub mod side;
 pub mod source;
 pub mod stats;
 

@@ -59,6 +59,16 @@ pub struct SideEvent {
     pub ingest_xid: i64,
 }
 
+/// A tenant's persisted presence and conversions (`engine::side`).
+pub struct StoredSide {
+    /// The tenant's erasure counter when it was written: a snapshot of an older counter may
+    /// hold an erased customer and is not loaded.
+    pub erasures: i64,
+    /// The xmin its body says it is complete for.
+    pub built_xmin: i64,
+    pub body: Vec<u8>,
+}
+
 /// One logged erasure: its number, the days that lost conversations, and how many conversions
 /// went.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +101,16 @@ pub trait Source: Clone + Send + Sync + 'static {
         &self,
         tenant: TenantId,
         snapshot: &Snapshot,
+        body: &[u8],
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Persists a tenant's presence and conversions complete for `built_xmin` (`engine::side`),
+    /// unless a later one is stored or a customer of the tenant was erased since `erasures`.
+    fn save_side_snapshot(
+        &self,
+        tenant: TenantId,
+        built_xmin: i64,
+        erasures: i64,
         body: &[u8],
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
@@ -143,6 +163,12 @@ pub trait SourceReads: Send + 'static {
         tenant: TenantId,
         days: &[(NaiveDate, i64)],
     ) -> impl Future<Output = Result<Vec<StoredConversation>, Error>> + Send;
+
+    /// The tenant's persisted presence and conversions, if any.
+    fn side_snapshot(
+        &mut self,
+        tenant: TenantId,
+    ) -> impl Future<Output = Result<Option<StoredSide>, Error>> + Send;
 
     /// Presence and conversion events written at or after `xmin` (0 = all).
     fn side_events(

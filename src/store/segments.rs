@@ -13,7 +13,8 @@ use sqlx::{PgPool, Postgres, Transaction, types::Json};
 
 use crate::domain::{Error, event::Payload, tenant::TenantId};
 use crate::engine::source::{
-    DayRows, ErasureLog, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSnapshot,
+    DayRows, ErasureLog, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSide,
+    StoredSnapshot,
 };
 
 /// The event store as the query cache's [`Source`].
@@ -37,6 +38,16 @@ impl Source for PgSource {
 
     async fn save_snapshot(&self, tenant: TenantId, snapshot: &Snapshot, body: &[u8]) -> Result<(), Error> {
         save_snapshot(&self.0, tenant, snapshot, body).await
+    }
+
+    async fn save_side_snapshot(
+        &self,
+        tenant: TenantId,
+        built_xmin: i64,
+        erasures: i64,
+        body: &[u8],
+    ) -> Result<(), Error> {
+        save_side_snapshot(&self.0, tenant, built_xmin, erasures, body).await
     }
 }
 
@@ -186,6 +197,17 @@ impl SourceReads for Reads {
         .await?)
     }
 
+    async fn side_snapshot(&mut self, tenant: TenantId) -> Result<Option<StoredSide>, Error> {
+        Ok(sqlx::query_as!(
+            StoredSide,
+            r#"select erasures, built_xmin::text::bigint as "built_xmin!", body
+               from side_snapshots where tenant_id = $1"#,
+            tenant.0
+        )
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
     /// Presence and conversion events written at or after `xmin` (0 = all).
     async fn side_events(&mut self, tenant: TenantId, xmin: i64) -> Result<Vec<SideEvent>, Error> {
         let rows = sqlx::query!(
@@ -240,6 +262,34 @@ async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8
         s.built_xmin.to_string(),
         body,
         s.erasures
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Persists a tenant's presence and conversions (`engine::side`) unless one complete for a later
+/// xmin is stored or a customer was erased since the state was read; ordered with erasures by
+/// the tenant row, as [`save_snapshot`].
+async fn save_side_snapshot(
+    pool: &PgPool,
+    tenant: TenantId,
+    built_xmin: i64,
+    erasures: i64,
+    body: &[u8],
+) -> Result<(), Error> {
+    sqlx::query!(
+        "insert into side_snapshots (tenant_id, built_xmin, erasures, body) \
+         select $1, $2::text::xid8, $3, $4 from tenants \
+         where tenant_id = $1 and erasures = $3 for share \
+         on conflict (tenant_id) do update set \
+           built_xmin = excluded.built_xmin, erasures = excluded.erasures, body = excluded.body, \
+           written_at = now() \
+         where side_snapshots.built_xmin < excluded.built_xmin",
+        tenant.0,
+        built_xmin.to_string(),
+        erasures,
+        body
     )
     .execute(pool)
     .await?;

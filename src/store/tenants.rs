@@ -177,9 +177,9 @@ pub struct Erased {
 /// Deletes, in one transaction, every conversation in which `customer` opened a conversation
 /// (any of its `conversation_opened` events, found by the `events_by_customer` index) with all
 /// their events, and every other event naming the customer (conversions); drops the snapshots of
-/// the days that held those conversations (they may hold the customer), bumps the tenant's
-/// erasure counter and logs which days and how many conversions went, so query caches rebuild
-/// only those days. Concurrent ingest of the same conversations waits on their locks.
+/// the days that held those conversations (they may hold the customer) and the tenant's
+/// presence and conversions snapshot, bumps the tenant's erasure counter and logs which days and
+/// how many conversions went, so query caches rebuild only those days. Concurrent ingest of the same conversations waits on their locks.
 pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> Result<Erased, Error> {
     let mut tx = pool.begin().await?;
     // First: the row lock orders this erasure with snapshot writes (store::segments::save_snapshot).
@@ -234,6 +234,10 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
     )
     .execute(&mut *tx)
     .await?;
+    // The tenant's persisted presence and conversions name its customers (engine/side.rs).
+    sqlx::query!("delete from side_snapshots where tenant_id = $1", tenant.0)
+        .execute(&mut *tx)
+        .await?;
     // The WhatsApp contacts of the customer (docs/metrics.md §11: the customer id is the wa_id).
     sqlx::query!(
         "delete from whatsapp_contacts where tenant_id = $1 and wa_id = $2",

@@ -790,3 +790,153 @@ async fn a_later_day_opening_turns_a_kept_first_contact_resolution_into_a_repeat
         (1, Some(0.0), Some(100.0))
     );
 }
+
+/// The fixture's app after its first query wrote the tenant's presence and conversions snapshot
+/// (in the background: waited for).
+async fn with_side_snapshot() -> TestApp {
+    let app = loaded().await;
+    overview(&app, query(0, 86_400), false).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (rows,): (i64,) = sqlx::query_as("select count(*) from side_snapshots where tenant_id = $1")
+            .bind(app.tenant)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if rows == 1 {
+            return app;
+        }
+        assert!(
+            started.elapsed() < StdDuration::from_secs(10),
+            "the snapshot was never written"
+        );
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+    }
+}
+
+/// bo online 100-700; A buys for 2.50 EUR at 300 (after e1 opened at 0: attributed).
+fn later_side_events() -> Vec<Event> {
+    let status = |id: &str, at, status| {
+        ev(
+            id,
+            None,
+            at,
+            Payload::AgentStatus(AgentStatus {
+                agent_id: "bo".into(),
+                status,
+            }),
+        )
+    };
+    vec![
+        status("p3", 100, Presence::Online),
+        status("p4", 700, Presence::Offline),
+        ev(
+            "x2",
+            None,
+            300,
+            Payload::Conversion(Conversion {
+                customer_id: "A".into(),
+                kind: "sale".into(),
+                value_minor: Some(250),
+                currency: Some("EUR".into()),
+            }),
+        ),
+    ]
+}
+
+/// (customers, converted, conversions, EUR revenue) and each agent's logged-in seconds.
+async fn side_answers(app: &TestApp) -> ((u64, u64, u64, i64), Vec<(String, f64)>) {
+    let k = overview(app, query(0, 86_400), false).await.current.unwrap();
+    let c = k.conversion.unwrap();
+    let eur = c
+        .revenue
+        .iter()
+        .find(|m| m.currency == "EUR")
+        .map_or(0, |m| m.value_minor);
+    let util = metrics(&app.channel)
+        .get_utilization(app.authed(pb::GetUtilizationRequest {
+            query: Some(query(0, 86_400)),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let agents = util
+        .agents
+        .into_iter()
+        .map(|a| (a.agent_id, a.logged_in_seconds))
+        .collect();
+    ((c.customers, c.converted, c.conversions, eur), agents)
+}
+
+#[tokio::test]
+async fn a_replica_loading_the_side_snapshot_adds_the_events_written_after_it() {
+    let app = with_side_snapshot().await;
+    assert_eq!(app.ingest(&later_side_events()).await.unwrap().accepted, 3);
+    let replica = app.replica(Options::default()).await;
+    // A and B both converted (10.00 + 2.50 EUR); ann online 0-1000, bo 100-700.
+    let expected = (
+        (2, 2, 2, 1250),
+        vec![("ann".to_owned(), 1000.0), ("bo".to_owned(), 600.0)],
+    );
+    assert_eq!(side_answers(&replica).await, expected, "the replica");
+    assert_eq!(side_answers(&app).await, expected, "the writing server");
+}
+
+#[tokio::test]
+async fn a_replica_reads_presence_and_conversions_from_the_snapshot_not_the_events() {
+    let app = with_side_snapshot().await;
+    // Deleted behind the service's back (never done by the product): only the snapshot still
+    // has them, so a replica that counts them read it.
+    sqlx::query("delete from events where tenant_id = $1 and event_id in ('p1', 'p2', 'x1')")
+        .bind(app.tenant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let replica = app.replica(Options::default()).await;
+    assert_eq!(
+        side_answers(&replica).await,
+        ((2, 1, 1, 1000), vec![("ann".to_owned(), 1000.0)])
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_side_snapshot_is_ignored_and_the_events_read() {
+    let app = with_side_snapshot().await;
+    sqlx::query("update side_snapshots set body = '\\x00'::bytea where tenant_id = $1")
+        .bind(app.tenant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.ingest(&later_side_events()).await.unwrap().accepted, 3);
+    let replica = app.replica(Options::default()).await;
+    assert_eq!(
+        side_answers(&replica).await,
+        (
+            (2, 2, 2, 1250),
+            vec![("ann".to_owned(), 1000.0), ("bo".to_owned(), 600.0)]
+        )
+    );
+}
+
+#[tokio::test]
+async fn erasing_a_customer_deletes_the_side_snapshot_that_names_them() {
+    let app = with_side_snapshot().await;
+    app.admin()
+        .erase_customer(app.authed(pb::EraseCustomerRequest {
+            customer_id: "B".into(),
+        }))
+        .await
+        .unwrap();
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from side_snapshots where tenant_id = $1")
+        .bind(app.tenant)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    // B's conversation and purchase went: A alone, not converted.
+    let replica = app.replica(Options::default()).await;
+    assert_eq!(
+        side_answers(&replica).await,
+        ((1, 0, 0, 0), vec![("ann".to_owned(), 1000.0)])
+    );
+}

@@ -64,6 +64,8 @@ impl Application {
                 max_batch: config.max_batch as usize,
                 writers_per_tenant: config.writers_per_tenant as usize,
                 cache_bytes: config.cache_bytes,
+                // A call answers before its timeout cuts it, with time left for the computation.
+                load_patience: Duration::from_secs(l.request_timeout_secs) * 4 / 5,
                 limits: LimitSettings {
                     events_per_sec: l.tenant_events_per_sec,
                     queries_per_sec: l.tenant_queries_per_sec,

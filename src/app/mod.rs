@@ -60,6 +60,9 @@ pub struct AppConfig {
     pub writers_per_tenant: usize,
     /// Query cache budget in bytes.
     pub cache_bytes: u64,
+    /// How long a query waits for its tenant's data to load before answering UNAVAILABLE with
+    /// the load's progress (the load goes on): below the request timeout.
+    pub load_patience: std::time::Duration,
     /// Per-tenant and per-client limits.
     pub limits: limits::LimitSettings,
     /// How alerts are evaluated and delivered.
@@ -90,7 +93,11 @@ impl App {
             ),
             kpis: kpis::KpiService::new(
                 pool.clone(),
-                kpis::QueryCache::new(crate::store::segments::PgSource(pool.clone()), config.cache_bytes),
+                kpis::QueryCache::new(
+                    crate::store::segments::PgSource(pool.clone()),
+                    config.cache_bytes,
+                    config.load_patience,
+                ),
                 std::sync::Arc::new(crate::engine::schedule::Scheduler::new()?),
             ),
             keys: keys::KeyService::new(pool.clone()),

@@ -95,8 +95,57 @@ pub struct View {
 
 struct TenantEntry {
     state: Arc<Mutex<TenantState>>,
+    /// The load under way, read by calls that stop waiting for it.
+    progress: Progress,
     /// Bytes held by the tenant's names, presence and conversions (its segments weigh apart).
     weight: AtomicU32,
+}
+
+/// How far the days a tenant's refresh loads are (readable without the tenant's lock).
+#[derive(Default)]
+struct Progress {
+    /// Days the running load reads (0: no load running).
+    days: AtomicU32,
+    loaded: AtomicU32,
+    started: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    /// Marks a load of `days` days as running until the guard returned drops.
+    fn start(&self, days: usize) -> Loading<'_> {
+        self.loaded.store(0, Ordering::Relaxed);
+        self.days
+            .store(u32::try_from(days).unwrap_or(u32::MAX), Ordering::Relaxed);
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        Loading(self)
+    }
+
+    /// The error of a call that stopped waiting for the tenant's refresh, saying how far its
+    /// load is.
+    fn still_loading(&self) -> Error {
+        let days = self.days.load(Ordering::Relaxed);
+        let started = *self.started.lock().unwrap_or_else(|p| p.into_inner());
+        let status = match started {
+            Some(at) if days > 0 => format!(
+                "loading the tenant's data into memory: {} of {days} days after {} s",
+                self.loaded.load(Ordering::Relaxed),
+                at.elapsed().as_secs()
+            ),
+            _ => "the tenant's data is being brought up to date".to_owned(),
+        };
+        Error::Unavailable(format!(
+            "{status}; the load goes on without this call, retry in a few seconds"
+        ))
+    }
+}
+
+/// A load under way: ends it in its [`Progress`] when dropped (finished or failed).
+struct Loading<'a>(&'a Progress);
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        self.0.days.store(0, Ordering::Relaxed);
+    }
 }
 
 /// One tenant's query state; guarded by the tenant's refresh lock.
@@ -187,6 +236,9 @@ fn write(lock: &RwLock<Interner>) -> std::sync::RwLockWriteGuard<'_, Interner> {
 pub struct QueryCache<S> {
     source: S,
     budget: u64,
+    /// How long a call waits for its tenant's refresh before answering UNAVAILABLE with the
+    /// load's progress (the load goes on).
+    patience: Duration,
     entries: Cache<Key, Value>,
     generations: AtomicU64,
     /// One snapshot write at a time: persisting is background work.
@@ -194,8 +246,9 @@ pub struct QueryCache<S> {
 }
 
 impl<S: Source> QueryCache<S> {
-    /// A cache of the data of `source` holding at most `budget` bytes.
-    pub fn new(source: S, budget: u64) -> Arc<Self> {
+    /// A cache of the data of `source` holding at most `budget` bytes, whose calls wait at most
+    /// `patience` for their tenant's data.
+    pub fn new(source: S, budget: u64, patience: Duration) -> Arc<Self> {
         let entries = Cache::builder()
             .max_capacity(budget)
             // Least recently used goes first. (moka's default, TinyLFU, admits a new entry only
@@ -209,6 +262,7 @@ impl<S: Source> QueryCache<S> {
         Arc::new(Self {
             source,
             budget,
+            patience,
             entries,
             generations: AtomicU64::new(1),
             snapshot_writes: Arc::new(Semaphore::new(1)),
@@ -288,6 +342,7 @@ impl<S: Source> QueryCache<S> {
             let generation = self.generations.fetch_add(1, Ordering::Relaxed);
             Value::Tenant(Arc::new(TenantEntry {
                 state: Arc::new(Mutex::new(TenantState::new(tenant, generation))),
+                progress: Progress::default(),
                 weight: AtomicU32::new(0),
             }))
         });
@@ -300,11 +355,41 @@ impl<S: Source> QueryCache<S> {
 
     /// The tenant's data for a computation that reads `reads`, up to date with everything
     /// committed when it was asked for.
+    ///
+    /// The refresh runs in a task of its own: a call that waited its patience (a load of a large
+    /// history from its records can take minutes) gets UNAVAILABLE with the load's progress
+    /// while the load goes on, and a later call finds the days in memory, instead of every call
+    /// timing out and starting over. One load per tenant at a time: it holds the tenant's lock.
     pub async fn view(self: &Arc<Self>, tenant: TenantId, reads: &Reads) -> Result<View, Error> {
         let entry = self.tenant(tenant);
-        let state = entry.state.clone().lock_owned().await;
         let started = Instant::now();
-        match self.refresh(state, reads).await {
+        let Ok(state) = tokio::time::timeout(self.patience, entry.state.clone().lock_owned()).await else {
+            return Err(entry.progress.still_loading());
+        };
+        let (cache, reads, held) = (self.clone(), reads.clone(), entry.clone());
+        let refresh = async move { cache.refresh_held(&held, state, &reads, started).await };
+        let task = match WORKER.try_with(Clone::clone) {
+            Ok(worker) => tokio::spawn(WORKER.scope(worker, refresh)),
+            Err(_) => tokio::spawn(refresh),
+        };
+        match tokio::time::timeout(self.patience.saturating_sub(started.elapsed()), task).await {
+            Ok(done) => done
+                .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache refresh failed")))?,
+            Err(_) => Err(entry.progress.still_loading()),
+        }
+    }
+
+    /// [`Self::refresh`] of the tenant of `entry`, whose lock `state` is, and the entry's
+    /// bookkeeping: its weight, or its reset when it grew too large or failed half-way.
+    async fn refresh_held(
+        self: &Arc<Self>,
+        entry: &Arc<TenantEntry>,
+        state: OwnedMutexGuard<TenantState>,
+        reads: &Reads,
+        started: Instant,
+    ) -> Result<View, Error> {
+        let tenant = state.tenant;
+        match self.refresh(state, reads, &entry.progress).await {
             Ok((view, bytes)) => {
                 tracing::debug!(
                     tenant = tenant.0,
@@ -327,7 +412,8 @@ impl<S: Source> QueryCache<S> {
                     self.entries.invalidate(&Key::Tenant(tenant));
                 } else {
                     // Re-inserting makes moka weigh the entry again.
-                    self.entries.insert(Key::Tenant(tenant), Value::Tenant(entry));
+                    self.entries
+                        .insert(Key::Tenant(tenant), Value::Tenant(entry.clone()));
                 }
                 Ok(view)
             }
@@ -348,6 +434,7 @@ impl<S: Source> QueryCache<S> {
         self: &Arc<Self>,
         state: OwnedMutexGuard<TenantState>,
         reads: &Reads,
+        progress: &Progress,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
         let mut db = self.source.begin().await?;
@@ -360,7 +447,8 @@ impl<S: Source> QueryCache<S> {
         if !missing.is_empty() {
             let started = Instant::now();
             let days = missing.len();
-            let (s, loaded) = self.load(state, &mut db, missing).await?;
+            let _loading = progress.start(days);
+            let (s, loaded) = self.load(state, &mut db, missing, progress).await?;
             state = s;
             tracing::info!(
                 tenant = tenant.0,
@@ -682,6 +770,7 @@ impl<S: Source> QueryCache<S> {
         mut state: OwnedMutexGuard<TenantState>,
         db: &mut S::Reads,
         days: Vec<NaiveDate>,
+        progress: &Progress,
     ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
         let tenant = state.tenant;
         let xmin = db.xmin();
@@ -739,6 +828,7 @@ impl<S: Source> QueryCache<S> {
                 }
             };
             loaded.push(seg);
+            progress.loaded.fetch_add(1, Ordering::Relaxed);
         }
         for reader in readers {
             reader

@@ -1,6 +1,6 @@
 //! Tenants, their API keys and customer erasure in Postgres.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgPool;
 
 pub use crate::engine::source::ErasureLog;
@@ -227,17 +227,7 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
     let deleted = days.len() as u64;
     days.sort_unstable();
     days.dedup();
-    sqlx::query!(
-        "delete from segments where tenant_id = $1 and segment_day = any($2)",
-        tenant.0,
-        &days
-    )
-    .execute(&mut *tx)
-    .await?;
-    // The tenant's persisted presence and conversions name its customers (engine/side.rs).
-    sqlx::query!("delete from side_snapshots where tenant_id = $1", tenant.0)
-        .execute(&mut *tx)
-        .await?;
+    drop_snapshots(&mut tx, tenant, &days).await?;
     // The WhatsApp contacts of the customer (docs/metrics.md §11: the customer id is the wa_id).
     sqlx::query!(
         "delete from whatsapp_contacts where tenant_id = $1 and wa_id = $2",
@@ -261,6 +251,26 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
         events,
         conversions,
     })
+}
+
+/// Deletes the persisted data an erasure may leave naming the customer: the snapshots of
+/// `days` and the tenant's presence and conversions snapshot (engine/side.rs).
+async fn drop_snapshots(
+    tx: &mut sqlx::PgConnection,
+    tenant: TenantId,
+    days: &[NaiveDate],
+) -> Result<(), Error> {
+    sqlx::query!(
+        "delete from segments where tenant_id = $1 and segment_day = any($2)",
+        tenant.0,
+        days
+    )
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query!("delete from side_snapshots where tenant_id = $1", tenant.0)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }
 
 /// The logged erasures of `tenant` after the `seen`-th, in order.

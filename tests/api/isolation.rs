@@ -860,3 +860,51 @@ async fn erasure_finds_a_customer_named_only_by_a_later_opening_and_keeps_other_
     assert_eq!(snapshots(&app).await, [day1]);
     assert_eq!(counted(&app).await, 1);
 }
+
+#[tokio::test]
+async fn a_call_that_stops_waiting_for_its_tenants_load_gets_its_progress_and_the_load_goes_on() {
+    // A 1 s request timeout: calls wait 0.8 s for their tenant's data.
+    let app = spawn_limited(|l| l.request_timeout_secs = 1).await;
+    app.ingest_proto(vec![opened("pl-1", "pl-c", 0)]).await.unwrap();
+    // The day's snapshot read waits behind this lock: the tenant's first load cannot finish.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("lock table segments in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = app
+            .metrics()
+            .get_overview(app.authed(overview()))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::Unavailable,
+            "attempt {attempt}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("0 of 1 days") && err.message().contains("retry"),
+            "attempt {attempt}: {}",
+            err.message()
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(990),
+            "answered before the timeout"
+        );
+    }
+    lock.rollback().await.unwrap();
+    // The load went on without the calls: one finds the day.
+    let started = Instant::now();
+    let counted = loop {
+        match app.metrics().get_overview(app.authed(overview())).await {
+            Ok(answer) => break answer.into_inner().current.unwrap().conversations,
+            Err(err) => assert_eq!(err.code(), Code::Unavailable, "{}", err.message()),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(counted, 1);
+}

@@ -173,6 +173,10 @@ struct BenchQueriesArgs {
     /// Time the first call too (a cold start).
     #[arg(long)]
     no_warmup: bool,
+    /// Retry a call answered UNAVAILABLE (its tenant's data still loading) every second,
+    /// printing the server's status; the time recorded runs from the first attempt.
+    #[arg(long)]
+    retry_while_loading: bool,
 }
 
 #[derive(Debug, Args)]
@@ -306,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
                 iterations: a.iterations,
                 samples: a.samples,
                 no_warmup: a.no_warmup,
+                retry_while_loading: a.retry_while_loading,
             })
             .await
         }

@@ -65,6 +65,8 @@ pub struct Plan {
     pub samples: Option<PathBuf>,
     /// Time no untimed first call (measure a cold start).
     pub no_warmup: bool,
+    /// Retry UNAVAILABLE answers (a tenant still loading) every second.
+    pub retry_while_loading: bool,
 }
 
 /// Times every kind `iterations` times after one untimed first call (reported separately: on a
@@ -88,7 +90,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
         let first = usize::from(!plan.no_warmup);
         for i in 0..plan.iterations + first {
             let started = Instant::now();
-            let size = call(&channel, &bearer, plan, *kind).await?;
+            let size = answered(&channel, &bearer, plan, *kind).await?;
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             if i < first {
                 println!("{}: first call {ms:.1} ms (size {size})", kind.name());
@@ -236,6 +238,34 @@ pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = (p * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// [`call`], retried while the server answers UNAVAILABLE when the plan says so (the tenant's
+/// data is loading: the server's message says how far).
+async fn answered(
+    channel: &Channel,
+    bearer: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    plan: &Plan,
+    kind: Kind,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    loop {
+        match call(channel, bearer, plan, kind).await {
+            Err(err) if plan.retry_while_loading => match err.downcast_ref::<tonic::Status>() {
+                Some(status) if status.code() == tonic::Code::Unavailable => {
+                    println!(
+                        "{}: UNAVAILABLE after {:.1} s: {}",
+                        kind.name(),
+                        started.elapsed().as_secs_f64(),
+                        status.message()
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                _ => return Err(err),
+            },
+            answer => return answer,
+        }
+    }
 }
 
 /// One call; returns a size of the answer (conversations, rows or points).

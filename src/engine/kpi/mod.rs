@@ -647,6 +647,8 @@ impl Computation<'_> {
                 };
                 scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
                 groups.shrink(crate::engine::stats::BIN_CHUNK_FROM);
+                // Complete: the day's totals merged from it are charged instead.
+                groups.settle();
                 let (openings, conversions, ledger) = scratch.customers_read();
                 let partial = Arc::new(Partial {
                     groups,
@@ -677,6 +679,7 @@ impl Computation<'_> {
                 // (Even one chunk's totals are copied: the day's are of the segment's version.)
                 let mut partial = Partial::merged(&parts, day.from, day.rows, self.data.changes.version);
                 partial.groups.shrink(crate::engine::stats::BIN_FROM);
+                scan.budget.charge(partial.groups.budgeted_bytes());
                 let partial = Arc::new(partial);
                 self.keep(day.key, &partial, scan);
                 Ok(partial)

@@ -71,7 +71,8 @@ pub fn encode(side: &Side<'_>, symbols: &Interner, customers: &Interner) -> Vec<
     let mut at = 0;
     for ((id, change), agent) in side.presence.iter().zip(presence) {
         w.bytes(id.as_bytes());
-        w.count(agent as usize);
+        // Indexes are plain numbers (a count is capped by the bytes left when read).
+        w.u64(u64::from(agent));
         w.time(at, change.at);
         at = change.at;
         w.u8(status_index(change.status));
@@ -82,8 +83,8 @@ pub fn encode(side: &Side<'_>, symbols: &Interner, customers: &Interner) -> Vec<
         w.bytes(customers.name(c.customer).as_bytes());
         w.time(at, c.at);
         at = c.at;
-        w.count(kind as usize);
-        w.count(currency as usize);
+        w.u64(u64::from(kind));
+        w.u64(u64::from(currency));
         match c.value_minor {
             Some(v) => {
                 w.u8(1);
@@ -154,7 +155,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, CorruptSide> {
     let mut at = 0;
     for _ in 0..r.count() {
         let event_id = r.str().into();
-        let agent = r.count();
+        let agent = r.u32() as usize;
         at = r.time(at);
         let status = Presence::ALL.get(usize::from(r.u8()));
         match status {
@@ -187,7 +188,7 @@ fn parse_conversions(r: &mut Reader<'_>, names: usize) -> Result<Vec<ParsedConve
     for _ in 0..r.count() {
         let customer = r.str().into();
         at = r.time(at);
-        let (kind, currency) = (r.count(), r.count());
+        let (kind, currency) = (r.u32() as usize, r.u32() as usize);
         let value_minor = match r.u8() {
             0 => None,
             1 => Some(r.i64()),
@@ -355,6 +356,38 @@ mod tests {
         assert_eq!(loaded, expected);
         assert_eq!(presence.len(), attached.presence.len());
         assert_eq!(attached.recent, HashMap::from([("p3".into(), 42)]));
+    }
+
+    #[test]
+    fn a_name_index_larger_than_the_bytes_after_it_still_loads() {
+        // 200 names; the last conversion names the 200th kind with only a few bytes left.
+        let mut symbols = Interner::new();
+        let kinds: Vec<u32> = (0..200).map(|i| symbols.intern(&format!("kind-{i}"))).collect();
+        let mut customers = Interner::new();
+        let customer = customers.intern("c");
+        let conversions: Vec<ConversionRec> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| ConversionRec {
+                at: i as i64 * 1_000_000,
+                customer,
+                kind: *kind,
+                value_minor: None,
+                currency: 0,
+            })
+            .collect();
+        let recent = HashMap::new();
+        let side = Side {
+            xmin: 1,
+            presence: &[],
+            conversions: &conversions,
+            recent: &recent,
+        };
+        let parsed = parse(&encode(&side, &symbols, &customers)).expect("a valid snapshot");
+        let mut loaded = Interner::new();
+        let attached = parsed.attach(&mut |n| loaded.intern(n), &mut Interner::new());
+        let last = attached.conversions.last().expect("200 conversions");
+        assert_eq!(loaded.name(last.kind), "kind-199");
     }
 
     #[test]

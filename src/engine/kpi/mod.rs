@@ -209,7 +209,10 @@ impl Computation<'_> {
         let mut out: Vec<(GroupKey, finish::Finished)> = groups
             .into_sorted()
             .into_par_iter()
-            .map(|(key, acc)| (key, finish::finish(acc, &d.symbols, &d.conversions)))
+            .map(|(key, acc)| {
+                let series = matches!(grouping, Grouping::Series(_));
+                (key, finish::finish(acc, &d.symbols, &d.conversions, series))
+            })
             .collect();
         if let Grouping::Series(_) = grouping {
             series_retention(&mut out);

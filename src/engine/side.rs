@@ -300,6 +300,21 @@ mod tests {
         encode(&side, &symbols, &customers)
     }
 
+    /// Conversions with their names instead of a process's ids.
+    fn named_conversions<'a>(
+        conversions: &[ConversionRec],
+        symbols: &'a Interner,
+        customers: &'a Interner,
+    ) -> Vec<(i64, &'a str, &'a str, Option<i64>, &'a str)> {
+        conversions
+            .iter()
+            .map(|c| {
+                let (kind, currency) = (symbols.name(c.kind), symbols.name(c.currency));
+                (c.at, customers.name(c.customer), kind, c.value_minor, currency)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_snapshot_loads_the_same_names_times_and_values_under_another_process_ids() {
         let (symbols, customers, presence, conversions) = fixture();
@@ -326,33 +341,8 @@ mod tests {
                 ("p2", "ana", 5_000_000, Presence::Offline),
             ]
         );
-        let expected: Vec<(i64, &str, &str, Option<i64>, &str)> = conversions
-            .iter()
-            .map(|c| {
-                let n = |id| symbols.name(id);
-                (
-                    c.at,
-                    customers.name(c.customer),
-                    n(c.kind),
-                    c.value_minor,
-                    n(c.currency),
-                )
-            })
-            .collect();
-        let loaded: Vec<(i64, &str, &str, Option<i64>, &str)> = attached
-            .conversions
-            .iter()
-            .map(|c| {
-                let n = |id| other.name(id);
-                (
-                    c.at,
-                    other_customers.name(c.customer),
-                    n(c.kind),
-                    c.value_minor,
-                    n(c.currency),
-                )
-            })
-            .collect();
+        let expected = named_conversions(&conversions, &symbols, &customers);
+        let loaded = named_conversions(&attached.conversions, &other, &other_customers);
         assert_eq!(loaded, expected);
         assert_eq!(presence.len(), attached.presence.len());
         assert_eq!(attached.recent, HashMap::from([("p3".into(), 42)]));

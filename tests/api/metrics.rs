@@ -791,6 +791,34 @@ async fn a_later_day_opening_turns_a_kept_first_contact_resolution_into_a_repeat
     );
 }
 
+/// Rows of the tenant's presence and conversions snapshot (0 or 1).
+async fn side_snapshot_rows(app: &TestApp) -> i64 {
+    let (rows,): (i64,) = sqlx::query_as("select count(*) from side_snapshots where tenant_id = $1")
+        .bind(app.tenant)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    rows
+}
+
+/// Runs `sql` with the tenant's id as `$1`, behind the service's back.
+async fn execute_for_tenant(app: &TestApp, sql: &'static str) {
+    sqlx::query(sql)
+        .bind(app.tenant)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+/// What [`side_answers`] gives for the fixture and [`later_side_events`]: A and B both
+/// converted (10.00 + 2.50 EUR); ann online 0-1000, bo 100-700.
+fn with_later_events_expected() -> SideAnswers {
+    (
+        (2, 2, 2, 1250),
+        vec![("ann".to_owned(), 1000.0), ("bo".to_owned(), 600.0)],
+    )
+}
+
 /// The fixture's app after its first query wrote the tenant's presence and conversions snapshot
 /// (in the background: waited for).
 async fn with_side_snapshot() -> TestApp {
@@ -798,12 +826,7 @@ async fn with_side_snapshot() -> TestApp {
     overview(&app, query(0, 86_400), false).await;
     let started = std::time::Instant::now();
     loop {
-        let (rows,): (i64,) = sqlx::query_as("select count(*) from side_snapshots where tenant_id = $1")
-            .bind(app.tenant)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        if rows == 1 {
+        if side_snapshot_rows(&app).await == 1 {
             return app;
         }
         assert!(
@@ -845,7 +868,10 @@ fn later_side_events() -> Vec<Event> {
 }
 
 /// (customers, converted, conversions, EUR revenue) and each agent's logged-in seconds.
-async fn side_answers(app: &TestApp) -> ((u64, u64, u64, i64), Vec<(String, f64)>) {
+type SideAnswers = ((u64, u64, u64, i64), Vec<(String, f64)>);
+
+/// [`SideAnswers`] of the fixture's day.
+async fn side_answers(app: &TestApp) -> SideAnswers {
     let k = overview(app, query(0, 86_400), false).await.current.unwrap();
     let c = k.conversion.unwrap();
     let eur = c
@@ -873,11 +899,7 @@ async fn a_replica_loading_the_side_snapshot_adds_the_events_written_after_it() 
     let app = with_side_snapshot().await;
     assert_eq!(app.ingest(&later_side_events()).await.unwrap().accepted, 3);
     let replica = app.replica(Options::default()).await;
-    // A and B both converted (10.00 + 2.50 EUR); ann online 0-1000, bo 100-700.
-    let expected = (
-        (2, 2, 2, 1250),
-        vec![("ann".to_owned(), 1000.0), ("bo".to_owned(), 600.0)],
-    );
+    let expected = with_later_events_expected();
     assert_eq!(side_answers(&replica).await, expected, "the replica");
     assert_eq!(side_answers(&app).await, expected, "the writing server");
 }
@@ -887,11 +909,11 @@ async fn a_replica_reads_presence_and_conversions_from_the_snapshot_not_the_even
     let app = with_side_snapshot().await;
     // Deleted behind the service's back (never done by the product): only the snapshot still
     // has them, so a replica that counts them read it.
-    sqlx::query("delete from events where tenant_id = $1 and event_id in ('p1', 'p2', 'x1')")
-        .bind(app.tenant)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    execute_for_tenant(
+        &app,
+        "delete from events where tenant_id = $1 and event_id in ('p1', 'p2', 'x1')",
+    )
+    .await;
     let replica = app.replica(Options::default()).await;
     assert_eq!(
         side_answers(&replica).await,
@@ -902,20 +924,14 @@ async fn a_replica_reads_presence_and_conversions_from_the_snapshot_not_the_even
 #[tokio::test]
 async fn a_damaged_side_snapshot_is_ignored_and_the_events_read() {
     let app = with_side_snapshot().await;
-    sqlx::query("update side_snapshots set body = '\\x00'::bytea where tenant_id = $1")
-        .bind(app.tenant)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    execute_for_tenant(
+        &app,
+        "update side_snapshots set body = '\\x00'::bytea where tenant_id = $1",
+    )
+    .await;
     assert_eq!(app.ingest(&later_side_events()).await.unwrap().accepted, 3);
     let replica = app.replica(Options::default()).await;
-    assert_eq!(
-        side_answers(&replica).await,
-        (
-            (2, 2, 2, 1250),
-            vec![("ann".to_owned(), 1000.0), ("bo".to_owned(), 600.0)]
-        )
-    );
+    assert_eq!(side_answers(&replica).await, with_later_events_expected());
 }
 
 #[tokio::test]
@@ -927,12 +943,7 @@ async fn erasing_a_customer_deletes_the_side_snapshot_that_names_them() {
         }))
         .await
         .unwrap();
-    let (rows,): (i64,) = sqlx::query_as("select count(*) from side_snapshots where tenant_id = $1")
-        .bind(app.tenant)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 0);
+    assert_eq!(side_snapshot_rows(&app).await, 0);
     // B's conversation and purchase went: A alone, not converted.
     let replica = app.replica(Options::default()).await;
     assert_eq!(

@@ -338,8 +338,6 @@ pub(super) struct Groups {
     /// Where new groups and tag counts are charged (none: unbounded, for merged totals whose
     /// parts were charged).
     budget: Option<Arc<Budget>>,
-    /// Bytes charged to `budget` so far.
-    charged: usize,
 }
 
 impl Groups {
@@ -356,11 +354,10 @@ impl Groups {
             Some((k, i)) if k == key => i,
             _ => {
                 let accs = &mut self.accs;
-                let (budget, charged) = (&self.budget, &mut self.charged);
+                let budget = &self.budget;
                 let i = *self.index.entry(key).or_insert_with(|| {
                     if let Some(b) = budget {
                         b.charge(GROUP_BYTES);
-                        *charged += GROUP_BYTES;
                     }
                     accs.push((key, Acc::default()));
                     accs.len() - 1
@@ -390,22 +387,20 @@ impl Groups {
         }
     }
 
-    /// Charges `bytes` more to the budget.
-    pub fn charge(&mut self, bytes: usize) {
+    /// Charges `bytes` more to the budget (a new tag count: [`TAG_BYTES`] each).
+    pub fn charge(&self, bytes: usize) {
         if let Some(b) = &self.budget {
             b.charge(bytes);
-            self.charged += bytes;
         }
     }
 
     /// Complete totals leave the computation's hands (kept in the cache, which weighs them, or
-    /// merged into totals charged on their own): their charge is released and they charge no
-    /// more.
+    /// merged into totals charged on their own): their charge, [`Groups::budgeted_bytes`] (each
+    /// group and tag count was charged when it was added), is released and they charge no more.
     pub fn settle(&mut self) {
         if let Some(b) = self.budget.take() {
-            b.release(self.charged);
+            b.release(self.budgeted_bytes());
         }
-        self.charged = 0;
     }
 
     /// Whether the computation's budget is spent: its scan stops.
@@ -439,7 +434,6 @@ impl Groups {
             accs,
             last: None,
             budget: None,
-            charged: 0,
         }
     }
 

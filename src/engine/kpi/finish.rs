@@ -222,7 +222,7 @@ fn listed(bits: &[u64], mut v: Vec<u32>) -> Vec<u32> {
 /// the same bits, without sorting them (a 10 M conversation tenant's 30-day overview spent two
 /// fifths of its time sorting a million answers).
 fn csat(answers: Vec<(i32, i32, i32)>, sent: u64) -> Csat {
-    let distribution = counted(&answers);
+    let distribution = counted(answers.iter().copied());
     let (mut satisfied, mut sum) = (0, 0.0);
     for ((score, min, max), count) in &distribution {
         let n = f64::from(score - min) / f64::from(max - min);
@@ -265,8 +265,7 @@ fn nps(scores: &[i32], sent: u64) -> Nps {
 /// CES: mean of the answers mapped to 1-7 (summed in sorted order: counted per distinct value,
 /// as [`csat`]).
 fn ces(answers: Vec<f64>, sent: u64) -> Ces {
-    let bits: Vec<u64> = answers.iter().map(|v| v.to_bits()).collect();
-    let mut values: Vec<(f64, u64)> = counted(&bits)
+    let mut values: Vec<(f64, u64)> = counted(answers.iter().map(|v| v.to_bits()))
         .into_iter()
         .map(|(b, n)| (f64::from_bits(b), n))
         .collect();
@@ -283,10 +282,10 @@ fn ces(answers: Vec<f64>, sent: u64) -> Ces {
 
 /// How many times each value occurs, by value (a hash count: answers take a few distinct
 /// values).
-fn counted<T: std::hash::Hash + Eq + Ord + Copy>(values: &[T]) -> BTreeMap<T, u64> {
+fn counted<T: std::hash::Hash + Eq + Ord>(values: impl Iterator<Item = T>) -> BTreeMap<T, u64> {
     let mut counts: hashbrown::HashMap<T, u64> = hashbrown::HashMap::default();
     for v in values {
-        *counts.entry(*v).or_default() += 1;
+        *counts.entry(v).or_default() += 1;
     }
     counts.into_iter().collect()
 }

@@ -206,15 +206,13 @@ impl Computation<'_> {
         }
         self.cancel.check()?;
         let d = self.data;
+        let series = matches!(grouping, Grouping::Series(_));
         let mut out: Vec<(GroupKey, finish::Finished)> = groups
             .into_sorted()
             .into_par_iter()
-            .map(|(key, acc)| {
-                let series = matches!(grouping, Grouping::Series(_));
-                (key, finish::finish(acc, &d.symbols, &d.conversions, series))
-            })
+            .map(|(key, acc)| (key, finish::finish(acc, &d.symbols, &d.conversions, series)))
             .collect();
-        if let Grouping::Series(_) = grouping {
+        if series {
             series_retention(&mut out);
         }
         // Rows by value name, not by id (ids depend on arrival order).

@@ -13,7 +13,7 @@ pub mod whatsapp;
 use std::time::Duration;
 
 use sqlx::{
-    ConnectOptions, PgPool, Postgres,
+    ConnectOptions, Connection, PgPool, Postgres,
     postgres::{PgArgumentBuffer, PgConnectOptions, PgPoolOptions, PgTypeInfo, PgValueRef},
 };
 
@@ -31,6 +31,17 @@ pub fn lazy_pool(database_url: &str, max_connections: u32) -> Result<PgPool, Err
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // A connection keeps the largest message it ever sent or received (a day snapshot: up
+        // to tens of MB) as buffer capacity, and pooled connections live for hours: in a soak
+        // with ingest, 16 of them held 66 MB that no budget counted (heaptrack, BENCHMARKS.md
+        // "Memory outside the cache"). A returned connection gives that excess back; for
+        // buffers at sqlx's 8 KiB default it is a no-op.
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                conn.shrink_buffers();
+                Ok(true)
+            })
+        })
         // Lock waits between concurrent batches of one conversation are expected under load;
         // only statements slower than this are worth a warning.
         .connect_lazy_with(

@@ -43,9 +43,9 @@ stop_server() {
   wait "$SERVER" 2>/dev/null || true
 }
 
-# rss: the server's current and peak resident memory (MB).
+# rss: the server's current and peak resident memory (MiB).
 rss() {
-  awk '/VmRSS/ {r=$2} /VmHWM/ {h=$2} END {printf "server RSS %.0f MB (peak %.0f MB)\n", r/1024, h/1024}' "/proc/$SERVER/status"
+  awk '/VmRSS/ {r=$2} /VmHWM/ {h=$2} END {printf "server RSS %.0f MiB (peak %.0f MiB)\n", r/1024, h/1024}' "/proc/$SERVER/status"
 }
 
 # summarize FILE: p50/p95/max per kind of `kind,ms` samples, and chatkpi / DuckDB for the
@@ -101,7 +101,7 @@ peak_rss_while() {
   "$@"
   kill "$watcher" 2>/dev/null || true
   wait "$watcher" 2>/dev/null || true
-  awk '{printf "peak server RSS during it: %.0f MB\n", $1/1024}' "$PEAK_FILE"
+  awk '{printf "peak server RSS during it: %.0f MiB\n", $1/1024}' "$PEAK_FILE"
   echo 0 >"$PEAK_FILE"
 }
 PEAK_FILE=$(mktemp)

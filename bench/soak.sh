@@ -57,7 +57,7 @@ acked() {
 FROM=$(date -u -d "$START" +%FT%TZ)
 TO=$(date -u -d "$START + 30 days" +%FT%TZ)
 BEGAN=$(date +%s)
-printf '%8s %10s %14s %22s %22s\n' elapsed rss_mb events_acked overview_p50/p95_ms breakdown_p50/p95_ms
+printf '%8s %10s %14s %22s %22s\n' elapsed rss_mib events_acked overview_p50/p95_ms breakdown_p50/p95_ms
 while (( $(date +%s) - BEGAN < SECONDS_TOTAL )); do
   sleep 20
   : >"$OUT/round.csv"
@@ -76,7 +76,7 @@ kill -TERM $LOAD 2>/dev/null || true  # (SIGINT is ignored by background jobs)
 wait $LOAD 2>/dev/null || true
 
 echo "--- totals"
-echo "server peak RSS: $(awk '/VmHWM/ { printf "%.0f MB", $2 / 1024 }' /proc/$SERVER/status)"
+echo "server peak RSS: $(awk '/VmHWM/ { printf "%.0f MiB", $2 / 1024 }' /proc/$SERVER/status)"
 echo "events acknowledged: $(acked) in $SECONDS_TOTAL s ($(( $(acked) / SECONDS_TOTAL )) events/s)"
 cat "$OUT/watch.txt"
 for k in overview overview_1d breakdown_agent series_day; do

@@ -96,9 +96,12 @@ pub struct ServeConfig {
     /// Most database connections the server opens.
     #[arg(long, env = "CHATKPI_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
-    /// Memory for query data (day segments, names, presence, conversions of every tenant), in
-    /// bytes or with a unit (512MiB, 2GiB). What does not fit is evicted and read again from
-    /// PostgreSQL when a query needs it.
+    /// Memory for query data (day segments, kept totals, names, presence, conversions of every
+    /// tenant) and the work on it, in bytes or with a unit (512MiB, 2GiB). The cache's entries
+    /// take all but 64 MiB or a sixteenth of it, whichever is more (at most a quarter), left to
+    /// computations in flight; what does not fit is evicted and read again from PostgreSQL
+    /// when a query needs it. The process's resident set stays within it plus 96 MiB
+    /// (BENCHMARKS.md).
     #[arg(long, env = "CHATKPI_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
     /// Days of recent data to load, before reporting SERVING, for every tenant queried in the

@@ -8,17 +8,19 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options (read at its start, in the form tikv-jemallocator documents): a background
-/// thread returns pages freed more than a quarter of a second ago to the system, so the resident
-/// set follows what the cache holds (its byte budget, README "Memory is bounded in bytes")
-/// shortly after a burst of query or load buffers, not only when later allocations happen to
-/// trigger a purge; one arena per CPU (jemalloc's default is four) keeps fewer partly used pages
-/// apart. Measured on the live tenant (BENCHMARKS.md, "Live tenants"; two arenas on its two
-/// CPUs): peak RSS 794 -> 655 MiB for the same cache.
+/// jemalloc's options (read at its start, in the form tikv-jemallocator documents): pages freed
+/// are returned to the system at once (a background thread purges), so the resident set follows
+/// what the cache holds (its byte budget, README "Memory is bounded in bytes") right after a
+/// burst of query or load buffers, not only when later allocations happen to trigger a purge;
+/// one arena per CPU (jemalloc's default is four) keeps fewer partly used pages apart. Measured
+/// on the live tenant (BENCHMARKS.md, "Live tenants"; two arenas on its two CPUs): peak RSS 794
+/// -> 655 MiB for the same cache with pages kept 250 ms; in the soak (RELIABILITY.md), pages
+/// kept 250 ms made the resident set 50-100 MiB larger than the allocated bytes, returned at
+/// once a steady 55 MiB.
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] =
-    b"background_thread:true,percpu_arena:percpu,dirty_decay_ms:250,muzzy_decay_ms:0\0";
+    b"background_thread:true,percpu_arena:percpu,dirty_decay_ms:0,muzzy_decay_ms:0\0";
 
 use chatkpi::{
     cli,

@@ -33,7 +33,7 @@ pub fn lazy_pool(database_url: &str, max_connections: u32) -> Result<PgPool, Err
         .acquire_timeout(Duration::from_secs(5))
         // A connection keeps the largest message it ever sent or received (a day snapshot: up
         // to tens of MB) as buffer capacity, and pooled connections live for hours: in a soak
-        // with ingest, 16 of them held 66 MB that no budget counted (heaptrack, BENCHMARKS.md
+        // with ingest, 8 of them held 66 MiB that no budget counted (heaptrack, BENCHMARKS.md
         // "Memory outside the cache"). A returned connection gives that excess back; for
         // buffers at sqlx's 8 KiB default it is a no-op.
         .after_release(|conn, _meta| {

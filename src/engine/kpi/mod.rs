@@ -331,9 +331,9 @@ impl Computation<'_> {
             cached,
             corrections,
             days,
-            chunks,
             parts,
         } = self.plan(scan, grouping);
+        let chunks = || days.iter().flat_map(|d| &d.chunks).filter_map(ChunkTotals::task);
         // The lookups need only the customers of the rows scanned below: with kept totals
         // that is the window's edges and the chunks that changed, not the whole lookahead (a
         // new window, such as a sliding one, computes its edge totals and still gets the small
@@ -341,7 +341,7 @@ impl Computation<'_> {
         let scanned = parts
             .iter()
             .map(|(s, rows, select)| (*s, rows.clone(), *select))
-            .chain(chunks.iter().map(|c| (c.segment, c.rows.clone(), c.select)));
+            .chain(chunks().map(|c| (c.segment, c.rows.clone(), c.select)));
         let mut asked = customers_of(segments, scanned, self.data.customers);
         for c in corrections.iter().flat_map(|c| &c.stale.customers) {
             set_bit(&mut asked, *c);
@@ -352,13 +352,13 @@ impl Computation<'_> {
             kept = cached.len(),
             corrected = corrections.len(),
             rebuilt = days.len(),
-            computed_chunks = chunks.len(),
-            computed_rows = chunks.iter().map(|c| c.rows.len()).sum::<usize>(),
+            computed_chunks = chunks().count(),
+            computed_rows = chunks().map(|c| c.rows.len()).sum::<usize>(),
             scanned_parts = parts.len(),
             "computation plan"
         );
         let corrected = self.correct(scan, &corrections);
-        let computed = self.keep_totals(scan, days, chunks, &corrected)?;
+        let computed = self.keep_totals(scan, days, &corrected)?;
         let scanned = self.scan_in_parts(scan, parts)?;
         if scan.budget.exceeded() {
             return Err(Error::ResourceExhausted {
@@ -470,8 +470,7 @@ impl Computation<'_> {
             // sets of groups in flight, fewer to merge).
             keep => {
                 for start in (0..seg.len()).step_by(PART_ROWS) {
-                    build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
-                    plan.chunks.push(ChunkTask {
+                    build.chunks.push(ChunkTotals::Compute(ChunkTask {
                         segment: s,
                         rows: start..(start + PART_ROWS).min(seg.len()),
                         version: seg.version,
@@ -479,7 +478,7 @@ impl Computation<'_> {
                         select,
                         key: None,
                         judge: keep == KeepOf::Verdicts,
-                    });
+                    }));
                 }
             }
         }
@@ -515,8 +514,7 @@ impl Computation<'_> {
                     plan.corrections.push(stale.into_correction(key, false));
                 }
                 Kept::No => {
-                    build.chunks.push(ChunkTotals::Computed(plan.chunks.len()));
-                    plan.chunks.push(ChunkTask {
+                    build.chunks.push(ChunkTotals::Compute(ChunkTask {
                         segment: s,
                         rows: range,
                         version,
@@ -524,7 +522,7 @@ impl Computation<'_> {
                         select,
                         key: Some(key),
                         judge: true,
-                    });
+                    }));
                 }
             }
         }
@@ -626,57 +624,28 @@ impl Computation<'_> {
         }
     }
 
-    /// Computes the chunks' totals a plan needs, in parallel, and builds (and keeps) the
-    /// segments' totals from their chunks.
+    /// Builds (and keeps) the segments' totals from their chunks', computing those a plan
+    /// needs, in parallel. A day's computed chunk totals are dropped once merged into its own
+    /// (unless kept for themselves), so beside the cache only the days in flight hold theirs:
+    /// computing every chunk first held them all at once, up to 955 MiB beyond the cache for a
+    /// breakdown by agent at 10 M conversations (BENCHMARKS.md, "Memory outside the cache").
     fn keep_totals(
         &self,
         scan: &Scan<'_>,
         days: Vec<DayBuild>,
-        chunks: Vec<ChunkTask>,
         corrected: &[Arc<Partial>],
     ) -> Result<Vec<Arc<Partial>>, Error> {
-        let computed: Vec<Arc<Partial>> = chunks
-            .into_par_iter()
-            .map(|task| {
-                self.cancel.check()?;
-                let seg = &self.data.segments[task.segment];
-                let mut groups = Groups::charging(&scan.budget);
-                let mut scratch = if task.judge {
-                    scan::Scratch::judging()
-                } else {
-                    scan::Scratch::default()
-                };
-                scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
-                groups.shrink(crate::engine::stats::BIN_CHUNK_FROM);
-                // Complete: the day's totals merged from it are charged instead.
-                groups.settle();
-                let (openings, conversions, ledger) = scratch.customers_read();
-                let partial = Arc::new(Partial {
-                    groups,
-                    from: task.version,
-                    rows: task.kept,
-                    at: self.data.changes.version,
-                    openings,
-                    conversions,
-                    ledgers: ledger.map(|l| vec![l]),
-                });
-                if let Some(key) = task.key {
-                    self.keep(key, &partial, scan);
-                }
-                Ok(partial)
-            })
-            .collect::<Result<_, Error>>()?;
         days.into_par_iter()
             .map(|day| {
-                let parts: Vec<Arc<Partial>> = day
+                let parts = day
                     .chunks
-                    .into_iter()
+                    .into_par_iter()
                     .map(|c| match c {
-                        ChunkTotals::Kept(p) => p,
-                        ChunkTotals::Corrected(i) => corrected[i].clone(),
-                        ChunkTotals::Computed(i) => computed[i].clone(),
+                        ChunkTotals::Kept(p) => Ok(p),
+                        ChunkTotals::Corrected(i) => Ok(corrected[i].clone()),
+                        ChunkTotals::Compute(task) => self.chunk_totals(scan, task),
                     })
-                    .collect();
+                    .collect::<Result<Vec<_>, Error>>()?;
                 // (Even one chunk's totals are copied: the day's are of the segment's version.)
                 let mut partial = Partial::merged(&parts, day.from, day.rows, self.data.changes.version);
                 partial.groups.shrink(crate::engine::stats::BIN_FROM);
@@ -686,6 +655,36 @@ impl Computation<'_> {
                 Ok(partial)
             })
             .collect()
+    }
+
+    /// One chunk's totals (kept under the task's key, if any).
+    fn chunk_totals(&self, scan: &Scan<'_>, task: ChunkTask) -> Result<Arc<Partial>, Error> {
+        self.cancel.check()?;
+        let seg = &self.data.segments[task.segment];
+        let mut groups = Groups::charging(&scan.budget);
+        let mut scratch = if task.judge {
+            scan::Scratch::judging()
+        } else {
+            scan::Scratch::default()
+        };
+        scan.part(seg, task.rows, task.select, &mut groups, &mut scratch);
+        groups.shrink(crate::engine::stats::BIN_CHUNK_FROM);
+        // Complete: the day's totals merged from it are charged instead.
+        groups.settle();
+        let (openings, conversions, ledger) = scratch.customers_read();
+        let partial = Arc::new(Partial {
+            groups,
+            from: task.version,
+            rows: task.kept,
+            at: self.data.changes.version,
+            openings,
+            conversions,
+            ledgers: ledger.map(|l| vec![l]),
+        });
+        if let Some(key) = task.key {
+            self.keep(key, &partial, scan);
+        }
+        Ok(partial)
     }
 
     /// Keeps `partial` under `key`, unless the budget cut it short (incomplete totals are never
@@ -778,8 +777,6 @@ struct Plan {
     corrections: Vec<Correction>,
     /// Segments' totals to build from their chunks and keep.
     days: Vec<DayBuild>,
-    /// Chunks' totals to compute.
-    chunks: Vec<ChunkTask>,
     /// Rows to scan in parts, nothing kept: (segment, rows, selection).
     parts: Vec<(usize, std::ops::Range<usize>, Select)>,
 }
@@ -793,12 +790,20 @@ struct DayBuild {
     chunks: Vec<ChunkTotals>,
 }
 
-/// One chunk's totals: kept, corrected by [`Plan::corrections`]`[i]` or computed by
-/// [`Plan::chunks`]`[i]`.
+/// One chunk's totals: kept, corrected by [`Plan::corrections`]`[i]` or to compute.
 enum ChunkTotals {
     Kept(Arc<Partial>),
     Corrected(usize),
-    Computed(usize),
+    Compute(ChunkTask),
+}
+
+impl ChunkTotals {
+    fn task(&self) -> Option<&ChunkTask> {
+        match self {
+            ChunkTotals::Compute(task) => Some(task),
+            _ => None,
+        }
+    }
 }
 
 /// A chunk's totals to compute: the rows `select` takes of `rows` of `segment`, kept under

@@ -73,7 +73,7 @@ pub(super) fn finish(
     k.csat = csat(std::mem::take(&mut a.csat), a.surveys_sent[0]);
     k.nps = nps(&a.nps, a.surveys_sent[1]);
     k.ces = ces(std::mem::take(&mut a.ces), a.surveys_sent[2]);
-    let (mut customers, customer_bits) = distinct(std::mem::take(&mut a.customers), list_customers);
+    let (customers, customer_bits) = distinct(std::mem::take(&mut a.customers), list_customers);
     let distinct_customers = match &customer_bits {
         Some(bits) => bits.iter().map(|w| w.count_ones() as usize).sum(),
         None => customers.len(),
@@ -81,13 +81,7 @@ pub(super) fn finish(
     k.conversion = conversion(distinct_customers, &mut a, symbols, conversions);
     let previous = std::mem::take(&mut a.previous_customers);
     k.retention = match customer_bits {
-        Some(bits) => {
-            let retention = retention_in(&previous, &bits);
-            if list_customers {
-                customers = listed(&bits, customers);
-            }
-            retention
-        }
+        Some(bits) => retention_in(&previous, &bits),
         None => retention(sorted_distinct(previous), &customers),
     };
     (k.tags, k.tags_omitted) = tags(&a, symbols);

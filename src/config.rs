@@ -105,8 +105,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CHATKPI_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
     /// Days of recent data to load, before reporting SERVING, for every tenant queried in the
-    /// last day (so the first dashboard query after a restart finds its data in memory); 0
-    /// disables. Stops at half the cache budget or after --warmup-secs.
+    /// last day (so the first dashboard query after a restart finds its data in memory), then
+    /// ask their recent dashboard questions again (so it finds their totals too); 0 disables.
+    /// Loading stops at half the cache budget, asking at fifteen sixteenths, both at --warmup-secs.
     #[arg(long, env = "CHATKPI_WARMUP_DAYS", default_value_t = 35)]
     pub warmup_days: u32,
     /// Longest warm-up before serving, in seconds.

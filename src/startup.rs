@@ -23,11 +23,15 @@ use crate::{
     store, telemetry, web,
 };
 
-/// How often the health task checks that the database still answers: health follows an outage
-/// within about a second.
+/// How often the health task checks that the database still answers: health follows a refused
+/// connection within about a second, a silent database within about two.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the health check waits for the database before calling it unreachable.
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+/// A failed check is tried once more after this pause before the server stops serving: one
+/// ping slowed past the timeout by a busy machine (seen at 10 M conversations while both
+/// cores computed) must not refuse every request for a second.
+const HEALTH_RETRY: Duration = Duration::from_millis(200);
 
 /// What the server loads before it reports SERVING (`--warmup-days`, `--warmup-secs`).
 #[derive(Debug, Clone, Copy)]
@@ -292,7 +296,7 @@ async fn watch_database(pool: PgPool, app: Arc<App>, warmup: Warmup, reporter: H
     // Queries read the database directly while warming (the readiness flag guards requests,
     // not the cache): set it, but report SERVING only once warm.
     ready.set(true);
-    app.kpis.cache().warm_up(warmup.days, warmup.limit).await;
+    app.kpis.warm_up(warmup.days, warmup.limit).await;
     tracing::info!("database migrated, serving");
     ready.set(true);
     set_status(&reporter, ServingStatus::Serving).await;
@@ -300,7 +304,11 @@ async fn watch_database(pool: PgPool, app: Arc<App>, warmup: Warmup, reporter: H
     let mut probe = store::Probe::new(&pool);
     loop {
         tokio::time::sleep(HEALTH_INTERVAL).await;
-        let up = probe.ping(HEALTH_TIMEOUT).await;
+        let mut up = probe.ping(HEALTH_TIMEOUT).await;
+        if !up && serving {
+            tokio::time::sleep(HEALTH_RETRY).await;
+            up = probe.ping(HEALTH_TIMEOUT).await;
+        }
         if up != serving {
             serving = up;
             ready.set(up);

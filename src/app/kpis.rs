@@ -6,6 +6,8 @@
 //! when the client cancels or its deadline passes). Streams (drill-down, watch) hold only
 //! immutable segments while they wait for a slow reader, never a lock.
 
+mod warm;
+
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::Utc;
@@ -19,7 +21,7 @@ use crate::{
     domain::{
         Error,
         calendar::{self, Granularity},
-        query::Query,
+        query::{AskedKind, Query},
         scorecard::{self, Line},
         settings::{Settings, SettingsUpdate},
         tenant::TenantId,
@@ -72,11 +74,14 @@ pub struct KpiService {
     pool: PgPool,
     cache: Arc<QueryCache>,
     scheduler: Arc<Scheduler>,
+    /// The dashboard questions asked, noted for the next restart's warm-up.
+    asked: Arc<warm::AskedLog>,
 }
 
 impl KpiService {
     pub fn new(pool: PgPool, cache: Arc<QueryCache>, scheduler: Arc<Scheduler>) -> Self {
         Self {
+            asked: Arc::new(warm::AskedLog::new(pool.clone())),
             pool,
             cache,
             scheduler,
@@ -167,6 +172,18 @@ impl KpiService {
         query: &Query,
         compare_previous: bool,
     ) -> Result<(Kpis, Option<Kpis>), Error> {
+        let answer = self.overview_of(tenant, query, compare_previous).await?;
+        self.asked
+            .note(tenant, query, AskedKind::Overview { compare_previous });
+        Ok(answer)
+    }
+
+    async fn overview_of(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        compare_previous: bool,
+    ) -> Result<(Kpis, Option<Kpis>), Error> {
         let mut reads = Reads::summary(query, Grouping::All);
         let previous = compare_previous.then(|| {
             let mut p = query.clone();
@@ -196,6 +213,19 @@ impl KpiService {
         dimension: Dimension,
         limit: usize,
     ) -> Result<(Vec<(String, Kpis)>, usize), Error> {
+        let answer = self.breakdown_of(tenant, query, dimension, limit).await?;
+        self.asked
+            .note(tenant, query, AskedKind::Breakdown { dimension, limit });
+        Ok(answer)
+    }
+
+    async fn breakdown_of(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        dimension: Dimension,
+        limit: usize,
+    ) -> Result<(Vec<(String, Kpis)>, usize), Error> {
         let grouping = Grouping::By(dimension);
         self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
             let mut rows: Vec<(String, Kpis)> = c
@@ -212,6 +242,17 @@ impl KpiService {
 
     /// The KPIs per calendar bucket of the window, empty buckets included.
     pub async fn time_series(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        granularity: Granularity,
+    ) -> Result<Vec<(Span, Kpis)>, Error> {
+        let answer = self.time_series_of(tenant, query, granularity).await?;
+        self.asked.note(tenant, query, AskedKind::Series(granularity));
+        Ok(answer)
+    }
+
+    async fn time_series_of(
         &self,
         tenant: TenantId,
         query: &Query,
@@ -487,6 +528,13 @@ impl KpiService {
                 let message = match computed {
                     Ok(None) => continue,
                     Ok(Some((kpis, version))) => {
+                        if last_version.is_none() {
+                            // A watched overview is the dashboard's overview.
+                            let kind = AskedKind::Overview {
+                                compare_previous: false,
+                            };
+                            service.asked.note(tenant, &q, kind);
+                        }
                         last_version = Some(version);
                         Ok(WatchUpdate { kpis, window })
                     }

@@ -12,7 +12,7 @@ use super::{
 };
 
 /// Time-series bucket sizes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Granularity {
     Hour,
     Day,

@@ -5,7 +5,9 @@ use chrono_tz::Tz;
 
 use super::{
     Error,
+    calendar::Granularity,
     event::{Channel, Priority},
+    kpi::Dimension,
 };
 
 /// Longest window a query may span (and the previous window for comparisons doubles the data
@@ -105,7 +107,7 @@ impl Window {
 }
 
 /// Filters of docs/metrics.md §6: each list means "any of"; lists are AND-combined; empty = all.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Filters {
     pub channels: Vec<Channel>,
     pub inboxes: Vec<String>,
@@ -149,6 +151,45 @@ impl Query {
             attribution_window: DEFAULT_ATTRIBUTION_WINDOW,
             conversion_kinds: Vec::new(),
         }
+    }
+}
+
+/// A dashboard question as it was asked: kept per tenant so that a restarted server computes
+/// it, and keeps its totals, before it reports SERVING (README, "Restarts are quick").
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub query: Query,
+    pub kind: AskedKind,
+}
+
+/// Which of the dashboard's questions (the KPI RPCs whose totals are kept per day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AskedKind {
+    Overview { compare_previous: bool },
+    Breakdown { dimension: Dimension, limit: usize },
+    Series(Granularity),
+}
+
+impl Asked {
+    /// The question without where its window lies (its length counts): a dashboard asking over
+    /// a sliding window asks the same shape again and again. Equal shapes give equal values
+    /// within one process.
+    pub fn shape_hash(query: &Query, kind: AskedKind) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Query {
+            window,
+            time_zone,
+            filters,
+            business_hours,
+            repeat_window,
+            attribution_window,
+            conversion_kinds,
+        } = query;
+        let mut h = std::hash::DefaultHasher::new();
+        (kind, window.length(), time_zone, business_hours).hash(&mut h);
+        (repeat_window, attribution_window).hash(&mut h);
+        (conversion_kinds, filters).hash(&mut h);
+        h.finish()
     }
 }
 

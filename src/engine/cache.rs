@@ -275,6 +275,11 @@ impl<S: Source> QueryCache<S> {
         self.entries.weighted_size()
     }
 
+    /// The bytes its entries may hold.
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
     /// Bytes held per kind of entry: tenants' tables, day segments, kept totals.
     pub fn bytes_by_kind(&self) -> [(&'static str, u64); 3] {
         let mut sums = [("tenant", 0u64), ("segment", 0), ("totals", 0)];
@@ -292,10 +297,11 @@ impl<S: Source> QueryCache<S> {
     /// Loads the last `days` days of the tenants queried in the last day (whose snapshots were
     /// written recently), most recent first, until half the budget is used or `deadline`
     /// passes: after a restart, their dashboards find their data in memory. Returns the
-    /// tenants warmed.
-    pub async fn warm_up(self: &Arc<Self>, days: u32, deadline: Duration) -> usize {
+    /// tenants warmed, in that order.
+    pub async fn warm_up(self: &Arc<Self>, days: u32, deadline: Duration) -> Vec<TenantId> {
+        let mut warmed = Vec::new();
         if days == 0 {
-            return 0;
+            return warmed;
         }
         let started = Instant::now();
         let since = chrono::Utc::now() - chrono::Duration::days(1);
@@ -303,10 +309,9 @@ impl<S: Source> QueryCache<S> {
             Ok(t) => t,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot list tenants to warm up");
-                return 0;
+                return warmed;
             }
         };
-        let mut warmed = 0;
         for (tenant, last_day) in tenants {
             if started.elapsed() > deadline || self.bytes() > self.budget / 2 {
                 break;
@@ -323,13 +328,13 @@ impl<S: Source> QueryCache<S> {
             )
             .await
             {
-                Ok(Ok(_)) => warmed += 1,
+                Ok(Ok(_)) => warmed.push(tenant),
                 Ok(Err(err)) => tracing::warn!(tenant = tenant.0, error = %err, "warm-up failed"),
                 Err(_) => break,
             }
         }
         tracing::info!(
-            tenants = warmed,
+            tenants = warmed.len(),
             ms = started.elapsed().as_millis() as u64,
             cache_bytes = self.bytes(),
             "query cache warmed up"
@@ -992,6 +997,21 @@ impl<S: Source> QueryCache<S> {
         if let Err(err) = dropped {
             tracing::warn!(error = %err, "cannot drop a tenant's kept totals");
         }
+    }
+}
+
+impl<S: Source> QueryCache<S> {
+    /// How many kept totals of `tenant` the cache holds (a diagnostic: a restarted server holds
+    /// those of the questions it asked again before serving).
+    pub async fn kept_totals(&self, tenant: TenantId) -> usize {
+        let Some(Value::Tenant(entry)) = self.entries.get(&Key::Tenant(tenant)) else {
+            return 0;
+        };
+        let generation = entry.state.lock().await.generation;
+        self.entries
+            .iter()
+            .filter(|(k, _)| matches!(&**k, Key::Partial(p) if p.tenant == generation))
+            .count()
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod alerts;
 pub mod events;
+pub mod questions;
 pub mod segments;
 pub mod settings;
 pub mod tenants;
@@ -106,7 +107,7 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::Tls(_) => Error::Unavailable("database unavailable".into()),
+            | sqlx::Error::Tls(_) => Error::Unavailable(format!("database unavailable: {err}")),
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 Some(code) if transient(code) => {
                     Error::Unavailable(format!("database busy or restarting (SQLSTATE {code})"))

@@ -17,6 +17,7 @@ mod isolation;
 mod keys;
 mod metrics;
 mod props;
+mod restart;
 mod server;
 mod sla;
 mod validation;

@@ -74,7 +74,13 @@ pub struct Plan {
 pub async fn run(plan: &Plan) -> anyhow::Result<()> {
     let channel = client::connect(&plan.server).await?;
     let bearer = client::bearer(&plan.api_key)?;
+    let waited = Instant::now();
     wait_until_serving(&channel).await?;
+    if plan.no_warmup {
+        // A cold start: how long the server took to report SERVING (its warm-up) after this
+        // client first asked.
+        println!("serving after {:.1} ms", waited.elapsed().as_secs_f64() * 1000.0);
+    }
     let mut samples = match &plan.samples {
         Some(path) => Some(
             std::fs::OpenOptions::new()
@@ -114,14 +120,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (up to a minute) until the server's health says SERVING: a restarted server accepts
-/// connections before its database check is done.
+/// Waits (up to three minutes) until the server's health says SERVING: a restarted server
+/// accepts connections before its database check and its warm-up (`--warmup-secs`) are done.
 pub async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
     let mut health = HealthClient::new(channel.clone());
-    for _ in 0..600 {
+    for _ in 0..1800 {
         let status = health
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -133,7 +139,7 @@ pub async fn wait_until_serving(channel: &Channel) -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    anyhow::bail!("the server did not report SERVING within a minute")
+    anyhow::bail!("the server did not report SERVING within three minutes")
 }
 
 /// Watchers for [`watch`].

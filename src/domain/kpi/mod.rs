@@ -22,7 +22,7 @@ pub const MAX_ROWS: usize = 1000;
 pub const MAX_TAG_SHARES: usize = 100;
 
 /// A breakdown dimension (docs/metrics.md §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Dimension {
     Channel,
     Inbox,

@@ -1,0 +1,196 @@
+//! A restarted server: before it reports SERVING it asks again the dashboard questions asked of
+//! the one before it, so their totals are kept when the first dashboard asks.
+
+use std::time::Duration;
+
+use chatkpi::{
+    app::kpis::{KpiService, QueryCache},
+    domain::{
+        event::*,
+        query::{Asked, AskedKind, Query, Window},
+        tenant::TenantId,
+    },
+    engine::schedule::Scheduler,
+    grpc::{convert::chrono_to_timestamp, pb},
+    store::{self, segments::PgSource},
+};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, ev, pool, t};
+
+/// Two conversations of one customer, answered and resolved by ann.
+fn fixture() -> Vec<Event> {
+    let mut events = Vec::new();
+    for (n, at) in [(1, 0), (2, 3_600)] {
+        let conv = format!("r{n}");
+        events.extend([
+            ev(
+                &format!("{conv}-o"),
+                Some(&conv),
+                at,
+                Payload::ConversationOpened(ConversationOpened {
+                    customer_id: "C".into(),
+                    channel: Channel::Whatsapp,
+                    inbox: None,
+                    team: None,
+                    priority: None,
+                    initiated_by: Initiator::Customer,
+                }),
+            ),
+            ev(
+                &format!("{conv}-m"),
+                Some(&conv),
+                at + 30,
+                Payload::Message(Message {
+                    message_id: format!("{conv}-m"),
+                    sender: Sender::Agent,
+                    agent_id: Some("ann".into()),
+                    private: false,
+                }),
+            ),
+            ev(
+                &format!("{conv}-r"),
+                Some(&conv),
+                at + 60,
+                Payload::Resolved(Resolved {
+                    by: ResolvedBy::Agent,
+                    agent_id: Some("ann".into()),
+                }),
+            ),
+        ]);
+    }
+    events
+}
+
+fn query() -> pb::Query {
+    pb::Query {
+        from: Some(chrono_to_timestamp(t(-86_400))),
+        to: Some(chrono_to_timestamp(t(86_400))),
+        ..Default::default()
+    }
+}
+
+/// Waits (up to 10 s) until `sql`, counting rows of `tenant`, counts at least `at_least`.
+async fn wait_for_rows(pool: &PgPool, sql: &'static str, tenant: TenantId, at_least: i64) {
+    for _ in 0..100 {
+        let n: i64 = sqlx::query_scalar(sql)
+            .bind(tenant.0)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        if n >= at_least {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{sql} never counted {at_least} rows of tenant {}", tenant.0);
+}
+
+/// The KPI use case of a freshly started process on the test database: an empty cache.
+fn restarted(pool: &PgPool) -> KpiService {
+    KpiService::new(
+        pool.clone(),
+        QueryCache::new(PgSource(pool.clone()), 256 << 20, Duration::from_secs(20)),
+        std::sync::Arc::new(Scheduler::new().unwrap()),
+    )
+}
+
+const SNAPSHOTS: &str = "select count(*) from segments where tenant_id = $1";
+const QUESTIONS: &str = "select count(*) from asked_questions where tenant_id = $1";
+
+#[tokio::test]
+async fn a_restarted_server_keeps_the_totals_of_the_questions_asked_before_it_before_it_serves() {
+    // `asking` asks the dashboard's overview; `quiet` has the same data and is read only by a
+    // scorecard (not a dashboard question that is noted).
+    let asking = TestApp::spawn().await;
+    let quiet = TestApp::spawn().await;
+    for app in [&asking, &quiet] {
+        app.ingest(&fixture()).await.unwrap();
+    }
+    let before = asking
+        .metrics()
+        .get_overview(asking.authed(pb::GetOverviewRequest {
+            query: Some(query()),
+            compare_previous: false,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    quiet
+        .metrics()
+        .get_scorecard(quiet.authed(pb::GetScorecardRequest { query: Some(query()) }))
+        .await
+        .unwrap();
+    wait_for_rows(&asking.pool, QUESTIONS, asking.tenant, 1).await;
+    for app in [&asking, &quiet] {
+        wait_for_rows(&app.pool, SNAPSHOTS, app.tenant, 1).await;
+    }
+
+    let kpis = restarted(&asking.pool);
+    kpis.warm_up(35, Duration::from_secs(30)).await;
+    assert!(kpis.cache().kept_totals(asking.tenant).await > 0);
+    assert_eq!(kpis.cache().kept_totals(quiet.tenant).await, 0);
+    assert_eq!(before.current.unwrap().conversations, 2);
+}
+
+#[tokio::test]
+async fn a_tenant_keeps_its_eight_most_recently_asked_questions_newest_first() {
+    let pool = pool().await;
+    let (tenant, _) = store::tenants::create_tenant(&pool, "questions").await.unwrap();
+    let window = Window::new(t(0), t(86_400)).unwrap();
+    let zones = [
+        "UTC",
+        "Europe/Berlin",
+        "Europe/Paris",
+        "America/New_York",
+        "Asia/Tokyo",
+    ];
+    let mut asked = Vec::new();
+    for zone in zones {
+        for compare_previous in [false, true] {
+            let mut query = Query::new(window);
+            query.time_zone = zone.parse().unwrap();
+            asked.push((zone, compare_previous));
+            let kind = AskedKind::Overview { compare_previous };
+            store::questions::note(&pool, tenant, &Asked { query, kind })
+                .await
+                .unwrap();
+        }
+    }
+    // Asking the first shape again makes it the newest, and moves no other.
+    let mut query = Query::new(window);
+    query.time_zone = chrono_tz::UTC;
+    let kind = AskedKind::Overview {
+        compare_previous: false,
+    };
+    store::questions::note(&pool, tenant, &Asked { query, kind })
+        .await
+        .unwrap();
+    asked.remove(0);
+    asked.push(("UTC", false));
+
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let recent = store::questions::recent(&pool, tenant, since).await.unwrap();
+    let got: Vec<(String, bool)> = recent
+        .iter()
+        .map(|a| match a.kind {
+            AskedKind::Overview { compare_previous } => {
+                (a.query.time_zone.name().to_owned(), compare_previous)
+            }
+            other => panic!("only overviews were asked, got {other:?}"),
+        })
+        .collect();
+    let newest_eight: Vec<(String, bool)> = asked
+        .iter()
+        .rev()
+        .take(8)
+        .map(|(z, c)| ((*z).to_owned(), *c))
+        .collect();
+    assert_eq!(got, newest_eight);
+    let stored: i64 = sqlx::query_scalar(QUESTIONS)
+        .bind(tenant.0)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 8);
+}

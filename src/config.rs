@@ -100,8 +100,8 @@ pub struct ServeConfig {
     /// tenant) and the work on it, in bytes or with a unit (512MiB, 2GiB). The cache's entries
     /// take all but 64 MiB or a sixteenth of it, whichever is more (at most a quarter), left to
     /// computations in flight; what does not fit is evicted and read again from PostgreSQL
-    /// when a query needs it. The process's resident set stays within it plus 96 MiB
-    /// (BENCHMARKS.md).
+    /// when a query needs it. The process's resident set stays within it plus 96 MiB or a
+    /// sixteenth of it, whichever is more (BENCHMARKS.md).
     #[arg(long, env = "CHATKPI_CACHE_BYTES", default_value = "512MiB", value_parser = parse_bytes)]
     pub cache_bytes: u64,
     /// Days of recent data to load, before reporting SERVING, for every tenant queried in the

@@ -914,7 +914,7 @@ impl<S: Source> QueryCache<S> {
                             built_xmin: seg.as_of,
                             erasures,
                         };
-                        cache.source.save_snapshot(tenant, &snapshot, &body).await
+                        cache.source.save_snapshot(tenant, &snapshot, body).await
                     }
                     Err(err) => Err(err),
                 };
@@ -971,7 +971,7 @@ impl<S: Source> QueryCache<S> {
                 Ok(body) => {
                     cache
                         .source
-                        .save_side_snapshot(tenant, xmin, erasures, &body)
+                        .save_side_snapshot(tenant, xmin, erasures, body)
                         .await
                 }
                 Err(err) => Err(err),

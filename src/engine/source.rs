@@ -96,12 +96,13 @@ pub trait Source: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(TenantId, NaiveDate)>, Error>> + Send;
 
     /// Persists a segment's snapshot, unless a later one is stored or a customer of the tenant
-    /// was erased since the segment was read.
+    /// was erased since the segment was read. Takes the body so that it can be dropped once
+    /// the statement holds its copy (a day snapshot is tens of MB).
     fn save_snapshot(
         &self,
         tenant: TenantId,
         snapshot: &Snapshot,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Persists a tenant's presence and conversions complete for `built_xmin` (`engine::side`),
@@ -111,7 +112,7 @@ pub trait Source: Clone + Send + Sync + 'static {
         tenant: TenantId,
         built_xmin: i64,
         erasures: i64,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 

@@ -36,7 +36,7 @@ impl Source for PgSource {
         recently_queried(&self.0, since).await
     }
 
-    async fn save_snapshot(&self, tenant: TenantId, snapshot: &Snapshot, body: &[u8]) -> Result<(), Error> {
+    async fn save_snapshot(&self, tenant: TenantId, snapshot: &Snapshot, body: Vec<u8>) -> Result<(), Error> {
         save_snapshot(&self.0, tenant, snapshot, body).await
     }
 
@@ -45,7 +45,7 @@ impl Source for PgSource {
         tenant: TenantId,
         built_xmin: i64,
         erasures: i64,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<(), Error> {
         save_side_snapshot(&self.0, tenant, built_xmin, erasures, body).await
     }
@@ -249,8 +249,11 @@ async fn recently_queried(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<(Te
 /// may have written one meanwhile) or a customer was erased since the segment was read. The
 /// tenant row is read `for share`: an erasure (which updates it first) waits for this insert and
 /// then deletes it, or this insert waits for the erasure and then sees the new counter.
-async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8]) -> Result<(), Error> {
-    sqlx::query!(
+///
+/// The statement's arguments are encoded when it is built: `body` is dropped then, so that a
+/// write holds the snapshot in its arguments and the connection's buffer, not a third time.
+async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: Vec<u8>) -> Result<(), Error> {
+    let statement = sqlx::query!(
         "insert into segments (tenant_id, segment_day, built_xmin, body) \
          select $1, $2, $3::text::xid8, $4 from tenants \
          where tenant_id = $1 and erasures = $5 for share \
@@ -260,25 +263,25 @@ async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: &[u8
         tenant.0,
         s.day,
         s.built_xmin.to_string(),
-        body,
+        &body,
         s.erasures
-    )
-    .execute(pool)
-    .await?;
+    );
+    drop(body);
+    statement.execute(pool).await?;
     Ok(())
 }
 
 /// Persists a tenant's presence and conversions (`engine::side`) unless one complete for a later
 /// xmin is stored or a customer was erased since the state was read; ordered with erasures by
-/// the tenant row, as [`save_snapshot`].
+/// the tenant row, as [`save_snapshot`] (whose body is dropped once encoded, as here).
 async fn save_side_snapshot(
     pool: &PgPool,
     tenant: TenantId,
     built_xmin: i64,
     erasures: i64,
-    body: &[u8],
+    body: Vec<u8>,
 ) -> Result<(), Error> {
-    sqlx::query!(
+    let statement = sqlx::query!(
         "insert into side_snapshots (tenant_id, built_xmin, erasures, body) \
          select $1, $2::text::xid8, $3, $4 from tenants \
          where tenant_id = $1 and erasures = $3 for share \
@@ -289,9 +292,9 @@ async fn save_side_snapshot(
         tenant.0,
         built_xmin.to_string(),
         erasures,
-        body
-    )
-    .execute(pool)
-    .await?;
+        &body
+    );
+    drop(body);
+    statement.execute(pool).await?;
     Ok(())
 }

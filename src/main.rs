@@ -16,7 +16,10 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// on the live tenant (BENCHMARKS.md, "Live tenants"; two arenas on its two CPUs): peak RSS 794
 /// -> 655 MiB for the same cache with pages kept 250 ms; in the soak (RELIABILITY.md), pages
 /// kept 250 ms made the resident set 50-100 MiB larger than the allocated bytes, returned at
-/// once a steady 55 MiB.
+/// once a steady 55 MiB. Returning at once costs the live tenant's questions CPU (inline
+/// `madvise` and TLB shootdowns on every large free): kept 10 or 100 ms they met the live
+/// ratios of issue "live tenants" where 0 did not, but the soak then peaked at 618 / 625 MiB
+/// against 598, past the budget plus 96 MiB (BENCHMARKS.md, "Live tenants", session 23).
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] =

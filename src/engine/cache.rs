@@ -998,9 +998,7 @@ impl<S: Source> QueryCache<S> {
             tracing::warn!(error = %err, "cannot drop a tenant's kept totals");
         }
     }
-}
 
-impl<S: Source> QueryCache<S> {
     /// How many kept totals of `tenant` the cache holds (a diagnostic: a restarted server holds
     /// those of the questions it asked again before serving).
     pub async fn kept_totals(&self, tenant: TenantId) -> usize {

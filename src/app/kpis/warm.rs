@@ -22,8 +22,8 @@ use crate::{
 /// A shape asked again within this interval is not written again: a dashboard asks every few
 /// seconds, and the row only needs to say it is still asked.
 const NOTE_INTERVAL: Duration = Duration::from_secs(600);
-/// Shapes remembered as noted (about 100 bytes each): beyond it the oldest are written again
-/// sooner, nothing else.
+/// Shapes remembered as noted (a cache entry of some hundred bytes each, a few MB at most):
+/// beyond it the oldest are written again sooner, nothing else.
 const NOTED_SHAPES: u64 = 50_000;
 /// Questions asked within this time before a restart are asked again.
 const ASKED_WITHIN: chrono::TimeDelta = chrono::TimeDelta::days(1);

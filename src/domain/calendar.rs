@@ -21,6 +21,16 @@ pub enum Granularity {
     Month,
 }
 
+impl Granularity {
+    /// Every granularity, finest first.
+    pub const ALL: [Granularity; 4] = [
+        Granularity::Hour,
+        Granularity::Day,
+        Granularity::Week,
+        Granularity::Month,
+    ];
+}
+
 /// The instant a local wall-clock time first happens; inside a DST gap, the first instant
 /// after the gap.
 pub fn local_instant(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {

@@ -67,18 +67,7 @@ fn dimension_name(d: Dimension) -> &'static str {
 }
 
 fn dimension_of(name: &str) -> Option<Dimension> {
-    Some(match name {
-        "channel" => Dimension::Channel,
-        "inbox" => Dimension::Inbox,
-        "team" => Dimension::Team,
-        "agent" => Dimension::Agent,
-        "tag" => Dimension::Tag,
-        "priority" => Dimension::Priority,
-        "hour_of_day" => Dimension::HourOfDay,
-        "day_of_week" => Dimension::DayOfWeek,
-        "sla_policy" => Dimension::SlaPolicy,
-        _ => return None,
-    })
+    Dimension::ALL.into_iter().find(|d| dimension_name(*d) == name)
 }
 
 fn granularity_name(g: Granularity) -> &'static str {
@@ -91,13 +80,9 @@ fn granularity_name(g: Granularity) -> &'static str {
 }
 
 fn granularity_of(name: &str) -> Option<Granularity> {
-    Some(match name {
-        "hour" => Granularity::Hour,
-        "day" => Granularity::Day,
-        "week" => Granularity::Week,
-        "month" => Granularity::Month,
-        _ => return None,
-    })
+    Granularity::ALL
+        .into_iter()
+        .find(|g| granularity_name(*g) == name)
 }
 
 fn to_doc(asked: &Asked) -> AskedDoc {
@@ -260,28 +245,11 @@ mod tests {
 
     #[test]
     fn a_stored_question_reads_back_as_the_same_question() {
-        let dimensions = [
-            Dimension::Channel,
-            Dimension::Inbox,
-            Dimension::Team,
-            Dimension::Agent,
-            Dimension::Tag,
-            Dimension::Priority,
-            Dimension::HourOfDay,
-            Dimension::DayOfWeek,
-            Dimension::SlaPolicy,
-        ];
-        let granularities = [
-            Granularity::Hour,
-            Granularity::Day,
-            Granularity::Week,
-            Granularity::Month,
-        ];
         let kinds = [true, false]
             .map(|compare_previous| AskedKind::Overview { compare_previous })
             .into_iter()
-            .chain(dimensions.map(|dimension| AskedKind::Breakdown { dimension, limit: 25 }))
-            .chain(granularities.map(AskedKind::Series));
+            .chain(Dimension::ALL.map(|dimension| AskedKind::Breakdown { dimension, limit: 25 }))
+            .chain(Granularity::ALL.map(AskedKind::Series));
         for kind in kinds {
             let original = asked(kind);
             let json = serde_json::to_value(to_doc(&original)).unwrap();

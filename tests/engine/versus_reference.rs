@@ -408,27 +408,8 @@ fn cases() -> Vec<Case> {
 
 fn groupings() -> Vec<Grouping> {
     let mut out = vec![Grouping::All];
-    for d in [
-        Dimension::Channel,
-        Dimension::Inbox,
-        Dimension::Team,
-        Dimension::Agent,
-        Dimension::Tag,
-        Dimension::Priority,
-        Dimension::HourOfDay,
-        Dimension::DayOfWeek,
-        Dimension::SlaPolicy,
-    ] {
-        out.push(Grouping::By(d));
-    }
-    for g in [
-        Granularity::Hour,
-        Granularity::Day,
-        Granularity::Week,
-        Granularity::Month,
-    ] {
-        out.push(Grouping::Series(g));
-    }
+    out.extend(Dimension::ALL.map(Grouping::By));
+    out.extend(Granularity::ALL.map(Grouping::Series));
     out
 }
 

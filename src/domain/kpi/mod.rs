@@ -44,6 +44,21 @@ pub enum Grouping {
     Series(Granularity),
 }
 
+impl Dimension {
+    /// Every dimension, in declaration order.
+    pub const ALL: [Dimension; 9] = [
+        Dimension::Channel,
+        Dimension::Inbox,
+        Dimension::Team,
+        Dimension::Agent,
+        Dimension::Tag,
+        Dimension::Priority,
+        Dimension::HourOfDay,
+        Dimension::DayOfWeek,
+        Dimension::SlaPolicy,
+    ];
+}
+
 /// The group an item lands in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GroupKey {

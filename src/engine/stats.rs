@@ -96,9 +96,7 @@ impl Durations {
         self.within += within;
         self.binned.clear();
         if let Some(theirs) = histogram {
-            self.histogram
-                .get_or_insert_with(|| Box::new(LogHistogram::new()))
-                .merge(theirs);
+            self.histogram.get_or_insert_with(Box::default).merge(theirs);
         }
         match &mut self.histogram {
             Some(h) => {
@@ -110,9 +108,7 @@ impl Durations {
                         h.add(*v, 1);
                     }
                 } else {
-                    for (bucket, n) in binned {
-                        h.add_to(*bucket, u64::from(*n));
-                    }
+                    h.add_sparse(binned);
                 }
             }
             None => {
@@ -130,7 +126,7 @@ impl Durations {
         }
         if total as usize > EXACT_PERCENTILES_UP_TO {
             self.binned.clear();
-            let mut h = Box::new(LogHistogram::new());
+            let mut h = Box::<LogHistogram>::default();
             for v in self.values.drain(..) {
                 h.add(v, 1);
             }
@@ -164,7 +160,7 @@ impl Durations {
     pub fn heap_bytes(&self) -> usize {
         self.values.capacity() * 8
             + self.binned.capacity() * 8
-            + self.histogram.as_ref().map_or(0, |_| LogHistogram::BYTES)
+            + self.histogram.as_ref().map_or(0, |h| h.heap_bytes())
     }
 
     /// The statistics; `with_target` reports the share within target.
@@ -197,14 +193,26 @@ impl Durations {
 /// 1/64 of its lower bound wide and its midpoint, the representative, is within 0.8 % of every
 /// value in it. A value's bucket is read off its IEEE 754 bits (exponent and top six mantissa
 /// bits), without a logarithm. Zero has its own bucket.
-#[derive(Debug, Clone)]
+///
+/// Only the powers of two between the smallest and the largest value counted are held (512
+/// bytes each): durations of a support team span seconds to days, 18 of the 56 powers, so a
+/// histogram is about 9 KiB instead of 28. Every finished group holds one per duration KPI
+/// above the exact limit, and every answer allocates and frees them: the live tenant's
+/// profile (BENCHMARKS.md, "Live tenants", session 24) found half of the server's page faults
+/// zeroing and merging 28 KiB histograms that were mostly zeros.
+#[derive(Debug, Clone, Default)]
 pub struct LogHistogram {
     zero: u64,
-    buckets: Vec<u64>,
+    /// The bucket `counts[0]` counts: the first of a power of two (a multiple of 64).
+    first: usize,
+    /// Counts of buckets `first..first + counts.len()`, whole powers of two.
+    counts: Vec<u64>,
 }
 
 /// Buckets per power of two (as bits of the mantissa).
 const SUB_BITS: u32 = 6;
+/// Buckets of one power of two: what a histogram's range grows by.
+const POWER: usize = 1 << SUB_BITS;
 /// The mantissa bits below a bucket's.
 const SHIFT: u32 = 52 - SUB_BITS;
 /// `(exponent, top mantissa bits)` of 2^-20 s (just under one microsecond, the smallest
@@ -218,22 +226,46 @@ const ZERO: u16 = u16::MAX;
 const _: () = assert!(BUCKETS < ZERO as usize);
 
 impl LogHistogram {
-    const BYTES: usize = BUCKETS * 8 + 16;
-
-    fn new() -> Self {
-        Self {
-            zero: 0,
-            buckets: vec![0; BUCKETS],
-        }
-    }
-
     fn index(v: f64) -> Option<usize> {
         (v > 0.0).then(|| ((v.to_bits() >> SHIFT).saturating_sub(FIRST) as usize).min(BUCKETS - 1))
     }
 
+    /// Heap bytes held.
+    fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * 8 + std::mem::size_of::<Self>()
+    }
+
+    /// Grows the held range to include buckets `from..to` (widened to whole powers of two).
+    fn cover(&mut self, from: usize, to: usize) {
+        let from = from / POWER * POWER;
+        let to = to.div_ceil(POWER) * POWER;
+        if self.counts.is_empty() {
+            self.first = from;
+            self.counts = vec![0; to - from];
+            return;
+        }
+        let end = self.first + self.counts.len();
+        if from < self.first {
+            let mut counts = vec![0; end.max(to) - from];
+            counts[self.first - from..end - from].copy_from_slice(&self.counts);
+            self.counts = counts;
+            self.first = from;
+        } else if to > end {
+            self.counts.resize(to - self.first, 0);
+        }
+    }
+
+    /// Adds `n` to bucket `i`.
+    fn add_at(&mut self, i: usize, n: u64) {
+        if !(self.first..self.first + self.counts.len()).contains(&i) {
+            self.cover(i, i + 1);
+        }
+        self.counts[i - self.first] += n;
+    }
+
     fn add(&mut self, v: f64, n: u64) {
         match Self::index(v) {
-            Some(i) => self.buckets[i] += n,
+            Some(i) => self.add_at(i, n),
             None => self.zero += n,
         }
     }
@@ -245,9 +277,20 @@ impl LogHistogram {
 
     /// Adds `n` to a bucket of [`Self::sparse`] form.
     fn add_to(&mut self, bucket: u16, n: u64) {
-        match self.buckets.get_mut(usize::from(bucket)) {
-            Some(count) => *count += n,
-            None => self.zero += n,
+        match usize::from(bucket) {
+            i if i < BUCKETS => self.add_at(i, n),
+            _ => self.zero += n,
+        }
+    }
+
+    /// Adds buckets of [`Self::sparse`] form (sorted by bucket), the range grown once.
+    fn add_sparse(&mut self, binned: &[(u16, u32)]) {
+        let mut positive = binned.iter().filter(|(b, _)| usize::from(*b) < BUCKETS);
+        if let (Some((lo, _)), Some((hi, _))) = (positive.next(), positive.next_back()) {
+            self.cover(usize::from(*lo), usize::from(*hi) + 1);
+        }
+        for (bucket, n) in binned {
+            self.add_to(*bucket, u64::from(*n));
         }
     }
 
@@ -267,9 +310,14 @@ impl LogHistogram {
     }
 
     fn merge(&mut self, o: &LogHistogram) {
-        let LogHistogram { zero, buckets } = o;
+        let LogHistogram { zero, first, counts } = o;
         self.zero += zero;
-        for (mine, theirs) in self.buckets.iter_mut().zip(buckets) {
+        if counts.is_empty() {
+            return;
+        }
+        self.cover(*first, first + counts.len());
+        let at = first - self.first;
+        for (mine, theirs) in self.counts[at..at + counts.len()].iter_mut().zip(counts) {
             *mine += theirs;
         }
     }
@@ -288,10 +336,10 @@ impl LogHistogram {
                 return 0.0;
             }
             let mut seen = self.zero;
-            for (i, count) in self.buckets.iter().enumerate() {
+            for (i, count) in self.counts.iter().enumerate() {
                 seen += count;
                 if rank < seen {
-                    return Self::representative(i).clamp(min, max);
+                    return Self::representative(self.first + i).clamp(min, max);
                 }
             }
             max
@@ -370,6 +418,39 @@ mod tests {
         ] {
             let (a, e) = (a.unwrap(), e.unwrap());
             assert!((a - e).abs() <= 0.01 * e, "approximate {a} vs exact {e}");
+        }
+    }
+
+    #[test]
+    fn a_histogram_holds_only_the_powers_of_two_its_values_span() {
+        let mut h = LogHistogram::default();
+        for v in [1.0, 59.5, 3599.0, 0.0] {
+            h.add(v, 1);
+        }
+        // 1 s is 2^0, bucket 20 powers above 2^-20; 3,599 s is under 2^12: powers 0 to 11.
+        assert_eq!((h.first, h.counts.len(), h.zero), (20 * POWER, 12 * POWER, 1));
+        assert_eq!(h.counts.iter().sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn histograms_of_disjoint_ranges_merge_into_the_histogram_of_all_their_values() {
+        let small = [0.001, 0.004, 0.009];
+        let large = [10_000.0, 54_321.0, 99_999.0, 0.0];
+        let of = |values: &[f64]| {
+            let mut h = LogHistogram::default();
+            values.iter().for_each(|v| h.add(*v, 1));
+            h
+        };
+        let all = of(&[small.as_slice(), &large].concat());
+        for (a, b) in [(&small[..], &large[..]), (&large[..], &small[..])] {
+            let mut merged = of(a);
+            merged.merge(&of(b));
+            let mut binned = of(a);
+            binned.add_sparse(&LogHistogram::sparse(b));
+            for h in [merged, binned] {
+                assert_eq!((h.first, &h.counts, h.zero), (all.first, &all.counts, all.zero));
+                assert_eq!(h.percentiles(7, 0.0, 99_999.0), all.percentiles(7, 0.0, 99_999.0));
+            }
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Ces, ConversionKpis, ConversionRec, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention, SlaKpis, SlaStats,
+    Ces, ConversionKpis, ConversionRec, Csat, Kpis, MAX_TAG_SHARES, Nps, Retention, SlaKpis, SlaStats, Sym,
     acc::{Acc, SlaAcc},
 };
 use crate::domain::event::Channel;
@@ -75,7 +75,7 @@ pub(super) fn finish(
     k.ces = ces(std::mem::take(&mut a.ces), a.surveys_sent[2]);
     let (customers, customer_bits) = distinct(std::mem::take(&mut a.customers), list_customers);
     let distinct_customers = match &customer_bits {
-        Some(bits) => bits.iter().map(|w| w.count_ones() as usize).sum(),
+        Some(bits) => ones(bits) as usize,
         None => customers.len(),
     };
     k.conversion = conversion(distinct_customers, &mut a, symbols, conversions);
@@ -154,7 +154,7 @@ fn retention_in(previous: &[u32], current: &[u64]) -> Retention {
     for id in previous {
         seen[*id as usize / 64] |= 1u64 << (id % 64);
     }
-    let distinct: u64 = seen.iter().map(|w| u64::from(w.count_ones())).sum();
+    let distinct = ones(&seen);
     let retained: u64 = seen
         .iter()
         .zip(current)
@@ -198,14 +198,43 @@ fn distinct(mut v: Vec<u32>, list: bool) -> (Vec<u32>, Option<Vec<u64>>) {
 /// The ids set in `bits`, in order, into `v` (emptied first).
 fn listed(bits: &[u64], mut v: Vec<u32>) -> Vec<u32> {
     v.clear();
-    for (w, word) in bits.iter().enumerate() {
-        let mut rest = *word;
-        while rest != 0 {
-            v.push((w * 64) as u32 + rest.trailing_zeros());
-            rest &= rest - 1;
-        }
-    }
+    v.extend(ids_in(bits));
     v
+}
+
+/// The ids set in `bits`, in order.
+fn ids_in(bits: &[u64]) -> impl Iterator<Item = u32> + '_ {
+    bits.iter().enumerate().flat_map(|(w, word)| {
+        let mut rest = *word;
+        std::iter::from_fn(move || {
+            (rest != 0).then(|| {
+                let id = (w * 64) as u32 + rest.trailing_zeros();
+                rest &= rest - 1;
+                id
+            })
+        })
+    })
+}
+
+/// How many ids of `bits` are set.
+fn ones(bits: &[u64]) -> u64 {
+    bits.iter().map(|w| u64::from(w.count_ones())).sum()
+}
+
+/// How many distinct ids `v` holds, without listing them.
+fn count_distinct(v: Vec<u32>) -> u64 {
+    match distinct(v, false) {
+        (_, Some(bits)) => ones(&bits),
+        (list, None) => list.len() as u64,
+    }
+}
+
+/// Calls `f` with each distinct id of `v` once, in ascending order; returns how many there were.
+fn each_distinct(v: Vec<u32>, mut f: impl FnMut(u32)) -> u64 {
+    match distinct(v, false) {
+        (_, Some(bits)) => ids_in(&bits).map(&mut f).count() as u64,
+        (list, None) => list.iter().map(|id| f(*id)).count() as u64,
+    }
 }
 
 /// CSAT: satisfied = normalized score >= 0.75; mean mapped to 1-5. Sums run over sorted
@@ -301,23 +330,29 @@ fn conversion(
     symbols: &Interner,
     conversions: &[ConversionRec],
 ) -> ConversionKpis {
-    let converted = sorted_distinct(std::mem::take(&mut a.converted));
-    let attributed = sorted_distinct(std::mem::take(&mut a.attributed));
+    let converted = count_distinct(std::mem::take(&mut a.converted));
     // Values are at most 10^15 each (validation): an i128 sum cannot overflow, and the total
-    // stays exact up to i64::MAX, where it saturates (about 9,000 maximal sales).
-    let mut revenue: BTreeMap<String, i128> = BTreeMap::new();
-    for i in &attributed {
-        let c = &conversions[*i as usize];
+    // stays exact up to i64::MAX, where it saturates (about 9,000 maximal sales). Summed per
+    // currency symbol and named once at the end: naming each conversion's currency allocated a
+    // string per conversion (a tenth of the live tenant's server time, BENCHMARKS.md, session 24).
+    let mut by_currency: BTreeMap<Sym, i128> = BTreeMap::new();
+    let attributed = each_distinct(std::mem::take(&mut a.attributed), |i| {
+        let c = &conversions[i as usize];
         if let Some(v) = c.value_minor {
-            *revenue.entry(symbols.name(c.currency).to_owned()).or_default() += i128::from(v);
+            *by_currency.entry(c.currency).or_default() += i128::from(v);
         }
-    }
+    });
+    let mut revenue: Vec<(String, i128)> = by_currency
+        .into_iter()
+        .map(|(currency, sum)| (symbols.name(currency).to_owned(), sum))
+        .collect();
+    revenue.sort_unstable_by(|x, y| x.0.cmp(&y.0));
     ConversionKpis {
         customers: customers as u64,
-        converted: converted.len() as u64,
-        rate: rate(converted.len() as u64, customers as u64),
-        revenue: revenue.into_iter().collect(),
-        conversions: attributed.len() as u64,
+        converted,
+        rate: rate(converted, customers as u64),
+        revenue,
+        conversions: attributed,
     }
 }
 
@@ -337,7 +372,9 @@ fn tags(a: &Acc, symbols: &Interner) -> (Vec<(String, u64, Option<f64>)>, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{ces, csat, distinct, retention, retention_in, sorted_distinct};
+    use super::{
+        ces, count_distinct, csat, distinct, each_distinct, retention, retention_in, sorted_distinct,
+    };
 
     #[test]
     fn csat_and_ces_means_are_the_sorted_sums_bit_for_bit() {
@@ -388,6 +425,25 @@ mod tests {
                 .into_iter()
                 .collect();
             assert_eq!(sorted_distinct(v), expected, "n={n} universe={universe}");
+        }
+    }
+
+    #[test]
+    fn distinct_ids_are_counted_and_visited_once_each_in_order_through_either_path() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for (n, universe) in [(0, 1), (3, 1), (5_000, 3_000), (5_000, 10_000_000)] {
+            let v: Vec<u32> = (0..n).map(|_| rng.random_range(0..universe)).collect();
+            let expected: Vec<u32> = v
+                .iter()
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let mut visited = Vec::new();
+            let count = each_distinct(v.clone(), |id| visited.push(id));
+            assert_eq!((count, &visited), (expected.len() as u64, &expected));
+            assert_eq!(count_distinct(v), expected.len() as u64, "n={n}");
         }
     }
 

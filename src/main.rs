@@ -9,21 +9,22 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read at its start, in the form tikv-jemallocator documents): pages freed
-/// are returned to the system at once (a background thread purges), so the resident set follows
+/// are returned to the system 10 ms later by a background thread, so the resident set follows
 /// what the cache holds (its byte budget, README "Memory is bounded in bytes") right after a
 /// burst of query or load buffers, not only when later allocations happen to trigger a purge;
 /// one arena per CPU (jemalloc's default is four) keeps fewer partly used pages apart. Measured
 /// on the live tenant (BENCHMARKS.md, "Live tenants"; two arenas on its two CPUs): peak RSS 794
-/// -> 655 MiB for the same cache with pages kept 250 ms; in the soak (RELIABILITY.md), pages
-/// kept 250 ms made the resident set 50-100 MiB larger than the allocated bytes, returned at
-/// once a steady 55 MiB. Returning at once costs the live tenant's questions CPU (inline
-/// `madvise` and TLB shootdowns on every large free): kept 10 or 100 ms they met the live
-/// ratios of issue "live tenants" where 0 did not, but the soak then peaked at 618 / 625 MiB
-/// against 598, past the budget plus 96 MiB (BENCHMARKS.md, "Live tenants", session 23).
+/// -> 655 MiB for the same cache with pages kept 250 ms. Returned at once (0 ms, sessions 22-23)
+/// every free of a computation's buffers was an inline `madvise` with TLB shootdowns and the
+/// next allocation faulted its pages in again: page faults, shootdowns and unmapping were 38 %
+/// of the live tenant's server samples, and its overview took over 2x its settled time (issue
+/// "live tenants"). Kept 10 ms, the buffers one computation frees serve its next allocations;
+/// with histograms sized to their values (session 24) the 10-minute soak still peaks under the
+/// budget plus 96 MiB (RELIABILITY.md, session 24).
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] =
-    b"background_thread:true,percpu_arena:percpu,dirty_decay_ms:0,muzzy_decay_ms:0\0";
+    b"background_thread:true,percpu_arena:percpu,dirty_decay_ms:10,muzzy_decay_ms:0\0";
 
 use chatkpi::{
     cli,

@@ -197,9 +197,9 @@ impl Durations {
 /// Only the powers of two between the smallest and the largest value counted are held (512
 /// bytes each): durations of a support team span seconds to days, 18 of the 56 powers, so a
 /// histogram is about 9 KiB instead of 28. Every finished group holds one per duration KPI
-/// above the exact limit, and every answer allocates and frees them: the live tenant's
-/// profile (BENCHMARKS.md, "Live tenants", session 24) found half of the server's page faults
-/// zeroing and merging 28 KiB histograms that were mostly zeros.
+/// above the exact limit, and every answer allocates and frees them: in the live tenant's
+/// profile (BENCHMARKS.md, "Live tenants", session 24) merging groups and their histograms
+/// (28 KiB each, mostly zeros) took half of the server's page faults.
 #[derive(Debug, Clone, Default)]
 pub struct LogHistogram {
     zero: u64,

@@ -231,10 +231,17 @@ fn count_distinct(v: Vec<u32>) -> u64 {
 
 /// Calls `f` with each distinct id of `v` once, in ascending order; returns how many there were.
 fn each_distinct(v: Vec<u32>, mut f: impl FnMut(u32)) -> u64 {
-    match distinct(v, false) {
-        (_, Some(bits)) => ids_in(&bits).map(&mut f).count() as u64,
-        (list, None) => list.iter().map(|id| f(*id)).count() as u64,
+    let (list, bits) = distinct(v, false);
+    let mut visited = 0;
+    let mut visit = |id| {
+        f(id);
+        visited += 1;
+    };
+    match bits {
+        Some(bits) => ids_in(&bits).for_each(&mut visit),
+        None => list.iter().for_each(|id| visit(*id)),
     }
+    visited
 }
 
 /// CSAT: satisfied = normalized score >= 0.75; mean mapped to 1-5. Sums run over sorted
@@ -333,8 +340,9 @@ fn conversion(
     let converted = count_distinct(std::mem::take(&mut a.converted));
     // Values are at most 10^15 each (validation): an i128 sum cannot overflow, and the total
     // stays exact up to i64::MAX, where it saturates (about 9,000 maximal sales). Summed per
-    // currency symbol and named once at the end: naming each conversion's currency allocated a
-    // string per conversion (a tenth of the live tenant's server time, BENCHMARKS.md, session 24).
+    // currency symbol and named once at the end, ids counted without listing them: a string
+    // per attributed conversion and lists made only to be counted were a tenth of the live
+    // tenant's server time (BENCHMARKS.md, "Live tenants", session 24).
     let mut by_currency: BTreeMap<Sym, i128> = BTreeMap::new();
     let attributed = each_distinct(std::mem::take(&mut a.attributed), |i| {
         let c = &conversions[i as usize];

@@ -419,35 +419,31 @@ mod tests {
         );
     }
 
+    /// `n` random ids below `universe` (with repeats), and their distinct ids in order as a
+    /// `BTreeSet` gives them (the independent computation the tests compare with).
+    fn random_ids(rng: &mut impl rand::Rng, n: usize, universe: u32) -> (Vec<u32>, Vec<u32>) {
+        let v: Vec<u32> = (0..n).map(|_| rng.random_range(0..universe)).collect();
+        let distinct: std::collections::BTreeSet<u32> = v.iter().copied().collect();
+        (v, distinct.into_iter().collect())
+    }
+
     #[test]
     fn distinct_ids_are_the_same_through_the_bitset_and_the_sort() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
         // Dense (bitset) and sparse (sort) lists, with repeats.
         for (n, universe) in [(0, 1), (1, 1), (5_000, 3_000), (5_000, 10_000_000), (100, 70)] {
-            let v: Vec<u32> = (0..n).map(|_| rng.random_range(0..universe)).collect();
-            let expected: Vec<u32> = v
-                .iter()
-                .copied()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let (v, expected) = random_ids(&mut rng, n, universe);
             assert_eq!(sorted_distinct(v), expected, "n={n} universe={universe}");
         }
     }
 
     #[test]
     fn distinct_ids_are_counted_and_visited_once_each_in_order_through_either_path() {
-        use rand::{Rng, SeedableRng};
+        use rand::SeedableRng;
         let mut rng = rand::rngs::StdRng::seed_from_u64(9);
         for (n, universe) in [(0, 1), (3, 1), (5_000, 3_000), (5_000, 10_000_000)] {
-            let v: Vec<u32> = (0..n).map(|_| rng.random_range(0..universe)).collect();
-            let expected: Vec<u32> = v
-                .iter()
-                .copied()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect();
+            let (v, expected) = random_ids(&mut rng, n, universe);
             let mut visited = Vec::new();
             let count = each_distinct(v.clone(), |id| visited.push(id));
             assert_eq!((count, &visited), (expected.len() as u64, &expected));

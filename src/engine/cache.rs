@@ -442,13 +442,16 @@ impl<S: Source> QueryCache<S> {
         progress: &Progress,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
+        let started = Instant::now();
         let mut db = self.source.begin().await?;
         let xmin = db.xmin();
         let (state, news) = self.read_news(state, &mut db).await?;
+        let read_ms = started.elapsed().as_secs_f64() * 1e3;
         let cache = self.clone();
         let reads = reads.clone();
         let (mut state, mut picked, missing, side) =
             blocking(move || cache.apply_news(state, news, xmin, &reads)).await?;
+        let applied_ms = started.elapsed().as_secs_f64() * 1e3;
         if !missing.is_empty() {
             let started = Instant::now();
             let days = missing.len();
@@ -476,6 +479,13 @@ impl<S: Source> QueryCache<S> {
             .await?;
         }
         db.finish().await?;
+        tracing::debug!(
+            tenant = tenant.0,
+            read_ms,
+            applied_ms,
+            finished_ms = started.elapsed().as_secs_f64() * 1e3,
+            "refresh phases"
+        );
         Ok(self.refreshed_view(state, picked, xmin))
     }
 
@@ -730,7 +740,7 @@ impl<S: Source> QueryCache<S> {
                 let before = match &cached {
                     Some(seg) => seg
                         .find(&f.conversation_id)
-                        .map(|r| (seg.customer[r], seg.opened_at[r])),
+                        .map(|r| (seg.customer(r), seg.opened_at(r))),
                     // A day never seen before holds only new conversations; of a day whose
                     // segment is not in memory, the previous rows are not known.
                     None if !known_day => None,

@@ -1059,7 +1059,7 @@ fn kept_partial_totals_give_the_same_answers_and_follow_what_they_depend_on() {
         .data
         .segments
         .iter()
-        .flat_map(|seg| seg.customer.iter().copied().zip(seg.opened_at.iter().copied()))
+        .flat_map(|seg| seg.openings().map(|(opened, customer)| (customer, opened)))
         .collect();
     let victim_segment = w
         .data

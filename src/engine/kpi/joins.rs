@@ -10,46 +10,105 @@ use super::ConversionRec;
 use crate::domain::time::{Micros, Span};
 use crate::engine::segment::{Segment, Sym};
 
-/// Items grouped by customer id.
+/// The slot of each customer the lookups hold, `0..len`: its id, or, when the lookups know
+/// which customers they will be asked about, its rank among them (a computation asking about a
+/// few hundred customers of a tenant of a million then builds tables of a few hundred slots).
+enum Slots {
+    Ids(usize),
+    Ranks {
+        bits: Vec<u64>,
+        /// Asked customers in the words before each word of `bits`.
+        before: Vec<u32>,
+        len: usize,
+    },
+}
+
+impl Slots {
+    fn ranks(bits: Vec<u64>) -> Self {
+        let mut before = Vec::with_capacity(bits.len());
+        let mut len = 0;
+        for w in &bits {
+            before.push(len as u32);
+            len += w.count_ones() as usize;
+        }
+        Slots::Ranks { bits, before, len }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slots::Ids(n) => *n,
+            Slots::Ranks { len, .. } => *len,
+        }
+    }
+
+    /// The slot of `customer`, if the lookups hold it.
+    fn of(&self, customer: u32) -> Option<usize> {
+        let c = customer as usize;
+        match self {
+            Slots::Ids(n) => (c < *n).then_some(c),
+            Slots::Ranks { bits, before, .. } => {
+                let (word, bit) = (*bits.get(c / 64)?, c % 64);
+                (word & (1 << bit) != 0)
+                    .then(|| before[c / 64] as usize + (word & ((1 << bit) - 1)).count_ones() as usize)
+            }
+        }
+    }
+}
+
+/// Items grouped by customer slot.
 struct Csr<T> {
     starts: Vec<u32>,
     items: Vec<T>,
 }
 
 impl<T: Copy + Default> Csr<T> {
-    /// Groups `(customer, item)` pairs; items of one customer keep their input order.
-    fn build(customers: usize, pairs: &[(u32, T)]) -> Self {
-        // Counts, summed up to each customer's end; filled backwards, each customer's end
-        // moves down to its start.
-        let mut starts = vec![0u32; customers + 1];
-        for (c, _) in pairs {
-            starts[*c as usize] += 1;
+    /// Groups `(customer, item)` pairs (of customers `slots` holds: the others are left out);
+    /// items of one customer keep their input order.
+    fn build(slots: &Slots, pairs: &[(u32, T)]) -> Self {
+        // Counts, summed up to each slot's end; filled backwards, each slot's end moves down
+        // to its start.
+        let mut starts = vec![0u32; slots.len() + 1];
+        let slotted = || pairs.iter().filter_map(|(c, item)| Some((slots.of(*c)?, *item)));
+        for (s, _) in slotted() {
+            starts[s] += 1;
         }
         for i in 1..starts.len() {
             starts[i] += starts[i - 1];
         }
-        let mut items = vec![T::default(); pairs.len()];
-        for (c, item) in pairs.iter().rev() {
-            let slot = &mut starts[*c as usize];
-            *slot -= 1;
-            items[*slot as usize] = *item;
+        let mut items = vec![T::default(); starts[slots.len()] as usize];
+        for (s, item) in slotted().rev() {
+            let start = &mut starts[s];
+            *start -= 1;
+            items[*start as usize] = item;
         }
         Self { starts, items }
     }
 
-    fn of(&self, customer: u32) -> &[T] {
-        match (
-            self.starts.get(customer as usize),
-            self.starts.get(customer as usize + 1),
-        ) {
+    fn of(&self, slots: &Slots, customer: u32) -> &[T] {
+        let Some(s) = slots.of(customer) else {
+            return &[];
+        };
+        match (self.starts.get(s), self.starts.get(s + 1)) {
             (Some(&a), Some(&b)) => &self.items[a as usize..b as usize],
             _ => &[],
         }
     }
 }
 
+/// What a computation's lookups will be asked about, when it knows before they are built: a
+/// computation that reuses kept totals asks about the customers of the few rows it scans and
+/// of the totals it corrects, at resolutions in a few days, and its lookups read those days.
+pub(super) struct Asked {
+    /// Customers, one bit per customer id: the others' items are left out.
+    pub customers: Vec<u64>,
+    /// Every resolution asked about lies in `[start, end]`: openings outside it and the repeat
+    /// window after it are left out.
+    pub resolutions: Span,
+}
+
 /// The per-customer lookups of one computation.
 pub(super) struct Joins {
+    slots: Slots,
     /// Open times of the conversations opened in the lookahead range, per customer.
     opens: Csr<Micros>,
     /// Zero disables the repeat check (docs/metrics.md §5).
@@ -66,8 +125,8 @@ pub(super) struct Joins {
 impl Joins {
     /// `lookahead`: conversations opened in it may be repeat contacts; `conversions` are the
     /// tenant's (sorted by time), of which those in `conversion_range` and of `kinds` (all when
-    /// `None`) can be attributed. `asked` (one bit per customer id), when given, holds every
-    /// customer the lookups will be asked about: the others' items are left out.
+    /// `None`) can be attributed. `asked`, when given, says what the lookups will be asked
+    /// about: the rest is left out.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         segments: &[Arc<Segment>],
@@ -78,13 +137,22 @@ impl Joins {
         conversion_range: Span,
         kinds: Option<&HashSet<Sym>>,
         attribution_window: Micros,
-        asked: Option<&[u64]>,
+        asked: Option<&Asked>,
     ) -> Self {
         let wanted = |c: u32| {
-            asked.is_none_or(|bits| {
-                bits.get(c as usize / 64)
+            asked.is_none_or(|a| {
+                a.customers
+                    .get(c as usize / 64)
                     .is_some_and(|w| w & (1 << (c % 64)) != 0)
             })
+        };
+        // A repeat contact of a resolution at `t` is opened in `(t, t + repeat_window]`.
+        let lookahead = match asked {
+            Some(a) => Span {
+                start: lookahead.start.max(a.resolutions.start),
+                end: (lookahead.end).min(a.resolutions.end.saturating_add(repeat_window).saturating_add(1)),
+            },
+            None => lookahead,
         };
         let mut opens: Vec<(u32, Micros)> = Vec::new();
         if repeat_window > 0 {
@@ -96,14 +164,18 @@ impl Joins {
                 opens.reserve(read.iter().map(|seg| seg.len()).sum());
             }
             for seg in read {
-                for (&opened, &customer) in seg.opened_at.iter().zip(&seg.customer) {
+                for (opened, customer) in seg.openings() {
                     if customer != 0 && lookahead.contains(opened) && wanted(customer) {
                         opens.push((customer, opened));
                     }
                 }
             }
         }
-        let opens = Csr::build(customers, &opens);
+        let slots = match asked {
+            Some(a) => Slots::ranks(a.customers.clone()),
+            None => Slots::Ids(customers),
+        };
+        let opens = Csr::build(&slots, &opens);
         let first = conversions.partition_point(|c| c.at < conversion_range.start);
         let pairs: Vec<(u32, u32)> = conversions[first..]
             .iter()
@@ -119,8 +191,9 @@ impl Joins {
         Self {
             opens,
             repeat_window,
-            conversions: Csr::build(customers, &pairs),
+            conversions: Csr::build(&slots, &pairs),
             converting,
+            slots,
             attribution_window,
         }
     }
@@ -146,7 +219,7 @@ impl Joins {
             return false;
         }
         let limit = resolved_at.saturating_add(self.repeat_window);
-        let opens = self.opens.of(customer);
+        let opens = self.opens.of(&self.slots, customer);
         let inside = opens.iter().filter(|t| resolved_at < **t && **t <= limit).count();
         inside > usize::from(own_inside)
     }
@@ -167,11 +240,105 @@ impl Joins {
         let end = opened_at.saturating_add(self.attribution_window);
         out.extend(
             self.conversions
-                .of(customer)
+                .of(&self.slots, customer)
                 .iter()
                 .copied()
                 .skip_while(|i| conversions[*i as usize].at < opened_at)
                 .take_while(|i| conversions[*i as usize].at <= end),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        event::Channel,
+        testkit::{Conv, t},
+        time::micros,
+    };
+    use crate::engine::testkit::Dataset;
+
+    const DAY: i64 = 86_400;
+
+    /// The instant `days` days after the first opening.
+    fn day(days: i64) -> Micros {
+        micros(t(days * DAY))
+    }
+
+    /// Lookups of a customer who opens conversations at the start of days `days`, repeat window
+    /// 7 days, asked about `asked` (all when `None`).
+    fn lookups(days: &[i64], asked: Option<Span>) -> (Joins, u32) {
+        let mut ds = Dataset::new();
+        for d in days {
+            ds.upsert(
+                &Conv::of(&format!("c{d}"), "cust")
+                    .opened("o", d * DAY, Channel::Email)
+                    .facts(),
+            );
+        }
+        ds.finish();
+        let data = ds.data();
+        let customer = ds.customers.get("cust").unwrap();
+        let asked = asked.map(|resolutions| Asked {
+            customers: vec![!0; data.customers.div_ceil(64)],
+            resolutions,
+        });
+        let everything = Span {
+            start: day(0),
+            end: day(100),
+        };
+        let joins = Joins::new(
+            &data.segments,
+            data.customers,
+            everything,
+            day(7) - day(0),
+            &data.conversions,
+            everything,
+            None,
+            0,
+            asked.as_ref(),
+        );
+        (joins, customer)
+    }
+
+    #[test]
+    fn lookups_asked_about_some_resolutions_answer_for_those_as_complete_lookups_do() {
+        let days = [0, 3, 9, 20];
+        let asked = Span {
+            start: day(2) - 1,
+            end: day(2),
+        };
+        let (all, customer) = lookups(&days, None);
+        let (narrow, _) = lookups(&days, Some(asked));
+        // Resolutions at the asked instants: the openings of days 3 and 9 (the last one
+        // exactly 7 days after a resolution at day 2) are found by both.
+        for at in [asked.start, asked.end] {
+            assert_eq!(
+                narrow.repeat_given(customer, at, false),
+                all.repeat_given(customer, at, false)
+            );
+            assert_eq!(
+                narrow.repeat_given(customer, at, true),
+                all.repeat_given(customer, at, true)
+            );
+        }
+        assert!(narrow.repeat_given(customer, asked.end, true), "days 3 and 9");
+        // Beyond what was asked, day 20 was left out.
+        let later = day(15);
+        assert!(all.repeat_given(customer, later, false));
+        assert!(!narrow.repeat_given(customer, later, false));
+    }
+
+    #[test]
+    fn asked_customers_take_the_slots_of_their_rank_and_the_others_none() {
+        let mut bits = vec![0u64; 3];
+        for c in [3, 64, 130] {
+            bits[c / 64] |= 1 << (c % 64);
+        }
+        let slots = Slots::ranks(bits);
+        assert_eq!(slots.len(), 3);
+        let of: Vec<Option<usize>> = [3, 64, 130, 4, 0, 129, 1000].map(|c| slots.of(c)).to_vec();
+        assert_eq!(of, [Some(0), Some(1), Some(2), None, None, None, None]);
     }
 }

@@ -143,7 +143,7 @@ impl Computation<'_> {
             self.cancel.check()?;
             for row in 0..seg.len() {
                 // Hot columns first: opened later, or over for good before `at`.
-                if seg.opened_at[row] > at || seg.live_until[row] <= at {
+                if seg.opened_at(row) > at || seg.live_until(row) <= at {
                     continue;
                 }
                 seg.decode(row, Parts::All, &mut c);
@@ -245,7 +245,7 @@ impl Computation<'_> {
             }
             self.cancel.check()?;
             for row in 0..seg.len() {
-                if seg.active_start[row] >= window.end || seg.live_until[row] <= window.start {
+                if seg.active_start(row) >= window.end || seg.live_until(row) <= window.start {
                     continue;
                 }
                 seg.decode(row, Parts::All, &mut c);
@@ -279,7 +279,7 @@ impl Computation<'_> {
                 }
                 self.cancel.check()?;
                 for row in 0..seg.len() {
-                    if seg.active_start[row] >= window.end || seg.active_end[row] < window.start {
+                    if seg.active_start(row) >= window.end || seg.active_end(row) < window.start {
                         continue;
                     }
                     seg.decode(row, Parts::Head, &mut c);
@@ -291,8 +291,8 @@ impl Computation<'_> {
         }
         let segments = &self.data.segments;
         out.sort_by(|a, b| {
-            (segments[a.0].opened_at[a.1], segments[a.0].id(a.1))
-                .cmp(&(segments[b.0].opened_at[b.1], segments[b.0].id(b.1)))
+            (segments[a.0].opened_at(a.1), segments[a.0].id(a.1))
+                .cmp(&(segments[b.0].opened_at(b.1), segments[b.0].id(b.1)))
         });
         Ok(out)
     }

@@ -249,8 +249,8 @@ impl Computation<'_> {
         let attribution = q.attribution_window.num_microseconds().unwrap_or(i64::MAX);
         // Built on first use: when every row comes from kept totals, no lookup is needed.
         let data = self.data;
-        let asked_customers: Arc<OnceLock<Vec<u64>>> = Arc::default();
-        let asked = asked_customers.clone();
+        let asked: Arc<OnceLock<joins::Asked>> = Arc::default();
+        let asked_later = asked.clone();
         let joins: LazyJoins<'_> = LazyLock::new(Box::new(move || {
             Joins::new(
                 &data.segments,
@@ -267,7 +267,7 @@ impl Computation<'_> {
                 },
                 kinds.as_ref(),
                 attribution,
-                asked.get().map(Vec::as_slice),
+                asked_later.get(),
             )
         }));
         Scan {
@@ -280,7 +280,7 @@ impl Computation<'_> {
             filters: Compiled::new(&self.data.symbols, &q.filters),
             router,
             joins,
-            asked_customers,
+            asked,
             window,
             previous,
             first_bucket,
@@ -326,27 +326,16 @@ impl Computation<'_> {
     /// worker folds the parts it takes into one set of groups, so value lists are merged once
     /// per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
-        let segments = &self.data.segments;
+        let started = std::time::Instant::now();
+        let plan = self.plan(scan, grouping);
+        let _ = scan.asked.set(self.asked(&plan));
         let Plan {
             cached,
             corrections,
             days,
             parts,
-        } = self.plan(scan, grouping);
+        } = plan;
         let chunks = || days.iter().flat_map(|d| &d.chunks).filter_map(ChunkTotals::task);
-        // The lookups need only the customers of the rows scanned below: with kept totals
-        // that is the window's edges and the chunks that changed, not the whole lookahead (a
-        // new window, such as a sliding one, computes its edge totals and still gets the small
-        // lookups).
-        let scanned = parts
-            .iter()
-            .map(|(s, rows, select)| (*s, rows.clone(), *select))
-            .chain(chunks().map(|c| (c.segment, c.rows.clone(), c.select)));
-        let mut asked = customers_of(segments, scanned, self.data.customers);
-        for c in corrections.iter().flat_map(|c| &c.stale.customers) {
-            set_bit(&mut asked, *c);
-        }
-        let _ = scan.asked_customers.set(asked);
         tracing::debug!(
             ?grouping,
             kept = cached.len(),
@@ -357,9 +346,12 @@ impl Computation<'_> {
             scanned_parts = parts.len(),
             "computation plan"
         );
+        let planned_ms = started.elapsed().as_secs_f64() * 1e3;
         let corrected = self.correct(scan, &corrections);
+        let corrected_ms = started.elapsed().as_secs_f64() * 1e3;
         let computed = self.keep_totals(scan, days, &corrected)?;
         let scanned = self.scan_in_parts(scan, parts)?;
+        let computed_ms = started.elapsed().as_secs_f64() * 1e3;
         if scan.budget.exceeded() {
             return Err(Error::ResourceExhausted {
                 limit: "query_memory",
@@ -386,7 +378,41 @@ impl Computation<'_> {
             )
             .collect();
         self.cancel.check()?;
-        Ok(Groups::merge_all(&all))
+        let merged = Groups::merge_all(&all);
+        tracing::debug!(
+            planned_ms,
+            corrected_ms,
+            computed_ms,
+            merged_ms = started.elapsed().as_secs_f64() * 1e3,
+            "computation phases"
+        );
+        Ok(merged)
+    }
+
+    /// What the computation of `plan` asks the lookups: the customers of the rows it scans (with
+    /// kept totals, the window's edges and the chunks that changed, not the whole lookahead; a
+    /// new window, such as a sliding one, computes its edge totals and still gets small
+    /// lookups) and of the verdicts it corrects.
+    fn asked(&self, plan: &Plan) -> joins::Asked {
+        let chunks = plan
+            .days
+            .iter()
+            .flat_map(|d| &d.chunks)
+            .filter_map(ChunkTotals::task);
+        let scanned = (plan.parts.iter())
+            .map(|(s, rows, select)| (*s, rows.clone(), *select))
+            .chain(chunks.map(|c| (c.segment, c.rows.clone(), c.select)));
+        let mut asked = asked_of(&self.data.segments, scanned, self.data.customers);
+        for c in &plan.corrections {
+            for customer in &c.stale.customers {
+                set_bit(&mut asked.customers, *customer);
+            }
+            // The corrected verdicts' resolutions (and their repeat windows) lie in the span
+            // their totals read.
+            let read = c.stale.partial.openings.span;
+            widen(&mut asked.resolutions, read.start, read.end);
+        }
+        asked
     }
 
     /// Where each relevant segment's totals come from ([`partial`]). A segment that begins
@@ -410,7 +436,7 @@ impl Computation<'_> {
                 let ending_before = if b.active.end < end {
                     seg.len()
                 } else {
-                    seg.active_end.iter().filter(|e| **e < end).count()
+                    seg.active_ends().filter(|e| *e < end).count()
                 };
                 if ending_before > 0 {
                     let kept = rows(ending_before);
@@ -821,21 +847,35 @@ struct ChunkTask {
     judge: bool,
 }
 
-/// The customers of the rows `parts` (segment, rows, selection) select, one bit per customer id.
-fn customers_of(
+/// What the scan of the rows `parts` (segment, rows, selection) select asks the lookups: their
+/// customers, at resolutions between their first and last events.
+fn asked_of(
     segments: &[Arc<Segment>],
     parts: impl Iterator<Item = (usize, std::ops::Range<usize>, Select)>,
     customers: usize,
-) -> Vec<u64> {
-    let mut bits = vec![0u64; customers.div_ceil(64).max(1)];
+) -> joins::Asked {
+    let mut asked = joins::Asked {
+        customers: vec![0u64; customers.div_ceil(64).max(1)],
+        resolutions: Span {
+            start: Micros::MAX,
+            end: Micros::MIN,
+        },
+    };
     for (s, rows, select) in parts {
         let seg = &segments[s];
         for row in rows.filter(|row| select.takes(seg, *row)) {
             // Every scanned customer must be in the set (a lookup leaves the others out).
-            set_bit(&mut bits, seg.customer[row]);
+            set_bit(&mut asked.customers, seg.customer(row));
+            widen(&mut asked.resolutions, seg.active_start(row), seg.active_end(row));
         }
     }
-    bits
+    asked
+}
+
+/// Widens `span` to hold `[start, end]`.
+fn widen(span: &mut Span, start: Micros, end: Micros) {
+    span.start = span.start.min(start);
+    span.end = span.end.max(end);
 }
 
 /// Adds customer `c` to a set of one bit per customer id.

@@ -25,7 +25,7 @@ use super::{
     Computation, ConversionRec, GroupKey, Grouping,
     acc::{Acc, Groups, TAG_BYTES},
     filter::Compiled,
-    joins::Joins,
+    joins::{self, Joins},
     ledger, partial,
     route::Router,
 };
@@ -53,10 +53,10 @@ pub(super) struct Scan<'a> {
     pub filters: Compiled,
     pub router: Router,
     pub joins: LazyJoins<'a>,
-    /// The customers whose lookups the scan can ask for, one bit each, when the scan knows
-    /// them before it starts (set at most once, before [`Scan::joins`] is first used); unset,
-    /// the lookups cover every customer.
-    pub asked_customers: Arc<OnceLock<Vec<u64>>>,
+    /// What the scan can ask the lookups, when it knows before it starts (set at most once,
+    /// before [`Scan::joins`] is first used); unset, the lookups cover every customer of the
+    /// window.
+    pub asked: Arc<OnceLock<joins::Asked>>,
     /// The query window.
     pub window: Span,
     /// The window before, for retention's previous customers.
@@ -80,8 +80,8 @@ impl Select {
     pub fn takes(self, seg: &Segment, row: usize) -> bool {
         match self {
             Select::All => true,
-            Select::EndingBefore(t) => seg.active_end[row] < t,
-            Select::EndingFrom(t) => seg.active_end[row] >= t,
+            Select::EndingBefore(t) => seg.active_end(row) < t,
+            Select::EndingFrom(t) => seg.active_end(row) >= t,
         }
     }
 }
@@ -150,11 +150,11 @@ impl Scratch {
 impl Scan<'_> {
     /// Whether a row can hold an item of this computation, from its hot columns alone.
     fn relevant(&self, seg: &Segment, row: usize) -> bool {
-        self.active_in_window(seg, row) || self.previous.contains(seg.opened_at[row])
+        self.active_in_window(seg, row) || self.previous.contains(seg.opened_at(row))
     }
 
     fn active_in_window(&self, seg: &Segment, row: usize) -> bool {
-        seg.active_start[row] < self.window.end && seg.active_end[row] >= self.window.start
+        seg.active_start(row) < self.window.end && seg.active_end(row) >= self.window.start
     }
 
     /// Scans the `select`ed rows among `rows` of `seg` into `groups`.
@@ -178,7 +178,7 @@ impl Scan<'_> {
                 // Only a customer of the window before: with nothing filtered and groups by
                 // time, its opening time and customer (hot columns) are all that counts.
                 let c = &mut scratch.conv;
-                (c.opened_at, c.customer) = (seg.opened_at[row], seg.customer[row]);
+                (c.opened_at, c.customer) = (seg.opened_at(row), seg.customer(row));
                 self.previous_customers(c, groups, &mut scratch.keys);
                 continue;
             }
@@ -202,8 +202,8 @@ impl Scan<'_> {
     /// the window in one group.
     fn needs_messages(&self, seg: &Segment, row: usize) -> bool {
         !self.all_in_one_group(Span {
-            start: seg.active_start[row],
-            end: seg.active_end[row],
+            start: seg.active_start(row),
+            end: seg.active_end(row),
         })
     }
 

@@ -23,7 +23,10 @@ pub mod snapshot;
 
 use std::{
     collections::HashMap,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use chrono::NaiveDate;
@@ -46,6 +49,12 @@ pub struct Bounds {
     /// Latest end of life ([`OPEN_END`] when a conversation is still open): after it, no
     /// conversation of the segment is in a backlog or handled.
     pub live_until: Micros,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds::EMPTY
+    }
 }
 
 impl Bounds {
@@ -99,7 +108,7 @@ impl Bounds {
 /// equals a segment's).
 static VERSIONS: AtomicU64 = AtomicU64::new(1);
 
-/// Rows per chunk (tests use small chunks, so that days have several).
+/// Rows per chunk, a power of two (tests use small chunks, so that days have several).
 pub const CHUNK_ROWS: usize = if cfg!(test) { 64 } else { 4096 };
 
 fn new_version() -> u64 {
@@ -113,21 +122,11 @@ pub struct Segment {
     /// Unique to this segment value, and larger than every version before it (a process-wide
     /// counter): what was computed from a segment stays valid while its version is the same.
     pub version: u64,
-    /// Conversation ids in row order, concatenated; `id_ends[row]` ends row `row`.
-    ids: Vec<u8>,
-    id_ends: Vec<u32>,
+    /// The rows, [`CHUNK_ROWS`] to a chunk (every chunk but the last is full). A merge shares
+    /// the chunks it leaves alone with the segment it was merged from.
+    chunks: Vec<Arc<Chunk>>,
     /// Rows by conversation id (a permutation of the rows): finds a conversation.
     by_id: Vec<u32>,
-    /// The version of each chunk of [`CHUNK_ROWS`] rows.
-    chunk_versions: Vec<u64>,
-    pub opened_at: Vec<Micros>,
-    pub active_start: Vec<Micros>,
-    pub active_end: Vec<Micros>,
-    pub live_until: Vec<Micros>,
-    /// Tenant customer ids (0 = none).
-    pub customer: Vec<u32>,
-    blob: Vec<u8>,
-    blob_ends: Vec<u32>,
     /// Segment-local symbol names; index 0 is the absent symbol.
     names: Vec<Box<str>>,
     /// Segment-local symbol -> tenant symbol.
@@ -144,22 +143,179 @@ pub struct Segment {
 /// [`Segment::unpersisted`] of a segment no snapshot was taken of.
 pub const NEVER_PERSISTED: usize = usize::MAX;
 
+/// Up to [`CHUNK_ROWS`] consecutive rows of a segment, column by column. Immutable once its
+/// segment is built: a merge copies the chunks it changes (those with a replaced row, and the
+/// last one when conversations are appended), so refreshing a day that keeps receiving
+/// conversations costs the rows that changed and their chunks, not the day.
+#[derive(Debug, Clone, Default)]
+struct Chunk {
+    /// Changes whenever one of the chunk's rows does (the same counter as segment versions).
+    version: u64,
+    /// Conversation ids concatenated; `id_ends[i]` ends row `i`.
+    ids: Vec<u8>,
+    id_ends: Vec<u32>,
+    opened_at: Vec<Micros>,
+    active_start: Vec<Micros>,
+    active_end: Vec<Micros>,
+    live_until: Vec<Micros>,
+    /// Tenant customer ids (0 = none).
+    customer: Vec<u32>,
+    blob: Vec<u8>,
+    blob_ends: Vec<u32>,
+    bounds: Bounds,
+}
+
+/// Bytes `ends[i]` ends the `i`-th item of (`ends` of a concatenation).
+fn item(ends: &[u32], i: usize) -> std::ops::Range<usize> {
+    let start = if i == 0 { 0 } else { ends[i - 1] as usize };
+    start..ends[i] as usize
+}
+
+impl Chunk {
+    fn len(&self) -> usize {
+        self.opened_at.len()
+    }
+
+    fn id(&self, i: usize) -> &str {
+        std::str::from_utf8(&self.ids[item(&self.id_ends, i)]).unwrap_or("")
+    }
+
+    fn blob(&self, i: usize) -> &[u8] {
+        &self.blob[item(&self.blob_ends, i)]
+    }
+
+    fn push(&mut self, id: &str, hot: row::Hot, customer: u32, blob: &[u8]) {
+        self.ids.extend_from_slice(id.as_bytes());
+        self.id_ends.push(self.ids.len() as u32);
+        self.opened_at.push(hot.opened_at);
+        self.active_start.push(hot.active.start);
+        self.active_end.push(hot.active.end);
+        self.live_until.push(hot.live_until);
+        self.customer.push(customer);
+        self.blob.extend_from_slice(blob);
+        self.blob_ends.push(self.blob.len() as u32);
+        self.bounds.rows += 1;
+        self.bounds.widen(hot.opened_at, hot.active, hot.live_until);
+    }
+
+    /// Appends rows `rows` of `from`, column by column.
+    fn copy_rows(&mut self, from: &Chunk, rows: std::ops::Range<usize>) {
+        if rows.is_empty() {
+            return;
+        }
+        // Byte ranges of the rows' ids and blobs, and the offsets that move with them.
+        let copy_bytes = |bytes: &mut Vec<u8>, ends: &mut Vec<u32>, src: &[u8], src_ends: &[u32]| {
+            let start = item(src_ends, rows.start).start;
+            let end = src_ends[rows.end - 1] as usize;
+            let shift = bytes.len() as i64 - start as i64;
+            bytes.extend_from_slice(&src[start..end]);
+            ends.extend(
+                src_ends[rows.clone()]
+                    .iter()
+                    .map(|e| (i64::from(*e) + shift) as u32),
+            );
+        };
+        copy_bytes(&mut self.ids, &mut self.id_ends, &from.ids, &from.id_ends);
+        copy_bytes(&mut self.blob, &mut self.blob_ends, &from.blob, &from.blob_ends);
+        for (to, src) in [
+            (&mut self.opened_at, &from.opened_at),
+            (&mut self.active_start, &from.active_start),
+            (&mut self.active_end, &from.active_end),
+            (&mut self.live_until, &from.live_until),
+        ] {
+            to.extend_from_slice(&src[rows.clone()]);
+        }
+        self.customer.extend_from_slice(&from.customer[rows.clone()]);
+        self.bounds.rows += rows.len();
+        for i in rows {
+            self.bounds.widen(
+                from.opened_at[i],
+                Span {
+                    start: from.active_start[i],
+                    end: from.active_end[i],
+                },
+                from.live_until[i],
+            );
+        }
+    }
+
+    fn shrink(&mut self) {
+        self.ids.shrink_to_fit();
+        self.id_ends.shrink_to_fit();
+        self.opened_at.shrink_to_fit();
+        self.active_start.shrink_to_fit();
+        self.active_end.shrink_to_fit();
+        self.live_until.shrink_to_fit();
+        self.customer.shrink_to_fit();
+        self.blob.shrink_to_fit();
+        self.blob_ends.shrink_to_fit();
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.ids.capacity()
+            + self.blob.capacity()
+            + self.opened_at.capacity() * 4 * 8
+            + (self.customer.capacity() + self.id_ends.capacity() + self.blob_ends.capacity()) * 4
+            + std::mem::size_of::<Chunk>()
+            + 16
+    }
+}
+
+/// Encodes facts into rows of a segment with the symbols `names` (growing them).
+struct Encoder<'a, F> {
+    names: Vec<Box<str>>,
+    tenant_syms: Vec<Sym>,
+    local: HashMap<Box<str>, u32>,
+    scratch: Writer,
+    symbols: &'a mut F,
+    customers: &'a mut Interner,
+}
+
+impl<'a, F: FnMut(&str) -> Sym> Encoder<'a, F> {
+    fn new(segment: &Segment, symbols: &'a mut F, customers: &'a mut Interner) -> Self {
+        Encoder {
+            local: (segment.names.iter().enumerate())
+                .map(|(i, n)| (n.clone(), i as u32))
+                .collect(),
+            names: segment.names.clone(),
+            tenant_syms: segment.tenant_syms.clone(),
+            scratch: Writer::new(),
+            symbols,
+            customers,
+        }
+    }
+
+    /// Appends the row of `f` to `chunk`.
+    fn push(&mut self, chunk: &mut Chunk, f: &ConversationFacts) {
+        self.scratch.buf.clear();
+        let Encoder {
+            names,
+            tenant_syms,
+            local,
+            symbols,
+            ..
+        } = self;
+        let sym = |name: Option<&str>| match name {
+            None | Some("") => 0,
+            Some(n) => *local.entry(n.into()).or_insert_with(|| {
+                names.push(n.into());
+                tenant_syms.push(symbols(n));
+                (names.len() - 1) as u32
+            }),
+        };
+        let hot = row::encode(f, sym, &mut self.scratch);
+        let customer = self.customers.intern_opt(f.customer_id.as_deref());
+        chunk.push(&f.conversation_id, hot, customer, &self.scratch.buf);
+    }
+}
+
 impl Segment {
     fn empty(day: NaiveDate, as_of: i64) -> Self {
         Segment {
             day,
             version: new_version(),
-            ids: Vec::new(),
-            id_ends: Vec::new(),
+            chunks: Vec::new(),
             by_id: Vec::new(),
-            chunk_versions: Vec::new(),
-            opened_at: Vec::new(),
-            active_start: Vec::new(),
-            active_end: Vec::new(),
-            live_until: Vec::new(),
-            customer: Vec::new(),
-            blob: Vec::new(),
-            blob_ends: Vec::new(),
             names: vec!["".into()],
             tenant_syms: vec![0],
             bounds: Bounds::EMPTY,
@@ -181,8 +337,8 @@ impl Segment {
     }
 
     /// A new segment with `changed` facts replacing the rows of the same conversation id in
-    /// place and the others appended (by id), as of `as_of`. Chunks without a changed or new row
-    /// keep their versions.
+    /// place and the others appended (by id), as of `as_of`. Only the chunks with a changed or
+    /// new row are copied (and get new versions); the others are shared with this segment.
     pub fn merge(
         &self,
         changed: &[ConversationFacts],
@@ -203,92 +359,80 @@ impl Segment {
             }
         }
         replaced.sort_unstable_by_key(|(row, _)| *row);
+        let mut encoder = Encoder::new(self, symbols, customers);
+        let mut chunks = self.chunks.clone();
+        let mut touched = vec![false; chunks.len()];
+        // A chunk with replaced rows is copied a run at a time, the replaced ones encoded in
+        // their place.
+        for run in replaced.chunk_by(|a, b| a.0 / CHUNK_ROWS == b.0 / CHUNK_ROWS) {
+            let c = run[0].0 / CHUNK_ROWS;
+            let old = &self.chunks[c];
+            let mut chunk = Chunk::default();
+            let mut from = 0;
+            for (row, f) in run {
+                chunk.copy_rows(old, from..row % CHUNK_ROWS);
+                encoder.push(&mut chunk, f);
+                from = row % CHUNK_ROWS + 1;
+            }
+            chunk.copy_rows(old, from..old.len());
+            chunks[c] = Arc::new(chunk);
+            touched[c] = true;
+        }
+        // New rows fill the last chunk (a copy of it, when it is shared), then new ones.
+        for f in &added {
+            if chunks.last().is_none_or(|c| c.len() == CHUNK_ROWS) {
+                chunks.push(Arc::default());
+                touched.push(false);
+            }
+            let last = chunks.len() - 1;
+            encoder.push(Arc::make_mut(&mut chunks[last]), f);
+            touched[last] = true;
+        }
+        for (chunk, _) in chunks.iter_mut().zip(&touched).filter(|(_, t)| **t) {
+            let chunk = Arc::make_mut(chunk);
+            chunk.version = new_version();
+            chunk.shrink();
+        }
         let mut out = Segment {
-            names: self.names.clone(),
-            tenant_syms: self.tenant_syms.clone(),
+            chunks,
+            names: encoder.names,
+            tenant_syms: encoder.tenant_syms,
             ..Segment::empty(self.day, as_of)
         };
-        let (old_len, new_len) = (self.len(), self.len() + added.len());
-        let per_row = self.blob.len() / old_len.max(1) + 64;
-        out.reserve(
-            new_len,
-            self.blob.len() + per_row * (added.len() + replaced.len()),
-        );
-        let mut local: HashMap<Box<str>, u32> = self
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i as u32))
-            .collect();
-        let mut scratch = Writer::new();
-        let mut encoded = |out: &mut Segment, f: &ConversationFacts| {
-            scratch.buf.clear();
-            let mut sym = |name: Option<&str>| match name {
-                None | Some("") => 0,
-                Some(n) => *local.entry(n.into()).or_insert_with(|| {
-                    out.names.push(n.into());
-                    out.tenant_syms.push(symbols(n));
-                    (out.names.len() - 1) as u32
-                }),
-            };
-            let hot = row::encode(f, &mut sym, &mut scratch);
-            let customer = customers.intern_opt(f.customer_id.as_deref());
-            out.push(&f.conversation_id, hot, customer, &scratch.buf);
-        };
-        // Unchanged rows are copied a run at a time, replaced ones encoded in their place.
-        let mut from = 0;
-        for (row, f) in &replaced {
-            out.copy_rows(self, from..*row);
-            encoded(&mut out, f);
-            from = row + 1;
-        }
-        out.copy_rows(self, from..old_len);
-        for f in &added {
-            encoded(&mut out, f);
-        }
-        let replaced_rows: Vec<usize> = replaced.iter().map(|(row, _)| *row).collect();
-        out.chunk_versions = self.versions_after(old_len, new_len, &replaced_rows);
-        out.by_id = out.order_with_appended(&self.by_id, old_len);
+        out.bounds = out.chunk_bounds();
+        out.by_id = out.order_with_appended(&self.by_id, self.len());
         let before = self.unpersisted.load(Ordering::Relaxed);
         if before != NEVER_PERSISTED {
             out.unpersisted = AtomicUsize::new(before.saturating_add(replaced.len() + added.len()));
         }
-        out.shrink();
         out
     }
 
-    /// The chunk versions of a merge of this segment into `new_len` rows: a chunk keeps its
-    /// version when none of its rows was replaced (`replaced`, sorted) and it is as long as
-    /// before; the others get new ones.
-    fn versions_after(&self, old_len: usize, new_len: usize, replaced: &[usize]) -> Vec<u64> {
-        let changed_chunk = |c: usize| {
-            let rows = c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(new_len);
-            rows.end > old_len || replaced.iter().any(|r| rows.contains(r))
-        };
-        (0..new_len.div_ceil(CHUNK_ROWS))
-            .map(|c| match self.chunk_versions.get(c) {
-                Some(v) if !changed_chunk(c) => *v,
-                _ => new_version(),
-            })
-            .collect()
+    /// The bounds of every chunk together.
+    fn chunk_bounds(&self) -> Bounds {
+        let mut all = Bounds::EMPTY;
+        for b in self.chunks.iter().map(|c| &c.bounds).filter(|b| b.rows > 0) {
+            all.rows += b.rows;
+            all.widen(b.opened.start, b.active, b.live_until);
+            all.opened.end = all.opened.end.max(b.opened.end);
+        }
+        all
     }
 
     /// Rows by id: `old` (the first `old_len` rows by id) and the rows appended after them,
-    /// which are in id order, merged.
+    /// which are in id order, merged: each appended row is placed by a binary search, and the
+    /// old rows between are copied a run at a time.
     fn order_with_appended(&self, old: &[u32], old_len: usize) -> Vec<u32> {
-        let appended: Vec<u32> = (old_len as u32..self.len() as u32).collect();
         let mut by_id = Vec::with_capacity(self.len());
-        let (mut a, mut b) = (old.iter().peekable(), appended.iter().peekable());
-        loop {
-            let take_old = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) => self.id(**x as usize) < self.id(**y as usize),
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => break,
-            };
-            let row = if take_old { a.next() } else { b.next() };
-            by_id.extend(row);
+        let mut rest = old;
+        for row in old_len..self.len() {
+            let id = self.id(row);
+            let before = rest.partition_point(|r| self.id(*r as usize) < id);
+            by_id.extend_from_slice(&rest[..before]);
+            by_id.push(row as u32);
+            rest = &rest[before..];
         }
+        by_id.extend_from_slice(rest);
         by_id
     }
 
@@ -296,17 +440,20 @@ impl Segment {
     /// (a loaded snapshot).
     pub(crate) fn seal_sorted(&mut self) {
         self.by_id = (0..self.len() as u32).collect();
-        self.chunk_versions = (0..self.len().div_ceil(CHUNK_ROWS))
-            .map(|_| new_version())
-            .collect();
+        for chunk in &mut self.chunks {
+            let chunk = Arc::make_mut(chunk);
+            chunk.version = new_version();
+            chunk.shrink();
+        }
+        self.by_id.shrink_to_fit();
     }
 
     /// The chunks: each one's rows and version.
     pub fn chunks(&self) -> impl Iterator<Item = (std::ops::Range<usize>, u64)> + '_ {
-        self.chunk_versions
+        self.chunks
             .iter()
             .enumerate()
-            .map(|(c, v)| (c * CHUNK_ROWS..((c + 1) * CHUNK_ROWS).min(self.len()), *v))
+            .map(|(c, chunk)| (c * CHUNK_ROWS..c * CHUNK_ROWS + chunk.len(), chunk.version))
     }
 
     /// Rows in id order (what a snapshot stores).
@@ -314,111 +461,94 @@ impl Segment {
         self.by_id.iter().map(|r| *r as usize)
     }
 
-    /// Drops spare capacity: a segment is immutable once built.
-    fn shrink(&mut self) {
-        self.ids.shrink_to_fit();
-        self.id_ends.shrink_to_fit();
-        self.by_id.shrink_to_fit();
-        self.chunk_versions.shrink_to_fit();
-        self.opened_at.shrink_to_fit();
-        self.active_start.shrink_to_fit();
-        self.active_end.shrink_to_fit();
-        self.live_until.shrink_to_fit();
-        self.customer.shrink_to_fit();
-        self.blob.shrink_to_fit();
-        self.blob_ends.shrink_to_fit();
-    }
-
-    fn reserve(&mut self, rows: usize, blob: usize) {
-        self.id_ends.reserve(rows);
-        self.opened_at.reserve(rows);
-        self.active_start.reserve(rows);
-        self.active_end.reserve(rows);
-        self.live_until.reserve(rows);
-        self.customer.reserve(rows);
-        self.blob_ends.reserve(rows);
-        self.blob.reserve(blob);
-    }
-
-    /// Appends a row (its id must not be in the segment yet).
+    /// Appends a row (its id must not be in the segment yet; rows pushed must end in
+    /// [`Segment::seal_sorted`]).
     pub(crate) fn push(&mut self, id: &str, hot: row::Hot, customer: u32, blob: &[u8]) {
-        self.ids.extend_from_slice(id.as_bytes());
-        self.id_ends.push(self.ids.len() as u32);
-        self.opened_at.push(hot.opened_at);
-        self.active_start.push(hot.active.start);
-        self.active_end.push(hot.active.end);
-        self.live_until.push(hot.live_until);
-        self.customer.push(customer);
-        self.blob.extend_from_slice(blob);
-        self.blob_ends.push(self.blob.len() as u32);
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_ROWS) {
+            self.chunks.push(Arc::default());
+        }
+        if let Some(last) = self.chunks.last_mut() {
+            Arc::make_mut(last).push(id, hot, customer, blob);
+        }
         self.bounds.rows += 1;
         self.bounds.widen(hot.opened_at, hot.active, hot.live_until);
     }
 
-    /// Appends rows `rows` of `from` (their ids must not be in this segment yet), column by
-    /// column.
-    fn copy_rows(&mut self, from: &Segment, rows: std::ops::Range<usize>) {
-        if rows.is_empty() {
-            return;
+    /// Sets the customer of every row to `customer(row)`.
+    pub(crate) fn set_customers(&mut self, mut customer: impl FnMut(usize) -> u32) {
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let chunk = Arc::make_mut(chunk);
+            for (i, slot) in chunk.customer.iter_mut().enumerate() {
+                *slot = customer(c * CHUNK_ROWS + i);
+            }
         }
-        // Byte ranges of the rows' ids and blobs, and the offsets that move with them.
-        let copy_bytes = |bytes: &mut Vec<u8>, ends: &mut Vec<u32>, src: &[u8], src_ends: &[u32]| {
-            let start = if rows.start == 0 {
-                0
-            } else {
-                src_ends[rows.start - 1]
-            };
-            let end = src_ends[rows.end - 1];
-            let shift = bytes.len() as i64 - i64::from(start);
-            bytes.extend_from_slice(&src[start as usize..end as usize]);
-            ends.extend(
-                src_ends[rows.clone()]
-                    .iter()
-                    .map(|e| (i64::from(*e) + shift) as u32),
-            );
-        };
-        copy_bytes(&mut self.ids, &mut self.id_ends, &from.ids, &from.id_ends);
-        copy_bytes(&mut self.blob, &mut self.blob_ends, &from.blob, &from.blob_ends);
-        for (to, src) in [
-            (&mut self.opened_at, &from.opened_at),
-            (&mut self.active_start, &from.active_start),
-            (&mut self.active_end, &from.active_end),
-            (&mut self.live_until, &from.live_until),
-        ] {
-            to.extend_from_slice(&src[rows.clone()]);
-        }
-        self.customer.extend_from_slice(&from.customer[rows.clone()]);
-        let b = &mut self.bounds;
-        b.rows += rows.len();
-        for row in rows {
-            b.widen(
-                from.opened_at[row],
-                Span {
-                    start: from.active_start[row],
-                    end: from.active_end[row],
-                },
-                from.live_until[row],
-            );
-        }
+    }
+
+    /// The chunk of `row` and the row's index in it.
+    fn at(&self, row: usize) -> (&Chunk, usize) {
+        (&self.chunks[row / CHUNK_ROWS], row % CHUNK_ROWS)
     }
 
     /// Number of conversations.
     pub fn len(&self) -> usize {
-        self.opened_at.len()
+        self.chunks
+            .last()
+            .map_or(0, |c| (self.chunks.len() - 1) * CHUNK_ROWS + c.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.opened_at.is_empty()
+        self.len() == 0
     }
 
     /// The conversation id of `row`.
     pub fn id(&self, row: usize) -> &str {
-        let start = if row == 0 {
-            0
-        } else {
-            self.id_ends[row - 1] as usize
-        };
-        std::str::from_utf8(&self.ids[start..self.id_ends[row] as usize]).unwrap_or("")
+        let (c, i) = self.at(row);
+        c.id(i)
+    }
+
+    /// When the conversation of `row` was opened.
+    pub fn opened_at(&self, row: usize) -> Micros {
+        let (c, i) = self.at(row);
+        c.opened_at[i]
+    }
+
+    /// The first event of `row`.
+    pub fn active_start(&self, row: usize) -> Micros {
+        let (c, i) = self.at(row);
+        c.active_start[i]
+    }
+
+    /// The last event of `row`.
+    pub fn active_end(&self, row: usize) -> Micros {
+        let (c, i) = self.at(row);
+        c.active_end[i]
+    }
+
+    /// The end of life of `row` ([`crate::domain::time::OPEN_END`] while it is open).
+    pub fn live_until(&self, row: usize) -> Micros {
+        let (c, i) = self.at(row);
+        c.live_until[i]
+    }
+
+    /// The tenant customer id of `row` (0 = none).
+    pub fn customer(&self, row: usize) -> u32 {
+        let (c, i) = self.at(row);
+        c.customer[i]
+    }
+
+    /// Every row's last event, in row order.
+    pub fn active_ends(&self) -> impl Iterator<Item = Micros> + '_ {
+        self.chunks.iter().flat_map(|c| c.active_end.iter().copied())
+    }
+
+    /// Every row's opening and customer, in row order.
+    pub fn openings(&self) -> impl Iterator<Item = (Micros, u32)> + '_ {
+        (self.chunks.iter()).flat_map(|c| c.opened_at.iter().copied().zip(c.customer.iter().copied()))
+    }
+
+    /// Bytes of the rows' ids and blobs.
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.chunks.iter().map(|c| c.ids.len() + c.blob.len()).sum()
     }
 
     /// The row of conversation `id`, if present.
@@ -430,54 +560,50 @@ impl Segment {
     }
 
     fn blob(&self, row: usize) -> &[u8] {
-        let start = if row == 0 {
-            0
-        } else {
-            self.blob_ends[row - 1] as usize
-        };
-        &self.blob[start..self.blob_ends[row] as usize]
+        let (c, i) = self.at(row);
+        c.blob(i)
     }
 
     pub(crate) fn hot(&self, row: usize) -> row::Hot {
+        let (c, i) = self.at(row);
         row::Hot {
-            opened_at: self.opened_at[row],
+            opened_at: c.opened_at[i],
             active: Span {
-                start: self.active_start[row],
-                end: self.active_end[row],
+                start: c.active_start[i],
+                end: c.active_end[i],
             },
-            live_until: self.live_until[row],
+            live_until: c.live_until[i],
         }
     }
 
     /// Decodes `row` into `c` with tenant symbols. A segment is checked when it is loaded
     /// ([`Segment::check`]), so decoding cannot fail afterwards.
     pub fn decode(&self, row: usize, parts: Parts, c: &mut Conv) {
-        c.opened_at = self.opened_at[row];
+        let (chunk, i) = self.at(row);
+        c.opened_at = chunk.opened_at[i];
         c.active = Span {
-            start: self.active_start[row],
-            end: self.active_end[row],
+            start: chunk.active_start[i],
+            end: chunk.active_end[i],
         };
-        c.customer = self.customer[row];
-        row::decode(self.blob(row), &self.tenant_syms, parts, c);
+        c.customer = chunk.customer[i];
+        row::decode(chunk.blob(i), &self.tenant_syms, parts, c);
     }
 
     /// Decodes every row once: `false` when one is malformed (a damaged snapshot).
     pub fn check(&self) -> bool {
         let mut c = Conv::default();
         (0..self.len()).all(|row| {
-            c.opened_at = self.opened_at[row];
+            c.opened_at = self.opened_at(row);
             row::decode(self.blob(row), &self.tenant_syms, Parts::All, &mut c)
         })
     }
 
-    /// Heap bytes held (the query cache's budget counts these).
+    /// Heap bytes held (the query cache's budget counts these; chunks shared with another
+    /// version of the segment are counted in each).
     pub fn heap_bytes(&self) -> usize {
-        let rows = self.opened_at.capacity();
-        self.ids.capacity()
-            + self.blob.capacity()
-            + rows * (4 * 8 + 4)
-            + (self.id_ends.capacity() + self.blob_ends.capacity() + self.by_id.capacity()) * 4
-            + self.chunk_versions.capacity() * 8
+        self.chunks.iter().map(|c| c.heap_bytes()).sum::<usize>()
+            + self.chunks.capacity() * 8
+            + self.by_id.capacity() * 4
             + self.names.iter().map(|n| n.len() + 16).sum::<usize>()
             + self.tenant_syms.capacity() * 4
             + std::mem::size_of::<Segment>()
@@ -491,6 +617,34 @@ mod tests {
 
     fn chunk_versions(s: &Segment) -> Vec<u64> {
         s.chunks().map(|(_, v)| v).collect()
+    }
+
+    /// Conversation `i` opened at `i` seconds; `late` gives it an agent reply and a
+    /// resolution much later (so a replacement moves its active span and end of life).
+    fn conv(i: usize, late: bool) -> ConversationFacts {
+        let id = format!("c{i:04}");
+        let mut c = testkit::Conv::of(&id, &format!("cust{}", i % 7)).opened(
+            "o",
+            i as i64,
+            crate::domain::event::Channel::Email,
+        );
+        if late {
+            c = c
+                .agent("a", 100_000 + i as i64, &format!("agent{}", i % 3))
+                .resolved("r", 200_000 + i as i64);
+        }
+        c.facts()
+    }
+
+    /// Each conversation's row (id, hot columns, customer, agent) by id.
+    fn rows(s: &Segment) -> Vec<(String, row::Hot, u32, Sym)> {
+        let mut c = Conv::default();
+        s.rows_by_id()
+            .map(|r| {
+                s.decode(r, Parts::All, &mut c);
+                (s.id(r).to_string(), s.hot(r), s.customer(r), c.agent)
+            })
+            .collect()
     }
 
     #[test]
@@ -525,5 +679,53 @@ mod tests {
         assert_ne!(after[before.len() - 1], before[before.len() - 1]);
         assert_eq!(after.len(), 300usize.div_ceil(CHUNK_ROWS));
         assert_eq!(merged.id(changed_row), built.id(changed_row), "replaced in place");
+    }
+
+    #[test]
+    fn a_segment_merged_in_steps_holds_what_one_built_at_once_does() {
+        let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+        let day = testkit::t(0).date_naive();
+        let mut sym = |n: &str| symbols.intern(n);
+        // 150 conversations, then every third replaced by a later version together with 100
+        // new ones (ids between and after the first ones), then the new ones resolved.
+        let first: Vec<ConversationFacts> = (0..300).step_by(2).map(|i| conv(i, false)).collect();
+        let mut seg = Segment::build(day, &first, 1, &mut sym, &mut customers);
+        let added: Vec<usize> = (1..200).step_by(2).chain(300..305).collect();
+        let mut second: Vec<ConversationFacts> = (0..300).step_by(6).map(|i| conv(i, true)).collect();
+        second.extend(added.iter().map(|i| conv(*i, false)));
+        seg = seg.merge(&second, 2, &mut sym, &mut customers);
+        let third: Vec<ConversationFacts> = added.iter().map(|i| conv(*i, true)).collect();
+        seg = seg.merge(&third, 3, &mut sym, &mut customers);
+        // The same conversations in their final versions, in one build.
+        let last: Vec<ConversationFacts> = (0..300)
+            .step_by(2)
+            .map(|i| conv(i, i % 6 == 0))
+            .chain(added.iter().map(|i| conv(*i, true)))
+            .collect();
+        let whole = Segment::build(day, &last, 3, &mut sym, &mut customers);
+        assert_eq!(seg.len(), last.len());
+        assert_eq!(rows(&seg), rows(&whole));
+        assert_eq!(seg.bounds, whole.bounds);
+        for f in &last {
+            let row = seg.find(&f.conversation_id).expect("every conversation is found");
+            assert_eq!(seg.id(row), f.conversation_id);
+        }
+    }
+
+    #[test]
+    fn a_merge_shares_the_chunks_it_does_not_change() {
+        let facts: Vec<ConversationFacts> = (0..CHUNK_ROWS * 3 + 5).map(|i| conv(i, false)).collect();
+        let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+        let mut sym = |n: &str| symbols.intern(n);
+        let day = testkit::t(0).date_naive();
+        let built = Segment::build(day, &facts, 1, &mut sym, &mut customers);
+        // One row of the second chunk replaced, one conversation appended.
+        let changed = [conv(CHUNK_ROWS + 1, true), conv(CHUNK_ROWS * 4, false)];
+        let merged = built.merge(&changed, 2, &mut sym, &mut customers);
+        let shared: Vec<bool> = (built.chunks.iter().zip(&merged.chunks))
+            .map(|(a, b)| Arc::ptr_eq(a, b))
+            .collect();
+        assert_eq!(shared, [true, false, true, false]);
+        assert_eq!(merged.len(), built.len() + 1);
     }
 }

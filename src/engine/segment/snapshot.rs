@@ -28,8 +28,7 @@ pub struct CorruptSnapshot(pub NaiveDate);
 /// Serializes `segment`; `customers` names its customer ids.
 pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
     let mut w = Writer::new();
-    w.buf
-        .reserve(segment.blob.len() + segment.ids.len() + segment.len() * 32);
+    w.buf.reserve(segment.row_bytes() + segment.len() * 32);
     w.buf.extend_from_slice(MAGIC);
     w.i64(i64::from(segment.day.num_days_from_ce()));
     w.i64(segment.as_of);
@@ -42,7 +41,7 @@ pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
     for row in segment.rows_by_id() {
         let hot = segment.hot(row);
         w.bytes(segment.id(row).as_bytes());
-        w.bytes(customers.name(segment.customer[row]).as_bytes());
+        w.bytes(customers.name(segment.customer(row)).as_bytes());
         w.i64(hot.opened_at);
         w.time(hot.opened_at, hot.active.start);
         w.time(hot.opened_at, hot.active.end);
@@ -84,7 +83,6 @@ pub fn parse(day: NaiveDate, body: Vec<u8>) -> Result<Parsed, CorruptSnapshot> {
         segment.names.push(r.str().into());
     }
     let rows = r.count();
-    segment.reserve(rows, body.len());
     let mut customers = Vec::with_capacity(rows);
     for _ in 0..rows {
         let id = r.str();
@@ -127,12 +125,12 @@ impl Parsed {
         seg.tenant_syms = std::iter::once(0)
             .chain(seg.names[1..].iter().map(|n| symbols(n)))
             .collect();
-        for (row, (start, end)) in self.customers.iter().enumerate() {
-            let name = std::str::from_utf8(&self.body[*start as usize..*end as usize]).unwrap_or("");
-            seg.customer[row] = customers.intern(name);
-        }
+        let body = &self.body;
+        seg.set_customers(|row| {
+            let (start, end) = self.customers[row];
+            customers.intern(std::str::from_utf8(&body[start as usize..end as usize]).unwrap_or(""))
+        });
         seg.seal_sorted();
-        seg.shrink();
         seg.unpersisted = 0.into();
         self.segment
     }

@@ -442,6 +442,8 @@ impl<S: Source> QueryCache<S> {
         progress: &Progress,
     ) -> Result<(View, usize), Error> {
         let tenant = state.tenant;
+        // Milliseconds since the refresh began at the end of each phase, logged at debug: where
+        // a slow refresh spent its time (BENCHMARKS.md, "Live tenants", session 25).
         let started = Instant::now();
         let mut db = self.source.begin().await?;
         let xmin = db.xmin();

@@ -326,6 +326,7 @@ impl Computation<'_> {
     /// worker folds the parts it takes into one set of groups, so value lists are merged once
     /// per worker, not once per part.
     fn scan_parts(&self, scan: &Scan<'_>, grouping: Grouping) -> Result<Groups, Error> {
+        // Milliseconds since planning began at the end of each phase, logged at debug.
         let started = std::time::Instant::now();
         let plan = self.plan(scan, grouping);
         let _ = scan.asked.set(self.asked(&plan));

@@ -12,7 +12,9 @@
 //! merge replaces a changed conversation's row in place and appends new conversations after the
 //! others. Rows come in chunks of [`CHUNK_ROWS`], each with a version that changes only when
 //! one of its rows does: a day that keeps receiving conversations changes in its last chunks,
-//! and the totals kept for its other chunks stay valid (`kpi::partial`).
+//! and the totals kept for its other chunks stay valid (`kpi::partial`). The versions of a
+//! segment share the chunks a merge left alone, so a refresh copies the chunks it changes, not
+//! the day.
 //!
 //! Symbols (agents, teams, inboxes, tags) are stored as segment-local ids with their names, so a
 //! segment can be persisted and loaded by any replica ([`snapshot`]); loading maps them to the

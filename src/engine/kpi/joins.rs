@@ -108,6 +108,7 @@ pub(super) struct Asked {
 
 /// The per-customer lookups of one computation.
 pub(super) struct Joins {
+    /// Which customers the tables below hold, and at which slot.
     slots: Slots,
     /// Open times of the conversations opened in the lookahead range, per customer.
     opens: Csr<Micros>,

@@ -41,6 +41,15 @@ impl Slots {
         }
     }
 
+    /// Whether the lookups hold `customer`.
+    fn hold(&self, customer: u32) -> bool {
+        let c = customer as usize;
+        match self {
+            Slots::Ids(n) => c < *n,
+            Slots::Ranks { bits, .. } => bits.get(c / 64).is_some_and(|w| w & (1 << (c % 64)) != 0),
+        }
+    }
+
     /// The slot of `customer`, if the lookups hold it.
     fn of(&self, customer: u32) -> Option<usize> {
         let c = customer as usize;
@@ -140,12 +149,9 @@ impl Joins {
         attribution_window: Micros,
         asked: Option<&Asked>,
     ) -> Self {
-        let wanted = |c: u32| {
-            asked.is_none_or(|a| {
-                a.customers
-                    .get(c as usize / 64)
-                    .is_some_and(|w| w & (1 << (c % 64)) != 0)
-            })
+        let slots = match asked {
+            Some(a) => Slots::ranks(a.customers.clone()),
+            None => Slots::Ids(customers),
         };
         // A repeat contact of a resolution at `t` is opened in `(t, t + repeat_window]`.
         let lookahead = match asked {
@@ -166,23 +172,19 @@ impl Joins {
             }
             for seg in read {
                 for (opened, customer) in seg.openings() {
-                    if customer != 0 && lookahead.contains(opened) && wanted(customer) {
+                    if customer != 0 && lookahead.contains(opened) && slots.hold(customer) {
                         opens.push((customer, opened));
                     }
                 }
             }
         }
-        let slots = match asked {
-            Some(a) => Slots::ranks(a.customers.clone()),
-            None => Slots::Ids(customers),
-        };
         let opens = Csr::build(&slots, &opens);
         let first = conversions.partition_point(|c| c.at < conversion_range.start);
         let pairs: Vec<(u32, u32)> = conversions[first..]
             .iter()
             .enumerate()
             .take_while(|(_, c)| c.at < conversion_range.end)
-            .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)) && wanted(c.customer))
+            .filter(|(_, c)| kinds.is_none_or(|k| k.contains(&c.kind)) && slots.hold(c.customer))
             .map(|(i, c)| (c.customer, (first + i) as u32))
             .collect();
         let mut converting = vec![0u64; customers.div_ceil(64)];

@@ -186,6 +186,17 @@ impl Chunk {
         &self.blob[item(&self.blob_ends, i)]
     }
 
+    fn hot(&self, i: usize) -> row::Hot {
+        row::Hot {
+            opened_at: self.opened_at[i],
+            active: Span {
+                start: self.active_start[i],
+                end: self.active_end[i],
+            },
+            live_until: self.live_until[i],
+        }
+    }
+
     fn push(&mut self, id: &str, hot: row::Hot, customer: u32, blob: &[u8]) {
         self.ids.extend_from_slice(id.as_bytes());
         self.id_ends.push(self.ids.len() as u32);
@@ -229,15 +240,8 @@ impl Chunk {
         }
         self.customer.extend_from_slice(&from.customer[rows.clone()]);
         self.bounds.rows += rows.len();
-        for i in rows {
-            self.bounds.widen(
-                from.opened_at[i],
-                Span {
-                    start: from.active_start[i],
-                    end: from.active_end[i],
-                },
-                from.live_until[i],
-            );
+        for hot in rows.map(|i| from.hot(i)) {
+            self.bounds.widen(hot.opened_at, hot.active, hot.live_until);
         }
     }
 
@@ -438,9 +442,10 @@ impl Segment {
         by_id
     }
 
-    /// Rows by id and fresh chunk versions, for a segment whose rows were pushed in id order
-    /// (a loaded snapshot).
+    /// Rows by id, fresh chunk versions and the bounds, for a segment whose rows were pushed
+    /// in id order (a loaded snapshot).
     pub(crate) fn seal_sorted(&mut self) {
+        self.bounds = self.chunk_bounds();
         self.by_id = (0..self.len() as u32).collect();
         for chunk in &mut self.chunks {
             let chunk = Arc::make_mut(chunk);
@@ -464,7 +469,7 @@ impl Segment {
     }
 
     /// Appends a row (its id must not be in the segment yet; rows pushed must end in
-    /// [`Segment::seal_sorted`]).
+    /// [`Segment::seal_sorted`], which takes the segment's bounds from its chunks').
     pub(crate) fn push(&mut self, id: &str, hot: row::Hot, customer: u32, blob: &[u8]) {
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK_ROWS) {
             self.chunks.push(Arc::default());
@@ -472,8 +477,6 @@ impl Segment {
         if let Some(last) = self.chunks.last_mut() {
             Arc::make_mut(last).push(id, hot, customer, blob);
         }
-        self.bounds.rows += 1;
-        self.bounds.widen(hot.opened_at, hot.active, hot.live_until);
     }
 
     /// Sets the customer of every row to `customer(row)`.
@@ -568,26 +571,15 @@ impl Segment {
 
     pub(crate) fn hot(&self, row: usize) -> row::Hot {
         let (c, i) = self.at(row);
-        row::Hot {
-            opened_at: c.opened_at[i],
-            active: Span {
-                start: c.active_start[i],
-                end: c.active_end[i],
-            },
-            live_until: c.live_until[i],
-        }
+        c.hot(i)
     }
 
     /// Decodes `row` into `c` with tenant symbols. A segment is checked when it is loaded
     /// ([`Segment::check`]), so decoding cannot fail afterwards.
     pub fn decode(&self, row: usize, parts: Parts, c: &mut Conv) {
         let (chunk, i) = self.at(row);
-        c.opened_at = chunk.opened_at[i];
-        c.active = Span {
-            start: chunk.active_start[i],
-            end: chunk.active_end[i],
-        };
-        c.customer = chunk.customer[i];
+        let hot = chunk.hot(i);
+        (c.opened_at, c.active, c.customer) = (hot.opened_at, hot.active, chunk.customer[i]);
         row::decode(chunk.blob(i), &self.tenant_syms, parts, c);
     }
 

@@ -38,7 +38,9 @@ use super::{
     schedule::{Lane, Scheduler},
     segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
     side,
-    source::{DayRows, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSnapshot},
+    source::{
+        DayRows, SideEvent, Snapshot, SnapshotPart, Source, SourceReads, StoredConversation, StoredSnapshot,
+    },
 };
 use crate::domain::{
     Error,
@@ -915,21 +917,18 @@ impl<S: Source> QueryCache<S> {
                 let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
                     return;
                 };
-                let encoded = {
-                    let seg = seg.clone();
-                    in_background(worker, move || snapshot::encode(&seg, &read(&customers))).await
+                let snapshot = Snapshot {
+                    day: seg.day,
+                    built_xmin: seg.as_of,
+                    erasures,
                 };
-                let result = match encoded {
-                    Ok(body) => {
-                        let snapshot = Snapshot {
-                            day: seg.day,
-                            built_xmin: seg.as_of,
-                            erasures,
-                        };
-                        cache.source.save_snapshot(tenant, &snapshot, body).await
-                    }
-                    Err(err) => Err(err),
-                };
+                // One part in the channel, one being written: a day is never held encoded whole.
+                let (parts, written) = tokio::sync::mpsc::channel(1);
+                let (encoded, saved) = tokio::join!(
+                    encode_in_parts(worker, seg.clone(), customers, parts),
+                    cache.source.save_snapshot(tenant, &snapshot, written)
+                );
+                let result = encoded.and(saved);
                 match result {
                     Ok(()) => seg.unpersisted.store(0, Ordering::Relaxed),
                     Err(err) => {
@@ -1241,6 +1240,33 @@ tokio::task_local! {
     /// (engine/schedule.rs), so a tenant whose history is being loaded for the first time slows
     /// its neighbours no more than one asking many questions.
     pub static WORKER: (Arc<Scheduler>, TenantId);
+}
+
+/// Encodes `seg`'s snapshot a part at a time in the background ([`in_background`]), each part
+/// sent to the writer before the next is encoded; stops early when the writer stops taking
+/// them (a later snapshot is stored, or the write failed).
+async fn encode_in_parts(
+    worker: Option<(Arc<Scheduler>, TenantId)>,
+    seg: Arc<Segment>,
+    customers: Arc<RwLock<Interner>>,
+    parts: tokio::sync::mpsc::Sender<SnapshotPart>,
+) -> Result<(), Error> {
+    let mut encoder = snapshot::PartEncoder::default();
+    loop {
+        let (seg, customers) = (seg.clone(), customers.clone());
+        let (returned, part) = in_background(worker.clone(), move || {
+            let part = encoder.next_part(&seg, &read(&customers), snapshot::PART_BYTES);
+            (encoder, part)
+        })
+        .await?;
+        encoder = returned;
+        let Some((bytes, last)) = part else {
+            return Ok(());
+        };
+        if parts.send(SnapshotPart { bytes, last }).await.is_err() || last {
+            return Ok(());
+        }
+    }
 }
 
 /// Runs background CPU work (encoding snapshots) off the async threads, on the bulk lane (the

@@ -41,6 +41,13 @@ pub struct StoredSnapshot {
     pub body: Vec<u8>,
 }
 
+/// A part of a snapshot's body being written; the body is its parts' bytes in order.
+pub struct SnapshotPart {
+    pub bytes: Vec<u8>,
+    /// The body's last part: a snapshot whose encoding stopped before it is not stored.
+    pub last: bool,
+}
+
 /// What a snapshot is of.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot {
@@ -95,14 +102,15 @@ pub trait Source: Clone + Send + Sync + 'static {
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(TenantId, NaiveDate)>, Error>> + Send;
 
-    /// Persists a segment's snapshot, unless a later one is stored or a customer of the tenant
-    /// was erased since the segment was read. Takes the body so that it can be dropped once
-    /// the statement holds its copy (a day snapshot is tens of MB).
+    /// Persists a segment's snapshot from its parts, received in order as they are encoded
+    /// (`segment::snapshot::encode_parts`), unless a later one is stored or a customer of the
+    /// tenant was erased since the segment was read. Nothing is stored unless the last part
+    /// arrives: a day snapshot is tens of MB, and is never held whole to be written.
     fn save_snapshot(
         &self,
         tenant: TenantId,
         snapshot: &Snapshot,
-        body: Vec<u8>,
+        parts: tokio::sync::mpsc::Receiver<SnapshotPart>,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Persists a tenant's presence and conversions complete for `built_xmin` (`engine::side`),

@@ -13,8 +13,8 @@ use sqlx::{PgPool, Postgres, Transaction, types::Json};
 
 use crate::domain::{Error, event::Payload, tenant::TenantId};
 use crate::engine::source::{
-    DayRows, ErasureLog, SideEvent, Snapshot, Source, SourceReads, StoredConversation, StoredSide,
-    StoredSnapshot,
+    DayRows, ErasureLog, SideEvent, Snapshot, SnapshotPart, Source, SourceReads, StoredConversation,
+    StoredSide, StoredSnapshot,
 };
 
 /// The event store as the query cache's [`Source`].
@@ -36,8 +36,13 @@ impl Source for PgSource {
         recently_queried(&self.0, since).await
     }
 
-    async fn save_snapshot(&self, tenant: TenantId, snapshot: &Snapshot, body: Vec<u8>) -> Result<(), Error> {
-        save_snapshot(&self.0, tenant, snapshot, body).await
+    async fn save_snapshot(
+        &self,
+        tenant: TenantId,
+        snapshot: &Snapshot,
+        parts: tokio::sync::mpsc::Receiver<SnapshotPart>,
+    ) -> Result<(), Error> {
+        save_snapshot(&self.0, tenant, snapshot, parts).await
     }
 
     async fn save_side_snapshot(
@@ -158,21 +163,40 @@ impl SourceReads for Reads {
         .await?)
     }
 
-    /// The persisted segments of `days`.
+    /// The persisted segments of `days`, their parts read one at a time into each body.
     async fn snapshots(
         &mut self,
         tenant: TenantId,
         days: &[NaiveDate],
     ) -> Result<Vec<StoredSnapshot>, Error> {
-        Ok(sqlx::query_as!(
-            StoredSnapshot,
-            r#"select segment_day as day, built_xmin::text::bigint as "built_xmin!", body from segments
-               where tenant_id = $1 and segment_day = any($2)"#,
+        use futures::TryStreamExt;
+        let mut parts = sqlx::query!(
+            r#"select s.segment_day as day, s.built_xmin::text::bigint as "built_xmin!", p.body,
+                      sum(octet_length(p.body)) over (partition by s.segment_day) as "bytes!"
+               from segments s
+               join segment_parts p on p.tenant_id = s.tenant_id and p.segment_day = s.segment_day
+               where s.tenant_id = $1 and s.segment_day = any($2)
+               order by s.segment_day, p.part"#,
             tenant.0,
             days
         )
-        .fetch_all(&mut *self.tx)
-        .await?)
+        .fetch(&mut *self.tx);
+        let mut snapshots: Vec<StoredSnapshot> = Vec::new();
+        while let Some(part) = parts.try_next().await? {
+            match snapshots.last_mut() {
+                Some(s) if s.day == part.day => s.body.extend_from_slice(&part.body),
+                _ => {
+                    let mut body = Vec::with_capacity(usize::try_from(part.bytes).unwrap_or(0));
+                    body.extend_from_slice(&part.body);
+                    snapshots.push(StoredSnapshot {
+                        day: part.day,
+                        built_xmin: part.built_xmin,
+                        body,
+                    });
+                }
+            }
+        }
+        Ok(snapshots)
     }
 
     /// The conversations of each day written at or after its xmin (0 = every conversation).
@@ -245,35 +269,78 @@ async fn recently_queried(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<(Te
     Ok(rows.into_iter().map(|r| (TenantId(r.tenant_id), r.day)).collect())
 }
 
-/// Persists a segment unless a snapshot built at a later xmin is already stored (another replica
-/// may have written one meanwhile) or a customer was erased since the segment was read. The
-/// tenant row is read `for share`: an erasure (which updates it first) waits for this insert and
-/// then deletes it, or this insert waits for the erasure and then sees the new counter.
-///
-/// The statement's arguments are encoded when it is built: `body` is dropped then, so that a
-/// write holds the snapshot in its arguments and the connection's buffer, not a third time.
-async fn save_snapshot(pool: &PgPool, tenant: TenantId, s: &Snapshot, body: Vec<u8>) -> Result<(), Error> {
-    let statement = sqlx::query!(
-        "insert into segments (tenant_id, segment_day, built_xmin, body) \
-         select $1, $2, $3::text::xid8, $4 from tenants \
-         where tenant_id = $1 and erasures = $5 for share \
-         on conflict (tenant_id, segment_day) do update set \
-           built_xmin = excluded.built_xmin, body = excluded.body, written_at = now() \
-         where segments.built_xmin < excluded.built_xmin",
+/// Persists a segment from its parts unless a snapshot built at a later xmin is already stored
+/// (another replica may have written one meanwhile) or a customer was erased since the segment
+/// was read, in one transaction: the previous parts are replaced only when the last part
+/// arrived. The tenant row is read `for share`: an erasure (which updates it first) waits for
+/// this write and then deletes the snapshot, or this write waits for the erasure and then sees
+/// the new counter. Each part is dropped once its statement holds its copy: the write holds
+/// one part at a time (`snapshot::PART_BYTES`), however large the day.
+async fn save_snapshot(
+    pool: &PgPool,
+    tenant: TenantId,
+    s: &Snapshot,
+    mut parts: tokio::sync::mpsc::Receiver<SnapshotPart>,
+) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    let erasures = sqlx::query_scalar!(
+        "select erasures from tenants where tenant_id = $1 for share",
+        tenant.0
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if erasures != Some(s.erasures) {
+        return Ok(());
+    }
+    let newer = sqlx::query_scalar!(
+        r#"insert into segments (tenant_id, segment_day, built_xmin) values ($1, $2, $3::text::xid8)
+           on conflict (tenant_id, segment_day) do update set
+             built_xmin = excluded.built_xmin, written_at = now()
+           where segments.built_xmin < excluded.built_xmin
+           returning 1 as "one!""#,
         tenant.0,
         s.day,
-        s.built_xmin.to_string(),
-        &body,
-        s.erasures
-    );
-    drop(body);
-    statement.execute(pool).await?;
-    Ok(())
+        s.built_xmin.to_string()
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if newer.is_none() {
+        return Ok(());
+    }
+    sqlx::query!(
+        "delete from segment_parts where tenant_id = $1 and segment_day = $2",
+        tenant.0,
+        s.day
+    )
+    .execute(&mut *tx)
+    .await?;
+    let mut part = 0i32;
+    while let Some(SnapshotPart { bytes, last }) = parts.recv().await {
+        let statement = sqlx::query!(
+            "insert into segment_parts (tenant_id, segment_day, part, body) values ($1, $2, $3, $4)",
+            tenant.0,
+            s.day,
+            part,
+            &bytes
+        );
+        drop(bytes);
+        statement.execute(&mut *tx).await?;
+        if last {
+            tx.commit().await?;
+            return Ok(());
+        }
+        part += 1;
+    }
+    // The encoding stopped before its last part: nothing is stored (the transaction rolls back).
+    Err(Error::Internal(anyhow::anyhow!(
+        "the snapshot of {} ended before its last part",
+        s.day
+    )))
 }
 
 /// Persists a tenant's presence and conversions (`engine::side`) unless one complete for a later
 /// xmin is stored or a customer was erased since the state was read; ordered with erasures by
-/// the tenant row, as [`save_snapshot`] (whose body is dropped once encoded, as here).
+/// the tenant row, as [`save_snapshot`]; the body is dropped once the statement holds its copy.
 async fn save_side_snapshot(
     pool: &PgPool,
     tenant: TenantId,

@@ -6,14 +6,19 @@ use std::time::Duration;
 use chatkpi::{
     app::kpis::{KpiService, QueryCache},
     domain::{
+        Error,
         event::*,
         query::{Asked, AskedKind, Query, Window},
         tenant::TenantId,
     },
-    engine::schedule::Scheduler,
+    engine::{
+        schedule::Scheduler,
+        source::{Snapshot, SnapshotPart, Source, SourceReads},
+    },
     grpc::{convert::chrono_to_timestamp, pb},
     store::{self, segments::PgSource},
 };
+use chrono::NaiveDate;
 use sqlx::PgPool;
 
 use crate::helpers::{TestApp, ev, pool, t};
@@ -193,4 +198,88 @@ async fn a_tenant_keeps_its_eight_most_recently_asked_questions_newest_first() {
         .await
         .unwrap();
     assert_eq!(stored, 8);
+}
+
+fn snapshot_day() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 1, 5).unwrap()
+}
+
+/// Writes a snapshot of `snapshot_day()` built at `built_xmin` from `parts`, sent as the cache's
+/// encoder sends them; the last is marked last only when `finished`.
+async fn save_parts(
+    pool: &PgPool,
+    tenant: TenantId,
+    built_xmin: i64,
+    parts: &[&[u8]],
+    finished: bool,
+) -> Result<(), Error> {
+    let (tx, rx) = tokio::sync::mpsc::channel(parts.len() + 1);
+    for (i, bytes) in parts.iter().enumerate() {
+        let last = finished && i + 1 == parts.len();
+        tx.send(SnapshotPart {
+            bytes: bytes.to_vec(),
+            last,
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let snapshot = Snapshot {
+        day: snapshot_day(),
+        built_xmin,
+        erasures: 0,
+    };
+    PgSource(pool.clone()).save_snapshot(tenant, &snapshot, rx).await
+}
+
+/// The stored snapshot of `snapshot_day()`: its xmin and body, as a loading replica reads it.
+async fn stored_snapshot(pool: &PgPool, tenant: TenantId) -> Option<(i64, Vec<u8>)> {
+    let mut reads = PgSource(pool.clone()).begin().await.unwrap();
+    let stored = reads.snapshots(tenant, &[snapshot_day()]).await.unwrap().pop();
+    reads.finish().await.unwrap();
+    stored.map(|s| (s.built_xmin, s.body))
+}
+
+#[tokio::test]
+async fn a_snapshot_stored_in_parts_is_read_back_as_their_bytes_in_order() {
+    let app = TestApp::spawn().await;
+    save_parts(&app.pool, app.tenant, 10, &[b"abc", b"de", b"f"], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_snapshot(&app.pool, app.tenant).await,
+        Some((10, b"abcdef".to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_whose_last_part_never_came_leaves_the_stored_one() {
+    let app = TestApp::spawn().await;
+    save_parts(&app.pool, app.tenant, 10, &[b"abc", b"def"], true)
+        .await
+        .unwrap();
+    assert!(
+        save_parts(&app.pool, app.tenant, 20, &[b"xyz"], false)
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        stored_snapshot(&app.pool, app.tenant).await,
+        Some((10, b"abcdef".to_vec()))
+    );
+}
+
+#[tokio::test]
+async fn a_snapshot_built_before_the_stored_one_does_not_replace_it() {
+    let app = TestApp::spawn().await;
+    save_parts(&app.pool, app.tenant, 20, &[b"new"], true)
+        .await
+        .unwrap();
+    save_parts(&app.pool, app.tenant, 10, &[b"old", b"er"], true)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_snapshot(&app.pool, app.tenant).await,
+        Some((20, b"new".to_vec()))
+    );
 }

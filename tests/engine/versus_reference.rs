@@ -893,6 +893,36 @@ fn merging_replaces_rows_in_place_and_appends_new_ones() {
     assert_eq!(merged.find("no-such-conversation"), None);
 }
 
+/// A snapshot is written a part at a time (`segment_parts`): the parts' bytes in order are the
+/// body encoded whole, only the last says so, and each but the last reached the size asked for.
+#[test]
+fn a_snapshot_encoded_in_parts_is_the_body_encoded_whole() {
+    use chatkpi::engine::segment::snapshot;
+    let facts = simulated_facts(150, 6);
+    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
+    let s = Segment::build(
+        segment_day(),
+        &facts,
+        9,
+        &mut |n: &str| symbols.intern(n),
+        &mut customers,
+    );
+    let whole = snapshot::encode(&s, &customers);
+    let mut encoder = snapshot::PartEncoder::default();
+    let mut parts = Vec::new();
+    while let Some(part) = encoder.next_part(&s, &customers, 1_000) {
+        parts.push(part);
+    }
+    assert!(parts.len() > 3, "{} parts of {} bytes", parts.len(), whole.len());
+    let (last, rest) = parts.split_last().unwrap();
+    assert!(last.1 && rest.iter().all(|(bytes, last)| !last && bytes.len() >= 1_000));
+    let joined: Vec<u8> = parts
+        .iter()
+        .flat_map(|(bytes, _)| bytes.iter().copied())
+        .collect();
+    assert_eq!(joined, whole);
+}
+
 #[test]
 fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
     let facts = simulated_facts(150, 6);

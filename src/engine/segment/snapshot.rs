@@ -1,9 +1,10 @@
-//! The persisted form of a [`Segment`] (`segments.body`): what a replica loads after a restart
+//! The persisted form of a [`Segment`] (`segment_parts.body`): what a replica loads after a restart
 //! instead of decoding every stored conversation record again.
 //!
 //! Layout: magic and version, the day, the database xmin the segment is complete for, the
 //! segment-local symbol names, then per row its conversation id, customer name, hot columns and
-//! blob; last, a CRC-32 of everything before it. Loading is two steps: [`parse`] reads and
+//! blob; last, a CRC-32 of everything before it. It is stored in parts of about [`PART_BYTES`]
+//! ([`PartEncoder`]), whose bytes in order are the body. Loading is two steps: [`parse`] reads and
 //! verifies the bytes (no tenant state needed, so it can run in parallel with other work), and
 //! [`Parsed::attach`] maps names and customers to the loading tenant's ids. A damaged snapshot
 //! is refused (and the day rebuilt from its conversation records) instead of giving wrong
@@ -25,35 +26,88 @@ const MAGIC: &[u8; 4] = b"CKS3";
 #[error("segment snapshot of {0} is damaged or of an unknown version")]
 pub struct CorruptSnapshot(pub NaiveDate);
 
+/// The size at which a snapshot is cut into stored parts (`segment_parts`): persisting a day
+/// holds one part in memory at a time (and the statement's and the connection's copies of
+/// it), not the whole body three times over (a day of a 10 M-conversation tenant is 74 MB).
+pub const PART_BYTES: usize = 4 << 20;
+
 /// Serializes `segment`; `customers` names its customer ids.
 pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
-    let mut w = Writer::new();
-    w.buf.reserve(segment.row_bytes() + segment.len() * 32);
-    w.buf.extend_from_slice(MAGIC);
-    w.i64(i64::from(segment.day.num_days_from_ce()));
-    w.i64(segment.as_of);
-    w.count(segment.names.len() - 1);
-    for name in &segment.names[1..] {
-        w.bytes(name.as_bytes());
+    let mut encoder = PartEncoder::default();
+    let mut body = Vec::with_capacity(segment.row_bytes() + segment.len() * 32 + 64);
+    while let Some((part, _)) = encoder.next_part(segment, customers, usize::MAX) {
+        body.extend_from_slice(&part);
     }
-    w.count(segment.len());
-    // By conversation id: a loaded segment's rows are in id order.
-    for row in segment.rows_by_id() {
-        let hot = segment.hot(row);
-        w.bytes(segment.id(row).as_bytes());
-        w.bytes(customers.name(segment.customer(row)).as_bytes());
-        w.i64(hot.opened_at);
-        w.time(hot.opened_at, hot.active.start);
-        w.time(hot.opened_at, hot.active.end);
-        w.opt_time(
-            hot.opened_at,
-            (hot.live_until != OPEN_END).then_some(hot.live_until),
-        );
-        w.bytes(segment.blob(row));
+    body
+}
+
+/// Serializes a segment a part at a time: each call encodes the rows after the previous part's
+/// until the part reaches the size asked for; the parts' bytes in order are [`encode`]'s body.
+/// Resumable, so that a writer encodes a part, stores it and only then encodes the next.
+#[derive(Default)]
+pub struct PartEncoder {
+    /// Rows (in id order) already encoded.
+    rows: usize,
+    crc: crc32fast::Hasher,
+    finished: bool,
+}
+
+impl PartEncoder {
+    /// The next part of `segment`'s body (the same segment every call), of about `part_bytes`
+    /// (it ends after the row that reached the size) and whether it is the last; `None` once
+    /// the last was returned.
+    pub fn next_part(
+        &mut self,
+        segment: &Segment,
+        customers: &Interner,
+        part_bytes: usize,
+    ) -> Option<(Vec<u8>, bool)> {
+        if self.finished {
+            return None;
+        }
+        let capacity = part_bytes.min(segment.row_bytes() + segment.len() * 32 + 64);
+        let mut w = Writer::new();
+        w.buf.reserve(capacity);
+        if self.rows == 0 {
+            w.buf.extend_from_slice(MAGIC);
+            w.i64(i64::from(segment.day.num_days_from_ce()));
+            w.i64(segment.as_of);
+            w.count(segment.names.len() - 1);
+            for name in &segment.names[1..] {
+                w.bytes(name.as_bytes());
+            }
+            w.count(segment.len());
+        }
+        // By conversation id: a loaded segment's rows are in id order.
+        for &row in &segment.by_id[self.rows..] {
+            if w.buf.len() >= part_bytes {
+                break;
+            }
+            encode_row(segment, customers, row as usize, &mut w);
+            self.rows += 1;
+        }
+        self.crc.update(&w.buf);
+        self.finished = self.rows == segment.len();
+        if self.finished {
+            let crc = std::mem::take(&mut self.crc).finalize();
+            w.buf.extend_from_slice(&crc.to_le_bytes());
+        }
+        Some((w.buf, self.finished))
     }
-    let crc = crc32fast::hash(&w.buf);
-    w.buf.extend_from_slice(&crc.to_le_bytes());
-    w.buf
+}
+
+fn encode_row(segment: &Segment, customers: &Interner, row: usize, w: &mut Writer) {
+    let hot = segment.hot(row);
+    w.bytes(segment.id(row).as_bytes());
+    w.bytes(customers.name(segment.customer(row)).as_bytes());
+    w.i64(hot.opened_at);
+    w.time(hot.opened_at, hot.active.start);
+    w.time(hot.opened_at, hot.active.end);
+    w.opt_time(
+        hot.opened_at,
+        (hot.live_until != OPEN_END).then_some(hot.live_until),
+    );
+    w.bytes(segment.blob(row));
 }
 
 /// A verified snapshot whose names are not yet mapped to a tenant's ids.

@@ -33,8 +33,10 @@ pub enum Error {
     /// The database cannot be reached right now; safe to retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// Anything else. The cause goes to the log, never to the client.
-    #[error("internal error")]
+    /// Anything else. The cause goes to the log (this text, with the cause's chain: a server
+    /// whose migrations fail says why), never to the client (`grpc::status` sends "internal
+    /// error" alone).
+    #[error("internal error: {0:#}")]
     Internal(#[source] anyhow::Error),
 }
 

@@ -19,7 +19,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU32, AtomicU64, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -38,9 +38,7 @@ use super::{
     schedule::{Lane, Scheduler},
     segment::{Bounds, NEVER_PERSISTED, Segment, snapshot},
     side,
-    source::{
-        DayRows, SideEvent, Snapshot, SnapshotPart, Source, SourceReads, StoredConversation, StoredSnapshot,
-    },
+    source::{DayRows, SideEvent, Snapshot, SnapshotPart, Source, SourceReads, StoredConversation},
 };
 use crate::domain::{
     Error,
@@ -245,6 +243,8 @@ pub struct QueryCache<S> {
     generations: AtomicU64,
     /// One snapshot write at a time: persisting is background work.
     snapshot_writes: Arc<Semaphore>,
+    /// Records a load reads of a day at a time ([`LOAD_BATCH`]).
+    load_batch: AtomicUsize,
 }
 
 impl<S: Source> QueryCache<S> {
@@ -268,6 +268,7 @@ impl<S: Source> QueryCache<S> {
             entries,
             generations: AtomicU64::new(1),
             snapshot_writes: Arc::new(Semaphore::new(1)),
+            load_batch: AtomicUsize::new(LOAD_BATCH),
         })
     }
 
@@ -275,6 +276,12 @@ impl<S: Source> QueryCache<S> {
     pub fn bytes(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.weighted_size()
+    }
+
+    /// Loads read a day's records `records` at a time from now on (at least one; [`LOAD_BATCH`]
+    /// unless set): fewer hold less memory in flight, more take fewer merges.
+    pub fn load_in_batches_of(&self, records: usize) {
+        self.load_batch.store(records.max(1), Ordering::Relaxed);
     }
 
     /// The bytes its entries may hold.
@@ -780,10 +787,13 @@ impl<S: Source> QueryCache<S> {
     /// Loads the segments of `days`: each from its snapshot and the records changed since, or
     /// from its records when it has no usable snapshot.
     ///
-    /// Three stages overlap: a reader on a second connection (on this refresh's exact database
-    /// snapshot) fetches one day after another, the blocking pool parses the snapshot and decodes
-    /// the records (no tenant state needed), and this task attaches names to the tenant's ids and
-    /// caches the segment. Memory holds a couple of days in flight, whatever the number of days.
+    /// Three stages overlap: readers on other connections (on this refresh's exact database
+    /// snapshot) fetch one day after another in batches of [`LOAD_BATCH`] records
+    /// ([`read_days`]), the blocking pool parses the snapshot, and this task decodes each batch
+    /// and merges it into its day's segment, caching the segment with its last batch. Memory
+    /// holds a few batches in flight and the segments being built, whatever the size of a day
+    /// (a day of a 10 M-conversation tenant is 333,000 records of 600 bytes, several times that
+    /// decoded).
     async fn load(
         self: &Arc<Self>,
         mut state: OwnedMutexGuard<TenantState>,
@@ -791,63 +801,52 @@ impl<S: Source> QueryCache<S> {
         days: Vec<NaiveDate>,
         progress: &Progress,
     ) -> Result<(OwnedMutexGuard<TenantState>, Vec<Arc<Segment>>), Error> {
-        let tenant = state.tenant;
         let xmin = db.xmin();
         let exported = db.export().await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Prepared, Error>>(2);
-        // Two readers, each taking every other day: PostgreSQL reads one day while another is
-        // sent and a third prepared.
-        let mut readers = Vec::new();
+        let batch = self.load_batch.load(Ordering::Relaxed);
+        // Readers each taking every other day: PostgreSQL reads one day while another is sent.
         let worker = WORKER.try_with(Clone::clone).ok();
-        for part in 0..READERS {
-            let days: Vec<NaiveDate> = days.iter().copied().skip(part).step_by(READERS).collect();
-            let (source, exported, tx) = (self.source.clone(), exported.clone(), tx.clone());
-            let worker = worker.clone();
-            readers.push(tokio::spawn(async move {
-                let read = async {
-                    let mut r = source.begin_at(&exported, xmin).await?;
-                    for day in days {
-                        let snapshot = r.snapshots(tenant, &[day]).await?.pop();
-                        let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
-                        let rows = r.days_since(tenant, &[(day, since)]).await?;
-                        let prepared = blocking(move || prepare(day, snapshot, rows));
-                        if tx.send(prepared.await).await.is_err() {
-                            break; // the loader stopped on an error
-                        }
-                    }
-                    r.finish().await
-                };
-                // A spawned task does not inherit the task-local: the reader works for the same
-                // tenant.
-                let read = match worker {
-                    Some(w) => WORKER.scope(w, read).await,
-                    None => read.await,
-                };
-                if let Err(err) = read {
-                    let _ = tx.send(Err(err)).await;
+        let readers: Vec<_> = (0..READERS)
+            .map(|part| {
+                let days: Vec<NaiveDate> = days.iter().copied().skip(part).step_by(READERS).collect();
+                let source = (self.source.clone(), exported.clone(), xmin);
+                let read = read_days(source, state.tenant, days, batch, tx.clone());
+                // A spawned task does not inherit the task-local: the reader works for the
+                // same tenant.
+                match worker.clone() {
+                    Some(w) => tokio::spawn(WORKER.scope(w, read)),
+                    None => tokio::spawn(read),
                 }
-            }));
-        }
+            })
+            .collect();
         drop(tx);
         let mut loaded = Vec::new();
+        // Days whose batches are still arriving.
+        let mut building: HashMap<NaiveDate, Arc<Segment>> = HashMap::new();
         while let Some(prepared) = rx.recv().await {
             let prepared = prepared?;
-            let day = prepared.day;
-            let (s, seg) = self.clone().attach(state, prepared, xmin).await?;
+            let (day, last) = (prepared.day, prepared.last);
+            let partial = building.remove(&day);
+            let (s, seg) = self.clone().attach(state, prepared, partial, xmin).await?;
             state = s;
             let seg = match seg {
                 Some(seg) => seg,
                 None => {
-                    // The snapshot was damaged: build the day from all its records.
-                    let rows = db.days_since(tenant, &[(day, 0)]).await?;
-                    let prepared = blocking(move || prepare(day, None, rows)).await?;
-                    let (s, seg) = self.clone().attach(state, prepared, xmin).await?;
+                    // The snapshot was damaged: build the day from all its records (the
+                    // batches still to come, changed since the snapshot, are among them).
+                    let (s, seg) = self.clone().rebuild(state, db, day).await?;
                     state = s;
-                    seg.ok_or_else(|| Error::Internal(anyhow::anyhow!("a segment built without a snapshot")))?
+                    seg
                 }
             };
-            loaded.push(seg);
-            progress.loaded.fetch_add(1, Ordering::Relaxed);
+            if last {
+                self.put(&mut state, seg.clone());
+                loaded.push(seg);
+                progress.loaded.fetch_add(1, Ordering::Relaxed);
+            } else {
+                building.insert(day, seg);
+            }
         }
         for reader in readers {
             reader
@@ -857,39 +856,72 @@ impl<S: Source> QueryCache<S> {
         Ok((state, loaded))
     }
 
-    /// Attaches a prepared day to the tenant's ids, merges its changed records and caches it.
-    /// `None` when its snapshot was damaged.
+    /// `day` built from all its records, read in `db` a batch at a time.
+    async fn rebuild(
+        self: Arc<Self>,
+        mut state: OwnedMutexGuard<TenantState>,
+        db: &mut S::Reads,
+        day: NaiveDate,
+    ) -> Result<(OwnedMutexGuard<TenantState>, Arc<Segment>), Error> {
+        let (tenant, xmin) = (state.tenant, db.xmin());
+        let batch = self.load_batch.load(Ordering::Relaxed);
+        let mut rows = db.day_rows(tenant, day, 0);
+        let mut partial = None;
+        loop {
+            let (records, last) = next_batch(&mut rows, batch).await?;
+            let prepared = Prepared {
+                day,
+                base: None,
+                rows: records,
+                last,
+            };
+            let (s, seg) = self.clone().attach(state, prepared, partial, xmin).await?;
+            state = s;
+            let seg =
+                seg.ok_or_else(|| Error::Internal(anyhow::anyhow!("a segment built without a snapshot")))?;
+            if last {
+                return Ok((state, seg));
+            }
+            partial = Some(seg);
+        }
+    }
+
+    /// Decodes a batch of a day and merges it into `partial`, the day's segment of the batches
+    /// before (none for the first: then the segment starts from the parsed snapshot, or empty).
+    /// `None` when the snapshot was damaged.
     async fn attach(
         self: Arc<Self>,
         state: OwnedMutexGuard<TenantState>,
         prepared: Prepared,
+        partial: Option<Arc<Segment>>,
         xmin: i64,
     ) -> Result<(OwnedMutexGuard<TenantState>, Option<Arc<Segment>>), Error> {
         blocking(move || {
             let mut state = state;
-            let Prepared { day, base, rows } = prepared;
-            // Decoded here, one day at a time, not by the readers: decoded records take several
-            // times the bytes of the stored ones, and the days read ahead would all hold them.
+            let Prepared { day, base, rows, .. } = prepared;
+            // Decoded here, a batch at a time, not by the readers: decoded records take several
+            // times the bytes of the stored ones, and the batches read ahead would all hold them.
             let facts = decode_all(&rows)?;
             drop(rows);
             let customers = state.customers.clone();
-            let seg = match base {
-                Some(Ok(parsed)) => {
-                    let base = parsed.attach(&mut |n| state.symbol(n), &mut write(&customers));
+            let mut symbols = |n: &str| state.symbol(n);
+            let seg = match (partial, base) {
+                (Some(partial), _) if facts.is_empty() => partial,
+                (Some(partial), _) => Arc::new(partial.merge(&facts, xmin, &mut symbols, &mut write(&customers))),
+                (None, Some(Ok(parsed))) => {
+                    let base = parsed.attach(&mut symbols, &mut write(&customers));
                     if facts.is_empty() {
-                        base
+                        Arc::new(base)
                     } else {
-                        base.merge(&facts, xmin, &mut |n| state.symbol(n), &mut write(&customers))
+                        Arc::new(base.merge(&facts, xmin, &mut symbols, &mut write(&customers)))
                     }
                 }
-                Some(Err(err)) => {
+                (None, Some(Err(err))) => {
                     tracing::warn!(tenant = state.tenant.0, %day, error = %err, "ignoring a damaged segment snapshot");
                     return Ok((state, None));
                 }
-                None => Segment::build(day, &facts, xmin, &mut |n| state.symbol(n), &mut write(&customers)),
+                (None, None) => Arc::new(Segment::build(day, &facts, xmin, &mut symbols, &mut write(&customers))),
             };
-            let seg = Arc::new(seg);
-            self.put(&mut state, seg.clone());
             Ok((state, Some(seg)))
         })
         .await
@@ -1207,25 +1239,74 @@ struct News {
     erased: Erased,
 }
 
-/// A day read, its snapshot parsed, not yet attached to the tenant's ids.
+/// Records of a day fetched at a time by a load: about 10 MB stored, a few times that decoded.
+const LOAD_BATCH: usize = 16_384;
+
+/// A batch of a day read, its snapshot parsed (with the first batch), not yet attached to the
+/// tenant's ids.
 struct Prepared {
     day: NaiveDate,
     base: Option<Result<snapshot::Parsed, snapshot::CorruptSnapshot>>,
     /// Records changed since the snapshot (all of them without one), decoded when attached.
     rows: Vec<StoredConversation>,
+    /// The day's last batch.
+    last: bool,
 }
 
-/// Parses a day's snapshot (no tenant state needed).
-fn prepare(
-    day: NaiveDate,
-    snapshot: Option<StoredSnapshot>,
-    rows: Vec<StoredConversation>,
-) -> Result<Prepared, Error> {
-    Ok(Prepared {
-        day,
-        base: snapshot.map(|s| snapshot::parse(day, s.body)),
-        rows,
-    })
+/// Reads `days` on its own view of the exported database snapshot: each day's snapshot, parsed
+/// on the blocking pool, then the records changed since it, in batches of `batch`, sent
+/// to the loader in order. An error is sent too; a loader that stopped stops the reader.
+async fn read_days<S: Source>(
+    (source, exported, xmin): (S, String, i64),
+    tenant: TenantId,
+    days: Vec<NaiveDate>,
+    batch: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Prepared, Error>>,
+) {
+    let read = async {
+        let mut r = source.begin_at(&exported, xmin).await?;
+        for day in days {
+            let snapshot = r.snapshots(tenant, &[day]).await?.pop();
+            let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
+            let mut base = Some(blocking(move || Ok(snapshot.map(|s| snapshot::parse(day, s.body)))).await?);
+            let mut rows = r.day_rows(tenant, day, since);
+            loop {
+                let (records, last) = next_batch(&mut rows, batch).await?;
+                let prepared = Prepared {
+                    day,
+                    base: base.take().flatten(),
+                    rows: records,
+                    last,
+                };
+                if tx.send(Ok(prepared)).await.is_err() {
+                    return Ok(()); // the loader stopped on an error
+                }
+                if last {
+                    break;
+                }
+            }
+        }
+        r.finish().await
+    };
+    if let Err(err) = read.await {
+        let _ = tx.send(Err(err)).await;
+    }
+}
+
+/// Up to `size` records of `rows`, and whether they were the last.
+async fn next_batch(
+    rows: &mut futures::stream::BoxStream<'_, Result<StoredConversation, Error>>,
+    size: usize,
+) -> Result<(Vec<StoredConversation>, bool), Error> {
+    use futures::TryStreamExt;
+    let mut batch = Vec::with_capacity(size.min(LOAD_BATCH));
+    while batch.len() < size {
+        match rows.try_next().await? {
+            Some(row) => batch.push(row),
+            None => return Ok((batch, true)),
+        }
+    }
+    Ok((batch, false))
 }
 
 /// Decodes records on every core (the costly part of building a segment from records).

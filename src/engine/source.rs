@@ -166,12 +166,14 @@ pub trait SourceReads: Send + 'static {
         days: &[NaiveDate],
     ) -> impl Future<Output = Result<Vec<StoredSnapshot>, Error>> + Send;
 
-    /// The conversations of each day written at or after its xmin (0 = every conversation).
-    fn days_since(
+    /// The conversations of `day` written at or after `since` (0 = every conversation), as they
+    /// arrive: a load takes them in batches instead of holding a day's records at once.
+    fn day_rows(
         &mut self,
         tenant: TenantId,
-        days: &[(NaiveDate, i64)],
-    ) -> impl Future<Output = Result<Vec<StoredConversation>, Error>> + Send;
+        day: NaiveDate,
+        since: i64,
+    ) -> futures::stream::BoxStream<'_, Result<StoredConversation, Error>>;
 
     /// The tenant's persisted presence and conversions, if any.
     fn side_snapshot(

@@ -199,26 +199,26 @@ impl SourceReads for Reads {
         Ok(snapshots)
     }
 
-    /// The conversations of each day written at or after its xmin (0 = every conversation).
-    async fn days_since(
+    /// The conversations of `day` written at or after `since` (0 = every conversation), streamed
+    /// from the connection as they are taken.
+    fn day_rows(
         &mut self,
         tenant: TenantId,
-        days: &[(NaiveDate, i64)],
-    ) -> Result<Vec<StoredConversation>, Error> {
-        let (dates, xmins): (Vec<NaiveDate>, Vec<String>) =
-            days.iter().map(|(d, x)| (*d, x.to_string())).unzip();
-        Ok(sqlx::query_as!(
+        day: NaiveDate,
+        since: i64,
+    ) -> futures::stream::BoxStream<'_, Result<StoredConversation, Error>> {
+        use futures::{StreamExt, TryStreamExt};
+        sqlx::query_as!(
             StoredConversation,
-            r#"select c.segment_day as day, c.conversation_id, c.record as "record!"
-               from unnest($2::date[], $3::text[]) as d(day, since)
-               join conversations c on c.tenant_id = $1 and c.segment_day = d.day
-               where c.change_xid >= d.since::xid8"#,
+            r#"select segment_day as day, conversation_id, record as "record!" from conversations
+               where tenant_id = $1 and segment_day = $2 and change_xid >= $3::text::xid8"#,
             tenant.0,
-            &dates,
-            &xmins
+            day,
+            since.to_string()
         )
-        .fetch_all(&mut *self.tx)
-        .await?)
+        .fetch(&mut *self.tx)
+        .map_err(Error::from)
+        .boxed()
     }
 
     async fn side_snapshot(&mut self, tenant: TenantId) -> Result<Option<StoredSide>, Error> {

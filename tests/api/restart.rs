@@ -283,3 +283,83 @@ async fn a_snapshot_built_before_the_stored_one_does_not_replace_it() {
         Some((20, b"new".to_vec()))
     );
 }
+
+/// Seven conversations of one day (one customer each, answered and resolved by ann), and a
+/// second message in three of them written later (changes after a snapshot).
+fn one_day(later: bool) -> Vec<Event> {
+    let mut events = Vec::new();
+    for n in 0..7 {
+        let (conv, at) = (format!("d{n}"), 600 * n);
+        let customer = format!("C{n}");
+        if later {
+            if n % 2 == 0 {
+                events.push(message(&format!("{conv}-m2"), &conv, at + 400));
+            }
+            continue;
+        }
+        events.push(ev(
+            &format!("{conv}-o"),
+            Some(&conv),
+            at,
+            Payload::ConversationOpened(ConversationOpened {
+                customer_id: customer,
+                channel: Channel::Email,
+                inbox: None,
+                team: None,
+                priority: None,
+                initiated_by: Initiator::Customer,
+            }),
+        ));
+        events.push(message(&format!("{conv}-m"), &conv, at + 20 * (n + 1)));
+    }
+    events
+}
+
+fn message(id: &str, conv: &str, at: i64) -> Event {
+    ev(
+        id,
+        Some(conv),
+        at,
+        Payload::Message(Message {
+            message_id: id.into(),
+            sender: Sender::Agent,
+            agent_id: Some("ann".into()),
+            private: false,
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_day_loaded_two_records_at_a_time_answers_as_one_loaded_at_once() {
+    let app = TestApp::spawn().await;
+    app.ingest(&one_day(false)).await.unwrap();
+    let query = Query::new(Window::new(t(-86_400), t(86_400)).unwrap());
+    let batched = |kpis: KpiService| {
+        kpis.cache().load_in_batches_of(2);
+        kpis
+    };
+    // From the records alone, then (after a snapshot is stored) from the snapshot and the
+    // records changed since it.
+    let whole = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap();
+    let in_batches = batched(restarted(&app.pool));
+    assert_eq!(
+        in_batches.overview(app.tenant, &query, false).await.unwrap(),
+        whole
+    );
+    assert_eq!(whole.0.conversations, 7);
+    wait_for_rows(&app.pool, SNAPSHOTS, app.tenant, 1).await;
+    app.ingest(&one_day(true)).await.unwrap();
+    let whole = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap();
+    let in_batches = batched(restarted(&app.pool));
+    assert_eq!(
+        in_batches.overview(app.tenant, &query, false).await.unwrap(),
+        whole
+    );
+    assert_eq!(whole.0.messages_sent, 11);
+}

@@ -88,7 +88,7 @@ for _ in $(seq 1 120); do
     [ "$(psql "$DATABASE_URL" -Atqc "select count(*) from side_snapshots where tenant_id = $TENANT")" = 1 ] && break
   sleep 1
 done
-log "snapshots: $(psql "$DATABASE_URL" -Atqc "select count(*) || ' days, ' || pg_size_pretty(sum(length(body))) from segments where tenant_id = $TENANT"); presence and conversions: $(psql "$DATABASE_URL" -Atqc "select coalesce(pg_size_pretty(sum(length(body))), 'none') from side_snapshots where tenant_id = $TENANT")"
+log "snapshots: $(psql "$DATABASE_URL" -Atqc "select count(distinct segment_day) || ' days in ' || count(*) || ' parts, ' || pg_size_pretty(sum(length(body))) from segment_parts where tenant_id = $TENANT"); presence and conversions: $(psql "$DATABASE_URL" -Atqc "select coalesce(pg_size_pretty(sum(length(body))), 'none') from side_snapshots where tenant_id = $TENANT")"
 stop_server
 
 COLD=$(mktemp)

@@ -865,10 +865,11 @@ impl<S: Source> QueryCache<S> {
     ) -> Result<(OwnedMutexGuard<TenantState>, Arc<Segment>), Error> {
         let (tenant, xmin) = (state.tenant, db.xmin());
         let batch = self.load_batch.load(Ordering::Relaxed);
-        let mut rows = db.day_rows(tenant, day, 0);
+        db.open_day(tenant, day, 0).await?;
         let mut partial = None;
         loop {
-            let (records, last) = next_batch(&mut rows, batch).await?;
+            let records = db.next_rows(batch).await?;
+            let last = records.len() < batch;
             let prepared = Prepared {
                 day,
                 base: None,
@@ -1269,9 +1270,10 @@ async fn read_days<S: Source>(
             let snapshot = r.snapshots(tenant, &[day]).await?.pop();
             let since = snapshot.as_ref().map_or(0, |s| s.built_xmin);
             let mut base = Some(blocking(move || Ok(snapshot.map(|s| snapshot::parse(day, s.body)))).await?);
-            let mut rows = r.day_rows(tenant, day, since);
+            r.open_day(tenant, day, since).await?;
             loop {
-                let (records, last) = next_batch(&mut rows, batch).await?;
+                let records = r.next_rows(batch).await?;
+                let last = records.len() < batch;
                 let prepared = Prepared {
                     day,
                     base: base.take().flatten(),
@@ -1291,22 +1293,6 @@ async fn read_days<S: Source>(
     if let Err(err) = read.await {
         let _ = tx.send(Err(err)).await;
     }
-}
-
-/// Up to `size` records of `rows`, and whether they were the last.
-async fn next_batch(
-    rows: &mut futures::stream::BoxStream<'_, Result<StoredConversation, Error>>,
-    size: usize,
-) -> Result<(Vec<StoredConversation>, bool), Error> {
-    use futures::TryStreamExt;
-    let mut batch = Vec::with_capacity(size.min(LOAD_BATCH));
-    while batch.len() < size {
-        match rows.try_next().await? {
-            Some(row) => batch.push(row),
-            None => return Ok((batch, true)),
-        }
-    }
-    Ok((batch, false))
 }
 
 /// Decodes records on every core (the costly part of building a segment from records).

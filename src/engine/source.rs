@@ -166,14 +166,18 @@ pub trait SourceReads: Send + 'static {
         days: &[NaiveDate],
     ) -> impl Future<Output = Result<Vec<StoredSnapshot>, Error>> + Send;
 
-    /// The conversations of `day` written at or after `since` (0 = every conversation), as they
-    /// arrive: a load takes them in batches instead of holding a day's records at once.
-    fn day_rows(
+    /// Opens the conversations of `day` written at or after `since` (0 = every conversation) to
+    /// be read [`SourceReads::next_rows`] at a time: a load takes a day in batches instead of
+    /// holding its records at once. One day is open at a time.
+    fn open_day(
         &mut self,
         tenant: TenantId,
         day: NaiveDate,
         since: i64,
-    ) -> futures::stream::BoxStream<'_, Result<StoredConversation, Error>>;
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// The open day's next `n` conversations (fewer: the last ones, and the day is closed).
+    fn next_rows(&mut self, n: usize) -> impl Future<Output = Result<Vec<StoredConversation>, Error>> + Send;
 
     /// The tenant's persisted presence and conversions, if any.
     fn side_snapshot(

@@ -199,26 +199,43 @@ impl SourceReads for Reads {
         Ok(snapshots)
     }
 
-    /// The conversations of `day` written at or after `since` (0 = every conversation), streamed
-    /// from the connection as they are taken.
-    fn day_rows(
-        &mut self,
-        tenant: TenantId,
-        day: NaiveDate,
-        since: i64,
-    ) -> futures::stream::BoxStream<'_, Result<StoredConversation, Error>> {
-        use futures::{StreamExt, TryStreamExt};
-        sqlx::query_as!(
-            StoredConversation,
-            r#"select segment_day as day, conversation_id, record as "record!" from conversations
+    /// A cursor over the day's conversations in this transaction: each batch is a statement of
+    /// its own, read as fast as it is taken.
+    async fn open_day(&mut self, tenant: TenantId, day: NaiveDate, since: i64) -> Result<(), Error> {
+        sqlx::query!(
+            r#"declare day_rows no scroll cursor for
+               select segment_day as day, conversation_id, record from conversations
                where tenant_id = $1 and segment_day = $2 and change_xid >= $3::text::xid8"#,
             tenant.0,
             day,
             since.to_string()
         )
-        .fetch(&mut *self.tx)
-        .map_err(Error::from)
-        .boxed()
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn next_rows(&mut self, n: usize) -> Result<Vec<StoredConversation>, Error> {
+        use sqlx::Row;
+        // FETCH takes no parameters and is not described at compile time: unchecked, and `n` is
+        // a number.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("fetch forward {n} from day_rows")))
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let batch = rows
+            .iter()
+            .map(|r| {
+                Ok(StoredConversation {
+                    day: r.try_get("day")?,
+                    conversation_id: r.try_get("conversation_id")?,
+                    record: r.try_get("record")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        if batch.len() < n {
+            sqlx::query!("close day_rows").execute(&mut *self.tx).await?;
+        }
+        Ok(batch)
     }
 
     async fn side_snapshot(&mut self, tenant: TenantId) -> Result<Option<StoredSide>, Error> {

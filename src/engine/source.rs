@@ -103,7 +103,7 @@ pub trait Source: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(TenantId, NaiveDate)>, Error>> + Send;
 
     /// Persists a segment's snapshot from its parts, received in order as they are encoded
-    /// (`segment::snapshot::encode_parts`), unless a later one is stored or a customer of the
+    /// (`segment::snapshot::PartEncoder`), unless a later one is stored or a customer of the
     /// tenant was erased since the segment was read. Nothing is stored unless the last part
     /// arrives: a day snapshot is tens of MB, and is never held whole to be written.
     fn save_snapshot(

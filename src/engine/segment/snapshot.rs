@@ -46,6 +46,8 @@ pub fn encode(segment: &Segment, customers: &Interner) -> Vec<u8> {
 /// Resumable, so that a writer encodes a part, stores it and only then encodes the next.
 #[derive(Default)]
 pub struct PartEncoder {
+    /// The header (day, xmin, names, row count) was encoded, with the first part.
+    begun: bool,
     /// Rows (in id order) already encoded.
     rows: usize,
     crc: crc32fast::Hasher,
@@ -68,7 +70,8 @@ impl PartEncoder {
         let capacity = part_bytes.min(segment.row_bytes() + segment.len() * 32 + 64);
         let mut w = Writer::new();
         w.buf.reserve(capacity);
-        if self.rows == 0 {
+        if !self.begun {
+            self.begun = true;
             w.buf.extend_from_slice(MAGIC);
             w.i64(i64::from(segment.day.num_days_from_ce()));
             w.i64(segment.as_of);

@@ -359,3 +359,25 @@ impl TestApp {
         .await
     }
 }
+
+/// A message of `conv` at `at` seconds from [`t`]`(0)`, by `sender` (agent `agent`), not private.
+pub fn msg(
+    id: &str,
+    conv: &str,
+    at: i64,
+    sender: chatkpi::domain::event::Sender,
+    agent: Option<&str>,
+) -> Event {
+    use chatkpi::domain::event::{Message, Payload};
+    ev(
+        id,
+        Some(conv),
+        at,
+        Payload::Message(Message {
+            message_id: id.into(),
+            sender,
+            agent_id: agent.map(str::to_owned),
+            private: false,
+        }),
+    )
+}

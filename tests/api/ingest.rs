@@ -13,18 +13,9 @@ use rand::{Rng, SeedableRng, seq::SliceRandom};
 
 use crate::helpers::{TestApp, ev, outcomes, t};
 
+/// A message of the conversation `c-all`.
 fn msg(id: &str, at: i64, sender: Sender, agent: Option<&str>) -> Event {
-    ev(
-        id,
-        Some("c-all"),
-        at,
-        Payload::Message(Message {
-            message_id: id.into(),
-            sender,
-            agent_id: agent.map(str::to_owned),
-            private: false,
-        }),
-    )
+    crate::helpers::msg(id, "c-all", at, sender, agent)
 }
 
 /// One conversation using every conversation event type, one abandoned chat, a conversion

@@ -11,7 +11,7 @@ use chatkpi::{
 use rand::{SeedableRng, seq::SliceRandom};
 use tonic::{Code, Request, transport::Channel as GrpcChannel};
 
-use crate::helpers::{Options, TestApp, ev, t, with_key};
+use crate::helpers::{Options, TestApp, ev, msg, t, with_key};
 
 fn opened(id: &str, conv: &str, at: i64, customer: &str, channel: Channel) -> Event {
     ev(
@@ -25,20 +25,6 @@ fn opened(id: &str, conv: &str, at: i64, customer: &str, channel: Channel) -> Ev
             team: Some("support".into()),
             priority: None,
             initiated_by: Initiator::Customer,
-        }),
-    )
-}
-
-fn msg(id: &str, conv: &str, at: i64, sender: Sender, agent: Option<&str>) -> Event {
-    ev(
-        id,
-        Some(conv),
-        at,
-        Payload::Message(Message {
-            message_id: id.into(),
-            sender,
-            agent_id: agent.map(str::to_owned),
-            private: false,
         }),
     )
 }

@@ -8,6 +8,7 @@ use chatkpi::{
     domain::{
         Error,
         event::*,
+        kpi::Kpis,
         query::{Asked, AskedKind, Query, Window},
         tenant::TenantId,
     },
@@ -21,7 +22,7 @@ use chatkpi::{
 use chrono::NaiveDate;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, ev, pool, t};
+use crate::helpers::{TestApp, ev, msg, pool, t};
 
 /// Two conversations of one customer, answered and resolved by ann.
 fn fixture() -> Vec<Event> {
@@ -293,7 +294,13 @@ fn one_day(later: bool) -> Vec<Event> {
         let customer = format!("C{n}");
         if later {
             if n % 2 == 0 {
-                events.push(message(&format!("{conv}-m2"), &conv, at + 400));
+                events.push(msg(
+                    &format!("{conv}-m2"),
+                    &conv,
+                    at + 400,
+                    Sender::Agent,
+                    Some("ann"),
+                ));
             }
             continue;
         }
@@ -310,23 +317,28 @@ fn one_day(later: bool) -> Vec<Event> {
                 initiated_by: Initiator::Customer,
             }),
         ));
-        events.push(message(&format!("{conv}-m"), &conv, at + 20 * (n + 1)));
+        events.push(msg(
+            &format!("{conv}-m"),
+            &conv,
+            at + 20 * (n + 1),
+            Sender::Agent,
+            Some("ann"),
+        ));
     }
     events
 }
 
-fn message(id: &str, conv: &str, at: i64) -> Event {
-    ev(
-        id,
-        Some(conv),
-        at,
-        Payload::Message(Message {
-            message_id: id.into(),
-            sender: Sender::Agent,
-            agent_id: Some("ann".into()),
-            private: false,
-        }),
-    )
+/// The overview of `query` from a freshly started process, and from one that loads days two
+/// records at a time.
+async fn overview_whole_and_in_batches(app: &TestApp, query: &Query) -> (Kpis, Kpis) {
+    let whole = restarted(&app.pool)
+        .overview(app.tenant, query, false)
+        .await
+        .unwrap();
+    let in_batches = restarted(&app.pool);
+    in_batches.cache().load_in_batches_of(2);
+    let batched = in_batches.overview(app.tenant, query, false).await.unwrap();
+    (whole.0, batched.0)
 }
 
 #[tokio::test]
@@ -334,32 +346,12 @@ async fn a_day_loaded_two_records_at_a_time_answers_as_one_loaded_at_once() {
     let app = TestApp::spawn().await;
     app.ingest(&one_day(false)).await.unwrap();
     let query = Query::new(Window::new(t(-86_400), t(86_400)).unwrap());
-    let batched = |kpis: KpiService| {
-        kpis.cache().load_in_batches_of(2);
-        kpis
-    };
     // From the records alone, then (after a snapshot is stored) from the snapshot and the
     // records changed since it.
-    let whole = restarted(&app.pool)
-        .overview(app.tenant, &query, false)
-        .await
-        .unwrap();
-    let in_batches = batched(restarted(&app.pool));
-    assert_eq!(
-        in_batches.overview(app.tenant, &query, false).await.unwrap(),
-        whole
-    );
-    assert_eq!(whole.0.conversations, 7);
+    let (whole, in_batches) = overview_whole_and_in_batches(&app, &query).await;
+    assert_eq!((in_batches, whole.conversations), (whole, 7));
     wait_for_rows(&app.pool, SNAPSHOTS, app.tenant, 1).await;
     app.ingest(&one_day(true)).await.unwrap();
-    let whole = restarted(&app.pool)
-        .overview(app.tenant, &query, false)
-        .await
-        .unwrap();
-    let in_batches = batched(restarted(&app.pool));
-    assert_eq!(
-        in_batches.overview(app.tenant, &query, false).await.unwrap(),
-        whole
-    );
-    assert_eq!(whole.0.messages_sent, 11);
+    let (whole, in_batches) = overview_whole_and_in_batches(&app, &query).await;
+    assert_eq!((in_batches, whole.messages_sent), (whole, 11));
 }

@@ -841,17 +841,28 @@ fn assert_rows_match(s: &Segment, facts: &[ConversationFacts], symbols: &Interne
     }
 }
 
-#[test]
-fn every_row_decodes_to_its_facts() {
-    let facts = simulated_facts(300, 4);
+/// A segment of `conversations` simulated conversations (simulation seed `seed`) as of xmin
+/// `as_of`, with its facts and the symbol and customer tables it was built with.
+fn simulated_segment(
+    conversations: u64,
+    seed: u64,
+    as_of: i64,
+) -> (Vec<ConversationFacts>, Interner, Interner, Segment) {
+    let facts = simulated_facts(conversations, seed);
     let (mut symbols, mut customers) = (Interner::new(), Interner::new());
     let s = Segment::build(
         segment_day(),
         &facts,
-        42,
+        as_of,
         &mut |n: &str| symbols.intern(n),
         &mut customers,
     );
+    (facts, symbols, customers, s)
+}
+
+#[test]
+fn every_row_decodes_to_its_facts() {
+    let (facts, symbols, customers, s) = simulated_segment(300, 4, 42);
     assert!(s.check());
     assert_rows_match(&s, &facts, &symbols, &customers);
     assert_eq!(s.bounds.rows, 300);
@@ -898,15 +909,7 @@ fn merging_replaces_rows_in_place_and_appends_new_ones() {
 #[test]
 fn a_snapshot_encoded_in_parts_is_the_body_encoded_whole() {
     use chatkpi::engine::segment::snapshot;
-    let facts = simulated_facts(150, 6);
-    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
-    let s = Segment::build(
-        segment_day(),
-        &facts,
-        9,
-        &mut |n: &str| symbols.intern(n),
-        &mut customers,
-    );
+    let (_, _, customers, s) = simulated_segment(150, 6, 9);
     let whole = snapshot::encode(&s, &customers);
     let mut encoder = snapshot::PartEncoder::default();
     let mut parts = Vec::new();
@@ -932,15 +935,7 @@ fn a_snapshot_encoded_in_parts_is_the_body_encoded_whole() {
 
 #[test]
 fn snapshots_load_in_another_tenant_table_and_refuse_damage() {
-    let facts = simulated_facts(150, 6);
-    let (mut symbols, mut customers) = (Interner::new(), Interner::new());
-    let s = Segment::build(
-        segment_day(),
-        &facts,
-        9,
-        &mut |n: &str| symbols.intern(n),
-        &mut customers,
-    );
+    let (facts, _, customers, s) = simulated_segment(150, 6, 9);
     let bytes = chatkpi::engine::segment::snapshot::encode(&s, &customers);
     // Another process: its tables already hold other names, so ids differ.
     let (mut symbols2, mut customers2) = (Interner::new(), Interner::new());

@@ -363,9 +363,12 @@ pub(crate) fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 /// Derives the facts of one conversation from its stored events (distinct `event_id`s, any
 /// order). Events that never belong to a conversation's facts (`conversion`, `agent_status`) are
 /// ignored. Returns `None` when no event belongs to the conversation.
-pub fn derive(conversation_id: &str, events: &[Event]) -> Option<ConversationFacts> {
+pub fn derive<'a>(
+    conversation_id: &str,
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Option<ConversationFacts> {
     let mut ordered: Vec<&Event> = events
-        .iter()
+        .into_iter()
         .filter(|e| e.payload.belongs_to_conversation())
         .collect();
     sort_events(&mut ordered);

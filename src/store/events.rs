@@ -36,36 +36,44 @@ pub async fn store_batch(
     let mut tx = pool.begin().await?;
     let inserted = insert_events(&mut tx, tenant, events).await?;
 
-    let mut touched: Vec<&str> = events
-        .iter()
-        .filter(|e| e.payload.belongs_to_conversation() && inserted.contains(&e.event_id))
-        .filter_map(|e| e.conversation_id.as_deref())
-        .collect();
+    // The events this transaction stored, by conversation: they are derived from as they are
+    // (a validated event equals its stored row), so only the earlier ones are read back.
+    let mut fresh: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in events {
+        if let Some(id) = e.conversation_id.as_deref()
+            && e.payload.belongs_to_conversation()
+            && inserted.contains(&e.event_id)
+        {
+            fresh.entry(id).or_default().push(e);
+        }
+    }
+    let mut touched: Vec<&str> = fresh.keys().copied().collect();
     touched.sort_unstable();
-    touched.dedup();
 
     if !touched.is_empty() {
-        recompute(&mut tx, tenant, &touched).await?;
+        recompute(&mut tx, tenant, &touched, &fresh).await?;
     }
     tx.commit().await?;
     Ok(inserted)
 }
 
 /// Recomputes the facts of `conversations` (sorted, distinct) from all their stored events,
-/// under their locks, inside `tx`.
+/// under their locks, inside `tx`: those stored by earlier transactions, read back, and `fresh`,
+/// those this transaction stored.
 async fn recompute(
     tx: &mut Transaction<'_, Postgres>,
     tenant: TenantId,
     conversations: &[&str],
+    fresh: &HashMap<&str, Vec<&Event>>,
 ) -> Result<(), Error> {
     lock_conversations(tx, tenant, conversations).await?;
-    let by_conversation = load_events(tx, tenant, conversations).await?;
+    let earlier = load_earlier_events(tx, tenant, conversations).await?;
     let derived: Vec<ConversationFacts> = conversations
         .iter()
         .filter_map(|id| {
-            by_conversation
-                .get(*id)
-                .and_then(|events| facts::derive(id, events))
+            let stored = earlier.get(*id).into_iter().flatten();
+            let new = fresh.get(*id).into_iter().flatten().copied();
+            facts::derive(id, stored.chain(new))
         })
         .collect();
     upsert_facts(tx, tenant, &derived).await
@@ -117,7 +125,7 @@ pub async fn reproject(pool: &PgPool, tenant: TenantId, page: i64) -> Result<u64
         after = last.clone();
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         let mut tx = pool.begin().await?;
-        recompute(&mut tx, tenant, &ids).await?;
+        recompute(&mut tx, tenant, &ids, &HashMap::new()).await?;
         tx.commit().await?;
         done += ids.len() as u64;
     }
@@ -210,7 +218,10 @@ async fn insert_events(
     Ok(inserted.into_iter().collect())
 }
 
-async fn load_events(
+/// The stored events of `conversations` that belong to their facts, except those `tx` stored
+/// itself (its caller holds them: reading them back would only convert them to JSON and parse
+/// them again).
+async fn load_earlier_events(
     tx: &mut Transaction<'_, Postgres>,
     tenant: TenantId,
     conversations: &[&str],
@@ -223,6 +234,7 @@ async fn load_events(
         where tenant_id = $1
           and conversation_id = any($2::text[])
           and kind not in ('conversion', 'agent_status')
+          and ingest_xid <> pg_current_xact_id()
         "#,
         tenant.0,
         conversations as _

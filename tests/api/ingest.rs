@@ -275,6 +275,78 @@ async fn late_events_in_later_batches_update_the_facts() {
 }
 
 #[tokio::test]
+async fn a_batch_completing_several_conversations_derives_each_from_its_own_earlier_events() {
+    // Event ids sort against the conversation ids (the `c-a` events last), so earlier events
+    // read back in any order but the conversations' own would be matched to the wrong one.
+    let conversations = ["c-a", "c-B", "c-b", "c-é"];
+    let opened = |i: usize, c: &str| {
+        ev(
+            &format!("{}-open", 9 - i),
+            Some(c),
+            i as i64,
+            Payload::ConversationOpened(ConversationOpened {
+                customer_id: format!("cust-{i}"),
+                channel: Channel::Webchat,
+                inbox: None,
+                team: None,
+                priority: None,
+                initiated_by: Initiator::Customer,
+            }),
+        )
+    };
+    let asked = |i: usize, c: &str| {
+        crate::helpers::msg(
+            &format!("{}-ask", 9 - i),
+            c,
+            10 + i as i64,
+            Sender::Customer,
+            None,
+        )
+    };
+    // Agent replies 60 s, 120 s, ... after each question: every conversation its own time.
+    let reply = |i: usize, c: &str| {
+        crate::helpers::msg(
+            &format!("{}-reply", 9 - i),
+            c,
+            70 + 61 * i as i64,
+            Sender::Agent,
+            Some("ann"),
+        )
+    };
+    let first: Vec<Event> = conversations
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| [opened(i, c), asked(i, c)])
+        .collect();
+    let second: Vec<Event> = conversations
+        .iter()
+        .enumerate()
+        .map(|(i, c)| reply(i, c))
+        .collect();
+
+    let app = TestApp::spawn().await;
+    app.ingest(&first).await.unwrap();
+    let r = app.ingest(&second).await.unwrap();
+    assert_eq!(r.accepted, 4);
+
+    let whole = TestApp::spawn().await;
+    whole.ingest(&[first, second].concat()).await.unwrap();
+    for (i, c) in conversations.iter().enumerate() {
+        let in_two = facts(&app, c).await;
+        assert_eq!(in_two, facts(&whole, c).await, "{c}");
+        let response = in_two
+            .first_human_response
+            .expect("the reply answered the question");
+        assert_eq!(
+            response.at,
+            t(70 + 61 * i as i64),
+            "{c} answered by its own reply"
+        );
+        assert_eq!(in_two.messages.len(), 2, "{c}: its question and its reply");
+    }
+}
+
+#[tokio::test]
 async fn a_shuffled_duplicated_stream_in_concurrent_batches_gives_the_same_facts_as_the_ordered_one() {
     let events = simulate(&SimConfig {
         conversations: 150,

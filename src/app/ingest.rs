@@ -42,7 +42,7 @@ pub struct BatchOutcome {
 pub struct PgEvents(pub sqlx::PgPool);
 
 impl EventStore for PgEvents {
-    async fn store_batch(&self, tenant: TenantId, events: &[Event]) -> Result<HashSet<String>, Error> {
+    async fn store_batch(&self, tenant: TenantId, events: &[&Event]) -> Result<HashSet<String>, Error> {
         store::events::store_batch(&self.0, tenant, events).await
     }
 }

@@ -23,8 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{Error, event::Event, tenant::TenantId};
 
-/// Most events one merged transaction carries.
-pub const MAX_MERGED_EVENTS: usize = 20_000;
+/// Most events one merged transaction carries. A writer holds them, their JSON and the
+/// statement's arguments until it commits: the soak of RELIABILITY.md (session 27) peaked when
+/// writers that had fallen behind a busy moment merged 20,000 each.
+pub const MAX_MERGED_EVENTS: usize = 10_000;
 /// Batches that may wait for a tenant; further callers wait for room (backpressure).
 const QUEUE_DEPTH: usize = 64;
 
@@ -35,7 +37,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn store_batch(
         &self,
         tenant: TenantId,
-        events: &[Event],
+        events: &[&Event],
     ) -> impl Future<Output = Result<HashSet<String>, Error>> + Send;
 }
 
@@ -128,37 +130,50 @@ async fn write_loop<S: EventStore>(
     }
 }
 
+/// Stores the events of several jobs in one transaction (borrowed, not copied); returns the new
+/// ids of each job. The first job (in queue order) carrying an id owns it; later copies are
+/// duplicates.
+async fn store_merged<S: EventStore>(
+    store: &S,
+    tenant: TenantId,
+    jobs: &[Job],
+) -> Result<Vec<HashSet<String>>, Error> {
+    let size = jobs.iter().map(|j| j.events.len()).sum();
+    let mut owner: HashMap<&str, usize> = HashMap::with_capacity(size);
+    let mut merged: Vec<&Event> = Vec::with_capacity(size);
+    for (i, job) in jobs.iter().enumerate() {
+        for event in &job.events {
+            if !owner.contains_key(event.event_id.as_str()) {
+                owner.insert(&event.event_id, i);
+                merged.push(event);
+            }
+        }
+    }
+    let inserted = store.store_batch(tenant, &merged).await?;
+    let mut per_job: Vec<HashSet<String>> = vec![HashSet::new(); jobs.len()];
+    for id in inserted {
+        if let Some(&i) = owner.get(id.as_str()) {
+            per_job[i].insert(id);
+        }
+    }
+    Ok(per_job)
+}
+
 /// Stores the jobs in one transaction, or one by one when that fails, and answers each.
 async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Job>) {
     if jobs.len() == 1 {
         let job = jobs.remove(0);
-        let result = store.store_batch(tenant, &job.events).await;
+        let result = store
+            .store_batch(tenant, &job.events.iter().collect::<Vec<_>>())
+            .await;
         if let Err(err) = &result {
             tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
         }
         let _ = job.reply.send(result);
         return;
     }
-    // The first job (in queue order) carrying an id owns it; later copies are duplicates.
-    let size = jobs.iter().map(|j| j.events.len()).sum();
-    let mut owner: HashMap<String, usize> = HashMap::with_capacity(size);
-    let mut merged = Vec::with_capacity(size);
-    for (i, job) in jobs.iter().enumerate() {
-        for event in &job.events {
-            if !owner.contains_key(&event.event_id) {
-                owner.insert(event.event_id.clone(), i);
-                merged.push(event.clone());
-            }
-        }
-    }
-    match store.store_batch(tenant, &merged).await {
-        Ok(inserted) => {
-            let mut per_job: Vec<HashSet<String>> = vec![HashSet::new(); jobs.len()];
-            for id in inserted {
-                if let Some(&i) = owner.get(&id) {
-                    per_job[i].insert(id);
-                }
-            }
+    match store_merged(store, tenant, &jobs).await {
+        Ok(per_job) => {
             for (job, ids) in jobs.into_iter().zip(per_job) {
                 let _ = job.reply.send(Ok(ids));
             }
@@ -166,7 +181,9 @@ async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Jo
         Err(err) => {
             tracing::warn!(tenant = tenant.0, error = %err, batches = jobs.len(), "a merged write failed, storing its batches one by one");
             for job in jobs {
-                let result = store.store_batch(tenant, &job.events).await;
+                let result = store
+                    .store_batch(tenant, &job.events.iter().collect::<Vec<_>>())
+                    .await;
                 if let Err(err) = &result {
                     tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
                 }
@@ -193,7 +210,7 @@ mod tests {
     }
 
     impl EventStore for FakeStore {
-        async fn store_batch(&self, _tenant: TenantId, events: &[Event]) -> Result<HashSet<String>, Error> {
+        async fn store_batch(&self, _tenant: TenantId, events: &[&Event]) -> Result<HashSet<String>, Error> {
             self.transactions.fetch_add(1, Ordering::Relaxed);
             tokio::task::yield_now().await;
             if events.iter().any(|e| e.event_id.starts_with("poison")) {

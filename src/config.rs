@@ -98,7 +98,7 @@ pub struct ServeConfig {
     pub db_max_connections: u32,
     /// Memory for query data (day segments, kept totals, names, presence, conversions of every
     /// tenant) and the work on it, in bytes or with a unit (512MiB, 2GiB). The cache's entries
-    /// take all but 64 MiB or a sixteenth of it, whichever is more (at most a quarter), left to
+    /// take all but 80 MiB or a sixteenth of it, whichever is more (at most a quarter), left to
     /// computations in flight; what does not fit is evicted and read again from PostgreSQL
     /// when a query needs it. The process's resident set stays within it plus 96 MiB or a
     /// sixteenth of it, whichever is more (BENCHMARKS.md).

@@ -74,6 +74,7 @@ async fn recompute(
     let rows = derive_touched(tx, tenant, conversations, fresh).await?;
     upsert_facts(tx, tenant, &rows).await
 }
+
 /// Takes the transaction-scoped locks of `conversations` (in sorted key order: no deadlocks).
 pub(super) async fn lock_conversations(
     tx: &mut Transaction<'_, Postgres>,

@@ -162,14 +162,7 @@ async fn store_merged<S: EventStore>(
 /// Stores the jobs in one transaction, or one by one when that fails, and answers each.
 async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Job>) {
     if jobs.len() == 1 {
-        let job = jobs.remove(0);
-        let result = store
-            .store_batch(tenant, &job.events.iter().collect::<Vec<_>>())
-            .await;
-        if let Err(err) = &result {
-            tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
-        }
-        let _ = job.reply.send(result);
+        store_alone(store, tenant, jobs.remove(0)).await;
         return;
     }
     match store_merged(store, tenant, &jobs).await {
@@ -181,16 +174,21 @@ async fn store_jobs<S: EventStore>(store: &S, tenant: TenantId, mut jobs: Vec<Jo
         Err(err) => {
             tracing::warn!(tenant = tenant.0, error = %err, batches = jobs.len(), "a merged write failed, storing its batches one by one");
             for job in jobs {
-                let result = store
-                    .store_batch(tenant, &job.events.iter().collect::<Vec<_>>())
-                    .await;
-                if let Err(err) = &result {
-                    tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
-                }
-                let _ = job.reply.send(result);
+                store_alone(store, tenant, job).await;
             }
         }
     }
+}
+
+/// Stores one job's batch in a transaction of its own and answers it.
+async fn store_alone<S: EventStore>(store: &S, tenant: TenantId, job: Job) {
+    let result = store
+        .store_batch(tenant, &job.events.iter().collect::<Vec<_>>())
+        .await;
+    if let Err(err) = &result {
+        tracing::warn!(tenant = tenant.0, error = %err, events = job.events.len(), "failed to store a batch");
+    }
+    let _ = job.reply.send(result);
 }
 
 #[cfg(test)]

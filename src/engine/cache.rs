@@ -868,14 +868,8 @@ impl<S: Source> QueryCache<S> {
         db.open_day(tenant, day, 0).await?;
         let mut partial = None;
         loop {
-            let records = db.next_rows(batch).await?;
-            let last = records.len() < batch;
-            let prepared = Prepared {
-                day,
-                base: None,
-                rows: records,
-                last,
-            };
+            let prepared = Prepared::next(db, day, None, batch).await?;
+            let last = prepared.last;
             let (s, seg) = self.clone().attach(state, prepared, partial, xmin).await?;
             state = s;
             let seg =
@@ -1254,6 +1248,25 @@ struct Prepared {
     last: bool,
 }
 
+impl Prepared {
+    /// The next batch of `day`, open in `r` ([`SourceReads::open_day`]); `base` goes with the
+    /// first. A batch short of `batch` records is the last.
+    async fn next(
+        r: &mut impl SourceReads,
+        day: NaiveDate,
+        base: Option<Result<snapshot::Parsed, snapshot::CorruptSnapshot>>,
+        batch: usize,
+    ) -> Result<Prepared, Error> {
+        let rows = r.next_rows(batch).await?;
+        Ok(Prepared {
+            day,
+            base,
+            last: rows.len() < batch,
+            rows,
+        })
+    }
+}
+
 /// Reads `days` on its own view of the exported database snapshot: each day's snapshot, parsed
 /// on the blocking pool, then the records changed since it, in batches of `batch`, sent
 /// to the loader in order. An error is sent too; a loader that stopped stops the reader.
@@ -1272,14 +1285,8 @@ async fn read_days<S: Source>(
             let mut base = Some(blocking(move || Ok(snapshot.map(|s| snapshot::parse(day, s.body)))).await?);
             r.open_day(tenant, day, since).await?;
             loop {
-                let records = r.next_rows(batch).await?;
-                let last = records.len() < batch;
-                let prepared = Prepared {
-                    day,
-                    base: base.take().flatten(),
-                    rows: records,
-                    last,
-                };
+                let prepared = Prepared::next(&mut r, day, base.take().flatten(), batch).await?;
+                let last = prepared.last;
                 if tx.send(Ok(prepared)).await.is_err() {
                     return Ok(()); // the loader stopped on an error
                 }

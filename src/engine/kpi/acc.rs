@@ -387,8 +387,14 @@ impl Groups {
         }
     }
 
-    /// Charges `bytes` more to the budget (a new tag count: [`TAG_BYTES`] each).
+    /// Charges `bytes` more to the budget (a new tag count: [`TAG_BYTES`] each). Nothing to
+    /// charge touches nothing: the budget is one atomic shared by the parts scanned in
+    /// parallel, and charging every conversation's usual zero made the cores trade its cache
+    /// line (13 % of a cold 10 M overview's CPU, BENCHMARKS.md).
     pub fn charge(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         if let Some(b) = &self.budget {
             b.charge(bytes);
         }

@@ -284,7 +284,6 @@ impl Computation<'_> {
             window,
             previous,
             first_bucket,
-            conversions: &self.data.conversions,
         }
     }
 

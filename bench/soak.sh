@@ -89,5 +89,8 @@ curl -s "http://127.0.0.1:$METRICS/metrics" | grep '^chatkpi_rpc_requests_total'
 echo "stream reopenings by the ingest client: $(grep -c resending "$OUT/ingest.err" || true)"
 echo "failed query rounds: $(grep -c 'failed' "$OUT/queries.err" || true)"
 echo "server error lines: $(grep -c ' ERROR ' "$OUT/server.log" || true)"
+# The log goes with the run's directory: its warnings (why a call was refused) are kept here.
+echo "server warning lines: $(grep -c ' WARN ' "$OUT/server.log" || true)"
+grep ' WARN ' "$OUT/server.log" | sed 's/^[^ ]* *//' | cut -c1-300 | sort | uniq -c | sort -rn | head -5 || true
 kill -TERM $SERVER; wait $SERVER || true
 psql "${DATABASE_URL%/*}/postgres" -qc "drop database if exists chatkpi_soak"

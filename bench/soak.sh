@@ -26,7 +26,8 @@ ensure_protoc
 unset DATABASE_URL
 RECREATE_DATABASE=1 ensure_database chatkpi_soak >/dev/null 2>&1
 cargo build --release --locked --quiet
-BIN=target/release/chatkpi
+# SERVER_BIN: another build's server in the same harness (the anchor of a before/after run).
+BIN=${SERVER_BIN:-target/release/chatkpi}
 BENCH=target/release/chatkpi-bench
 $BIN migrate >/dev/null
 KEY=$($BIN tenant create --name soak | sed -n 's/^api_key=//p')

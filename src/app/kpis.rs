@@ -7,10 +7,10 @@
 //! immutable segments while they wait for a slow reader, never a lock.
 
 mod warm;
+mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use chrono::Utc;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
@@ -63,6 +63,7 @@ pub struct Scorecards {
 }
 
 /// One push of a watched overview.
+#[derive(Clone)]
 pub struct WatchUpdate {
     pub kpis: Kpis,
     pub window: Span,
@@ -76,12 +77,15 @@ pub struct KpiService {
     scheduler: Arc<Scheduler>,
     /// The dashboard questions asked, noted for the next restart's warm-up.
     asked: Arc<warm::AskedLog>,
+    /// The watched overviews being computed, shared by the watches of one question.
+    watches: Arc<watch::Watches>,
 }
 
 impl KpiService {
     pub fn new(pool: PgPool, cache: Arc<QueryCache>, scheduler: Arc<Scheduler>) -> Self {
         Self {
             asked: Arc::new(warm::AskedLog::new(pool.clone())),
+            watches: Arc::default(),
             pool,
             cache,
             scheduler,
@@ -490,6 +494,7 @@ impl KpiService {
 
     /// Pushes a fresh overview at most every `interval` while the tenant's data changes (every
     /// tick when `sliding`, the window moving with the clock). Ends when the reader goes away.
+    /// Watches of the same question share one computation ([`watch`]).
     pub fn watch(
         &self,
         tenant: TenantId,
@@ -497,56 +502,7 @@ impl KpiService {
         interval: Duration,
         sliding: bool,
     ) -> mpsc::Receiver<Result<WatchUpdate, Error>> {
-        let (tx, rx) = mpsc::channel(1);
-        let service = self.clone();
-        tokio::spawn(async move {
-            let mut last_version: Option<u64> = None;
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if tx.is_closed() {
-                    break;
-                }
-                let mut q = query.clone();
-                if sliding {
-                    let length = q.window.length();
-                    q.window.to = Utc::now();
-                    q.window.from = q.window.to - length;
-                }
-                // Debounce: compute and push only when the data changed (a sliding window moves
-                // with the clock, so it is recomputed every tick).
-                let seen = if sliding { None } else { last_version };
-                let window = Span {
-                    start: micros(q.window.from),
-                    end: micros(q.window.to),
-                };
-                let reads = Reads::summary(&q, Grouping::All);
-                let computed = service
-                    .compute(tenant, &q, reads, seen, |c, _| Ok(single(c.run(Grouping::All)?)))
-                    .await;
-                let message = match computed {
-                    Ok(None) => continue,
-                    Ok(Some((kpis, version))) => {
-                        if last_version.is_none() {
-                            // A watched overview is the dashboard's overview.
-                            let kind = AskedKind::Overview {
-                                compare_previous: false,
-                            };
-                            service.asked.note(tenant, &q, kind);
-                        }
-                        last_version = Some(version);
-                        Ok(WatchUpdate { kpis, window })
-                    }
-                    Err(err) => Err(err),
-                };
-                let failed = message.is_err();
-                if tx.send(message).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        rx
+        self.watches.watch(self, tenant, query, interval, sliding)
     }
 
     pub async fn settings(&self, tenant: TenantId) -> Result<Settings, Error> {

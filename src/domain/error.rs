@@ -53,6 +53,33 @@ impl Error {
         }
     }
 
+    /// The same error again, for each of several callers of one computation (an internal
+    /// cause is kept as its text, which is all the log and the client ever see of it).
+    pub fn duplicate(&self) -> Self {
+        match self {
+            Error::InvalidArgument { field, reason } => Error::InvalidArgument {
+                field: field.clone(),
+                reason: reason.clone(),
+            },
+            Error::NotFound(what) => Error::NotFound(what.clone()),
+            Error::FailedPrecondition(why) => Error::FailedPrecondition(why.clone()),
+            Error::Unauthenticated(why) => Error::Unauthenticated(why),
+            Error::PermissionDenied(why) => Error::PermissionDenied(why.clone()),
+            Error::ResourceExhausted {
+                limit,
+                message,
+                retry_after,
+            } => Error::ResourceExhausted {
+                limit,
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+            Error::Cancelled => Error::Cancelled,
+            Error::Unavailable(why) => Error::Unavailable(why.clone()),
+            Error::Internal(cause) => Error::Internal(anyhow::anyhow!("{cause:#}")),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidArgument {
             field: field.into(),

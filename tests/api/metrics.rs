@@ -640,6 +640,73 @@ async fn watch_pushes_a_new_overview_when_another_replica_ingests() {
     assert_eq!(second.kpis.unwrap().conversations, 4);
 }
 
+/// A sliding watch of `q` pushing every second.
+async fn sliding_watch(app: &TestApp, q: pb::Query) -> tonic::Streaming<pb::WatchOverviewResponse> {
+    metrics(&app.channel)
+        .watch_overview(with_key(
+            pb::WatchOverviewRequest {
+                query: Some(q),
+                min_interval: Some(pbjson_types::Duration { seconds: 1, nanos: 0 }),
+                sliding: true,
+            },
+            &app.api_key,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// The end of the window of each of the next `n` pushes (a sliding window ends at the instant
+/// its overview was computed).
+async fn window_ends(
+    stream: &mut tonic::Streaming<pb::WatchOverviewResponse>,
+    n: usize,
+) -> Vec<pbjson_types::Timestamp> {
+    let mut ends = Vec::new();
+    for _ in 0..n {
+        let push = tokio::time::timeout(StdDuration::from_secs(20), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        ends.push(push.to.unwrap());
+    }
+    ends
+}
+
+#[tokio::test]
+async fn watches_of_the_same_question_share_one_computation_per_tick() {
+    let app = loaded().await;
+    let mut first = sliding_watch(&app, query(0, 86_400)).await;
+    let mut second = sliding_watch(&app, query(0, 86_400)).await;
+    // The second joins the first's computation: its first push is the first's latest, then
+    // both receive every tick's. Two computations would end their windows at different
+    // instants.
+    let (a, b) = tokio::join!(window_ends(&mut first, 3), window_ends(&mut second, 3));
+    let shared = a.iter().filter(|end| b.contains(end)).count();
+    assert!(shared >= 2, "first {a:?}, second {b:?}");
+    let mut other_zone = query(0, 86_400);
+    other_zone.time_zone = "Europe/Berlin".into();
+    let mut third = sliding_watch(&app, other_zone).await;
+    let (c, d) = tokio::join!(window_ends(&mut third, 2), window_ends(&mut first, 2));
+    assert!(
+        c.iter().all(|end| !d.contains(end)),
+        "another question is computed apart"
+    );
+}
+
+#[tokio::test]
+async fn a_watch_that_is_not_read_does_not_delay_the_others_of_its_question() {
+    let app = loaded().await;
+    let _unread = sliding_watch(&app, query(0, 86_400)).await;
+    let mut read = sliding_watch(&app, query(0, 86_400)).await;
+    let started = std::time::Instant::now();
+    let ends = window_ends(&mut read, 4).await;
+    let distinct: std::collections::HashSet<_> = ends.iter().map(|t| (t.seconds, t.nanos)).collect();
+    assert_eq!(distinct.len(), 4, "a new overview every tick: {ends:?}");
+    assert!(started.elapsed() < StdDuration::from_secs(10));
+}
+
 /// Every query RPC over the same events, as comparable text.
 pub(crate) async fn answers(app: &TestApp) -> Vec<String> {
     let mut client = metrics(&app.channel);

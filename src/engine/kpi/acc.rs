@@ -387,6 +387,13 @@ impl Groups {
         }
     }
 
+    /// Applies verdicts judged again since these groups were counted, in the order judged.
+    pub fn replay(&mut self, moved: &[super::ledger::Moved]) {
+        for m in moved {
+            self.rejudge(m.key, m.reopened, m.repeat);
+        }
+    }
+
     /// Charges `bytes` more to the budget (a new tag count: [`TAG_BYTES`] each). Nothing to
     /// charge touches nothing: the budget is one atomic shared by the parts scanned in
     /// parallel, and charging every conversation's usual zero made the cores trade its cache

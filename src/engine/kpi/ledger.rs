@@ -15,7 +15,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::{GroupKey, acc::Groups};
+use super::GroupKey;
 use crate::domain::time::Micros;
 
 /// The verdicts of one chunk's resolutions, sorted by customer.
@@ -51,6 +51,16 @@ pub(super) struct Builder {
     entries: Vec<Judged>,
     combos: Vec<Box<[GroupKey]>>,
     index: HashMap<Box<[GroupKey]>, u32>,
+}
+
+/// A verdict judged again, in one group it was counted in: it moves between the group's
+/// `repeat` and `fcr` counters.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Moved {
+    pub key: GroupKey,
+    pub reopened: bool,
+    /// The new verdict.
+    pub repeat: bool,
 }
 
 /// One verdict as the scan counted it.
@@ -101,14 +111,14 @@ impl Builder {
 
 impl Ledger {
     /// Judges the resolutions of `customers` (sorted) again with `repeat(customer, resolved_at,
-    /// own opening inside)`; each verdict that changed moves between the `repeat` and `fcr`
-    /// counters of its groups in `groups`. Returns the ledger with the new verdicts, or `None`
-    /// when none changed.
+    /// own opening inside)`; each verdict that changed is added to `moved`, once per group it
+    /// was counted in (applied to the totals with [`Groups::replay`](super::acc::Groups::replay)).
+    /// Returns the ledger with the new verdicts, or `None` when none changed.
     pub fn rejudge(
         &self,
         customers: &[u32],
         repeat: impl Fn(u32, Micros, bool) -> bool,
-        groups: &mut Groups,
+        moved: &mut Vec<Moved>,
     ) -> Option<Ledger> {
         let mut changed: Vec<(usize, bool)> = Vec::new();
         for &customer in customers {
@@ -130,9 +140,11 @@ impl Ledger {
         let mut ledger = self.clone();
         for (i, now) in changed {
             let e = &mut ledger.entries[i];
-            for key in self.combos[(e.combo & COMBO) as usize].iter() {
-                groups.rejudge(*key, e.combo & REOPENED != 0, now);
-            }
+            moved.extend(self.combos[(e.combo & COMBO) as usize].iter().map(|key| Moved {
+                key: *key,
+                reopened: e.combo & REOPENED != 0,
+                repeat: now,
+            }));
             e.combo = (e.combo & !REPEAT) | if now { REPEAT } else { 0 };
         }
         Some(ledger)

@@ -367,18 +367,14 @@ impl Computation<'_> {
             .zip(&corrections)
             .filter(|(_, c)| c.whole_day)
             .map(|(p, _)| p);
-        let all: Vec<&Groups> = scanned
+        let kept: Vec<&Partial> = cached
             .iter()
-            .chain(
-                cached
-                    .iter()
-                    .chain(&computed)
-                    .chain(whole_days)
-                    .map(|p| &p.groups),
-            )
+            .chain(&computed)
+            .chain(whole_days)
+            .map(|p| p.as_ref())
             .collect();
         self.cancel.check()?;
-        let merged = Groups::merge_all(&all);
+        let merged = Partial::merged_groups(&scanned, &kept);
         tracing::debug!(
             planned_ms,
             corrected_ms,
@@ -674,7 +670,8 @@ impl Computation<'_> {
                     .collect::<Result<Vec<_>, Error>>()?;
                 // (Even one chunk's totals are copied: the day's are of the segment's version.)
                 let mut partial = Partial::merged(&parts, day.from, day.rows, self.data.changes.version);
-                partial.groups.shrink(crate::engine::stats::BIN_FROM);
+                // (Freshly merged: not shared, nothing is copied.)
+                Arc::make_mut(&mut partial.groups).shrink(crate::engine::stats::BIN_FROM);
                 scan.budget.charge(partial.groups.budgeted_bytes());
                 let partial = Arc::new(partial);
                 self.keep(day.key, &partial, scan);
@@ -699,7 +696,8 @@ impl Computation<'_> {
         groups.settle();
         let (openings, conversions, ledger) = scratch.customers_read();
         let partial = Arc::new(Partial {
-            groups,
+            groups: Arc::new(groups),
+            moved: Vec::new(),
             from: task.version,
             rows: task.kept,
             at: self.data.changes.version,

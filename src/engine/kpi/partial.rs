@@ -39,12 +39,22 @@ use std::{collections::VecDeque, sync::Arc};
 
 use chrono::NaiveDate;
 
-use super::{acc::Groups, ledger::Ledger};
+use super::{
+    acc::Groups,
+    ledger::{Ledger, Moved},
+};
 use crate::domain::time::{Micros, Span};
 
 /// A segment's totals for one question shape, and what they read beyond the segment.
 pub struct Partial {
-    pub(super) groups: Groups,
+    /// The totals as counted; shared by the corrections of these totals, which only move
+    /// verdicts (`moved`).
+    pub(super) groups: Arc<Groups>,
+    /// Verdicts judged again since `groups` were counted ([`Partial::corrected`]), applied to
+    /// wherever the groups are merged ([`Partial::merged_groups`]): a correction copies a few
+    /// moves, not the day's totals (a full copy per kept day and question was the transient
+    /// above a live tenant's cache, RELIABILITY.md).
+    pub(super) moved: Vec<Moved>,
     /// The version of the segment (or chunk) the totals were computed from, and exactly which
     /// of its rows: a [`PartialKey`]'s slot holds the newest totals computed for it, and are
     /// used only for the same version and rows ([`Partial::is_of`]).
@@ -109,10 +119,10 @@ impl Partial {
     pub(super) fn merged(parts: &[Arc<Partial>], from: u64, rows: KeptRows, at: u64) -> Partial {
         // The parts were shrunk when computed; their merge is made to size, and repeats across
         // chunks (a customer of two chunks) are left for `finish`, which reads lists as sets.
-        let groups: Vec<&Groups> = parts.iter().map(|p| &p.groups).collect();
-        let groups = Groups::merge_all(&groups);
+        let parts: Vec<&Partial> = parts.iter().map(|p| p.as_ref()).collect();
         Partial {
-            groups,
+            groups: Arc::new(Partial::merged_groups(&[], &parts)),
+            moved: Vec::new(),
             from,
             rows,
             at,
@@ -126,9 +136,23 @@ impl Partial {
         }
     }
 
+    /// `scanned` and the totals of `parts` merged, each part's moved verdicts applied.
+    pub(super) fn merged_groups(scanned: &[Groups], parts: &[&Partial]) -> Groups {
+        let all: Vec<&Groups> = scanned
+            .iter()
+            .chain(parts.iter().map(|p| p.groups.as_ref()))
+            .collect();
+        let mut merged = Groups::merge_all(&all);
+        for p in parts {
+            merged.replay(&p.moved);
+        }
+        merged
+    }
+
     /// These totals, whose verdicts are `ledgers` (their own), with the repeat-contact verdicts
     /// of `customers` (sorted) judged again by `repeat(customer, resolved_at, own opening
-    /// inside)` ([`super::ledger`]), valid at `at`.
+    /// inside)` ([`super::ledger`]), valid at `at`. The groups are shared with these totals;
+    /// past [`MAX_MOVED`] moves they are copied once with the moves applied.
     pub(super) fn corrected(
         &self,
         ledgers: &[Arc<Ledger>],
@@ -136,16 +160,22 @@ impl Partial {
         repeat: impl Fn(u32, Micros, bool) -> bool,
         at: u64,
     ) -> Partial {
-        let mut groups = self.groups.clone();
+        let mut moved = self.moved.clone();
         let ledgers = ledgers
             .iter()
-            .map(|l| match l.rejudge(customers, &repeat, &mut groups) {
+            .map(|l| match l.rejudge(customers, &repeat, &mut moved) {
                 Some(new) => Arc::new(new),
                 None => l.clone(),
             })
             .collect();
+        let mut groups = self.groups.clone();
+        if moved.len() > MAX_MOVED {
+            Arc::make_mut(&mut groups).replay(&moved);
+            moved = Vec::new();
+        }
         Partial {
             groups,
+            moved,
             from: self.from,
             rows: self.rows,
             at,
@@ -164,6 +194,7 @@ impl Partial {
     /// counted in each: the budget errs on the side of holding less.
     pub fn heap_bytes(&self) -> usize {
         self.groups.heap_bytes()
+            + self.moved.capacity() * std::mem::size_of::<Moved>()
             + (self.openings.customers.capacity() + self.conversions.customers.capacity()) * 4
             + self
                 .ledgers
@@ -173,6 +204,10 @@ impl Partial {
                 .sum::<usize>()
     }
 }
+
+/// Most verdict moves a corrected [`Partial`] carries beside its shared groups (192 KiB);
+/// beyond, its groups are copied with the moves applied.
+const MAX_MOVED: usize = if cfg!(test) { 4 } else { 8192 };
 
 /// Where a segment's totals are kept: the question shape, the day (or a chunk of it) and which
 /// kind of its rows ([`KeptRows::slot`]). A slot holds one set of totals: those computed from a
@@ -343,7 +378,8 @@ mod tests {
 
     fn partial(at: u64, openings: Read, conversions: Read) -> Partial {
         Partial {
-            groups: Groups::default(),
+            groups: Arc::default(),
+            moved: Vec::new(),
             from: 1,
             rows: KeptRows::Inside(1),
             at,
@@ -383,5 +419,70 @@ mod tests {
             "after a reset nothing computed before holds"
         );
         assert!(changes.still_valid(&partial(changes.version, read(&[1], 0, 9), Read::nothing())));
+    }
+
+    /// Totals of `n` first-contact resolutions of customers 1..=n in one group, with their
+    /// ledger.
+    fn resolved(n: u32) -> (Partial, Arc<Ledger>) {
+        use super::super::{
+            GroupKey,
+            ledger::{Builder, Verdict},
+        };
+        let mut groups = Groups::default();
+        let mut ledger = Builder::default();
+        for customer in 1..=n {
+            let acc = groups.get(GroupKey::All);
+            acc.resolved += 1;
+            acc.fcr += 1;
+            let v = Verdict {
+                customer,
+                resolved_at: 100,
+                own_inside: false,
+                reopened: false,
+                repeat: false,
+            };
+            ledger.note(v, &[GroupKey::All]);
+        }
+        let ledger = ledger.finish();
+        let mut p = partial(1, Read::nothing(), Read::nothing());
+        p.groups = Arc::new(groups);
+        p.ledgers = Some(vec![ledger.clone()]);
+        (p, ledger)
+    }
+
+    fn fcr_and_repeat(p: &Partial) -> (u64, u64) {
+        let merged = Partial::merged_groups(&[], &[p]);
+        let (_, acc) = &merged.into_sorted()[0];
+        (acc.fcr, acc.repeat)
+    }
+
+    #[test]
+    fn a_correction_shares_the_counted_groups_and_carries_only_the_verdicts_it_moved() {
+        let (p, ledger) = resolved(10);
+        let back: Vec<u32> = vec![2, 7];
+        let corrected = p.corrected(&[ledger], &back, |_, _, _| true, 2);
+        assert!(Arc::ptr_eq(&p.groups, &corrected.groups));
+        assert_eq!(corrected.moved.len(), 2);
+        assert_eq!(fcr_and_repeat(&corrected), (8, 2));
+        assert_eq!(
+            fcr_and_repeat(&p),
+            (10, 0),
+            "the totals it corrected are unchanged"
+        );
+    }
+
+    #[test]
+    fn past_the_limit_a_correction_copies_its_groups_with_the_moves_applied() {
+        let (p, ledger) = resolved(10);
+        let back: Vec<u32> = (1..=MAX_MOVED as u32 + 1).collect();
+        let corrected = p.corrected(&[ledger], &back, |_, _, _| true, 2);
+        assert!(!Arc::ptr_eq(&p.groups, &corrected.groups));
+        assert!(corrected.moved.is_empty());
+        let moved = MAX_MOVED as u64 + 1;
+        assert_eq!(fcr_and_repeat(&corrected), (10 - moved, moved));
+        // A second correction moves one back, beside the copied groups.
+        let ledgers = corrected.ledgers.clone().unwrap();
+        let again = corrected.corrected(&ledgers, &[1], |_, _, _| false, 3);
+        assert_eq!(fcr_and_repeat(&again), (10 - moved + 1, moved - 1));
     }
 }

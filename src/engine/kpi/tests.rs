@@ -1055,6 +1055,11 @@ fn a_returning_customer_corrects_the_kept_totals_that_counted_them_instead_of_co
         panic!("day 0 keeps one set of totals");
     };
     assert!(!Arc::ptr_eq(&day0_before, &day0_after));
+    assert!(
+        Arc::ptr_eq(&day0_before.groups, &day0_after.groups),
+        "a correction carries the verdicts it moved, not a copy of the day's groups"
+    );
+    assert!(!day0_after.moved.is_empty());
     assert!(day0_after.is_of(day0_before.from, day0_before.rows));
     assert_eq!(day0_after.at, data.changes.version);
     // Its 151 rows were judged in two pieces (97 rows in tests): the piece without loyal1 kept

@@ -3,8 +3,8 @@
 //! and each receives its pushes (docs/metrics.md §6, "Edge cases": `WatchOverview`).
 //!
 //! A support floor opens the same team overview on every agent's screen: without sharing, N
-//! screens cost N computations per tick, and at the soak's load their copies of the kept
-//! totals were the transient above the cache's budget (RELIABILITY.md, session 27). Each watch
+//! screens cost N computations per tick, and at the soak's load they were part of the
+//! transient above the cache's budget (RELIABILITY.md, sessions 27 and 29). Each watch
 //! keeps its own stream slot and its own reader: a watch whose client does not read holds
 //! only the latest push (older ones are replaced, never queued), and never delays the others.
 

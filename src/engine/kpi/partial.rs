@@ -190,8 +190,9 @@ impl Partial {
         self.from == from && self.rows == rows
     }
 
-    /// Heap bytes held (for the cache's budget). Ledgers shared with the chunks' totals are
-    /// counted in each: the budget errs on the side of holding less.
+    /// Heap bytes held (for the cache's budget). Ledgers shared with the chunks' totals, and
+    /// groups shared with their corrections, are counted in each: the budget errs on the side
+    /// of holding less.
     pub fn heap_bytes(&self) -> usize {
         self.groups.heap_bytes()
             + self.moved.capacity() * std::mem::size_of::<Moved>()
@@ -205,8 +206,8 @@ impl Partial {
     }
 }
 
-/// Most verdict moves a corrected [`Partial`] carries beside its shared groups (192 KiB);
-/// beyond, its groups are copied with the moves applied.
+/// Most verdict moves a corrected [`Partial`] carries beside its shared groups; beyond, its
+/// groups are copied with the moves applied.
 const MAX_MOVED: usize = if cfg!(test) { 4 } else { 8192 };
 
 /// Where a segment's totals are kept: the question shape, the day (or a chunk of it) and which

@@ -33,6 +33,7 @@ use super::{
     kpi::{
         ConversionRec, Data, PresenceChange, Reads,
         partial::{Changes, Partial, PartialKey, PartialStore},
+        stored,
     },
     record,
     schedule::{Lane, Scheduler},
@@ -50,6 +51,8 @@ use crate::domain::{
 
 /// Connections reading a tenant's days at once when they are loaded.
 const READERS: usize = 2;
+
+mod totals;
 
 /// A segment that drifted from its snapshot by this share of its rows is persisted again.
 const PERSIST_DRIFT: usize = 10;
@@ -97,6 +100,8 @@ struct TenantEntry {
     state: Arc<Mutex<TenantState>>,
     /// The load under way, read by calls that stop waiting for it.
     progress: Progress,
+    /// Kept totals persisted, by key: of which segment version, on which basis (`totals`).
+    persisted_totals: std::sync::Mutex<HashMap<PartialKey, (u64, stored::Basis)>>,
     /// Bytes held by the tenant's names, presence and conversions (its segments weigh apart).
     weight: AtomicU32,
 }
@@ -175,6 +180,13 @@ struct TenantState {
     /// written ([`NEVER_PERSISTED`] when there is none).
     side_unpersisted: usize,
     side_persisted_at: Option<Instant>,
+    /// The `built_xmin` of the side snapshot last loaded or written: presence and conversions
+    /// are exactly that snapshot while [`Self::side_unpersisted`] is 0.
+    side_xmin: Option<i64>,
+    /// When kept totals were last persisted after computations, and the count of day totals
+    /// kept by then ([`QueryCache::day_totals_kept`]).
+    totals_persisted_at: Option<Instant>,
+    totals_seen: u64,
     version: u64,
     persisted_at: HashMap<NaiveDate, Instant>,
     /// The tenant's erasure counter when the state was read (`None` before the first refresh):
@@ -198,6 +210,9 @@ impl TenantState {
             recent_side_events: HashMap::new(),
             side_unpersisted: 0,
             side_persisted_at: None,
+            side_xmin: None,
+            totals_persisted_at: None,
+            totals_seen: 0,
             version: 0,
             persisted_at: HashMap::new(),
             erasures: None,
@@ -245,6 +260,9 @@ pub struct QueryCache<S> {
     snapshot_writes: Arc<Semaphore>,
     /// Records a load reads of a day at a time ([`LOAD_BATCH`]).
     load_batch: AtomicUsize,
+    /// Day totals kept so far, all tenants: a refresh that sees it moved persists its tenant's
+    /// new ones (`totals`).
+    day_totals_kept: AtomicU64,
 }
 
 impl<S: Source> QueryCache<S> {
@@ -269,6 +287,7 @@ impl<S: Source> QueryCache<S> {
             generations: AtomicU64::new(1),
             snapshot_writes: Arc::new(Semaphore::new(1)),
             load_batch: AtomicUsize::new(LOAD_BATCH),
+            day_totals_kept: AtomicU64::new(0),
         })
     }
 
@@ -357,6 +376,7 @@ impl<S: Source> QueryCache<S> {
             Value::Tenant(Arc::new(TenantEntry {
                 state: Arc::new(Mutex::new(TenantState::new(tenant, generation))),
                 progress: Progress::default(),
+                persisted_totals: Default::default(),
                 weight: AtomicU32::new(0),
             }))
         });
@@ -463,6 +483,7 @@ impl<S: Source> QueryCache<S> {
         let (mut state, mut picked, missing, side) =
             blocking(move || cache.apply_news(state, news, xmin, &reads)).await?;
         let applied_ms = started.elapsed().as_secs_f64() * 1e3;
+        let mut restored = Vec::new();
         if !missing.is_empty() {
             let started = Instant::now();
             let days = missing.len();
@@ -476,6 +497,7 @@ impl<S: Source> QueryCache<S> {
                 ms = started.elapsed().as_millis() as u64,
                 "day segments loaded"
             );
+            restored.extend(loaded.iter().map(|s| s.day));
             picked.extend(loaded);
         }
         if let Some(reading) = side {
@@ -488,6 +510,9 @@ impl<S: Source> QueryCache<S> {
                 Ok(state)
             })
             .await?;
+        }
+        if !restored.is_empty() {
+            state = self.restore_totals(state, &mut db, &restored).await?;
         }
         db.finish().await?;
         tracing::debug!(
@@ -608,6 +633,7 @@ impl<S: Source> QueryCache<S> {
             .retain(|_, ingest_xid| *ingest_xid >= xmin);
         self.persist_drifted(&mut state, &picked);
         self.persist_side(&mut state, xmin);
+        self.persist_new_totals(&mut state);
         let view = View {
             data: Data {
                 segments: picked,
@@ -957,7 +983,11 @@ impl<S: Source> QueryCache<S> {
                 );
                 let result = encoded.and(saved);
                 match result {
-                    Ok(()) => seg.unpersisted.store(0, Ordering::Relaxed),
+                    Ok(()) => {
+                        seg.unpersisted.store(0, Ordering::Relaxed);
+                        // Totals of the day (and of days that read it) may now be persisted.
+                        cache.persist_totals(tenant);
+                    }
                     Err(err) => {
                         tracing::warn!(tenant = tenant.0, day = %seg.day, error = %err, "could not persist a segment snapshot")
                     }
@@ -984,6 +1014,7 @@ impl<S: Source> QueryCache<S> {
         // Counted as written now: a failed write is logged and the next drift writes again.
         state.side_unpersisted = 0;
         state.side_persisted_at = Some(Instant::now());
+        state.side_xmin = Some(xmin);
         let (cache, tenant, erasures) = (self.clone(), state.tenant, state.erasures.unwrap_or(0));
         let (presence, conversions, recent) = (
             state.presence.clone(),
@@ -1014,8 +1045,11 @@ impl<S: Source> QueryCache<S> {
                 }
                 Err(err) => Err(err),
             };
-            if let Err(err) = result {
-                tracing::warn!(tenant = tenant.0, error = %err, "could not persist presence and conversions");
+            match result {
+                Ok(()) => cache.persist_totals(tenant),
+                Err(err) => {
+                    tracing::warn!(tenant = tenant.0, error = %err, "could not persist presence and conversions")
+                }
             }
         });
     }
@@ -1060,6 +1094,9 @@ impl<S: Source> PartialStore for QueryCache<S> {
     }
 
     fn put(&self, key: PartialKey, partial: Arc<Partial>) {
+        if totals::persistable(&key) {
+            self.day_totals_kept.fetch_add(1, Ordering::Relaxed);
+        }
         self.entries.insert(Key::Partial(key), Value::Partial(partial));
     }
 }
@@ -1084,6 +1121,7 @@ impl TenantState {
     /// Takes the presence and conversions of a first refresh: the tenant's side snapshot when
     /// one was loaded, then the events written since it (all of them without one).
     fn apply_side_read(&mut self, read: SideRead, xmin: i64) {
+        self.side_xmin = read.base.as_ref().map(|b| b.xmin);
         self.side_unpersisted = match read.base {
             Some(base) => {
                 let customers = self.customers.clone();
@@ -1153,7 +1191,16 @@ impl TenantState {
         }
         let conversions_changed = !new_conversions.is_empty();
         if conversions_changed {
-            if log {
+            // Kept totals name attributed conversions by their place in the time-sorted list
+            // (`Acc::attributed`): one placed before a conversion already held moves the later
+            // ones, and every kept total that attributed one of them would count another's
+            // value. Conversions arrive in time order nearly always; one that does not makes
+            // every kept total stale instead.
+            let newest = self.conversions.last().map(|c| c.at);
+            let moves = newest.is_some_and(|newest| new_conversions.iter().any(|c| c.at < newest));
+            if moves {
+                Arc::make_mut(&mut self.changes).reset();
+            } else if log {
                 let customers = new_conversions.iter().map(|c| (c.customer, c.at)).collect();
                 Arc::make_mut(&mut self.changes).record(Vec::new(), customers);
             }

@@ -95,6 +95,11 @@ impl Writer {
         self.count(b.len());
         self.buf.extend_from_slice(b);
     }
+
+    /// A float, bit for bit (8 bytes).
+    pub fn f64(&mut self, v: f64) {
+        self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+    }
 }
 
 /// Reads values written by [`Writer`] from a byte slice.
@@ -211,6 +216,21 @@ impl<'a> Reader<'a> {
             self.corrupt = true;
             0
         })
+    }
+
+    /// A float written by [`Writer::f64`].
+    pub fn f64(&mut self) -> f64 {
+        match self.buf.get(self.pos..self.pos + 8) {
+            Some(b) => {
+                self.pos += 8;
+                f64::from_bits(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+            }
+            None => {
+                self.corrupt = true;
+                self.pos = self.buf.len();
+                0.0
+            }
+        }
     }
 
     pub fn delta(&mut self) -> i64 {

@@ -41,6 +41,18 @@ pub struct StoredSnapshot {
     pub body: Vec<u8>,
 }
 
+/// Kept totals persisted beside a day's snapshot (`engine::kpi::stored`).
+pub struct StoredTotals {
+    pub day: NaiveDate,
+    /// SHA-256 of the question shape (the shape itself is in the body).
+    pub shape_hash: Vec<u8>,
+    /// 0: rows ending inside the window; 1: rows ending before it.
+    pub kind: i16,
+    /// The `built_xmin` of the day's snapshot the totals are of.
+    pub snapshot_xmin: i64,
+    pub body: Vec<u8>,
+}
+
 /// A part of a snapshot's body being written; the body is its parts' bytes in order.
 pub struct SnapshotPart {
     pub bytes: Vec<u8>,
@@ -85,6 +97,10 @@ pub struct ErasureLog {
     pub conversions: i64,
 }
 
+/// Most kept totals (question shapes and kinds of rows) persisted per day: a restart reads them
+/// all for the days it loads.
+pub const MAX_KEPT_TOTALS: i64 = 16;
+
 /// Where the query cache reads tenants' data and persists segment snapshots.
 pub trait Source: Clone + Send + Sync + 'static {
     type Reads: SourceReads;
@@ -111,6 +127,14 @@ pub trait Source: Clone + Send + Sync + 'static {
         tenant: TenantId,
         snapshot: &Snapshot,
         parts: tokio::sync::mpsc::Receiver<SnapshotPart>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Persists kept totals of a day unless the day's stored snapshot is no longer the one they
+    /// are of; keeps the [`MAX_KEPT_TOTALS`] most recently written of the day.
+    fn save_totals(
+        &self,
+        tenant: TenantId,
+        totals: StoredTotals,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Persists a tenant's presence and conversions complete for `built_xmin` (`engine::side`),
@@ -165,6 +189,14 @@ pub trait SourceReads: Send + 'static {
         tenant: TenantId,
         days: &[NaiveDate],
     ) -> impl Future<Output = Result<Vec<StoredSnapshot>, Error>> + Send;
+
+    /// The kept totals persisted for the stored snapshots of `days`, most recently written
+    /// first.
+    fn totals(
+        &mut self,
+        tenant: TenantId,
+        days: &[NaiveDate],
+    ) -> impl Future<Output = Result<Vec<StoredTotals>, Error>> + Send;
 
     /// Opens the conversations of `day` written at or after `since` (0 = every conversation) to
     /// be read [`SourceReads::next_rows`] at a time: a load takes a day in batches instead of

@@ -9,6 +9,7 @@
 
 pub use crate::domain::stats::*;
 use crate::domain::stats::{PERCENTILES, exact_percentiles};
+use crate::engine::codec::{Reader, Writer};
 
 /// Groups with at most this many items get exact percentiles (see the module doc).
 pub const EXACT_PERCENTILES_UP_TO: usize = 10_000;
@@ -161,6 +162,100 @@ impl Durations {
         self.values.capacity() * 8
             + self.binned.capacity() * 8
             + self.histogram.as_ref().map_or(0, |h| h.heap_bytes())
+    }
+
+    /// Writes every field, as [`Self::read_from`] reads them (kept totals persisted with their
+    /// day, `engine::kpi::stored`).
+    pub fn write_to(&self, w: &mut Writer) {
+        let Durations {
+            count,
+            sum_micros,
+            min,
+            max,
+            within,
+            values,
+            histogram,
+            binned,
+        } = self;
+        w.u64(*count);
+        w.i64((*sum_micros >> 64) as i64);
+        w.u64(*sum_micros as u64);
+        w.f64(*min);
+        w.f64(*max);
+        w.u64(*within);
+        w.count(values.len());
+        for v in values {
+            w.f64(*v);
+        }
+        match histogram {
+            None => w.u8(0),
+            Some(h) => {
+                w.u8(1);
+                w.u64(h.zero);
+                w.u64(h.first as u64);
+                w.count(h.counts.len());
+                for c in &h.counts {
+                    w.u64(*c);
+                }
+            }
+        }
+        w.count(binned.len());
+        for (bucket, n) in binned {
+            w.u64(u64::from(*bucket));
+            w.u64(u64::from(*n));
+        }
+    }
+
+    /// Reads what [`Self::write_to`] wrote; a value out of its domain (a histogram's range, a
+    /// bucket) marks `r` corrupt instead of being kept.
+    pub fn read_from(r: &mut Reader<'_>) -> Durations {
+        let count = r.u64();
+        let high = r.i64();
+        let sum_micros = (i128::from(high) << 64) | i128::from(r.u64());
+        let (min, max, within) = (r.f64(), r.f64(), r.u64());
+        let values: Vec<f64> = (0..r.count()).map(|_| r.f64()).collect();
+        let histogram = match r.u8() {
+            0 => None,
+            1 => {
+                // `first` is a bucket, not a length: read plainly, checked below.
+                let (zero, first, len) = (r.u64(), r.u64().min(BUCKETS as u64 + 1) as usize, r.count());
+                let counts: Vec<u64> = (0..len).map(|_| r.u64()).collect();
+                let whole = first % POWER == 0 && len % POWER == 0 && first + len <= BUCKETS;
+                if !whole {
+                    r.fail();
+                }
+                Some(Box::new(LogHistogram { zero, first, counts }))
+            }
+            _ => {
+                r.fail();
+                None
+            }
+        };
+        let binned: Vec<(u16, u32)> = (0..r.count())
+            .map(|_| {
+                let (bucket, n) = (r.u64(), r.u32());
+                match u16::try_from(bucket) {
+                    Ok(b) if usize::from(b) < BUCKETS || b == ZERO => (b, n),
+                    _ => {
+                        r.fail();
+                        (ZERO, 0)
+                    }
+                }
+            })
+            .collect();
+        if values.len() > EXACT_PERCENTILES_UP_TO || (histogram.is_some() && !values.is_empty()) {
+            r.fail();
+        }
+        Durations {
+            count,
+            sum_micros,
+            min,
+            max,
+            within,
+            values,
+            histogram,
+            binned,
+        }
     }
 
     /// The statistics; `with_target` reports the share within target.
@@ -356,6 +451,52 @@ impl LogHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every field as written and read back (`Durations` compares by its debug form).
+    fn read_back(d: &Durations) -> Durations {
+        let mut w = Writer::new();
+        d.write_to(&mut w);
+        let mut r = Reader::new(&w.buf);
+        let back = Durations::read_from(&mut r);
+        assert!(!r.is_corrupt() && r.at_end());
+        back
+    }
+
+    #[test]
+    fn durations_read_back_are_those_written_exact_binned_or_counted_in_a_histogram() {
+        let mut exact = Durations::default();
+        let mut counted = Durations::default();
+        for i in 0..=EXACT_PERCENTILES_UP_TO as u64 {
+            let v = (i % 977) as f64 * 1.5;
+            exact.push(v, Some(60.0));
+            counted.push(v, None);
+        }
+        exact.push(0.25, None);
+        let mut binned = Durations::default();
+        for v in [0.0, 3.0, 3.0, 90.5] {
+            binned.push(v, Some(10.0));
+        }
+        binned.shrink(1);
+        for d in [Durations::default(), binned, counted] {
+            assert_eq!(format!("{:?}", read_back(&d)), format!("{d:?}"));
+        }
+        assert!(exact.histogram.is_some(), "past the exact limit");
+        assert_eq!(read_back(&exact).stats(true), exact.clone().stats(true));
+    }
+
+    #[test]
+    fn a_histogram_read_back_outside_its_range_is_refused() {
+        let mut d = Durations::default();
+        for i in 0..=EXACT_PERCENTILES_UP_TO {
+            d.push(i as f64, None);
+        }
+        d.histogram.as_mut().unwrap().first = 3;
+        let mut w = Writer::new();
+        d.write_to(&mut w);
+        let mut r = Reader::new(&w.buf);
+        Durations::read_from(&mut r);
+        assert!(r.is_corrupt());
+    }
 
     #[test]
     fn accumulated_durations_equal_the_values_definition_below_the_limit() {

@@ -13,8 +13,8 @@ use sqlx::{PgPool, Postgres, Transaction, types::Json};
 
 use crate::domain::{Error, event::Payload, tenant::TenantId};
 use crate::engine::source::{
-    DayRows, ErasureLog, SideEvent, Snapshot, SnapshotPart, Source, SourceReads, StoredConversation,
-    StoredSide, StoredSnapshot,
+    DayRows, ErasureLog, MAX_KEPT_TOTALS, SideEvent, Snapshot, SnapshotPart, Source, SourceReads,
+    StoredConversation, StoredSide, StoredSnapshot, StoredTotals,
 };
 
 /// The event store as the query cache's [`Source`].
@@ -43,6 +43,10 @@ impl Source for PgSource {
         parts: tokio::sync::mpsc::Receiver<SnapshotPart>,
     ) -> Result<(), Error> {
         save_snapshot(&self.0, tenant, snapshot, parts).await
+    }
+
+    async fn save_totals(&self, tenant: TenantId, totals: StoredTotals) -> Result<(), Error> {
+        save_totals(&self.0, tenant, totals).await
     }
 
     async fn save_side_snapshot(
@@ -199,6 +203,22 @@ impl SourceReads for Reads {
         Ok(snapshots)
     }
 
+    async fn totals(&mut self, tenant: TenantId, days: &[NaiveDate]) -> Result<Vec<StoredTotals>, Error> {
+        Ok(sqlx::query_as!(
+            StoredTotals,
+            r#"select k.segment_day as day, k.shape_hash, k.kind,
+                      k.snapshot_xmin::text::bigint as "snapshot_xmin!", k.body
+               from kept_totals k
+               join segments s on s.tenant_id = k.tenant_id and s.segment_day = k.segment_day
+               where k.tenant_id = $1 and k.segment_day = any($2) and k.snapshot_xmin = s.built_xmin
+               order by k.written_at desc"#,
+            tenant.0,
+            days
+        )
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
     /// A cursor over the day's conversations in this transaction: each batch is a statement of
     /// its own, read as fast as it is taken.
     async fn open_day(&mut self, tenant: TenantId, day: NaiveDate, since: i64) -> Result<(), Error> {
@@ -286,6 +306,45 @@ async fn recently_queried(pool: &PgPool, since: DateTime<Utc>) -> Result<Vec<(Te
     Ok(rows.into_iter().map(|r| (TenantId(r.tenant_id), r.day)).collect())
 }
 
+/// Upserts kept totals when their snapshot is the day's stored one (an erasure deletes it, a
+/// newer snapshot replaces it: then nothing is written), and drops the day's oldest beyond
+/// [`MAX_KEPT_TOTALS`].
+async fn save_totals(pool: &PgPool, tenant: TenantId, t: StoredTotals) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    let written = sqlx::query!(
+        r#"insert into kept_totals (tenant_id, segment_day, shape_hash, kind, snapshot_xmin, body)
+           select s.tenant_id, s.segment_day, $3, $4, s.built_xmin, $6
+           from segments s
+           where s.tenant_id = $1 and s.segment_day = $2 and s.built_xmin = $5::text::xid8
+           on conflict (tenant_id, segment_day, shape_hash, kind) do update set
+             snapshot_xmin = excluded.snapshot_xmin, body = excluded.body, written_at = now()"#,
+        tenant.0,
+        t.day,
+        t.shape_hash,
+        t.kind,
+        t.snapshot_xmin.to_string(),
+        t.body
+    )
+    .execute(&mut *tx)
+    .await?;
+    if written.rows_affected() > 0 {
+        sqlx::query!(
+            r#"delete from kept_totals
+               where tenant_id = $1 and segment_day = $2 and (shape_hash, kind) not in (
+                 select shape_hash, kind from kept_totals
+                 where tenant_id = $1 and segment_day = $2
+                 order by written_at desc limit $3)"#,
+            tenant.0,
+            t.day,
+            MAX_KEPT_TOTALS
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Persists a segment from its parts unless a snapshot built at a later xmin is already stored
 /// (another replica may have written one meanwhile) or a customer was erased since the segment
 /// was read, in one transaction: the previous parts are replaced only when the last part
@@ -324,6 +383,14 @@ async fn save_snapshot(
     if newer.is_none() {
         return Ok(());
     }
+    // Totals of the snapshot replaced are of other rows.
+    sqlx::query!(
+        "delete from kept_totals where tenant_id = $1 and segment_day = $2",
+        tenant.0,
+        s.day
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query!(
         "delete from segment_parts where tenant_id = $1 and segment_day = $2",
         tenant.0,

@@ -355,3 +355,163 @@ async fn a_day_loaded_two_records_at_a_time_answers_as_one_loaded_at_once() {
     let (whole, in_batches) = overview_whole_and_in_batches(&app, &query).await;
     assert_eq!((in_batches, whole.messages_sent), (whole, 11));
 }
+
+const TOTALS: &str = "select count(*) from kept_totals where tenant_id = $1";
+const SIDE: &str = "select count(*) from side_snapshots where tenant_id = $1";
+
+/// A conversation of `customer` opened at `t(at)`, answered and resolved by ann; with a
+/// conversion of `value` cents (EUR) 100 s after it opened when `value` is given.
+fn converting(conv: &str, customer: &str, at: i64, value: Option<i64>) -> Vec<Event> {
+    let mut events = vec![
+        ev(
+            &format!("{conv}-o"),
+            Some(conv),
+            at,
+            Payload::ConversationOpened(ConversationOpened {
+                customer_id: customer.into(),
+                channel: Channel::Webchat,
+                inbox: None,
+                team: None,
+                priority: None,
+                initiated_by: Initiator::Customer,
+            }),
+        ),
+        ev(
+            &format!("{conv}-m"),
+            Some(conv),
+            at + 30,
+            Payload::Message(Message {
+                message_id: format!("{conv}-m"),
+                sender: Sender::Agent,
+                agent_id: Some("ann".into()),
+                private: false,
+            }),
+        ),
+        ev(
+            &format!("{conv}-r"),
+            Some(conv),
+            at + 60,
+            Payload::Resolved(Resolved {
+                by: ResolvedBy::Agent,
+                agent_id: Some("ann".into()),
+            }),
+        ),
+    ];
+    if let Some(value) = value {
+        events.push(conversion(&format!("{conv}-c"), customer, at + 100, value));
+    }
+    events
+}
+
+fn conversion(id: &str, customer: &str, at: i64, value: i64) -> Event {
+    ev(
+        id,
+        None,
+        at,
+        Payload::Conversion(Conversion {
+            customer_id: customer.into(),
+            kind: "purchase".into(),
+            value_minor: Some(value),
+            currency: Some("EUR".into()),
+        }),
+    )
+}
+
+/// Three days: customer A on the first and (a repeat contact) the second, B converting on the
+/// second, C on the third.
+fn three_days() -> Vec<Event> {
+    [
+        converting("d1", "A", 0, Some(500)),
+        converting("d2a", "A", 86_400, None),
+        converting("d2b", "B", 86_400 + 600, Some(7)),
+        converting("d3", "C", 2 * 86_400, None),
+    ]
+    .concat()
+}
+
+fn three_day_window() -> Query {
+    Query::new(Window::new(t(-86_400), t(4 * 86_400)).unwrap())
+}
+
+/// The overview of `query` asked twice of a fresh process (the second call persists the totals
+/// the first kept, if the snapshots were written before them), once the tenant's kept totals
+/// are stored.
+async fn asked_and_persisted(app: &TestApp, query: &Query) -> Kpis {
+    let process = restarted(&app.pool);
+    let first = process.overview(app.tenant, query, false).await.unwrap().0;
+    wait_for_rows(&app.pool, SNAPSHOTS, app.tenant, 3).await;
+    wait_for_rows(&app.pool, SIDE, app.tenant, 1).await;
+    process.overview(app.tenant, query, false).await.unwrap();
+    wait_for_rows(&app.pool, TOTALS, app.tenant, 3).await;
+    first
+}
+
+#[tokio::test]
+async fn a_restarted_server_reads_back_the_kept_totals_of_its_settled_days_and_answers_the_same() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    let before = asked_and_persisted(&app, &query).await;
+    assert_eq!(
+        (before.conversations, before.conversion.revenue.clone()),
+        (4, vec![("EUR".to_owned(), 507)])
+    );
+
+    // Loading the days (no question asked) restores the totals of the three days.
+    let next = restarted(&app.pool);
+    next.cache().warm_up(35, Duration::from_secs(30)).await;
+    assert_eq!(next.cache().kept_totals(app.tenant).await, 3);
+    let after = next.overview(app.tenant, &query, false).await.unwrap().0;
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_back() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    asked_and_persisted(&app, &query).await;
+    // C comes back on the second day: the second day's snapshot is stale, and so are the
+    // totals of the first, whose repeat-contact verdicts read the second day's openings.
+    app.ingest(&converting("d2c", "C", 86_400 + 1_200, None))
+        .await
+        .unwrap();
+
+    let next = restarted(&app.pool);
+    next.cache().warm_up(35, Duration::from_secs(30)).await;
+    assert_eq!(
+        next.cache().kept_totals(app.tenant).await,
+        1,
+        "only the third day's totals (which read no other day) hold"
+    );
+    let after = next.overview(app.tenant, &query, false).await.unwrap().0;
+    sqlx::query("delete from kept_totals where tenant_id = $1")
+        .bind(app.tenant.0)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let from_rows = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(after, from_rows);
+    assert_eq!(after.conversations, 5);
+}
+
+#[tokio::test]
+async fn a_conversion_dated_before_those_held_leaves_kept_revenue_right() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    let process = restarted(&app.pool);
+    let before = process.overview(app.tenant, &query, false).await.unwrap().0;
+    assert_eq!(before.conversion.revenue, vec![("EUR".to_owned(), 507)]);
+    // Z, who opened no conversation, converts before everyone: it is attributed to nobody.
+    app.ingest(&[conversion("z-c", "Z", -3_600, 100_000)])
+        .await
+        .unwrap();
+    let after = process.overview(app.tenant, &query, false).await.unwrap().0;
+    assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
+    assert_eq!(after.conversion.conversions, 2);
+}

@@ -442,12 +442,7 @@ impl Groups {
                 (key, Acc::merge_all(&of_key))
             })
             .collect();
-        Groups {
-            index: accs.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect(),
-            accs,
-            last: None,
-            budget: None,
-        }
+        Groups::from_accs(accs)
     }
 
     /// Drops spare capacity (before the totals are kept); see [`Acc::shrink`].
@@ -470,6 +465,22 @@ impl Groups {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.accs.iter().map(|(_, a)| a.heap_bytes()).sum::<usize>() + self.index.capacity() * 32
+    }
+
+    /// The groups, in the order they were added.
+    pub fn accs(&self) -> &[(GroupKey, Acc)] {
+        &self.accs
+    }
+
+    /// Groups of these totals (distinct keys), charging nothing (restored kept totals,
+    /// [`super::stored`]).
+    pub fn from_accs(accs: Vec<(GroupKey, Acc)>) -> Groups {
+        Groups {
+            index: accs.iter().enumerate().map(|(i, (key, _))| (*key, i)).collect(),
+            accs,
+            last: None,
+            budget: None,
+        }
     }
 
     pub fn into_sorted(self) -> Vec<(GroupKey, Acc)> {

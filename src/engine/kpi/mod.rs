@@ -28,6 +28,7 @@ pub mod partial;
 mod route;
 mod scan;
 mod sla;
+pub mod stored;
 
 use std::{
     collections::HashSet,

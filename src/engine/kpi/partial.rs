@@ -185,6 +185,16 @@ impl Partial {
         }
     }
 
+    /// The version of the segment (or chunk) the totals were computed from.
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// When the openings the totals read lie (see [`Read`]).
+    pub fn openings_span(&self) -> Span {
+        self.openings.span
+    }
+
     /// Whether these are the totals of version `from` of the rows `rows`.
     pub(super) fn is_of(&self, from: u64, rows: KeptRows) -> bool {
         self.from == from && self.rows == rows

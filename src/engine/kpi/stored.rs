@@ -1,0 +1,500 @@
+//! Kept totals as persisted beside their day's snapshot (`kept_totals`), so a restarted replica
+//! reads a settled day's totals instead of computing them from its rows again (BENCHMARKS.md,
+//! "A 10 M restart").
+//!
+//! Ids are the process's own, so the body names everything relative to the day's segment as
+//! persisted: a customer as the first row of the segment with that customer (every customer the
+//! totals hold or read is one of the segment's own, [`super::partial`]), a symbol by its name.
+//! Attributed conversions are indexes into the tenant's conversion list, which is the same list
+//! only when loaded from the same side snapshot with nothing since.
+//!
+//! Totals are exact for exactly the data they were computed from: their own day's rows and what
+//! they read beyond it (openings of other days inside their span, conversions). The [`Basis`]
+//! names that data by snapshot: the `built_xmin` of every day whose openings lie in the span
+//! read, and of the side snapshot. A restarted replica uses the totals only when every one of
+//! those days (and no other) is held exactly as that snapshot, with no record changed since, and
+//! from then on the change log ([`super::partial::Changes`]) tracks them like any kept totals.
+//! Anything else (a damaged body, a day that changed, a day that appeared) leaves them unused:
+//! the day is computed from its rows, as without them.
+//!
+//! Layout: magic and version, the shape, which rows (kind and number), the basis, the groups
+//! (key, then every [`Acc`] field), the two reads; last, a CRC-32 of everything before it.
+//! Ledgers of repeat-contact verdicts are not persisted: a restored day whose returning
+//! customers' openings change is computed again instead of corrected.
+
+use std::sync::Arc;
+
+use chrono::{Datelike, NaiveDate};
+
+use super::{
+    GroupKey,
+    acc::{Acc, EndedMessages, Groups, SlaAcc},
+    partial::{KeptRows, Partial, Read},
+};
+use crate::domain::{
+    event::{Channel, Priority},
+    time::Span,
+};
+use crate::engine::{
+    codec::{Reader, Writer},
+    intern::Interner,
+    segment::{MessageTotals, Segment},
+    stats::Durations,
+};
+
+const MAGIC: &[u8; 4] = b"CKT1";
+
+/// The snapshots kept totals were computed from (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Basis {
+    /// `built_xmin` of every day whose openings the totals could read (their own included),
+    /// sorted by day.
+    pub days: Vec<(NaiveDate, i64)>,
+    /// `built_xmin` of the side snapshot, when the totals read or hold conversions.
+    pub side: Option<i64>,
+}
+
+/// Persisted totals, read back.
+pub struct Restored {
+    pub shape: Arc<str>,
+    pub rows: KeptRows,
+    pub basis: Basis,
+    groups: Groups,
+    openings: Read,
+    conversions: Read,
+}
+
+/// A body that is not what [`encode`] writes.
+#[derive(Debug, thiserror::Error)]
+#[error("damaged kept totals: {0}")]
+pub struct Damaged(&'static str);
+
+/// Whether `p` holds or reads conversions (then its basis needs the side snapshot).
+pub fn reads_conversions(p: &Partial) -> bool {
+    !p.conversions.customers.is_empty()
+        || p.groups
+            .accs()
+            .iter()
+            .any(|(_, a)| !a.attributed.is_empty() || !a.converted.is_empty())
+}
+
+/// The body of `p`, totals of `seg` (as persisted) for the question `shape`; `None` when a
+/// customer they name is not one of the segment's, or they are not of a day's kept rows.
+pub fn encode(shape: &str, p: &Partial, seg: &Segment, symbols: &Interner, basis: &Basis) -> Option<Vec<u8>> {
+    let (kind, n) = match p.rows {
+        KeptRows::Inside(n) => (0, n),
+        KeptRows::Before(n) => (1, n),
+        KeptRows::Edge { .. } => return None,
+    };
+    // Rows are named by their place in id order, the order a snapshot stores and loads them in.
+    let by_id: Vec<usize> = seg.rows_by_id().collect();
+    let mut first_row: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+    for (place, row) in by_id.iter().enumerate().rev() {
+        first_row.insert(seg.customer(*row), place as u64 + 1);
+    }
+    first_row.insert(0, 0);
+    let mut out = Ids {
+        w: Writer::new(),
+        rows: &first_row,
+        symbols,
+        missing: false,
+    };
+    out.w.buf.extend_from_slice(MAGIC);
+    out.w.bytes(shape.as_bytes());
+    out.w.u8(kind);
+    out.w.count(n);
+    out.w.count(basis.days.len());
+    for (day, xmin) in &basis.days {
+        out.w.i64(i64::from(day.num_days_from_ce()));
+        out.w.i64(*xmin);
+    }
+    match basis.side {
+        Some(x) => {
+            out.w.u8(1);
+            out.w.i64(x);
+        }
+        None => out.w.u8(0),
+    }
+    let groups = Partial::merged_groups(&[], &[p]);
+    out.w.count(groups.accs().len());
+    for (key, acc) in groups.accs() {
+        out.key(key);
+        out.acc(acc);
+    }
+    out.read(&p.openings);
+    out.read(&p.conversions);
+    if out.missing {
+        return None;
+    }
+    let mut buf = out.w.buf;
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    Some(buf)
+}
+
+/// Reads a body [`encode`] wrote for `seg`, naming symbols with `symbols`.
+pub fn decode(
+    body: &[u8],
+    seg: &Segment,
+    symbols: &mut impl FnMut(&str) -> u32,
+) -> Result<Restored, Damaged> {
+    let Some((data, crc)) = body.split_last_chunk::<4>() else {
+        return Err(Damaged("too short"));
+    };
+    if crc32fast::hash(data) != u32::from_le_bytes(*crc) {
+        return Err(Damaged("checksum"));
+    }
+    let Some(data) = data.strip_prefix(MAGIC) else {
+        return Err(Damaged("magic"));
+    };
+    let mut r = Reader::new(data);
+    let shape: Arc<str> = r.str().into();
+    let rows = match (r.u8(), r.count()) {
+        (0, n) => KeptRows::Inside(n),
+        (1, n) => KeptRows::Before(n),
+        _ => return Err(Damaged("rows")),
+    };
+    let days = (0..r.count())
+        .map(|_| {
+            let day = i32::try_from(r.i64())
+                .ok()
+                .and_then(NaiveDate::from_num_days_from_ce_opt)
+                .unwrap_or_default();
+            (day, r.i64())
+        })
+        .collect();
+    let side = match r.u8() {
+        0 => None,
+        _ => Some(r.i64()),
+    };
+    let mut ids = Names {
+        r,
+        seg,
+        by_id: seg.rows_by_id().collect(),
+        symbols,
+    };
+    let groups = (0..ids.r.count())
+        .map(|_| {
+            let key = ids.key();
+            (key, ids.acc())
+        })
+        .collect();
+    let openings = ids.read();
+    let conversions = ids.read();
+    if ids.r.is_corrupt() || !ids.r.at_end() {
+        return Err(Damaged("body"));
+    }
+    Ok(Restored {
+        shape,
+        rows,
+        basis: Basis { days, side },
+        groups: Groups::from_accs(groups),
+        openings,
+        conversions,
+    })
+}
+
+impl Restored {
+    /// The totals, as those of segment version `from` valid at the change log's version `at`.
+    pub fn into_partial(self, from: u64, at: u64) -> Partial {
+        Partial {
+            groups: Arc::new(self.groups),
+            moved: Vec::new(),
+            from,
+            rows: self.rows,
+            at,
+            openings: self.openings,
+            conversions: self.conversions,
+            ledgers: None,
+        }
+    }
+}
+
+/// Writes ids relative to the segment.
+struct Ids<'a> {
+    w: Writer,
+    rows: &'a std::collections::HashMap<u32, u64>,
+    symbols: &'a Interner,
+    /// A customer that is not one of the segment's was met.
+    missing: bool,
+}
+
+impl Ids<'_> {
+    fn customer(&mut self, c: u32) {
+        match self.rows.get(&c) {
+            Some(row) => self.w.u64(*row),
+            None => {
+                self.missing = true;
+                self.w.u64(0);
+            }
+        }
+    }
+
+    fn customers(&mut self, list: &[u32]) {
+        self.w.count(list.len());
+        for c in list {
+            self.customer(*c);
+        }
+    }
+
+    fn symbol(&mut self, sym: u32) {
+        self.w.bytes(self.symbols.name(sym).as_bytes());
+    }
+
+    fn key(&mut self, key: &GroupKey) {
+        match *key {
+            GroupKey::All => self.w.u8(0),
+            GroupKey::Value(sym) => {
+                self.w.u8(1);
+                self.symbol(sym);
+            }
+            GroupKey::Channel(c) => {
+                self.w.u8(2);
+                self.w.bytes(c.as_str().as_bytes());
+            }
+            GroupKey::Priority(p) => {
+                self.w.u8(3);
+                self.w.bytes(p.as_str().as_bytes());
+            }
+            GroupKey::Number(n) => {
+                self.w.u8(4);
+                self.w.u64(u64::from(n));
+            }
+            GroupKey::Bucket(t) => {
+                self.w.u8(5);
+                self.w.i64(t);
+            }
+            GroupKey::Policy(i) => {
+                self.w.u8(6);
+                self.w.u64(u64::from(i));
+            }
+        }
+    }
+
+    fn acc(&mut self, a: &Acc) {
+        // Taken apart, so a field added to `Acc` and left out here does not compile.
+        #[rustfmt::skip]
+        let Acc {
+            conversations, messages, frt, bot_frt, human_frt, reply, wait, resolution, duration,
+            resolved, resolutions, fcr, repeat, reopened, with_customer_message, missed,
+            abandoned, ended, ended_messages, csat, nps, ces, surveys_sent, no_human_resolved,
+            bot_resolutions, bot_involved, bot_and_human, customers, converted, attributed,
+            previous_customers, tags, channels, sla,
+        } = a;
+        let MessageTotals {
+            received,
+            sent,
+            delivered,
+            read,
+            failed,
+        } = messages;
+        let EndedMessages { customer, agent, bot } = ended_messages;
+        for n in [
+            conversations,
+            resolved,
+            resolutions,
+            fcr,
+            repeat,
+            reopened,
+            with_customer_message,
+            missed,
+            abandoned,
+            ended,
+            no_human_resolved,
+            bot_resolutions,
+            bot_involved,
+            bot_and_human,
+            received,
+            sent,
+            delivered,
+            read,
+            failed,
+            customer,
+            agent,
+            bot,
+        ] {
+            self.w.u64(*n);
+        }
+        for n in surveys_sent.iter().chain(channels) {
+            self.w.u64(*n);
+        }
+        for d in [frt, bot_frt, human_frt, reply, wait, resolution, duration] {
+            d.write_to(&mut self.w);
+        }
+        self.w.count(csat.len());
+        for (score, min, max) in csat {
+            for v in [score, min, max] {
+                self.w.i64(i64::from(*v));
+            }
+        }
+        self.w.count(nps.len());
+        for v in nps {
+            self.w.i64(i64::from(*v));
+        }
+        self.w.count(ces.len());
+        for v in ces {
+            self.w.f64(*v);
+        }
+        for list in [customers, converted, previous_customers] {
+            self.customers(list);
+        }
+        self.w.count(attributed.len());
+        for i in attributed {
+            self.w.u64(u64::from(*i));
+        }
+        self.w.count(tags.len());
+        for (tag, n) in tags {
+            self.symbol(*tag);
+            self.w.u64(*n);
+        }
+        for s in sla {
+            let SlaAcc {
+                achieved,
+                breached,
+                over,
+            } = s;
+            self.w.u64(*achieved);
+            self.w.u64(*breached);
+            over.write_to(&mut self.w);
+        }
+    }
+
+    fn read(&mut self, read: &Read) {
+        self.customers(&read.customers);
+        self.w.i64(read.span.start);
+        self.w.i64(read.span.end);
+    }
+}
+
+/// Reads ids relative to the segment.
+struct Names<'a, 's, F> {
+    r: Reader<'a>,
+    seg: &'s Segment,
+    /// Rows in id order.
+    by_id: Vec<usize>,
+    symbols: &'s mut F,
+}
+
+impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
+    fn customer(&mut self) -> u32 {
+        match self.r.u64() {
+            0 => 0,
+            place if place <= self.by_id.len() as u64 => self.seg.customer(self.by_id[place as usize - 1]),
+            _ => {
+                self.r.fail();
+                0
+            }
+        }
+    }
+
+    /// A customer list, sorted and without repeats (what kept totals hold, [`Acc::shrink`]).
+    fn customers(&mut self) -> Vec<u32> {
+        let mut list: Vec<u32> = (0..self.r.count()).map(|_| self.customer()).collect();
+        list.sort_unstable();
+        list.dedup();
+        list
+    }
+
+    fn symbol(&mut self) -> u32 {
+        let name = self.r.str();
+        (self.symbols)(name)
+    }
+
+    fn key(&mut self) -> GroupKey {
+        match self.r.u8() {
+            0 => GroupKey::All,
+            1 => GroupKey::Value(self.symbol()),
+            2 => match Channel::parse(self.r.str()) {
+                Some(c) => GroupKey::Channel(c),
+                None => self.damaged(),
+            },
+            3 => match Priority::parse(self.r.str()) {
+                Some(p) => GroupKey::Priority(p),
+                None => self.damaged(),
+            },
+            4 => GroupKey::Number(self.r.u32()),
+            5 => GroupKey::Bucket(self.r.i64()),
+            6 => GroupKey::Policy(self.r.u32()),
+            _ => self.damaged(),
+        }
+    }
+
+    fn damaged(&mut self) -> GroupKey {
+        self.r.fail();
+        GroupKey::All
+    }
+
+    fn acc(&mut self) -> Acc {
+        let mut a = Acc::default();
+        let r = &mut self.r;
+        let m = &mut a.messages;
+        let e = &mut a.ended_messages;
+        for n in [
+            &mut a.conversations,
+            &mut a.resolved,
+            &mut a.resolutions,
+            &mut a.fcr,
+            &mut a.repeat,
+            &mut a.reopened,
+            &mut a.with_customer_message,
+            &mut a.missed,
+            &mut a.abandoned,
+            &mut a.ended,
+            &mut a.no_human_resolved,
+            &mut a.bot_resolutions,
+            &mut a.bot_involved,
+            &mut a.bot_and_human,
+            &mut m.received,
+            &mut m.sent,
+            &mut m.delivered,
+            &mut m.read,
+            &mut m.failed,
+            &mut e.customer,
+            &mut e.agent,
+            &mut e.bot,
+        ] {
+            *n = r.u64();
+        }
+        for n in a.surveys_sent.iter_mut().chain(&mut a.channels) {
+            *n = r.u64();
+        }
+        for d in [
+            &mut a.frt,
+            &mut a.bot_frt,
+            &mut a.human_frt,
+            &mut a.reply,
+            &mut a.wait,
+            &mut a.resolution,
+            &mut a.duration,
+        ] {
+            *d = Durations::read_from(r);
+        }
+        a.csat = (0..r.count()).map(|_| (r.i32(), r.i32(), r.i32())).collect();
+        a.nps = (0..r.count()).map(|_| r.i32()).collect();
+        a.ces = (0..r.count()).map(|_| r.f64()).collect();
+        a.customers = self.customers();
+        a.converted = self.customers();
+        a.previous_customers = self.customers();
+        let r = &mut self.r;
+        a.attributed = (0..r.count()).map(|_| r.u32()).collect();
+        for _ in 0..self.r.count() {
+            let tag = self.symbol();
+            a.tags.insert(tag, self.r.u64());
+        }
+        for s in &mut a.sla {
+            s.achieved = self.r.u64();
+            s.breached = self.r.u64();
+            s.over = Durations::read_from(&mut self.r);
+        }
+        a
+    }
+
+    fn read(&mut self) -> Read {
+        let customers = self.customers();
+        let span = Span {
+            start: self.r.i64(),
+            end: self.r.i64(),
+        };
+        Read { customers, span }
+    }
+}

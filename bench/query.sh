@@ -88,6 +88,17 @@ for _ in $(seq 1 120); do
     [ "$(psql "$DATABASE_URL" -Atqc "select count(*) from side_snapshots where tenant_id = $TENANT")" = 1 ] && break
   sleep 1
 done
+# ...and the kept totals persisted beside them (engine/kpi/stored.rs): until their count holds
+# for 5 s.
+LAST=-1
+STILL=0
+for _ in $(seq 1 300); do
+  NOW=$(psql "$DATABASE_URL" -Atqc "select count(*) || ' ' || coalesce(sum(length(body)), 0) from kept_totals where tenant_id = $TENANT")
+  if [ "$NOW" = "$LAST" ]; then STILL=$((STILL + 1)); else STILL=0; LAST=$NOW; fi
+  [ "$STILL" -ge 5 ] && break
+  sleep 1
+done
+log "kept totals persisted: $(psql "$DATABASE_URL" -Atqc "select count(*) || ' (' || count(distinct segment_day) || ' days), ' || coalesce(pg_size_pretty(sum(length(body))), '0 bytes') from kept_totals where tenant_id = $TENANT")"
 log "snapshots: $(psql "$DATABASE_URL" -Atqc "select count(distinct segment_day) || ' days in ' || count(*) || ' parts, ' || pg_size_pretty(sum(length(body))) from segment_parts where tenant_id = $TENANT"); presence and conversions: $(psql "$DATABASE_URL" -Atqc "select coalesce(pg_size_pretty(sum(length(body))), 'none') from side_snapshots where tenant_id = $TENANT")"
 stop_server
 

@@ -153,6 +153,7 @@ impl KpiService {
         })
         .await
         .map_err(|e| Error::Internal(anyhow::Error::new(e).context("KPI computation failed")))??;
+        WORKER.sync_scope((self.scheduler.clone(), tenant), || self.cache.computed(tenant));
         Ok(Some((result, version)))
     }
 

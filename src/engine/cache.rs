@@ -102,6 +102,10 @@ struct TenantEntry {
     progress: Progress,
     /// Kept totals persisted, by key: of which segment version, on which basis (`totals`).
     persisted_totals: std::sync::Mutex<HashMap<PartialKey, (u64, stored::Basis)>>,
+    /// [`QueryCache::day_totals_kept`] when the tenant's last computation ended, and whether a
+    /// pass persisting its totals is waiting to start (`totals`).
+    totals_seen: AtomicU64,
+    totals_pass: std::sync::atomic::AtomicBool,
     /// Bytes held by the tenant's names, presence and conversions (its segments weigh apart).
     weight: AtomicU32,
 }
@@ -183,10 +187,6 @@ struct TenantState {
     /// The `built_xmin` of the side snapshot last loaded or written: presence and conversions
     /// are exactly that snapshot while [`Self::side_unpersisted`] is 0.
     side_xmin: Option<i64>,
-    /// When kept totals were last persisted after computations, and the count of day totals
-    /// kept by then ([`QueryCache::day_totals_kept`]).
-    totals_persisted_at: Option<Instant>,
-    totals_seen: u64,
     version: u64,
     persisted_at: HashMap<NaiveDate, Instant>,
     /// The tenant's erasure counter when the state was read (`None` before the first refresh):
@@ -211,8 +211,6 @@ impl TenantState {
             side_unpersisted: 0,
             side_persisted_at: None,
             side_xmin: None,
-            totals_persisted_at: None,
-            totals_seen: 0,
             version: 0,
             persisted_at: HashMap::new(),
             erasures: None,
@@ -260,8 +258,8 @@ pub struct QueryCache<S> {
     snapshot_writes: Arc<Semaphore>,
     /// Records a load reads of a day at a time ([`LOAD_BATCH`]).
     load_batch: AtomicUsize,
-    /// Day totals kept so far, all tenants: a refresh that sees it moved persists its tenant's
-    /// new ones (`totals`).
+    /// Day totals kept so far, all tenants: a computation that ends with it moved persists its
+    /// tenant's new ones ([`QueryCache::computed`]).
     day_totals_kept: AtomicU64,
 }
 
@@ -377,6 +375,8 @@ impl<S: Source> QueryCache<S> {
                 state: Arc::new(Mutex::new(TenantState::new(tenant, generation))),
                 progress: Progress::default(),
                 persisted_totals: Default::default(),
+                totals_seen: AtomicU64::new(0),
+                totals_pass: Default::default(),
                 weight: AtomicU32::new(0),
             }))
         });
@@ -633,7 +633,6 @@ impl<S: Source> QueryCache<S> {
             .retain(|_, ingest_xid| *ingest_xid >= xmin);
         self.persist_drifted(&mut state, &picked);
         self.persist_side(&mut state, xmin);
-        self.persist_new_totals(&mut state);
         let view = View {
             data: Data {
                 segments: picked,
@@ -978,7 +977,7 @@ impl<S: Source> QueryCache<S> {
                 // One part in the channel, one being written: a day is never held encoded whole.
                 let (parts, written) = tokio::sync::mpsc::channel(1);
                 let (encoded, saved) = tokio::join!(
-                    encode_in_parts(worker, seg.clone(), customers, parts),
+                    encode_in_parts(worker.clone(), seg.clone(), customers, parts),
                     cache.source.save_snapshot(tenant, &snapshot, written)
                 );
                 let result = encoded.and(saved);
@@ -986,7 +985,7 @@ impl<S: Source> QueryCache<S> {
                     Ok(()) => {
                         seg.unpersisted.store(0, Ordering::Relaxed);
                         // Totals of the day (and of days that read it) may now be persisted.
-                        cache.persist_totals(tenant);
+                        cache.persist_totals(tenant, worker);
                     }
                     Err(err) => {
                         tracing::warn!(tenant = tenant.0, day = %seg.day, error = %err, "could not persist a segment snapshot")
@@ -1036,7 +1035,7 @@ impl<S: Source> QueryCache<S> {
                 };
                 side::encode(&side, &symbols, &read(&customers))
             };
-            let result = match in_background(worker, encode).await {
+            let result = match in_background(worker.clone(), encode).await {
                 Ok(body) => {
                     cache
                         .source
@@ -1046,7 +1045,7 @@ impl<S: Source> QueryCache<S> {
                 Err(err) => Err(err),
             };
             match result {
-                Ok(()) => cache.persist_totals(tenant),
+                Ok(()) => cache.persist_totals(tenant, worker),
                 Err(err) => {
                     tracing::warn!(tenant = tenant.0, error = %err, "could not persist presence and conversions")
                 }

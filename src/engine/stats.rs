@@ -183,10 +183,7 @@ impl Durations {
         w.f64(*min);
         w.f64(*max);
         w.u64(*within);
-        w.count(values.len());
-        for v in values {
-            w.f64(*v);
-        }
+        write_values(values, w);
         match histogram {
             None => w.u8(0),
             Some(h) => {
@@ -213,7 +210,7 @@ impl Durations {
         let high = r.i64();
         let sum_micros = (i128::from(high) << 64) | i128::from(r.u64());
         let (min, max, within) = (r.f64(), r.f64(), r.u64());
-        let values: Vec<f64> = (0..r.count()).map(|_| r.f64()).collect();
+        let values = read_values(r);
         let histogram = match r.u8() {
             0 => None,
             1 => {
@@ -279,6 +276,63 @@ impl Durations {
             p95: Some(p95),
             p99: Some(p99),
             within_target,
+        }
+    }
+}
+
+/// Tags of [`write_values`]: whole microseconds, ascending, as differences; or every float.
+const VALUES_MICROS: u8 = 0;
+const VALUES_FLOATS: u8 = 1;
+
+/// Durations are differences of microsecond instants in seconds (`micros / 1e6`), and their
+/// order means nothing (percentiles sort them, sums add them): written as whole microseconds,
+/// sorted, each as its difference from the one before, they take one to three bytes instead of
+/// eight (the values of a 10 M tenant's day broken down by agent: 16 MB as floats). A value
+/// that is not such a quotient is written as it is, and so are all of its list.
+fn write_values(values: &[f64], w: &mut Writer) {
+    let micros: Option<Vec<i64>> = values
+        .iter()
+        .map(|v| {
+            let m = (v * 1e6).round();
+            (m.abs() < 9e15 && m / 1e6 == *v).then_some(m as i64)
+        })
+        .collect();
+    match micros {
+        Some(mut micros) => {
+            micros.sort_unstable();
+            w.u8(VALUES_MICROS);
+            w.count(micros.len());
+            let mut before = 0;
+            for m in micros {
+                w.i64(m - before);
+                before = m;
+            }
+        }
+        None => {
+            w.u8(VALUES_FLOATS);
+            w.count(values.len());
+            for v in values {
+                w.f64(*v);
+            }
+        }
+    }
+}
+
+fn read_values(r: &mut Reader<'_>) -> Vec<f64> {
+    match r.u8() {
+        VALUES_MICROS => {
+            let mut at = 0i64;
+            (0..r.count())
+                .map(|_| {
+                    at = at.wrapping_add(r.i64());
+                    at as f64 / 1e6
+                })
+                .collect()
+        }
+        VALUES_FLOATS => (0..r.count()).map(|_| r.f64()).collect(),
+        _ => {
+            r.fail();
+            Vec::new()
         }
     }
 }
@@ -466,8 +520,9 @@ mod tests {
     fn durations_read_back_are_those_written_exact_binned_or_counted_in_a_histogram() {
         let mut exact = Durations::default();
         let mut counted = Durations::default();
+        // Ascending whole microseconds, as read back (their order means nothing).
         for i in 0..=EXACT_PERCENTILES_UP_TO as u64 {
-            let v = (i % 977) as f64 * 1.5;
+            let v = i as f64 * 1.5;
             exact.push(v, Some(60.0));
             counted.push(v, None);
         }
@@ -477,11 +532,30 @@ mod tests {
             binned.push(v, Some(10.0));
         }
         binned.shrink(1);
-        for d in [Durations::default(), binned, counted] {
+        // Not a whole number of microseconds: written as it is.
+        let mut fine = Durations::default();
+        for v in [2.5e-7, 1.0 / 3.0] {
+            fine.push(v, None);
+        }
+        for d in [Durations::default(), binned, counted, fine] {
             assert_eq!(format!("{:?}", read_back(&d)), format!("{d:?}"));
         }
         assert!(exact.histogram.is_some(), "past the exact limit");
         assert_eq!(read_back(&exact).stats(true), exact.clone().stats(true));
+    }
+
+    #[test]
+    fn values_read_back_in_another_order_give_the_same_statistics() {
+        let mut d = Durations::default();
+        for v in [90.0, 0.000_001, 12.345_678, 0.0, 7.0, 12.345_678] {
+            d.push(v, Some(10.0));
+        }
+        let back = read_back(&d);
+        assert_eq!(
+            back.values,
+            vec![0.0, 0.000_001, 7.0, 12.345_678, 12.345_678, 90.0]
+        );
+        assert_eq!(back.stats(true), d.stats(true));
     }
 
     #[test]

@@ -1,18 +1,17 @@
 //! Kept totals persisted beside the day snapshots, and read back by a restarted replica
 //! (`kpi::stored` says what they are and when they hold).
 //!
-//! Persisting: after a day's snapshot or the side snapshot is written, and after computations
-//! kept new day totals (at most once per [`PERSIST_TOTALS_INTERVAL`] per tenant), a background
-//! pass writes every kept day total whose basis is held exactly as stored: its own day and
+//! Persisting: after a day's snapshot or the side snapshot is written, and after a computation
+//! kept new day totals ([`QueryCache::computed`]), a background pass writes every kept day total whose basis is held exactly as stored: its own day and
 //! every day whose openings it reads are their snapshots with nothing merged since, and the side
 //! snapshot when it reads conversions. Restoring: a refresh that loaded days reads their
 //! persisted totals and keeps those whose basis is what it holds now, most recently written
-//! first, while the cache is under three quarters of its budget.
+//! first, while the cache is under fifteen sixteenths of its budget (as the warm-up's questions).
 
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use chrono::NaiveDate;
@@ -30,9 +29,6 @@ use crate::engine::{
     segment::{Bounds, Segment},
     source::{Source, SourceReads, StoredTotals},
 };
-
-/// Kept day totals computed by queries are persisted at most this often per tenant.
-const PERSIST_TOTALS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Whether totals kept under `key` are of the kind persisted: a whole day's rows ending inside
 /// or before a window (not a chunk's, not a window's edges).
@@ -90,30 +86,39 @@ struct ToPersist {
 }
 
 impl<S: Source> QueryCache<S> {
-    /// Persists the tenant's new kept day totals when computations kept some since the last
-    /// time, at most once per [`PERSIST_TOTALS_INTERVAL`].
-    pub(super) fn persist_new_totals(self: &Arc<Self>, state: &mut TenantState) {
+    /// Called when a computation of the tenant ended (on the tenant's worker, [`WORKER`]):
+    /// persists the day totals it kept, if any (one pass waiting per tenant; passes run one at
+    /// a time, after the snapshot writes).
+    pub fn computed(self: &Arc<Self>, tenant: TenantId) {
+        let Some(Value::Tenant(entry)) = self.entries.get(&Key::Tenant(tenant)) else {
+            return;
+        };
         let kept = self.day_totals_kept.load(Ordering::Relaxed);
-        let recent = state
-            .totals_persisted_at
-            .is_some_and(|at| at.elapsed() < PERSIST_TOTALS_INTERVAL);
-        if kept == state.totals_seen || recent {
+        if entry.totals_seen.swap(kept, Ordering::Relaxed) == kept
+            || entry.totals_pass.swap(true, Ordering::AcqRel)
+        {
             return;
         }
-        state.totals_seen = kept;
-        state.totals_persisted_at = Some(Instant::now());
-        self.persist_totals(state.tenant);
+        self.persist_totals(tenant, WORKER.try_with(Clone::clone).ok());
     }
 
     /// Persists, in the background, the tenant's kept day totals whose basis is held exactly
     /// as stored and that were not persisted on that basis yet.
-    pub(super) fn persist_totals(self: &Arc<Self>, tenant: TenantId) {
+    /// Encoding runs on `worker`'s bulk lane.
+    pub(super) fn persist_totals(
+        self: &Arc<Self>,
+        tenant: TenantId,
+        worker: Option<(Arc<Scheduler>, TenantId)>,
+    ) {
         let cache = self.clone();
-        let worker = WORKER.try_with(Clone::clone).ok();
         tokio::spawn(async move {
             let Ok(_permit) = cache.snapshot_writes.clone().acquire_owned().await else {
                 return;
             };
+            if let Some(Value::Tenant(entry)) = cache.entries.get(&Key::Tenant(tenant)) {
+                // Totals kept from now on are left to the next pass.
+                entry.totals_pass.store(false, Ordering::Release);
+            }
             match cache.persist_totals_now(tenant, worker).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(tenant = tenant.0, totals = n, "kept totals persisted"),
@@ -209,53 +214,72 @@ impl<S: Source> QueryCache<S> {
         Ok(written)
     }
 
-    /// Reads the persisted totals of the days just loaded (`days`) and keeps those whose basis
-    /// the state holds now. Derived data: a failure to read them is logged and the days are
-    /// computed from their rows.
+    /// Reads the persisted totals of the days just loaded (`days`), a day at a time (a 10 M
+    /// tenant's day holds a few MB per question shape), and keeps those whose basis the state
+    /// holds now. Derived data: a failure to read them is logged and the days are computed from
+    /// their rows.
     pub(super) async fn restore_totals(
         self: &Arc<Self>,
-        state: OwnedMutexGuard<TenantState>,
+        mut state: OwnedMutexGuard<TenantState>,
         db: &mut S::Reads,
         days: &[NaiveDate],
     ) -> Result<OwnedMutexGuard<TenantState>, Error> {
         let started = Instant::now();
-        let rows = match db.totals(state.tenant, days).await {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::warn!(tenant = state.tenant.0, error = %err, "could not read persisted kept totals");
-                return Ok(state);
+        let (mut found, mut restored, mut read_ms) = (0, 0, 0.0);
+        for day in days {
+            let reading = Instant::now();
+            let read = db.totals(state.tenant, std::slice::from_ref(day)).await;
+            read_ms += reading.elapsed().as_secs_f64() * 1e3;
+            let rows = match read {
+                Ok(rows) => rows,
+                Err(err) => {
+                    tracing::warn!(tenant = state.tenant.0, error = %err, "could not read persisted kept totals");
+                    break;
+                }
+            };
+            if rows.is_empty() {
+                continue;
             }
-        };
-        if rows.is_empty() {
-            return Ok(state);
+            found += rows.len();
+            let cache = self.clone();
+            let (s, kept, full) = blocking(move || {
+                let mut state = state;
+                let (kept, full) = cache.restore(&mut state, rows);
+                Ok((state, kept, full))
+            })
+            .await?;
+            state = s;
+            restored += kept;
+            if full {
+                break;
+            }
         }
-        let cache = self.clone();
-        blocking(move || {
-            let mut state = state;
-            let (found, restored) = (rows.len(), cache.restore(&mut state, rows));
+        if found > 0 {
             tracing::info!(
                 tenant = state.tenant.0,
                 found,
                 restored,
+                read_ms = read_ms as u64,
                 ms = started.elapsed().as_millis() as u64,
                 "persisted kept totals read"
             );
-            Ok(state)
-        })
-        .await
+        }
+        Ok(state)
     }
 
-    /// Keeps the totals of `rows` that hold for the state; returns how many.
-    fn restore(&self, state: &mut TenantState, rows: Vec<StoredTotals>) -> usize {
+    /// Keeps the totals of `rows` that hold for the state; returns how many, and whether the
+    /// cache reached fifteen sixteenths of its budget (then the rest are left).
+    fn restore(&self, state: &mut TenantState, rows: Vec<StoredTotals>) -> (usize, bool) {
         let segments: HashMap<NaiveDate, Arc<Segment>> = (state.days.keys())
             .filter_map(|d| self.cached(state, *d).map(|s| (*d, s)))
             .collect();
-        let room = self.budget / 4 * 3;
+        let room = self.budget / 16 * 15;
         let (mut bytes, mut restored) = (self.bytes(), 0);
         let entry = match self.entries.get(&Key::Tenant(state.tenant)) {
             Some(Value::Tenant(entry)) => Some(entry),
             _ => None,
         };
+        let mut places: Option<(NaiveDate, stored::Places)> = None;
         for row in rows {
             let Some(seg) = segments.get(&row.day) else {
                 continue;
@@ -263,7 +287,11 @@ impl<S: Source> QueryCache<S> {
             if seg.as_of != row.snapshot_xmin || seg.unpersisted.load(Ordering::Relaxed) != 0 {
                 continue;
             }
-            let decoded = stored::decode(&row.body, seg, &mut |name| state.symbol(name));
+            if places.as_ref().is_none_or(|(day, _)| *day != row.day) {
+                places = Some((row.day, stored::Places::of(seg)));
+            }
+            let Some((_, of_day)) = &places else { continue };
+            let decoded = stored::decode(&row.body, seg, of_day, &mut |name| state.symbol(name));
             let totals = match decoded {
                 Ok(totals) => totals,
                 Err(err) => {
@@ -283,7 +311,7 @@ impl<S: Source> QueryCache<S> {
             }
             bytes += partial.heap_bytes() as u64;
             if bytes > room {
-                break;
+                return (restored, true);
             }
             let key = PartialKey {
                 tenant: state.generation,
@@ -298,6 +326,6 @@ impl<S: Source> QueryCache<S> {
             self.entries.insert(Key::Partial(key), Value::Partial(partial));
             restored += 1;
         }
-        restored
+        (restored, false)
     }
 }

@@ -3,8 +3,9 @@
 //! "A 10 M restart").
 //!
 //! Ids are the process's own, so the body names everything relative to the day's segment as
-//! persisted: a customer as the first row of the segment with that customer (every customer the
-//! totals hold or read is one of the segment's own, [`super::partial`]), a symbol by its name.
+//! persisted: a customer as the place in id order of the first row of the segment with that
+//! customer (every customer the totals hold or read is one of the segment's own,
+//! [`super::partial`]), a symbol by its name.
 //! Attributed conversions are indexes into the tenant's conversion list, which is the same list
 //! only when loaded from the same side snapshot with nothing since.
 //!
@@ -42,7 +43,7 @@ use crate::engine::{
     stats::Durations,
 };
 
-const MAGIC: &[u8; 4] = b"CKT1";
+const MAGIC: &[u8; 4] = b"CKT2";
 
 /// The snapshots kept totals were computed from (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,10 +133,22 @@ pub fn encode(shape: &str, p: &Partial, seg: &Segment, symbols: &Interner, basis
     Some(buf)
 }
 
-/// Reads a body [`encode`] wrote for `seg`, naming symbols with `symbols`.
+/// A segment's rows in id order (what places in a body name), made once for all the bodies of
+/// the segment.
+pub struct Places(Vec<usize>);
+
+impl Places {
+    pub fn of(seg: &Segment) -> Places {
+        Places(seg.rows_by_id().collect())
+    }
+}
+
+/// Reads a body [`encode`] wrote for `seg` (whose [`Places`] are `places`), naming symbols with
+/// `symbols`.
 pub fn decode(
     body: &[u8],
     seg: &Segment,
+    places: &Places,
     symbols: &mut impl FnMut(&str) -> u32,
 ) -> Result<Restored, Damaged> {
     let Some((data, crc)) = body.split_last_chunk::<4>() else {
@@ -149,7 +162,8 @@ pub fn decode(
     };
     let mut r = Reader::new(data);
     let shape: Arc<str> = r.str().into();
-    let rows = match (r.u8(), r.count()) {
+    // A number of rows, not a length: read plainly (it may exceed the body's bytes).
+    let rows = match (r.u8(), r.u64() as usize) {
         (0, n) => KeptRows::Inside(n),
         (1, n) => KeptRows::Before(n),
         _ => return Err(Damaged("rows")),
@@ -170,7 +184,8 @@ pub fn decode(
     let mut ids = Names {
         r,
         seg,
-        by_id: seg.rows_by_id().collect(),
+        by_id: &places.0,
+        bits: Vec::new(),
         symbols,
     };
     let groups = (0..ids.r.count())
@@ -220,20 +235,26 @@ struct Ids<'a> {
 }
 
 impl Ids<'_> {
-    fn customer(&mut self, c: u32) {
-        match self.rows.get(&c) {
-            Some(row) => self.w.u64(*row),
-            None => {
-                self.missing = true;
-                self.w.u64(0);
-            }
-        }
-    }
-
+    /// A customer list as places, ascending, each as its difference from the one before
+    /// (mostly one byte: a day's customers are most of its rows). Lists are sets: their order is
+    /// not kept.
     fn customers(&mut self, list: &[u32]) {
-        self.w.count(list.len());
-        for c in list {
-            self.customer(*c);
+        let mut places: Vec<u64> = list
+            .iter()
+            .map(|c| match self.rows.get(c) {
+                Some(place) => *place,
+                None => {
+                    self.missing = true;
+                    0
+                }
+            })
+            .collect();
+        places.sort_unstable();
+        self.w.count(places.len());
+        let mut before = 0;
+        for p in places {
+            self.w.u64(p - before);
+            before = p;
         }
     }
 
@@ -371,13 +392,16 @@ struct Names<'a, 's, F> {
     r: Reader<'a>,
     seg: &'s Segment,
     /// Rows in id order.
-    by_id: Vec<usize>,
+    by_id: &'s [usize],
+    /// A set of customer ids, reused by every list ([`sorted_distinct`]).
+    bits: Vec<u64>,
     symbols: &'s mut F,
 }
 
 impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
-    fn customer(&mut self) -> u32 {
-        match self.r.u64() {
+    /// The customer at `place` (0: none).
+    fn customer(&mut self, place: u64) -> u32 {
+        match place {
             0 => 0,
             place if place <= self.by_id.len() as u64 => self.seg.customer(self.by_id[place as usize - 1]),
             _ => {
@@ -389,10 +413,14 @@ impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
 
     /// A customer list, sorted and without repeats (what kept totals hold, [`Acc::shrink`]).
     fn customers(&mut self) -> Vec<u32> {
-        let mut list: Vec<u32> = (0..self.r.count()).map(|_| self.customer()).collect();
-        list.sort_unstable();
-        list.dedup();
-        list
+        let mut place = 0u64;
+        let list: Vec<u32> = (0..self.r.count())
+            .map(|_| {
+                place = place.saturating_add(self.r.u64());
+                self.customer(place)
+            })
+            .collect();
+        sorted_distinct(list, &mut self.bits)
     }
 
     fn symbol(&mut self) -> u32 {
@@ -496,5 +524,57 @@ impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
             end: self.r.i64(),
         };
         Read { customers, span }
+    }
+}
+
+/// `ids` sorted, without repeats. A day's customers are a third of a million ids in no order
+/// (places follow conversation ids, not customers): sorting them was nearly all the time a
+/// restart spent reading totals back (BENCHMARKS.md). Marked in a bitset of the ids' range and
+/// read back in order instead, in time linear in the list and the range; a short list of a wide
+/// range is sorted.
+fn sorted_distinct(mut ids: Vec<u32>, bits: &mut Vec<u64>) -> Vec<u32> {
+    let Some(&max) = ids.iter().max() else {
+        return ids;
+    };
+    let words = max as usize / 64 + 1;
+    if ids.len() * 16 < words {
+        ids.sort_unstable();
+        ids.dedup();
+        return ids;
+    }
+    bits.clear();
+    bits.resize(words, 0);
+    for id in &ids {
+        bits[*id as usize / 64] |= 1 << (id % 64);
+    }
+    ids.clear();
+    for (w, word) in bits.iter().enumerate() {
+        let mut left = *word;
+        while left != 0 {
+            ids.push((w * 64) as u32 + left.trailing_zeros());
+            left &= left - 1;
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_lists_are_read_back_sorted_without_repeats_however_long() {
+        let mut bits = Vec::new();
+        let long: Vec<u32> = (0..5_000u32).map(|i| (i * 7_919) % 3_001).collect();
+        let mut by_hand = long.clone();
+        by_hand.sort_unstable();
+        by_hand.dedup();
+        assert_eq!(sorted_distinct(long, &mut bits), by_hand);
+        assert_eq!(
+            sorted_distinct(vec![9_000_000, 3, 3, 64], &mut bits),
+            vec![3, 64, 9_000_000]
+        );
+        assert_eq!(sorted_distinct(vec![63, 0, 64, 63], &mut bits), vec![0, 63, 64]);
+        assert!(sorted_distinct(Vec::new(), &mut bits).is_empty());
     }
 }

@@ -1072,3 +1072,74 @@ fn a_returning_customer_corrects_the_kept_totals_that_counted_them_instead_of_co
     assert_eq!(same.len(), 2);
     assert_eq!(same.iter().filter(|s| **s).count(), 1, "{same:?}");
 }
+
+/// The day totals `store` kept, written (`stored::encode`) and read back (`stored::decode`)
+/// into a new store.
+fn written_and_read_back(data: &Data, store: &MapStore) -> MapStore {
+    let restored = MapStore::default();
+    for (key, p) in store.kept.lock().unwrap().iter() {
+        let Slot::Day(day) = key.slot else { continue };
+        if matches!(key.rows, KeptRows::Edge { .. }) {
+            continue;
+        }
+        let seg = data.segments.iter().find(|s| s.day == day).unwrap();
+        let basis = stored::Basis {
+            days: vec![(day, seg.as_of)],
+            side: Some(7),
+        };
+        let body =
+            stored::encode(&key.shape, p, seg, &data.symbols, &basis).expect("the day's own customers");
+        let places = stored::Places::of(seg);
+        let back = stored::decode(&body, seg, &places, &mut |name| data.symbols.get(name).unwrap()).unwrap();
+        assert_eq!(
+            (&*back.shape, back.rows, &back.basis),
+            (&*key.shape, p.rows, &basis)
+        );
+        restored.kept.lock().unwrap().insert(
+            key.clone(),
+            Arc::new(back.into_partial(seg.version, data.changes.version)),
+        );
+    }
+    restored
+}
+
+#[test]
+fn kept_totals_written_and_read_back_answer_as_those_computed_and_are_reused() {
+    let ds = served_days(3, 150, 40);
+    let q = Query::new(Window::new(t(-DAY), t(5 * DAY)).unwrap());
+    let store = MapStore::default();
+    let expected = compute_with(ds.data(), &q, &store);
+    let restored = written_and_read_back(ds.data(), &store);
+    assert_eq!(restored.kept.lock().unwrap().len(), 3, "one per day");
+    assert_eq!(compute_with(ds.data(), &q, &restored), expected);
+    assert_eq!(
+        restored.puts.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "nothing computed again"
+    );
+}
+
+#[test]
+fn kept_totals_of_more_rows_than_their_body_has_bytes_are_read_back() {
+    let ds = served_days(1, 10, 10);
+    let data = ds.data();
+    let seg = &data.segments[0];
+    let p = Partial {
+        groups: Arc::default(),
+        moved: Vec::new(),
+        from: seg.version,
+        rows: KeptRows::Inside(10_000_000),
+        at: 0,
+        openings: partial::Read::nothing(),
+        conversions: partial::Read::nothing(),
+        ledgers: None,
+    };
+    let basis = stored::Basis {
+        days: Vec::new(),
+        side: None,
+    };
+    let body = stored::encode("shape", &p, seg, &data.symbols, &basis).unwrap();
+    assert!(body.len() < 100);
+    let back = stored::decode(&body, seg, &stored::Places::of(seg), &mut |_| 0).unwrap();
+    assert_eq!(back.rows, KeptRows::Inside(10_000_000));
+}

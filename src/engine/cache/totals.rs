@@ -2,9 +2,10 @@
 //! (`kpi::stored` says what they are and when they hold).
 //!
 //! Persisting: after a day's snapshot or the side snapshot is written, and after a computation
-//! kept new day totals ([`QueryCache::computed`]), a background pass writes every kept day total whose basis is held exactly as stored: its own day and
-//! every day whose openings it reads are their snapshots with nothing merged since, and the side
-//! snapshot when it reads conversions. Restoring: a refresh that loaded days reads their
+//! kept new day totals ([`QueryCache::computed`]), a background pass writes every kept day
+//! total whose basis is held exactly as stored: its own day and every day whose openings it
+//! reads are their snapshots with nothing merged since, and the side snapshot when it reads
+//! conversions. Restoring: a refresh that loaded days reads their
 //! persisted totals and keeps those whose basis is what it holds now, most recently written
 //! first, while the cache is under fifteen sixteenths of its budget (as the warm-up's questions).
 
@@ -18,7 +19,7 @@ use chrono::NaiveDate;
 use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Key, QueryCache, TenantState, Value, WORKER, blocking, in_background};
+use super::{Key, QueryCache, TenantEntry, TenantState, Value, WORKER, blocking, in_background};
 use crate::domain::{Error, tenant::TenantId};
 use crate::engine::{
     kpi::{
@@ -137,50 +138,7 @@ impl<S: Source> QueryCache<S> {
         };
         let (todo, symbols) = {
             let state = entry.state.lock().await;
-            let segments: HashMap<NaiveDate, Arc<Segment>> = (state.days.keys())
-                .filter_map(|d| self.cached(&state, *d).map(|s| (*d, s)))
-                .collect();
-            let held = Held {
-                days: &state.days,
-                segments: &segments,
-                side: state.side_identity(),
-            };
-            let mut todo = Vec::new();
-            let mut persisted = entry.persisted_totals.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seen = Vec::new();
-            for (key, value) in self.entries.iter() {
-                let (Key::Partial(key), Value::Partial(p)) = (&*key, value) else {
-                    continue;
-                };
-                let Slot::Day(day) = key.slot else { continue };
-                if key.tenant != state.generation || !persistable(key) {
-                    continue;
-                }
-                seen.push(key.clone());
-                let Some(segment) = segments.get(&day) else {
-                    continue;
-                };
-                if segment.version != p.from() || !state.changes.still_valid(&p) {
-                    continue;
-                }
-                let Some(basis) = held.basis(day, &p) else {
-                    continue;
-                };
-                if persisted.get(key) == Some(&(p.from(), basis.clone())) {
-                    continue;
-                }
-                todo.push(ToPersist {
-                    key: key.clone(),
-                    day,
-                    partial: p,
-                    segment: segment.clone(),
-                    basis,
-                });
-            }
-            // Totals no longer held are forgotten here too.
-            let seen: std::collections::HashSet<PartialKey> = seen.into_iter().collect();
-            persisted.retain(|k, _| seen.contains(k));
-            (todo, state.symbols.clone())
+            (self.to_persist(&state, &entry), state.symbols.clone())
         };
         let mut written = 0;
         for t in todo {
@@ -212,6 +170,52 @@ impl<S: Source> QueryCache<S> {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// The tenant's kept day totals held now whose basis is exactly as stored and that were not
+    /// persisted on that basis; forgets, in `entry`, those no longer held.
+    fn to_persist(&self, state: &TenantState, entry: &TenantEntry) -> Vec<ToPersist> {
+        let segments: HashMap<NaiveDate, Arc<Segment>> = (state.days.keys())
+            .filter_map(|d| self.cached(state, *d).map(|s| (*d, s)))
+            .collect();
+        let held = Held {
+            days: &state.days,
+            segments: &segments,
+            side: state.side_identity(),
+        };
+        let mut todo = Vec::new();
+        let mut persisted = entry.persisted_totals.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        for (key, value) in self.entries.iter() {
+            let (Key::Partial(key), Value::Partial(p)) = (&*key, value) else {
+                continue;
+            };
+            let Slot::Day(day) = key.slot else { continue };
+            if key.tenant != state.generation || !persistable(key) {
+                continue;
+            }
+            seen.insert(key.clone());
+            let Some(segment) = segments.get(&day) else {
+                continue;
+            };
+            if segment.version != p.from() || !state.changes.still_valid(&p) {
+                continue;
+            }
+            let Some(basis) = held.basis(day, &p) else {
+                continue;
+            };
+            if persisted.get(key) != Some(&(p.from(), basis.clone())) {
+                todo.push(ToPersist {
+                    key: key.clone(),
+                    day,
+                    partial: p,
+                    segment: segment.clone(),
+                    basis,
+                });
+            }
+        }
+        persisted.retain(|k, _| seen.contains(k));
+        todo
     }
 
     /// Reads the persisted totals of the days just loaded (`days`), a day at a time (a 10 M

@@ -20,6 +20,8 @@
 //!
 //! Layout: magic and version, the shape, which rows (kind and number), the basis, the groups
 //! (key, then every [`Acc`] field), the two reads; last, a CRC-32 of everything before it.
+//! Customer lists are sets, written as ascending places (each the difference from the one
+//! before); durations as sorted whole microseconds likewise (`Durations::write_to`).
 //! Ledgers of repeat-contact verdicts are not persisted: a restored day whose returning
 //! customers' openings change is computed again instead of corrected.
 
@@ -292,6 +294,8 @@ impl Ids<'_> {
         }
     }
 
+    /// A byte codec, one function on purpose: it writes every field of [`Acc`] in the order
+    /// [`Names::acc`] reads them, and the two are read side by side.
     fn acc(&mut self, a: &Acc) {
         // Taken apart, so a field added to `Acc` and left out here does not compile.
         #[rustfmt::skip]

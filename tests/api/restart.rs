@@ -26,46 +26,7 @@ use crate::helpers::{TestApp, ev, msg, pool, t};
 
 /// Two conversations of one customer, answered and resolved by ann.
 fn fixture() -> Vec<Event> {
-    let mut events = Vec::new();
-    for (n, at) in [(1, 0), (2, 3_600)] {
-        let conv = format!("r{n}");
-        events.extend([
-            ev(
-                &format!("{conv}-o"),
-                Some(&conv),
-                at,
-                Payload::ConversationOpened(ConversationOpened {
-                    customer_id: "C".into(),
-                    channel: Channel::Whatsapp,
-                    inbox: None,
-                    team: None,
-                    priority: None,
-                    initiated_by: Initiator::Customer,
-                }),
-            ),
-            ev(
-                &format!("{conv}-m"),
-                Some(&conv),
-                at + 30,
-                Payload::Message(Message {
-                    message_id: format!("{conv}-m"),
-                    sender: Sender::Agent,
-                    agent_id: Some("ann".into()),
-                    private: false,
-                }),
-            ),
-            ev(
-                &format!("{conv}-r"),
-                Some(&conv),
-                at + 60,
-                Payload::Resolved(Resolved {
-                    by: ResolvedBy::Agent,
-                    agent_id: Some("ann".into()),
-                }),
-            ),
-        ]);
-    }
-    events
+    [converting("r1", "C", 0, None), converting("r2", "C", 3_600, None)].concat()
 }
 
 fn query() -> pb::Query {

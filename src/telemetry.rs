@@ -177,6 +177,10 @@ fn describe() {
         "chatkpi_query_cache_misses_total",
         "Day segments a query had to read from PostgreSQL"
     );
+    describe_counter!(
+        "chatkpi_kept_answers_served_total",
+        "Dashboard questions answered from their kept answer (docs/metrics.md §9)"
+    );
     describe_gauge!(
         "chatkpi_db_pool_connections",
         "Database pool connections by state (idle, in_use)"

@@ -6,6 +6,7 @@
 //! when the client cancels or its deadline passes). Streams (drill-down, watch) hold only
 //! immutable segments while they wait for a slow reader, never a lock.
 
+mod kept;
 mod warm;
 mod watch;
 
@@ -21,7 +22,7 @@ use crate::{
     domain::{
         Error,
         calendar::{self, Granularity},
-        query::{AskedKind, Query},
+        query::{Asked, AskedKind, Query},
         scorecard::{self, Line},
         settings::{Settings, SettingsUpdate},
         tenant::TenantId,
@@ -79,6 +80,8 @@ pub struct KpiService {
     asked: Arc<warm::AskedLog>,
     /// The watched overviews being computed, shared by the watches of one question.
     watches: Arc<watch::Watches>,
+    /// The dashboard questions' answers, kept for a server that does not hold the tenant.
+    kept: Arc<kept::KeptAnswers>,
 }
 
 impl KpiService {
@@ -86,6 +89,7 @@ impl KpiService {
         Self {
             asked: Arc::new(warm::AskedLog::new(pool.clone())),
             watches: Arc::default(),
+            kept: Arc::new(kept::KeptAnswers::new(pool.clone())),
             pool,
             cache,
             scheduler,
@@ -123,6 +127,23 @@ impl KpiService {
         F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
     {
         let settings = self.settings_for(tenant, query).await?;
+        self.compute_under(settings, tenant, query, reads, seen, f).await
+    }
+
+    /// [`Self::compute`] under `settings`, read for the question.
+    async fn compute_under<R, F>(
+        &self,
+        settings: Settings,
+        tenant: TenantId,
+        query: &Query,
+        reads: Reads,
+        seen: Option<u64>,
+        f: F,
+    ) -> Result<Option<(R, u64)>, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
+    {
         // One of the tenant's computation slots, for the refresh and the computation.
         let _slot = self.scheduler.admit(tenant).await?;
         let view = WORKER
@@ -162,12 +183,69 @@ impl KpiService {
         R: Send + 'static,
         F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
     {
-        let computed = self.compute(tenant, query, reads, None, f).await?;
+        let settings = self.settings_for(tenant, query).await?;
+        self.compute_now_under(settings, tenant, query, reads, f).await
+    }
+
+    /// [`Self::compute_now`] under `settings`, read for the question.
+    async fn compute_now_under<R, F>(
+        &self,
+        settings: Settings,
+        tenant: TenantId,
+        query: &Query,
+        reads: Reads,
+        f: F,
+    ) -> Result<R, Error>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Computation<'_>, &View) -> Result<R, Error> + Send + 'static,
+    {
+        let computed = self
+            .compute_under(settings, tenant, query, reads, None, f)
+            .await?;
         computed.map(|(r, _)| r).ok_or_else(|| {
             Error::Internal(anyhow::anyhow!(
                 "a computation without a version check returned nothing"
             ))
         })
+    }
+
+    /// The answer of a dashboard question (`kind`, computed by `f` from `reads`): its kept
+    /// answer when the cache does not hold the tenant's data and the kept answer still holds
+    /// (docs/metrics.md §9, "Kept answers"), else computed, and kept.
+    async fn answer<R, F>(
+        &self,
+        tenant: TenantId,
+        query: &Query,
+        kind: AskedKind,
+        reads: Reads,
+        f: F,
+    ) -> Result<R, Error>
+    where
+        R: serde::Serialize + serde::de::DeserializeOwned + PartialEq + Send + 'static,
+        F: FnOnce(&Computation<'_>) -> Result<R, Error> + Send + 'static,
+    {
+        let settings = self.settings_for(tenant, query).await?;
+        let asked = Asked {
+            query: query.clone(),
+            kind,
+        };
+        let kept = self.kept.question(tenant, &asked, &settings).await;
+        if let Some(k) = &kept
+            && !self.cache.holds(tenant)
+            && let Some(answer) = self.kept.read(k).await
+        {
+            return Ok(answer);
+        }
+        let (answer, as_of) = self
+            .compute_now_under(settings, tenant, query, reads, move |c, view| {
+                Ok((f(c)?, view.as_of))
+            })
+            .await?;
+        if let Some(k) = kept {
+            self.kept.keep(k, as_of, &answer);
+        }
+        Ok(answer)
     }
 
     /// Every KPI of the window, and of the window before when asked.
@@ -198,7 +276,8 @@ impl KpiService {
         if let Some(p) = &previous {
             reads = reads.and(Reads::summary(p, Grouping::All));
         }
-        self.compute_now(tenant, query, reads, move |c, _| {
+        let kind = AskedKind::Overview { compare_previous };
+        self.answer(tenant, query, kind, reads, move |c| {
             let current = single(c.run(Grouping::All)?);
             let previous = match previous {
                 Some(p) => Some(single(Computation { query: &p, ..*c }.run(Grouping::All)?)),
@@ -232,7 +311,8 @@ impl KpiService {
         limit: usize,
     ) -> Result<(Vec<(String, Kpis)>, usize), Error> {
         let grouping = Grouping::By(dimension);
-        self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
+        let kind = AskedKind::Breakdown { dimension, limit };
+        self.answer(tenant, query, kind, Reads::summary(query, grouping), move |c| {
             let mut rows: Vec<(String, Kpis)> = c
                 .run(grouping)?
                 .into_iter()
@@ -279,7 +359,8 @@ impl KpiService {
             ));
         }
         let grouping = Grouping::Series(granularity);
-        self.compute_now(tenant, query, Reads::summary(query, grouping), move |c, _| {
+        let kind = AskedKind::Series(granularity);
+        self.answer(tenant, query, kind, Reads::summary(query, grouping), move |c| {
             let groups = c.run(grouping)?;
             Ok(groups
                 .into_iter()

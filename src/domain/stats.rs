@@ -4,7 +4,7 @@
 //! part by part (`engine::stats`).
 
 /// Summary of a set of durations in seconds. Everything but `count` is absent over zero items.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DurationStats {
     pub count: u64,
     pub mean: Option<f64>,

@@ -18,7 +18,7 @@ pub fn to_datetime(m: Micros) -> DateTime<Utc> {
 }
 
 /// `[start, end)` in microseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Span {
     pub start: Micros,
     pub end: Micros,

@@ -94,6 +94,19 @@ pub struct View {
     pub customers: Arc<RwLock<Interner>>,
     /// Incremented whenever the tenant's data changed: watchers skip unchanged ticks.
     pub version: u64,
+    /// What the data is as of: an answer computed from it holds while nothing changed since.
+    pub as_of: AsOf,
+}
+
+/// The database state a [`View`] holds: every conversation record, presence and conversion
+/// written by a transaction below `xmin` (and perhaps some at or above it), with `erasures`
+/// erasures done. Its answers hold while the tenant has no record changed and no presence or
+/// conversion event written at or after `xmin`, and still `erasures` erasures (the same
+/// signals a refresh reads, [`QueryCache::view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsOf {
+    pub xmin: i64,
+    pub erasures: i64,
 }
 
 struct TenantEntry {
@@ -108,6 +121,8 @@ struct TenantEntry {
     totals_pass: std::sync::atomic::AtomicBool,
     /// Bytes held by the tenant's names, presence and conversions (its segments weigh apart).
     weight: AtomicU32,
+    /// Whether a refresh of the tenant ended well since the entry was made.
+    refreshed: std::sync::atomic::AtomicBool,
 }
 
 /// How far the days a tenant's refresh loads are (readable without the tenant's lock).
@@ -378,6 +393,7 @@ impl<S: Source> QueryCache<S> {
                 totals_seen: AtomicU64::new(0),
                 totals_pass: Default::default(),
                 weight: AtomicU32::new(0),
+                refreshed: Default::default(),
             }))
         });
         match value {
@@ -436,6 +452,7 @@ impl<S: Source> QueryCache<S> {
                 entry
                     .weight
                     .store(u32::try_from(bytes).unwrap_or(u32::MAX), Ordering::Relaxed);
+                entry.refreshed.store(true, Ordering::Relaxed);
                 if bytes as u64 > self.budget / 4 {
                     // Names of a huge history: start the tenant afresh with what queries read.
                     tracing::warn!(
@@ -645,6 +662,10 @@ impl<S: Source> QueryCache<S> {
             },
             customers: state.customers.clone(),
             version: state.version,
+            as_of: AsOf {
+                xmin,
+                erasures: state.erasures.unwrap_or(0),
+            },
         };
         let bytes = state.heap_bytes();
         (view, bytes)
@@ -1067,6 +1088,17 @@ impl<S: Source> QueryCache<S> {
             .invalidate_entries_if(move |k, _| matches!(k, Key::Partial(p) if p.tenant == generation));
         if let Err(err) = dropped {
             tracing::warn!(error = %err, "cannot drop a tenant's kept totals");
+        }
+    }
+
+    /// Whether the cache holds `tenant`'s data, refreshed before and not loading days now: a
+    /// question about it is answered in memory without waiting for a load (whole or partial).
+    pub fn holds(&self, tenant: TenantId) -> bool {
+        match self.entries.get(&Key::Tenant(tenant)) {
+            Some(Value::Tenant(entry)) => {
+                entry.refreshed.load(Ordering::Relaxed) && entry.progress.days.load(Ordering::Relaxed) == 0
+            }
+            _ => false,
         }
     }
 

@@ -4,6 +4,7 @@
 //! the events and the facts derived from them commit together.
 
 pub mod alerts;
+pub mod answers;
 pub mod events;
 pub mod questions;
 pub mod segments;

@@ -123,6 +123,13 @@ fn to_doc(asked: &Asked) -> AskedDoc {
     }
 }
 
+/// `asked` as its stored document (JSON): the whole question, its window included, written the
+/// same way by every process of one build (the key of its kept answer, store/answers.rs).
+pub fn document(asked: &Asked) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(&to_doc(asked))
+        .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot encode a question")))
+}
+
 /// A lookahead stored in microseconds, checked as a client's would be.
 fn lookahead(field: &str, us: i64) -> Result<Duration, Error> {
     let nanos = i32::try_from(us.rem_euclid(1_000_000) * 1_000).unwrap_or(0);

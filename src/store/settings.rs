@@ -108,3 +108,16 @@ pub async fn update(pool: &PgPool, tenant: TenantId, update: SettingsUpdate) -> 
     tx.commit().await?;
     Ok(settings)
 }
+
+/// SHA-256 of `settings` as they are stored: equal settings have equal fingerprints, and a kept
+/// answer computed under other settings is not read back (store/answers.rs).
+pub fn fingerprint(settings: &Settings) -> Result<[u8; 32], Error> {
+    use sha2::Digest;
+    let doc = serde_json::to_vec(&(
+        settings.business_hours.as_ref().map(to_doc),
+        &settings.targets,
+        &settings.sla_policies,
+    ))
+    .map_err(|e| Error::Internal(anyhow::Error::new(e).context("cannot encode settings")))?;
+    Ok(sha2::Sha256::digest(&doc).into())
+}

@@ -253,8 +253,9 @@ pub async fn erase_customer(pool: &PgPool, tenant: TenantId, customer: &str) -> 
     })
 }
 
-/// Deletes the persisted data an erasure may leave naming the customer: the snapshots of
-/// `days` and the tenant's presence and conversions snapshot (engine/side.rs).
+/// Deletes the persisted data an erasure may leave naming or counting the customer: the
+/// snapshots of `days`, the tenant's presence and conversions snapshot (engine/side.rs) and its
+/// kept answers (store/answers.rs).
 async fn drop_snapshots(
     tx: &mut sqlx::PgConnection,
     tenant: TenantId,
@@ -270,6 +271,7 @@ async fn drop_snapshots(
     sqlx::query!("delete from side_snapshots where tenant_id = $1", tenant.0)
         .execute(&mut *tx)
         .await?;
+    super::answers::forget(tx, tenant).await?;
     Ok(())
 }
 

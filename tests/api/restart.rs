@@ -7,12 +7,15 @@ use chatkpi::{
     app::kpis::{KpiService, QueryCache},
     domain::{
         Error,
+        calendar::Granularity,
         event::*,
-        kpi::Kpis,
+        kpi::{Kpis, Targets},
         query::{Asked, AskedKind, Query, Window},
+        settings::SettingsUpdate,
         tenant::TenantId,
     },
     engine::{
+        kpi::Dimension,
         schedule::Scheduler,
         source::{Snapshot, SnapshotPart, Source, SourceReads},
     },
@@ -446,11 +449,16 @@ async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_b
         "only the third day's totals (which read no other day) hold"
     );
     let after = next.overview(app.tenant, &query, false).await.unwrap().0;
-    sqlx::query("delete from kept_totals where tenant_id = $1")
-        .bind(app.tenant.0)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    for sql in [
+        "delete from kept_totals where tenant_id = $1",
+        "delete from kept_answers where tenant_id = $1",
+    ] {
+        sqlx::query(sql)
+            .bind(app.tenant.0)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
     let from_rows = restarted(&app.pool)
         .overview(app.tenant, &query, false)
         .await
@@ -475,4 +483,152 @@ async fn a_conversion_dated_before_those_held_leaves_kept_revenue_right() {
     let after = process.overview(app.tenant, &query, false).await.unwrap().0;
     assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
     assert_eq!(after.conversion.conversions, 2);
+}
+
+// Kept answers (docs/metrics.md §9, "Kept answers"): a process that does not hold the tenant
+// answers a question asked before from the answer kept, while nothing it read changed.
+
+const ANSWERS: &str = "select count(*) from kept_answers where tenant_id = $1";
+
+/// The overview of `query` computed by a fresh process, once its answer is kept.
+async fn asked_and_kept(app: &TestApp, query: &Query) -> Kpis {
+    let answer = restarted(&app.pool)
+        .overview(app.tenant, query, false)
+        .await
+        .unwrap()
+        .0;
+    wait_for_rows(&app.pool, ANSWERS, app.tenant, 1).await;
+    answer
+}
+
+#[tokio::test]
+async fn a_restarted_server_answers_the_dashboard_questions_asked_before_without_loading_a_day() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    let first = restarted(&app.pool);
+    let overview = first.overview(app.tenant, &query, true).await.unwrap();
+    let agents = first
+        .breakdown(app.tenant, &query, Dimension::Agent, 10)
+        .await
+        .unwrap();
+    let days = first
+        .time_series(app.tenant, &query, Granularity::Day)
+        .await
+        .unwrap();
+    wait_for_rows(&app.pool, ANSWERS, app.tenant, 3).await;
+
+    let next = restarted(&app.pool);
+    assert_eq!(next.overview(app.tenant, &query, true).await.unwrap(), overview);
+    assert_eq!(
+        next.breakdown(app.tenant, &query, Dimension::Agent, 10)
+            .await
+            .unwrap(),
+        agents
+    );
+    assert_eq!(
+        next.time_series(app.tenant, &query, Granularity::Day)
+            .await
+            .unwrap(),
+        days
+    );
+    assert_eq!(next.cache().bytes(), 0, "no day loaded");
+    assert_eq!((overview.0.conversations, agents.1, days.len()), (4, 1, 6));
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_not_read_back_for_another_window() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    asked_and_kept(&app, &three_day_window()).await;
+    let next = restarted(&app.pool);
+    let first_day = Query::new(Window::new(t(-86_400), t(86_400)).unwrap());
+    let answer = next.overview(app.tenant, &first_day, false).await.unwrap().0;
+    assert_eq!(answer.conversations, 1);
+    assert!(next.cache().bytes() > 0);
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_not_read_back_once_a_conversation_changed_since() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    asked_and_kept(&app, &query).await;
+    app.ingest(&converting("d3b", "D", 2 * 86_400 + 600, None))
+        .await
+        .unwrap();
+    let answer = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(answer.conversations, 5);
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_not_read_back_once_a_conversion_was_stored_since() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    asked_and_kept(&app, &query).await;
+    // C converts after its conversation on the third day: attributed to it (no record changes).
+    app.ingest(&[conversion("d3-c", "C", 2 * 86_400 + 300, 40)])
+        .await
+        .unwrap();
+    let answer = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(answer.conversion.revenue, vec![("EUR".to_owned(), 547)]);
+}
+
+#[tokio::test]
+async fn a_kept_answer_is_not_read_back_under_other_settings() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    let before = asked_and_kept(&app, &query).await;
+    assert_eq!(before.resolution.within_target, Some(100.0));
+    // Every conversation was resolved 60 s after it opened: none within a 10 s target.
+    let targets = Targets {
+        resolution_seconds: 10.0,
+        ..Targets::default()
+    };
+    let update = SettingsUpdate {
+        targets: Some(targets),
+        ..SettingsUpdate::default()
+    };
+    store::settings::update(&app.pool, app.tenant, update)
+        .await
+        .unwrap();
+    let answer = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(answer.resolution.within_target, Some(0.0));
+}
+
+#[tokio::test]
+async fn an_erasure_deletes_the_kept_answers_of_the_tenant() {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    let query = three_day_window();
+    asked_and_kept(&app, &query).await;
+    store::tenants::erase_customer(&app.pool, app.tenant, "A")
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(ANSWERS)
+        .bind(app.tenant.0)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    let answer = restarted(&app.pool)
+        .overview(app.tenant, &query, false)
+        .await
+        .unwrap()
+        .0;
+    assert_eq!(answer.conversations, 2);
 }

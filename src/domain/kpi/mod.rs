@@ -106,7 +106,7 @@ impl Default for Targets {
 }
 
 /// CSAT answers (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Csat {
     pub responses: u64,
     /// Mean score mapped to 1-5 (`1 + 4 * (score - min) / (max - min)`), so answers on
@@ -122,7 +122,7 @@ pub struct Csat {
 }
 
 /// NPS answers.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Nps {
     pub responses: u64,
     pub promoters: u64,
@@ -135,7 +135,7 @@ pub struct Nps {
 }
 
 /// CES answers, mapped to 1-7.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Ces {
     pub responses: u64,
     pub mean_score: Option<f64>,
@@ -144,7 +144,7 @@ pub struct Ces {
 }
 
 /// Conversion rate and revenue (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ConversionKpis {
     pub customers: u64,
     pub converted: u64,
@@ -156,7 +156,7 @@ pub struct ConversionKpis {
 }
 
 /// Retention (docs/metrics.md §5).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Retention {
     pub previous_customers: u64,
     pub retained: u64,
@@ -164,7 +164,7 @@ pub struct Retention {
 }
 
 /// Every KPI of docs/metrics.md §5 for one group.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Kpis {
     pub conversations: u64,
     pub messages_received: u64,
@@ -216,7 +216,7 @@ pub struct Kpis {
 }
 
 /// SLA figures of a group: per metric and over all three (docs/metrics.md §10).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SlaKpis {
     pub first_response: SlaStats,
     pub next_response: SlaStats,
@@ -226,7 +226,7 @@ pub struct SlaKpis {
 
 /// Clocks that stopped in the window: achieved, breached, breach rate and the time over target
 /// of the breached ones (seconds, calendar or business as each target counts).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SlaStats {
     pub achieved: u64,
     pub breached: u64,

@@ -44,6 +44,21 @@ pub const MAX_BUCKETS: usize = 10_000;
 /// Drill-down rows rendered ahead of a slow reader.
 const DRILL_DOWN_AHEAD: usize = 256;
 
+/// Whether a call whose data took `waited` to be ready (of a cache that waits `patience` for a
+/// tenant's load) still has the time to compute: over half the patience, the tenant's days were
+/// loading (a large history: minutes), and what is left of the request's time may not cover the
+/// first computation over them (10 M conversations: 5-15 s, BENCHMARKS.md). Then the call says
+/// so (UNAVAILABLE, retry now: the data stays in memory) instead of running out of time.
+fn loaded_in_time(waited: Duration, patience: Duration) -> Result<(), Error> {
+    if waited <= patience / 2 {
+        return Ok(());
+    }
+    Err(Error::Unavailable(format!(
+        "the tenant's data was brought into memory while this call waited {} s; retry now for the answer",
+        waited.as_secs()
+    )))
+}
+
 /// Raises a [`Cancel`] flag when dropped: computations of a request that went away stop.
 struct CancelOnDrop(Arc<Cancel>);
 
@@ -146,9 +161,13 @@ impl KpiService {
     {
         // One of the tenant's computation slots, for the refresh and the computation.
         let _slot = self.scheduler.admit(tenant).await?;
+        let asked = std::time::Instant::now();
         let view = WORKER
             .scope((self.scheduler.clone(), tenant), self.cache.view(tenant, &reads))
             .await?;
+        if seen.is_none() {
+            loaded_in_time(asked.elapsed(), self.cache.patience())?;
+        }
         if seen == Some(view.version) {
             return Ok(None);
         }
@@ -624,4 +643,25 @@ fn by_conversations(a: &(String, Kpis), b: &(String, Kpis)) -> std::cmp::Orderin
 
 fn single(mut groups: Vec<(GroupKey, Kpis)>) -> Kpis {
     groups.pop().map(|(_, k)| k).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_whose_data_was_ready_within_half_the_patience_computes() {
+        let patience = Duration::from_secs(24);
+        assert!(loaded_in_time(Duration::from_secs(12), patience).is_ok());
+    }
+
+    #[test]
+    fn a_call_that_waited_over_half_the_patience_for_a_load_is_told_to_retry() {
+        let patience = Duration::from_secs(24);
+        let err = loaded_in_time(Duration::from_millis(12_001), patience).unwrap_err();
+        assert!(
+            matches!(&err, Error::Unavailable(m) if m.contains("retry now")),
+            "{err:?}"
+        );
+    }
 }

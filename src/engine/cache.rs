@@ -1091,6 +1091,11 @@ impl<S: Source> QueryCache<S> {
         }
     }
 
+    /// How long a call waits for its tenant's data before it is told the load goes on.
+    pub fn patience(&self) -> Duration {
+        self.patience
+    }
+
     /// Whether the cache holds `tenant`'s data, refreshed before and not loading days now: a
     /// question about it is answered in memory without waiting for a load (whole or partial).
     pub fn holds(&self, tenant: TenantId) -> bool {

@@ -144,23 +144,77 @@ pub async fn store_facts(pool: &PgPool, tenant: TenantId, facts: &[ConversationF
 }
 
 /// Derives again every conversation stored by an older derivation (`derivation` below
-/// [`facts::DERIVATION`]), tenant by tenant; returns how many were derived.
+/// [`facts::DERIVATION`]), tenant by tenant; returns how many were derived. A tenant checked
+/// before against this derivation (`derivation_checks`) is checked only in the rows changed
+/// since (index `conversations_by_change`): a start reads every conversation once per
+/// derivation, not every time.
 pub async fn reproject_outdated(pool: &PgPool) -> Result<u64, Error> {
-    let tenants = sqlx::query_scalar!(
-        "select distinct tenant_id from conversations where derivation < $1 order by tenant_id",
+    // Taken before the check: every row changed by a transaction below it is read by the check.
+    let checked =
+        sqlx::query_scalar!(r#"select pg_snapshot_xmin(pg_current_snapshot())::text::bigint as "xmin!""#)
+            .fetch_one(pool)
+            .await?;
+    let checks = sqlx::query!(
+        r#"select t.tenant_id, d.checked_xmin::text::bigint as checked from tenants t
+           left join derivation_checks d on d.tenant_id = t.tenant_id and d.derivation = $1
+           order by t.tenant_id"#,
         facts::DERIVATION
     )
     .fetch_all(pool)
     .await?;
     let mut done = 0;
-    for tenant in tenants.into_iter().map(TenantId) {
-        tracing::info!(
-            tenant = tenant.0,
-            "deriving the tenant's conversations again (upgrade)"
-        );
-        done += reproject(pool, tenant, 2000).await?;
+    for check in checks {
+        let tenant = TenantId(check.tenant_id);
+        if outdated_since(pool, tenant, check.checked).await? {
+            tracing::info!(
+                tenant = tenant.0,
+                "deriving the tenant's conversations again (upgrade)"
+            );
+            done += reproject(pool, tenant, 2000).await?;
+        }
     }
+    sqlx::query!(
+        "insert into derivation_checks (tenant_id, derivation, checked_xmin) \
+         select tenant_id, $1, $2::text::xid8 from tenants \
+         on conflict (tenant_id) do update \
+           set derivation = excluded.derivation, checked_xmin = excluded.checked_xmin",
+        facts::DERIVATION,
+        checked.to_string()
+    )
+    .execute(pool)
+    .await?;
     Ok(done)
+}
+
+/// Whether `tenant` has a conversation written by an older derivation: among the rows changed
+/// at or after `checked` when given (one statement per tenant, so that the planner sees the
+/// xid and reads the range of `conversations_by_change`; joined over tenants it scanned every
+/// conversation).
+async fn outdated_since(pool: &PgPool, tenant: TenantId, checked: Option<i64>) -> Result<bool, Error> {
+    let outdated = match checked {
+        Some(xmin) => {
+            sqlx::query_scalar!(
+                r#"select exists (select 1 from conversations where tenant_id = $1
+                              and change_xid >= $2::text::xid8 and derivation < $3) as "outdated!""#,
+                tenant.0,
+                xmin.to_string(),
+                facts::DERIVATION
+            )
+            .fetch_one(pool)
+            .await?
+        }
+        None => {
+            sqlx::query_scalar!(
+                r#"select exists (select 1 from conversations where tenant_id = $1
+                              and derivation < $2) as "outdated!""#,
+                tenant.0,
+                facts::DERIVATION
+            )
+            .fetch_one(pool)
+            .await?
+        }
+    };
+    Ok(outdated)
 }
 
 /// Every tenant id.

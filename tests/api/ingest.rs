@@ -3,7 +3,7 @@
 use chatkpi::{
     domain::{
         event::*,
-        facts::{ConversationFacts, State},
+        facts::{ConversationFacts, DERIVATION, State},
     },
     grpc::{convert::event_to_proto, pb},
     store,
@@ -495,4 +495,46 @@ async fn reproject_rebuilds_the_same_facts_from_the_events() {
                 .await
                 .unwrap()
     );
+}
+
+/// The derivation that wrote `conversation` of the test's tenant.
+async fn derivation_of(app: &TestApp, conversation: &str) -> i16 {
+    sqlx::query_scalar("select derivation from conversations where tenant_id = $1 and conversation_id = $2")
+        .bind(app.tenant)
+        .bind(conversation)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_start_derives_again_what_an_older_derivation_wrote_since_the_last_check() {
+    let app = TestApp::spawn().await;
+    let events = simulate(&SimConfig {
+        conversations: 5,
+        days: 1,
+        seed: 4,
+        ..SimConfig::default()
+    });
+    app.ingest(&events).await.unwrap();
+    // A first start checks every conversation of the tenant: none is outdated.
+    store::events::reproject_outdated(&app.pool).await.unwrap();
+    // Then a server of the derivation before writes one (as an upsert does: a new change_xid).
+    let written: String = sqlx::query_scalar(
+        "update conversations set derivation = derivation - 1, change_xid = pg_current_xact_id() \
+         where tenant_id = $1 and conversation_id = (select min(conversation_id) from conversations \
+         where tenant_id = $1) returning conversation_id",
+    )
+    .bind(app.tenant)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(derivation_of(&app, &written).await, DERIVATION - 1);
+    // The next start finds it among the rows changed since its check.
+    let derived = store::events::reproject_outdated(&app.pool).await.unwrap();
+    assert!(
+        derived >= 5,
+        "the tenant's 5 conversations derived again: {derived}"
+    );
+    assert_eq!(derivation_of(&app, &written).await, DERIVATION);
 }

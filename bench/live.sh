@@ -31,7 +31,8 @@ FLAGS=(${SERVE_FLAGS:-})
 SAMPLES=$(mktemp)
 start_server "$PORT" "${FLAGS[@]}"
 $BENCH bench-queries --server "http://127.0.0.1:$PORT" --api-key "$KEY" --from $FROM --to $TO \
-  --time-zone Europe/Berlin --queries overview,breakdown_agent,series_day --iterations 1 >/dev/null
+  --time-zone Europe/Berlin --queries overview,breakdown_agent,series_day --iterations 1 \
+  --retry-while-loading >/dev/null
 RUN=$(date +%s)
 for round in $(seq 1 "$ROUNDS"); do
   for rate in 0 100 3000; do

@@ -44,13 +44,15 @@ pub const MAX_BUCKETS: usize = 10_000;
 /// Drill-down rows rendered ahead of a slow reader.
 const DRILL_DOWN_AHEAD: usize = 256;
 
-/// Whether a call whose data took `waited` to be ready (of a cache that waits `patience` for a
-/// tenant's load) still has the time to compute: over half the patience, the tenant's days were
-/// loading (a large history: minutes), and what is left of the request's time may not cover the
-/// first computation over them (10 M conversations: 5-15 s, BENCHMARKS.md). Then the call says
-/// so (UNAVAILABLE, retry now: the data stays in memory) instead of running out of time.
+/// Whether a call whose data took `waited` to be ready (of a cache that waits `patience`, four
+/// fifths of the request timeout, for a tenant's load) still has the time to compute: over three
+/// quarters of the patience, the tenant's days were loading (a large history: minutes), and the
+/// two fifths of the request's time left may not cover the first computation over them (10 M
+/// conversations: 5-15 s, BENCHMARKS.md; 1 M: about 1 s after a 12 s load, which half the
+/// patience refused in `bench/live.sh`). Then the call says so (UNAVAILABLE, retry now: the data
+/// stays in memory) instead of running out of time.
 fn loaded_in_time(waited: Duration, patience: Duration) -> Result<(), Error> {
-    if waited <= patience / 2 {
+    if waited <= patience / 4 * 3 {
         return Ok(());
     }
     Err(Error::Unavailable(format!(
@@ -650,15 +652,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_call_whose_data_was_ready_within_half_the_patience_computes() {
+    fn a_call_whose_data_was_ready_within_three_quarters_of_the_patience_computes() {
         let patience = Duration::from_secs(24);
-        assert!(loaded_in_time(Duration::from_secs(12), patience).is_ok());
+        assert!(loaded_in_time(Duration::from_secs(18), patience).is_ok());
     }
 
     #[test]
-    fn a_call_that_waited_over_half_the_patience_for_a_load_is_told_to_retry() {
+    fn a_call_that_waited_over_three_quarters_of_the_patience_for_a_load_is_told_to_retry() {
         let patience = Duration::from_secs(24);
-        let err = loaded_in_time(Duration::from_millis(12_001), patience).unwrap_err();
+        let err = loaded_in_time(Duration::from_millis(18_001), patience).unwrap_err();
         assert!(
             matches!(&err, Error::Unavailable(m) if m.contains("retry now")),
             "{err:?}"

@@ -397,6 +397,13 @@ fn three_day_window() -> Query {
     Query::new(Window::new(t(-86_400), t(4 * 86_400)).unwrap())
 }
 
+/// A tenant holding [`three_days`], and the window over them.
+async fn three_days_stored() -> (TestApp, Query) {
+    let app = TestApp::spawn().await;
+    app.ingest(&three_days()).await.unwrap();
+    (app, three_day_window())
+}
+
 /// The overview of `query` asked twice of a fresh process (the second call persists the totals
 /// the first kept, if the snapshots were written before them), once the tenant's kept totals
 /// are stored.
@@ -412,9 +419,7 @@ async fn asked_and_persisted(app: &TestApp, query: &Query) -> Kpis {
 
 #[tokio::test]
 async fn a_restarted_server_reads_back_the_kept_totals_of_its_settled_days_and_answers_the_same() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     let before = asked_and_persisted(&app, &query).await;
     assert_eq!(
         (before.conversations, before.conversion.revenue.clone()),
@@ -431,9 +436,7 @@ async fn a_restarted_server_reads_back_the_kept_totals_of_its_settled_days_and_a
 
 #[tokio::test]
 async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_back() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     asked_and_persisted(&app, &query).await;
     // C comes back on the second day: the second day's snapshot is stale, and so are the
     // totals of the first, whose repeat-contact verdicts read the second day's openings.
@@ -470,9 +473,7 @@ async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_b
 
 #[tokio::test]
 async fn a_conversion_dated_before_those_held_leaves_kept_revenue_right() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     let process = restarted(&app.pool);
     let before = process.overview(app.tenant, &query, false).await.unwrap().0;
     assert_eq!(before.conversion.revenue, vec![("EUR".to_owned(), 507)]);
@@ -503,9 +504,7 @@ async fn asked_and_kept(app: &TestApp, query: &Query) -> Kpis {
 
 #[tokio::test]
 async fn a_restarted_server_answers_the_dashboard_questions_asked_before_without_loading_a_day() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     let first = restarted(&app.pool);
     let overview = first.overview(app.tenant, &query, true).await.unwrap();
     let agents = first
@@ -538,9 +537,8 @@ async fn a_restarted_server_answers_the_dashboard_questions_asked_before_without
 
 #[tokio::test]
 async fn a_kept_answer_is_not_read_back_for_another_window() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    asked_and_kept(&app, &three_day_window()).await;
+    let (app, query) = three_days_stored().await;
+    asked_and_kept(&app, &query).await;
     let next = restarted(&app.pool);
     let first_day = Query::new(Window::new(t(-86_400), t(86_400)).unwrap());
     let answer = next.overview(app.tenant, &first_day, false).await.unwrap().0;
@@ -550,9 +548,7 @@ async fn a_kept_answer_is_not_read_back_for_another_window() {
 
 #[tokio::test]
 async fn a_kept_answer_is_not_read_back_once_a_conversation_changed_since() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     asked_and_kept(&app, &query).await;
     app.ingest(&converting("d3b", "D", 2 * 86_400 + 600, None))
         .await
@@ -567,9 +563,7 @@ async fn a_kept_answer_is_not_read_back_once_a_conversation_changed_since() {
 
 #[tokio::test]
 async fn a_kept_answer_is_not_read_back_once_a_conversion_was_stored_since() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     asked_and_kept(&app, &query).await;
     // C converts after its conversation on the third day: attributed to it (no record changes).
     app.ingest(&[conversion("d3-c", "C", 2 * 86_400 + 300, 40)])
@@ -585,9 +579,7 @@ async fn a_kept_answer_is_not_read_back_once_a_conversion_was_stored_since() {
 
 #[tokio::test]
 async fn a_kept_answer_is_not_read_back_under_other_settings() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     let before = asked_and_kept(&app, &query).await;
     assert_eq!(before.resolution.within_target, Some(100.0));
     // Every conversation was resolved 60 s after it opened: none within a 10 s target.
@@ -612,9 +604,7 @@ async fn a_kept_answer_is_not_read_back_under_other_settings() {
 
 #[tokio::test]
 async fn an_erasure_deletes_the_kept_answers_of_the_tenant() {
-    let app = TestApp::spawn().await;
-    app.ingest(&three_days()).await.unwrap();
-    let query = three_day_window();
+    let (app, query) = three_days_stored().await;
     asked_and_kept(&app, &query).await;
     store::tenants::erase_customer(&app.pool, app.tenant, "A")
         .await

@@ -46,7 +46,7 @@ use crate::domain::{
     event::Payload,
     facts::ConversationFacts,
     tenant::TenantId,
-    time::{OPEN_END, Span, micros},
+    time::{Micros, OPEN_END, Span, micros},
 };
 
 /// Connections reading a tenant's days at once when they are loaded.
@@ -207,6 +207,8 @@ struct TenantState {
     /// The tenant's erasure counter when the state was read (`None` before the first refresh):
     /// when the database's moves, the state is rebuilt (a deletion leaves no changed row).
     erasures: Option<i64>,
+    /// What the running refresh loaded on top of snapshots (`totals`).
+    loaded: totals::Loaded,
 }
 
 impl TenantState {
@@ -229,6 +231,7 @@ impl TenantState {
             version: 0,
             persisted_at: HashMap::new(),
             erasures: None,
+            loaded: totals::Loaded::default(),
         }
     }
 
@@ -607,6 +610,7 @@ impl<S: Source> QueryCache<S> {
             mut erased,
         } = news;
         let first = state.xmin.is_none();
+        state.loaded = totals::Loaded::default();
         if let Some(days) = days {
             state.set_days(days);
         }
@@ -621,7 +625,7 @@ impl<S: Source> QueryCache<S> {
         self.apply_changes(&mut state, changed, xmin)?;
         let side = match side {
             SideEvents::Read(events) => {
-                if state.apply_side_events(events, xmin, true) {
+                if state.apply_side_events(events, xmin, true).changed {
                     state.version += 1;
                 }
                 None
@@ -645,6 +649,7 @@ impl<S: Source> QueryCache<S> {
         xmin: i64,
     ) -> (View, usize) {
         state.xmin = Some(xmin);
+        state.loaded = totals::Loaded::default();
         state
             .recent_side_events
             .retain(|_, ingest_xid| *ingest_xid >= xmin);
@@ -945,24 +950,33 @@ impl<S: Source> QueryCache<S> {
             let facts = decode_all(&rows)?;
             drop(rows);
             let customers = state.customers.clone();
+            // Openings the records merged on top of a snapshot move (`totals::Loaded`).
+            let mut loaded = std::mem::take(&mut state.loaded);
             let mut symbols = |n: &str| state.symbol(n);
             let seg = match (partial, base) {
                 (Some(partial), _) if facts.is_empty() => partial,
-                (Some(partial), _) => Arc::new(partial.merge(&facts, xmin, &mut symbols, &mut write(&customers))),
+                (Some(partial), _) => {
+                    loaded.merging(&partial, &facts, &mut write(&customers));
+                    Arc::new(partial.merge(&facts, xmin, &mut symbols, &mut write(&customers)))
+                }
                 (None, Some(Ok(parsed))) => {
                     let base = parsed.attach(&mut symbols, &mut write(&customers));
+                    loaded.days.insert(day, base.as_of);
                     if facts.is_empty() {
                         Arc::new(base)
                     } else {
+                        loaded.merging(&base, &facts, &mut write(&customers));
                         Arc::new(base.merge(&facts, xmin, &mut symbols, &mut write(&customers)))
                     }
                 }
                 (None, Some(Err(err))) => {
                     tracing::warn!(tenant = state.tenant.0, %day, error = %err, "ignoring a damaged segment snapshot");
+                    state.loaded = loaded;
                     return Ok((state, None));
                 }
                 (None, None) => Arc::new(Segment::build(day, &facts, xmin, &mut symbols, &mut write(&customers))),
             };
+            state.loaded = loaded;
             Ok((state, Some(seg)))
         })
         .await
@@ -1170,13 +1184,19 @@ impl TenantState {
             }
             None => NEVER_PERSISTED,
         };
-        // The tenant's first read: no totals were kept yet, nothing to log.
-        self.apply_side_events(read.events, xmin, false);
+        // The tenant's first read: no totals were kept yet, nothing to log now; the totals read
+        // back with the days log the conversions stored since the snapshot (`totals::Loaded`).
+        let news = self.apply_side_events(read.events, xmin, false);
+        self.loaded.side = self.side_xmin.map(|xmin| totals::SideLoaded {
+            xmin,
+            conversions: news.conversions,
+            moved: news.moved,
+        });
     }
 
     /// Applies presence and conversion events not applied before (logging the customers of new
-    /// conversions when `log`); returns whether any was new.
-    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64, log: bool) -> bool {
+    /// conversions when `log`).
+    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64, log: bool) -> SideNews {
         let mut new_presence = Vec::new();
         let mut new_conversions = Vec::new();
         for e in events {
@@ -1234,18 +1254,37 @@ impl TenantState {
             // every kept total stale instead.
             let newest = self.conversions.last().map(|c| c.at);
             let moves = newest.is_some_and(|newest| new_conversions.iter().any(|c| c.at < newest));
+            let customers: Vec<_> = new_conversions.iter().map(|c| (c.customer, c.at)).collect();
             if moves {
                 Arc::make_mut(&mut self.changes).reset();
             } else if log {
-                let customers = new_conversions.iter().map(|c| (c.customer, c.at)).collect();
-                Arc::make_mut(&mut self.changes).record(Vec::new(), customers);
+                Arc::make_mut(&mut self.changes).record(Vec::new(), customers.clone());
             }
             let all = Arc::make_mut(&mut self.conversions);
             all.extend(new_conversions);
             all.sort_by_key(|c| c.at);
+            return SideNews {
+                changed: true,
+                conversions: customers,
+                moved: moves,
+            };
         }
-        presence_changed || conversions_changed
+        SideNews {
+            changed: presence_changed,
+            conversions: Vec::new(),
+            moved: false,
+        }
     }
+}
+
+/// What applying presence and conversion events did ([`TenantState::apply_side_events`]).
+struct SideNews {
+    /// Any event was new.
+    changed: bool,
+    /// (customer, time) of each new conversion.
+    conversions: Vec<(u32, Micros)>,
+    /// One of them is dated before a conversion held before.
+    moved: bool,
 }
 
 /// The bounds of days as read from the database.

@@ -434,24 +434,9 @@ async fn a_restarted_server_reads_back_the_kept_totals_of_its_settled_days_and_a
     assert_eq!(after, before);
 }
 
-#[tokio::test]
-async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_back() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
-    // C comes back on the second day: the second day's snapshot is stale, and so are the
-    // totals of the first, whose repeat-contact verdicts read the second day's openings.
-    app.ingest(&converting("d2c", "C", 86_400 + 1_200, None))
-        .await
-        .unwrap();
-
-    let next = restarted(&app.pool);
-    next.cache().warm_up(35, Duration::from_secs(30)).await;
-    assert_eq!(
-        next.cache().kept_totals(app.tenant).await,
-        1,
-        "only the third day's totals (which read no other day) hold"
-    );
-    let after = next.overview(app.tenant, &query, false).await.unwrap().0;
+/// The overview of `query` computed from the tenant's rows by a fresh process (no kept totals,
+/// no kept answer): the reference the restored totals must agree with.
+async fn from_rows(app: &TestApp, query: &Query) -> Kpis {
     for sql in [
         "delete from kept_totals where tenant_id = $1",
         "delete from kept_answers where tenant_id = $1",
@@ -462,13 +447,90 @@ async fn kept_totals_whose_days_changed_after_they_were_persisted_are_not_read_b
             .await
             .unwrap();
     }
-    let from_rows = restarted(&app.pool)
-        .overview(app.tenant, &query, false)
+    restarted(&app.pool)
+        .overview(app.tenant, query, false)
         .await
         .unwrap()
-        .0;
-    assert_eq!(after, from_rows);
+        .0
+}
+
+/// A restarted process that loaded the tenant's days (reading back what totals hold): how many
+/// totals it holds, and its overview of `query`.
+async fn restarted_overview(app: &TestApp, query: &Query) -> (usize, Kpis) {
+    let next = restarted(&app.pool);
+    next.cache().warm_up(35, Duration::from_secs(30)).await;
+    let restored = next.cache().kept_totals(app.tenant).await;
+    (restored, next.overview(app.tenant, query, false).await.unwrap().0)
+}
+
+#[tokio::test]
+async fn kept_totals_of_the_days_a_write_left_alone_are_read_back_and_answer_as_the_rows() {
+    let (app, query) = three_days_stored().await;
+    asked_and_persisted(&app, &query).await;
+    // C comes back on the second day: the second day's snapshot is stale; the first day's
+    // totals read the second day's openings, but only A's, which did not change.
+    app.ingest(&converting("d2c", "C", 86_400 + 1_200, None))
+        .await
+        .unwrap();
+
+    let (restored, after) = restarted_overview(&app, &query).await;
+    assert_eq!(restored, 2, "the first and third days' totals hold");
+    assert_eq!(after, from_rows(&app, &query).await);
     assert_eq!(after.conversations, 5);
+}
+
+#[tokio::test]
+async fn a_restored_total_whose_customer_came_back_since_is_computed_again() {
+    let app = TestApp::spawn().await;
+    let query = three_day_window();
+    // D's conversation on the first day is no repeat contact when the totals are persisted.
+    app.ingest(&[three_days(), converting("d1d", "D", 1_000, None)].concat())
+        .await
+        .unwrap();
+    let before = asked_and_persisted(&app, &query).await;
+    // D comes back on the second day: the first day's persisted totals, which read the second
+    // day's openings, judged D's conversation otherwise.
+    app.ingest(&converting("d2d", "D", 86_400 + 2_000, None))
+        .await
+        .unwrap();
+
+    let (restored, after) = restarted_overview(&app, &query).await;
+    assert_eq!(restored, 2, "the first and third days' totals are read back");
+    assert_eq!(after, from_rows(&app, &query).await);
+    assert_ne!(after.repeat_contact_rate, before.repeat_contact_rate);
+}
+
+#[tokio::test]
+async fn a_restored_total_that_attributes_a_conversion_stored_since_is_computed_again() {
+    let (app, query) = three_days_stored().await;
+    asked_and_persisted(&app, &query).await;
+    // A converts again after everything: attributed to A's conversation of the second day.
+    app.ingest(&[conversion("a-c2", "A", 2 * 86_400 + 5_000, 40)])
+        .await
+        .unwrap();
+
+    let (restored, after) = restarted_overview(&app, &query).await;
+    assert_eq!(
+        restored, 3,
+        "no conversation changed: every day's totals are read back"
+    );
+    assert_eq!(after, from_rows(&app, &query).await);
+    assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 547)]);
+}
+
+#[tokio::test]
+async fn a_conversion_stored_since_and_dated_before_those_persisted_leaves_restored_revenue_right() {
+    let (app, query) = three_days_stored().await;
+    asked_and_persisted(&app, &query).await;
+    // Z, who opened no conversation, converts before everyone: every later conversion's place
+    // in the time-sorted list moves by one.
+    app.ingest(&[conversion("z-c", "Z", -3_600, 100_000)])
+        .await
+        .unwrap();
+
+    let (_, after) = restarted_overview(&app, &query).await;
+    assert_eq!(after, from_rows(&app, &query).await);
+    assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
 }
 
 #[tokio::test]

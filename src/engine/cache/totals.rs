@@ -5,9 +5,14 @@
 //! kept new day totals ([`QueryCache::computed`]), a background pass writes every kept day
 //! total whose basis is held exactly as stored: its own day and every day whose openings it
 //! reads are their snapshots with nothing merged since, and the side snapshot when it reads
-//! conversions. Restoring: a refresh that loaded days reads their
-//! persisted totals and keeps those whose basis is what it holds now, most recently written
-//! first, while the cache is under fifteen sixteenths of its budget (as the warm-up's questions).
+//! conversions. Restoring: a refresh that loaded days reads their persisted totals and keeps
+//! those whose own day is held exactly as its snapshot and whose other reads come from the
+//! snapshots of their basis, most recently written first, while the cache is under fifteen
+//! sixteenths of its budget (as the warm-up's questions). Records merged on top of those
+//! snapshots by the load, and conversions stored since the side snapshot, are then written to
+//! the change log ([`Loaded`]): a restored total that read one of their customers is computed
+//! again, the others are used (a tenant that wrote into its newest day since the totals were
+//! persisted restores the rest of its month).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,8 +25,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{Key, QueryCache, TenantEntry, TenantState, Value, WORKER, blocking, in_background};
-use crate::domain::{Error, tenant::TenantId};
+use crate::domain::{
+    Error,
+    facts::ConversationFacts,
+    tenant::TenantId,
+    time::{Micros, micros},
+};
 use crate::engine::{
+    intern::Interner,
     kpi::{
         partial::{KeptRows, Partial, PartialKey, Slot},
         stored::{self, Basis},
@@ -67,6 +78,84 @@ impl Held<'_> {
             false => None,
         };
         Some(Basis { days, side })
+    }
+}
+
+impl Held<'_> {
+    /// Whether totals `p` of `day`, persisted on `basis`, are exact for what is held now once
+    /// the changes `loaded` merged on top of their snapshots are in the change log (the caller
+    /// checked that `day` itself is held exactly as its snapshot): every day whose openings they
+    /// read then or would read now is held as the snapshot of their basis (exactly, or loaded
+    /// from it now with records merged on top), and the conversions they read come from the
+    /// side snapshot of their basis, none stored since placed before its last (attributed
+    /// conversions are places in the time-sorted list, `stored`).
+    fn restorable(&self, day: NaiveDate, p: &Partial, basis: &Basis, loaded: &Loaded) -> bool {
+        let span = p.openings_span();
+        let read_now = (self.days.iter())
+            .filter(|(d, bounds)| **d == day || bounds.opened_in(span.start, span.end.saturating_add(1)))
+            .map(|(d, _)| *d);
+        let read_then = basis.days.iter().map(|(d, _)| *d);
+        let days_hold = read_now.chain(read_then).all(|d| {
+            let Some((_, xmin)) = basis.days.iter().find(|(e, _)| *e == d) else {
+                return false;
+            };
+            self.segments.get(&d).is_some_and(|seg| {
+                let exact = seg.as_of == *xmin && seg.unpersisted.load(Ordering::Relaxed) == 0;
+                exact || loaded.days.get(&d) == Some(xmin)
+            })
+        });
+        days_hold
+            && match (stored::reads_conversions(p), basis.side) {
+                (false, _) => true,
+                (true, Some(side)) => {
+                    self.side == Some(side)
+                        || (loaded.side.as_ref()).is_some_and(|l| l.xmin == side && !l.moved)
+                }
+                (true, None) => false,
+            }
+    }
+}
+
+/// What the running refresh loaded on top of persisted snapshots, for the kept totals it reads
+/// back ([`QueryCache::restore_totals`] takes it; the end of the refresh drops it).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Loaded {
+    /// Each day loaded from its snapshot: the snapshot's `built_xmin`.
+    pub(super) days: HashMap<NaiveDate, i64>,
+    /// Openings (customer, time) added or removed by the records merged on top of them.
+    pub(super) openings: Vec<(u32, Micros)>,
+    /// The side snapshot read, and what was stored since it.
+    pub(super) side: Option<SideLoaded>,
+}
+
+/// The side snapshot a first refresh read, and the conversions stored since it.
+#[derive(Debug, Clone)]
+pub(super) struct SideLoaded {
+    pub(super) xmin: i64,
+    /// (customer, time) of each conversion stored since.
+    pub(super) conversions: Vec<(u32, Micros)>,
+    /// One of them is dated before the snapshot's last: the places of its conversions moved.
+    pub(super) moved: bool,
+}
+
+impl Loaded {
+    /// Notes the openings that merging `facts` into `seg` moves, when `seg` is a day loaded
+    /// from its snapshot (of a day built from records no totals are restored).
+    pub(super) fn merging(&mut self, seg: &Segment, facts: &[ConversationFacts], customers: &mut Interner) {
+        if !self.days.contains_key(&seg.day) {
+            return;
+        }
+        for f in facts {
+            let now = (
+                customers.intern_opt(f.customer_id.as_deref()),
+                micros(f.opened_at),
+            );
+            let before = (seg.find(&f.conversation_id)).map(|r| (seg.customer(r), seg.opened_at(r)));
+            if before != Some(now) {
+                self.openings.push(now);
+                self.openings.extend(before);
+            }
+        }
     }
 }
 
@@ -230,6 +319,7 @@ impl<S: Source> QueryCache<S> {
     ) -> Result<OwnedMutexGuard<TenantState>, Error> {
         let started = Instant::now();
         let (mut found, mut restored, mut read_ms) = (0, 0, 0.0);
+        let loaded = Arc::new(std::mem::take(&mut state.loaded));
         for day in days {
             let reading = Instant::now();
             let read = db.totals(state.tenant, std::slice::from_ref(day)).await;
@@ -245,10 +335,10 @@ impl<S: Source> QueryCache<S> {
                 continue;
             }
             found += rows.len();
-            let cache = self.clone();
+            let (cache, loaded) = (self.clone(), loaded.clone());
             let (s, kept, full) = blocking(move || {
                 let mut state = state;
-                let (kept, full) = cache.restore(&mut state, rows);
+                let (kept, full) = cache.restore(&mut state, rows, &loaded);
                 Ok((state, kept, full))
             })
             .await?;
@@ -257,6 +347,12 @@ impl<S: Source> QueryCache<S> {
             if full {
                 break;
             }
+        }
+        if restored > 0 {
+            // After every restored total: they were computed before these changes.
+            let loaded = Arc::unwrap_or_clone(loaded);
+            let conversions = loaded.side.map(|s| s.conversions).unwrap_or_default();
+            Arc::make_mut(&mut state.changes).record(loaded.openings, conversions);
         }
         if found > 0 {
             tracing::info!(
@@ -271,9 +367,10 @@ impl<S: Source> QueryCache<S> {
         Ok(state)
     }
 
-    /// Keeps the totals of `rows` that hold for the state; returns how many, and whether the
-    /// cache reached fifteen sixteenths of its budget (then the rest are left).
-    fn restore(&self, state: &mut TenantState, rows: Vec<StoredTotals>) -> (usize, bool) {
+    /// Keeps the totals of `rows` that hold for the state once the changes `loaded` merged are
+    /// logged; returns how many, and whether the cache reached fifteen sixteenths of its budget
+    /// (then the rest are left).
+    fn restore(&self, state: &mut TenantState, rows: Vec<StoredTotals>, loaded: &Loaded) -> (usize, bool) {
         let segments: HashMap<NaiveDate, Arc<Segment>> = (state.days.keys())
             .filter_map(|d| self.cached(state, *d).map(|s| (*d, s)))
             .collect();
@@ -310,7 +407,7 @@ impl<S: Source> QueryCache<S> {
                 segments: &segments,
                 side: state.side_identity(),
             };
-            if held.basis(row.day, &partial).as_ref() != Some(&basis) {
+            if !held.restorable(row.day, &partial, &basis, loaded) {
                 continue;
             }
             bytes += partial.heap_bytes() as u64;

@@ -12,11 +12,16 @@
 //! Totals are exact for exactly the data they were computed from: their own day's rows and what
 //! they read beyond it (openings of other days inside their span, conversions). The [`Basis`]
 //! names that data by snapshot: the `built_xmin` of every day whose openings lie in the span
-//! read, and of the side snapshot. A restarted replica uses the totals only when every one of
-//! those days (and no other) is held exactly as that snapshot, with no record changed since, and
-//! from then on the change log ([`super::partial::Changes`]) tracks them like any kept totals.
-//! Anything else (a damaged body, a day that changed, a day that appeared) leaves them unused:
-//! the day is computed from its rows, as without them.
+//! read, and of the side snapshot. A restarted replica uses the totals only when their own day
+//! is held exactly as its snapshot, and every other day whose openings they read (then or now)
+//! and the side snapshot are held as the snapshots of the basis, perhaps with records or
+//! conversions stored since merged on top: those are written to the change log
+//! ([`super::partial::Changes`]) after the totals are read back, so totals that read one of
+//! their customers are computed again, and from then on the log tracks them like any kept
+//! totals. A conversion stored since and dated before the side snapshot's last moves the places
+//! the totals name: then no totals that read conversions are used. Anything else (a damaged
+//! body, a day of their own that changed, a day that appeared) leaves them unused: the day is
+//! computed from its rows, as without them.
 //!
 //! Layout: magic and version, the shape, which rows (kind and number), the basis, the groups
 //! (key, then every [`Acc`] field), the two reads; last, a CRC-32 of everything before it.

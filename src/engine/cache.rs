@@ -1190,7 +1190,7 @@ impl TenantState {
         self.loaded.side = self.side_xmin.map(|xmin| totals::SideLoaded {
             xmin,
             conversions: news.conversions,
-            moved: news.moved,
+            inserted: news.inserted,
         });
     }
 
@@ -1260,21 +1260,39 @@ impl TenantState {
             } else if log {
                 Arc::make_mut(&mut self.changes).record(Vec::new(), customers.clone());
             }
-            let all = Arc::make_mut(&mut self.conversions);
-            all.extend(new_conversions);
-            all.sort_by_key(|c| c.at);
+            let inserted = insert_sorted(Arc::make_mut(&mut self.conversions), new_conversions);
             return SideNews {
                 changed: true,
                 conversions: customers,
-                moved: moves,
+                inserted,
             };
         }
         SideNews {
             changed: presence_changed,
             conversions: Vec::new(),
-            moved: false,
+            inserted: Vec::new(),
         }
     }
+}
+
+/// Inserts `new` into `all` (sorted by time), each after those of its time already there and
+/// in its own order among them (a stable sort of both); returns, for each inserted, in list
+/// order, how many of those already there precede it.
+fn insert_sorted(all: &mut Vec<ConversionRec>, mut new: Vec<ConversionRec>) -> Vec<u32> {
+    new.sort_by_key(|c| c.at);
+    let mut held = std::mem::take(all).into_iter().peekable();
+    all.reserve(held.len() + new.len());
+    let (mut before, mut preceding) = (Vec::with_capacity(new.len()), 0u32);
+    for c in new {
+        while let Some(h) = held.next_if(|h| h.at <= c.at) {
+            all.push(h);
+            preceding += 1;
+        }
+        before.push(preceding);
+        all.push(c);
+    }
+    all.extend(held);
+    before
 }
 
 /// What applying presence and conversion events did ([`TenantState::apply_side_events`]).
@@ -1283,8 +1301,8 @@ struct SideNews {
     changed: bool,
     /// (customer, time) of each new conversion.
     conversions: Vec<(u32, Micros)>,
-    /// One of them is dated before a conversion held before.
-    moved: bool,
+    /// For each new conversion, in list order, how many held before precede it.
+    inserted: Vec<u32>,
 }
 
 /// The bounds of days as read from the database.
@@ -1529,4 +1547,39 @@ async fn blocking<T: Send + 'static>(
     })
     .await
     .map_err(|e| Error::Internal(anyhow::Error::new(e).context("query cache work failed")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conversions(times: &[i64], kind: u32) -> Vec<ConversionRec> {
+        (times.iter())
+            .map(|at| ConversionRec {
+                at: *at,
+                customer: 1,
+                kind,
+                value_minor: None,
+                currency: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inserted_conversions_land_where_a_stable_sort_puts_them_with_the_held_ones_counted_before_them() {
+        let held = conversions(&[10, 20, 20, 30], 1);
+        let new = conversions(&[35, 20, 5, 20], 2);
+        let mut all = held.clone();
+        let inserted = insert_sorted(&mut all, new.clone());
+
+        let mut expected = [held, new].concat();
+        expected.sort_by_key(|c| c.at);
+        let key = |c: &ConversionRec| (c.at, c.kind);
+        assert_eq!(
+            all.iter().map(key).collect::<Vec<_>>(),
+            expected.iter().map(key).collect::<Vec<_>>()
+        );
+        // In list order: 5 (none held before it), 20 and 20 (after 10, 20, 20), 35 (all four).
+        assert_eq!(inserted, vec![0, 3, 3, 4]);
+    }
 }

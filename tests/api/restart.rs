@@ -519,7 +519,7 @@ async fn a_restored_total_that_attributes_a_conversion_stored_since_is_computed_
 }
 
 #[tokio::test]
-async fn a_conversion_stored_since_and_dated_before_those_persisted_leaves_restored_revenue_right() {
+async fn restored_totals_attribute_the_same_conversions_after_one_dated_before_them_was_stored() {
     let (app, query) = three_days_stored().await;
     asked_and_persisted(&app, &query).await;
     // Z, who opened no conversation, converts before everyone: every later conversion's place
@@ -528,7 +528,11 @@ async fn a_conversion_stored_since_and_dated_before_those_persisted_leaves_resto
         .await
         .unwrap();
 
-    let (_, after) = restarted_overview(&app, &query).await;
+    let (restored, after) = restarted_overview(&app, &query).await;
+    assert_eq!(
+        restored, 3,
+        "no conversation changed: every day's totals are read back"
+    );
     assert_eq!(after, from_rows(&app, &query).await);
     assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
 }

@@ -87,8 +87,7 @@ impl Held<'_> {
     /// checked that `day` itself is held exactly as its snapshot): every day whose openings they
     /// read then or would read now is held as the snapshot of their basis (exactly, or loaded
     /// from it now with records merged on top), and the conversions they read come from the
-    /// side snapshot of their basis, none stored since placed before its last (attributed
-    /// conversions are places in the time-sorted list, `stored`).
+    /// side snapshot of their basis.
     fn restorable(&self, day: NaiveDate, p: &Partial, basis: &Basis, loaded: &Loaded) -> bool {
         let span = p.openings_span();
         let read_now = (self.days.iter())
@@ -108,8 +107,7 @@ impl Held<'_> {
             && match (stored::reads_conversions(p), basis.side) {
                 (false, _) => true,
                 (true, Some(side)) => {
-                    self.side == Some(side)
-                        || (loaded.side.as_ref()).is_some_and(|l| l.xmin == side && !l.moved)
+                    self.side == Some(side) || loaded.side.as_ref().is_some_and(|l| l.xmin == side)
                 }
                 (true, None) => false,
             }
@@ -134,8 +132,9 @@ pub(super) struct SideLoaded {
     pub(super) xmin: i64,
     /// (customer, time) of each conversion stored since.
     pub(super) conversions: Vec<(u32, Micros)>,
-    /// One of them is dated before the snapshot's last: the places of its conversions moved.
-    pub(super) moved: bool,
+    /// For each of them, in list order, how many of the snapshot's conversions precede it
+    /// (`stored::decode`).
+    pub(super) inserted: Vec<u32>,
 }
 
 impl Loaded {
@@ -392,7 +391,8 @@ impl<S: Source> QueryCache<S> {
                 places = Some((row.day, stored::Places::of(seg)));
             }
             let Some((_, of_day)) = &places else { continue };
-            let decoded = stored::decode(&row.body, seg, of_day, &mut |name| state.symbol(name));
+            let inserted = loaded.side.as_ref().map_or(&[][..], |s| &s.inserted);
+            let decoded = stored::decode(&row.body, seg, of_day, inserted, &mut |name| state.symbol(name));
             let totals = match decoded {
                 Ok(totals) => totals,
                 Err(err) => {

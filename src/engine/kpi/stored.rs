@@ -19,9 +19,9 @@
 //! ([`super::partial::Changes`]) after the totals are read back, so totals that read one of
 //! their customers are computed again, and from then on the log tracks them like any kept
 //! totals. A conversion stored since and dated before the side snapshot's last moves the places
-//! the totals name: then no totals that read conversions are used. Anything else (a damaged
-//! body, a day of their own that changed, a day that appeared) leaves them unused: the day is
-//! computed from its rows, as without them.
+//! of the later ones: the places read back are moved past it ([`decode`]'s `inserted`).
+//! Anything else (a damaged body, a day of their own that changed, a day that appeared) leaves
+//! them unused: the day is computed from its rows, as without them.
 //!
 //! Layout: magic and version, the shape, which rows (kind and number), the basis, the groups
 //! (key, then every [`Acc`] field), the two reads; last, a CRC-32 of everything before it.
@@ -152,10 +152,15 @@ impl Places {
 
 /// Reads a body [`encode`] wrote for `seg` (whose [`Places`] are `places`), naming symbols with
 /// `symbols`.
+///
+/// `inserted`: for each conversion the tenant's list gained since the side snapshot of the
+/// basis, in list order, how many of the snapshot's conversions precede it (empty when none
+/// did); the attributed conversions read back are moved past those inserted before them.
 pub fn decode(
     body: &[u8],
     seg: &Segment,
     places: &Places,
+    inserted: &[u32],
     symbols: &mut impl FnMut(&str) -> u32,
 ) -> Result<Restored, Damaged> {
     let Some((data, crc)) = body.split_last_chunk::<4>() else {
@@ -193,6 +198,7 @@ pub fn decode(
         seg,
         by_id: &places.0,
         bits: Vec::new(),
+        inserted,
         symbols,
     };
     let groups = (0..ids.r.count())
@@ -404,6 +410,8 @@ struct Names<'a, 's, F> {
     by_id: &'s [usize],
     /// A set of customer ids, reused by every list ([`sorted_distinct`]).
     bits: Vec<u64>,
+    /// Conversions inserted since the snapshot ([`decode`]).
+    inserted: &'s [u32],
     symbols: &'s mut F,
 }
 
@@ -512,8 +520,13 @@ impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
         a.customers = self.customers();
         a.converted = self.customers();
         a.previous_customers = self.customers();
-        let r = &mut self.r;
-        a.attributed = (0..r.count()).map(|_| r.u32()).collect();
+        let (r, inserted) = (&mut self.r, self.inserted);
+        a.attributed = (0..r.count())
+            .map(|_| {
+                let place = r.u32();
+                place + inserted.partition_point(|before| *before <= place) as u32
+            })
+            .collect();
         for _ in 0..self.r.count() {
             let tag = self.symbol();
             a.tags.insert(tag, self.r.u64());

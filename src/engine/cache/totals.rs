@@ -79,9 +79,7 @@ impl Held<'_> {
         };
         Some(Basis { days, side })
     }
-}
 
-impl Held<'_> {
     /// Whether totals `p` of `day`, persisted on `basis`, are exact for what is held now once
     /// the changes `loaded` merged on top of their snapshots are in the change log (the caller
     /// checked that `day` itself is held exactly as its snapshot): every day whose openings they

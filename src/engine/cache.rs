@@ -209,6 +209,10 @@ struct TenantState {
     erasures: Option<i64>,
     /// What the running refresh loaded on top of snapshots (`totals`).
     loaded: totals::Loaded,
+    /// The stored snapshot of each day, and of presence and conversions, with the change-log
+    /// version whose state it holds, when known (`totals`: totals are persisted on them).
+    stored: HashMap<NaiveDate, totals::StoredAt>,
+    side_stored: Option<totals::StoredAt>,
 }
 
 impl TenantState {
@@ -232,6 +236,8 @@ impl TenantState {
             persisted_at: HashMap::new(),
             erasures: None,
             loaded: totals::Loaded::default(),
+            stored: HashMap::new(),
+            side_stored: None,
         }
     }
 
@@ -724,6 +730,7 @@ impl<S: Source> QueryCache<S> {
                 .invalidate(&Key::Segment(state.tenant, state.generation, *day));
             state.days.remove(day);
             state.persisted_at.remove(day);
+            state.stored.remove(day);
         }
         state.days.extend(bounds_of(rebuilt));
         // The erased conversations' customers are not known here: no kept totals hold.
@@ -998,6 +1005,8 @@ impl<S: Source> QueryCache<S> {
             state.persisted_at.insert(seg.day, Instant::now());
             let (cache, seg, customers, tenant) =
                 (self.clone(), seg.clone(), state.customers.clone(), state.tenant);
+            // `seg` is the day as of every change logged so far, and of none logged later.
+            let (generation, log) = (state.generation, state.changes.version);
             let erasures = state.erasures.unwrap_or(0);
             let worker = WORKER.try_with(Clone::clone).ok();
             tokio::spawn(async move {
@@ -1019,6 +1028,8 @@ impl<S: Source> QueryCache<S> {
                 match result {
                     Ok(()) => {
                         seg.unpersisted.store(0, Ordering::Relaxed);
+                        let stored = totals::StoredAt { xmin: seg.as_of, log };
+                        cache.snapshot_stored(tenant, generation, seg.day, stored).await;
                         // Totals of the day (and of days that read it) may now be persisted.
                         cache.persist_totals(tenant, worker);
                     }
@@ -1049,6 +1060,10 @@ impl<S: Source> QueryCache<S> {
         state.side_unpersisted = 0;
         state.side_persisted_at = Some(Instant::now());
         state.side_xmin = Some(xmin);
+        state.side_stored = Some(totals::StoredAt {
+            xmin,
+            log: state.changes.version,
+        });
         let (cache, tenant, erasures) = (self.clone(), state.tenant, state.erasures.unwrap_or(0));
         let (presence, conversions, recent) = (
             state.presence.clone(),
@@ -1166,6 +1181,7 @@ impl TenantState {
         Arc::make_mut(&mut self.changes).reset();
         self.recent_side_events.clear();
         self.side_unpersisted = NEVER_PERSISTED;
+        self.side_stored = None;
     }
 
     /// Takes the presence and conversions of a first refresh: the tenant's side snapshot when

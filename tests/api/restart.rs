@@ -537,6 +537,52 @@ async fn restored_totals_attribute_the_same_conversions_after_one_dated_before_t
     assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
 }
 
+/// The overview of `query` asked of a fresh process once the tenant's persisted totals were
+/// deleted: it computes every day from rows and persists what it may.
+async fn computed_again_from_rows(app: &TestApp, query: &Query) {
+    sqlx::query("delete from kept_totals where tenant_id = $1")
+        .bind(app.tenant.0)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    restarted(&app.pool)
+        .overview(app.tenant, query, false)
+        .await
+        .unwrap();
+}
+
+/// The UTC day of `t(0)` plus `n` days.
+fn day(n: i64) -> NaiveDate {
+    (t(0) + chrono::Duration::days(n)).date_naive()
+}
+
+/// The days of the tenant's persisted totals.
+async fn persisted_days(app: &TestApp) -> Vec<NaiveDate> {
+    sqlx::query_scalar("select distinct segment_day from kept_totals where tenant_id = $1 order by 1")
+        .bind(app.tenant.0)
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn totals_computed_while_a_day_they_read_had_drifted_are_persisted_on_its_snapshot() {
+    let (app, query) = three_days_stored().await;
+    asked_and_persisted(&app, &query).await;
+    // E, new, writes into the third day, which the first two days' repeat-contact checks read:
+    // it is no longer held as its snapshot (one row of a thousand: not written again).
+    app.ingest(&converting("d3e", "E", 2 * 86_400 + 1_500, None))
+        .await
+        .unwrap();
+    computed_again_from_rows(&app, &query).await;
+
+    wait_for_rows(&app.pool, TOTALS, app.tenant, 2).await;
+    assert_eq!(persisted_days(&app).await, vec![day(0), day(1)]);
+    let (restored, after) = restarted_overview(&app, &query).await;
+    assert_eq!(restored, 2);
+    assert_eq!(after, from_rows(&app, &query).await);
+}
+
 #[tokio::test]
 async fn a_conversion_dated_before_those_held_leaves_kept_revenue_right() {
     let (app, query) = three_days_stored().await;

@@ -34,7 +34,7 @@ use crate::domain::{
 use crate::engine::{
     intern::Interner,
     kpi::{
-        partial::{KeptRows, Partial, PartialKey, Slot},
+        partial::{Changes, KeptRows, Partial, PartialKey, Slot},
         stored::{self, Basis},
     },
     schedule::Scheduler,
@@ -48,18 +48,32 @@ pub(super) fn persistable(key: &PartialKey) -> bool {
     matches!(key.slot, Slot::Day(_)) && !matches!(key.rows, KeptRows::Edge { .. })
 }
 
+/// A stored snapshot as this process knows it: its `built_xmin`, and the version of the
+/// tenant's change log whose state it holds (changes logged after it are not in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct StoredAt {
+    pub(super) xmin: i64,
+    pub(super) log: u64,
+}
+
 /// What the basis of totals is read from: the tenant's days, the segments held, the side
-/// snapshot presence and conversions are exactly (if any).
+/// snapshot presence and conversions are exactly (if any), the snapshots stored and the change
+/// log.
 struct Held<'a> {
     days: &'a BTreeMap<NaiveDate, Bounds>,
     segments: &'a HashMap<NaiveDate, Arc<Segment>>,
     side: Option<i64>,
+    stored: &'a HashMap<NaiveDate, StoredAt>,
+    side_stored: Option<StoredAt>,
+    changes: &'a Changes,
 }
 
 impl Held<'_> {
-    /// The basis of `p`, totals of `day`, as held now: `None` when a day it reads (its own
-    /// included) is not held exactly as its snapshot, or it reads conversions and they are not
-    /// exactly the side snapshot.
+    /// The basis of `p`, totals of `day`, as held now: `None` when its own day is not held
+    /// exactly as its snapshot, or another day it reads (or the conversions, when it reads
+    /// them) is neither held exactly as its snapshot nor has a stored snapshot for whose state
+    /// `p` is as exact (a newest day that keeps receiving conversations is its snapshot only
+    /// until its next write: the days that read it are persisted on its last snapshot).
     fn basis(&self, day: NaiveDate, p: &Partial) -> Option<Basis> {
         let span = p.openings_span();
         let mut days = Vec::new();
@@ -67,17 +81,29 @@ impl Held<'_> {
             // `opened_in` is half-open; the span read is closed.
             if *d == day || bounds.opened_in(span.start, span.end.saturating_add(1)) {
                 let seg = self.segments.get(d)?;
-                if seg.unpersisted.load(Ordering::Relaxed) != 0 {
+                let xmin = if seg.unpersisted.load(Ordering::Relaxed) == 0 {
+                    seg.as_of
+                } else if *d != day {
+                    self.as_stored(self.stored.get(d)?, p)?
+                } else {
                     return None;
-                }
-                days.push((*d, seg.as_of));
+                };
+                days.push((*d, xmin));
             }
         }
-        let side = match stored::reads_conversions(p) {
-            true => Some(self.side?),
-            false => None,
+        let side = match (stored::reads_conversions(p), self.side) {
+            (false, _) => None,
+            (true, Some(exact)) => Some(exact),
+            (true, None) => Some(self.as_stored(self.side_stored.as_ref()?, p)?),
         };
         Some(Basis { days, side })
+    }
+
+    /// The snapshot `stored`'s xmin when `p` is as exact for its state as for its own.
+    fn as_stored(&self, stored: &StoredAt, p: &Partial) -> Option<i64> {
+        self.changes
+            .untouched_between(p, stored.log)
+            .then_some(stored.xmin)
     }
 
     /// Whether totals `p` of `day`, persisted on `basis`, are exact for what is held now once
@@ -157,6 +183,18 @@ impl Loaded {
 }
 
 impl TenantState {
+    /// What the basis of totals is read from, with `segments` the segments held.
+    fn held<'a>(&'a self, segments: &'a HashMap<NaiveDate, Arc<Segment>>) -> Held<'a> {
+        Held {
+            days: &self.days,
+            segments,
+            side: self.side_identity(),
+            stored: &self.stored,
+            side_stored: self.side_stored,
+            changes: &self.changes,
+        }
+    }
+
     /// The side snapshot presence and conversions are exactly, if any.
     fn side_identity(&self) -> Option<i64> {
         self.side_xmin.filter(|_| self.side_unpersisted == 0)
@@ -264,11 +302,7 @@ impl<S: Source> QueryCache<S> {
         let segments: HashMap<NaiveDate, Arc<Segment>> = (state.days.keys())
             .filter_map(|d| self.cached(state, *d).map(|s| (*d, s)))
             .collect();
-        let held = Held {
-            days: &state.days,
-            segments: &segments,
-            side: state.side_identity(),
-        };
+        let held = state.held(&segments);
         let mut todo = Vec::new();
         let mut persisted = entry.persisted_totals.lock().unwrap_or_else(|p| p.into_inner());
         let mut seen = std::collections::HashSet::new();
@@ -302,6 +336,23 @@ impl<S: Source> QueryCache<S> {
         }
         persisted.retain(|k, _| seen.contains(k));
         todo
+    }
+
+    /// Notes, once its write ended, that `day`'s stored snapshot is `stored` (for the tenant's
+    /// state of `generation`; a state started afresh since has its own ids and log).
+    pub(super) async fn snapshot_stored(
+        &self,
+        tenant: TenantId,
+        generation: u64,
+        day: NaiveDate,
+        stored: StoredAt,
+    ) {
+        if let Some(Value::Tenant(entry)) = self.entries.get(&Key::Tenant(tenant)) {
+            let mut state = entry.state.lock().await;
+            if state.generation == generation {
+                state.stored.insert(day, stored);
+            }
+        }
     }
 
     /// Reads the persisted totals of the days just loaded (`days`), a day at a time (a 10 M
@@ -345,12 +396,30 @@ impl<S: Source> QueryCache<S> {
                 break;
             }
         }
-        if restored > 0 {
-            // After every restored total: they were computed before these changes.
-            let loaded = Arc::unwrap_or_clone(loaded);
-            let conversions = loaded.side.map(|s| s.conversions).unwrap_or_default();
-            Arc::make_mut(&mut state.changes).record(loaded.openings, conversions);
+        // The snapshots loaded hold the state before what was merged on top of them; that is
+        // logged after every restored total (they were computed before it).
+        let loaded = Arc::unwrap_or_clone(loaded);
+        let (log, first) = (state.changes.version, state.xmin.is_none());
+        for (day, xmin) in loaded.days {
+            // The state at `log` is the snapshot's: on a first refresh nothing was logged before
+            // and what was merged on top is logged next; later, only for a day nothing was
+            // merged on (the log may hold what was, at any version).
+            let exact = self
+                .cached(&state, day)
+                .is_some_and(|s| s.unpersisted.load(Ordering::Relaxed) == 0);
+            match first || exact {
+                true => state.stored.insert(day, StoredAt { xmin, log }),
+                false => state.stored.remove(&day),
+            };
         }
+        let conversions = match loaded.side {
+            Some(side) => {
+                state.side_stored = Some(StoredAt { xmin: side.xmin, log });
+                side.conversions
+            }
+            None => Vec::new(),
+        };
+        Arc::make_mut(&mut state.changes).record(loaded.openings, conversions);
         if found > 0 {
             tracing::info!(
                 tenant = state.tenant.0,
@@ -390,7 +459,10 @@ impl<S: Source> QueryCache<S> {
             }
             let Some((_, of_day)) = &places else { continue };
             let inserted = loaded.side.as_ref().map_or(&[][..], |s| &s.inserted);
-            let decoded = stored::decode(&row.body, seg, of_day, inserted, &mut |name| state.symbol(name));
+            let conversions = (inserted, state.conversions.len());
+            let decoded = stored::decode(&row.body, seg, of_day, conversions, &mut |name| {
+                state.symbol(name)
+            });
             let totals = match decoded {
                 Ok(totals) => totals,
                 Err(err) => {
@@ -400,11 +472,7 @@ impl<S: Source> QueryCache<S> {
             };
             let (shape, rows_kept, basis) = (totals.shape.clone(), totals.rows, totals.basis.clone());
             let partial = Arc::new(totals.into_partial(seg.version, state.changes.version));
-            let held = Held {
-                days: &state.days,
-                segments: &segments,
-                side: state.side_identity(),
-            };
+            let held = state.held(&segments);
             if !held.restorable(row.day, &partial, &basis, loaded) {
                 continue;
             }

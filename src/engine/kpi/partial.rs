@@ -343,6 +343,23 @@ impl Changes {
         self.version
     }
 
+    /// Whether `p` is as exact for the tenant's state at version `version` as for the state it
+    /// was computed at: the log covers both and no change between them (either way) touched an
+    /// opening or a conversion it read.
+    pub fn untouched_between(&self, p: &Partial, version: u64) -> bool {
+        let (low, high) = (version.min(p.at), version.max(p.at));
+        if low < self.covered_from || high > self.version {
+            return false;
+        }
+        let first = self.log.partition_point(|c| c.version <= low);
+        (self.log.range(first..))
+            .take_while(|c| c.version <= high)
+            .all(|c| {
+                !c.openings.iter().any(|(cu, t)| p.openings.reads(*cu, *t))
+                    && !c.conversions.iter().any(|(cu, t)| p.conversions.reads(*cu, *t))
+            })
+    }
+
     /// Whether `p` is still what its rows give: no opening or conversion it read changed since.
     pub fn still_valid(&self, p: &Partial) -> bool {
         self.stale_openings(p)
@@ -398,6 +415,26 @@ mod tests {
             conversions,
             ledgers: None,
         }
+    }
+
+    #[test]
+    fn totals_are_as_exact_for_another_version_only_when_nothing_they_read_changed_between() {
+        let mut changes = Changes::default();
+        let read_changed = changes.record(vec![(5, 300)], Vec::new());
+        let other = changes.record(vec![(9, 200)], Vec::new());
+        let p = partial(other, read(&[5], 0, 1_000), Read::nothing());
+        // Between the two versions only customer 9, not read, changed; before them 5 did.
+        assert!(changes.untouched_between(&p, read_changed));
+        assert!(!changes.untouched_between(&p, 0));
+        // Later: a conversion of 5 (no conversion read) and an opening of 5 outside the span.
+        changes.record(Vec::new(), vec![(5, 400)]);
+        let outside = changes.record(vec![(5, 2_000)], Vec::new());
+        assert!(changes.untouched_between(&p, outside));
+        let inside = changes.record(vec![(5, 500)], Vec::new());
+        assert!(!changes.untouched_between(&p, inside));
+        // A change the log cannot describe: nothing is known between.
+        let reset = changes.reset();
+        assert!(!changes.untouched_between(&p, reset));
     }
 
     #[test]

@@ -155,12 +155,13 @@ impl Places {
 ///
 /// `inserted`: for each conversion the tenant's list gained since the side snapshot of the
 /// basis, in list order, how many of the snapshot's conversions precede it (empty when none
-/// did); the attributed conversions read back are moved past those inserted before them.
+/// did); the attributed conversions read back are moved past those inserted before them, and
+/// must be among the `held` conversions of the tenant.
 pub fn decode(
     body: &[u8],
     seg: &Segment,
     places: &Places,
-    inserted: &[u32],
+    (inserted, held): (&[u32], usize),
     symbols: &mut impl FnMut(&str) -> u32,
 ) -> Result<Restored, Damaged> {
     let Some((data, crc)) = body.split_last_chunk::<4>() else {
@@ -199,6 +200,8 @@ pub fn decode(
         by_id: &places.0,
         bits: Vec::new(),
         inserted,
+        held,
+        outside: false,
         symbols,
     };
     let groups = (0..ids.r.count())
@@ -211,6 +214,9 @@ pub fn decode(
     let conversions = ids.read();
     if ids.r.is_corrupt() || !ids.r.at_end() {
         return Err(Damaged("body"));
+    }
+    if ids.outside {
+        return Err(Damaged("an attributed conversion the tenant does not hold"));
     }
     Ok(Restored {
         shape,
@@ -410,8 +416,11 @@ struct Names<'a, 's, F> {
     by_id: &'s [usize],
     /// A set of customer ids, reused by every list ([`sorted_distinct`]).
     bits: Vec<u64>,
-    /// Conversions inserted since the snapshot ([`decode`]).
+    /// Conversions inserted since the snapshot, and how many are held ([`decode`]).
     inserted: &'s [u32],
+    held: usize,
+    /// An attributed conversion was past those held.
+    outside: bool,
     symbols: &'s mut F,
 }
 
@@ -527,6 +536,7 @@ impl<F: FnMut(&str) -> u32> Names<'_, '_, F> {
                 place + inserted.partition_point(|before| *before <= place) as u32
             })
             .collect();
+        self.outside |= a.attributed.iter().any(|place| *place as usize >= self.held);
         for _ in 0..self.r.count() {
             let tag = self.symbol();
             a.tags.insert(tag, self.r.u64());

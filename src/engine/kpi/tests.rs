@@ -1090,7 +1090,7 @@ fn written_and_read_back(data: &Data, store: &MapStore) -> MapStore {
         let body =
             stored::encode(&key.shape, p, seg, &data.symbols, &basis).expect("the day's own customers");
         let places = stored::Places::of(seg);
-        let back = stored::decode(&body, seg, &places, &[], &mut |name| {
+        let back = stored::decode(&body, seg, &places, (&[], data.conversions.len()), &mut |name| {
             data.symbols.get(name).unwrap()
         })
         .unwrap();
@@ -1143,6 +1143,6 @@ fn kept_totals_of_more_rows_than_their_body_has_bytes_are_read_back() {
     };
     let body = stored::encode("shape", &p, seg, &data.symbols, &basis).unwrap();
     assert!(body.len() < 100);
-    let back = stored::decode(&body, seg, &stored::Places::of(seg), &[], &mut |_| 0).unwrap();
+    let back = stored::decode(&body, seg, &stored::Places::of(seg), (&[], 0), &mut |_| 0).unwrap();
     assert_eq!(back.rows, KeptRows::Inside(10_000_000));
 }

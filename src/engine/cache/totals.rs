@@ -3,9 +3,12 @@
 //!
 //! Persisting: after a day's snapshot or the side snapshot is written, and after a computation
 //! kept new day totals ([`QueryCache::computed`]), a background pass writes every kept day
-//! total whose basis is held exactly as stored: its own day and every day whose openings it
-//! reads are their snapshots with nothing merged since, and the side snapshot when it reads
-//! conversions. Restoring: a refresh that loaded days reads their persisted totals and keeps
+//! total whose basis is stored: its own day is its snapshot with nothing merged since, and
+//! every other day whose openings it reads (and the side snapshot, when it reads conversions)
+//! is either held exactly as its snapshot or has a stored snapshot for whose state the total is
+//! as exact as for its own: nothing the change log holds between the two touched what it read
+//! ([`StoredAt`]; a newest day that keeps receiving conversations is its snapshot only until its
+//! next write, and the days before it read it). Restoring: a refresh that loaded days reads their persisted totals and keeps
 //! those whose own day is held exactly as its snapshot and whose other reads come from the
 //! snapshots of their basis, most recently written first, while the cache is under fifteen
 //! sixteenths of its budget (as the warm-up's questions). Records merged on top of those

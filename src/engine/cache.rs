@@ -1207,6 +1207,7 @@ impl TenantState {
             xmin,
             conversions: news.conversions,
             inserted: news.inserted,
+            moved: news.moved,
         });
     }
 
@@ -1281,12 +1282,14 @@ impl TenantState {
                 changed: true,
                 conversions: customers,
                 inserted,
+                moved: moves,
             };
         }
         SideNews {
             changed: presence_changed,
             conversions: Vec::new(),
             inserted: Vec::new(),
+            moved: false,
         }
     }
 }
@@ -1319,6 +1322,8 @@ struct SideNews {
     conversions: Vec<(u32, Micros)>,
     /// For each new conversion, in list order, how many held before precede it.
     inserted: Vec<u32>,
+    /// One was placed before a conversion held before.
+    moved: bool,
 }
 
 /// The bounds of days as read from the database.

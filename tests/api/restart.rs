@@ -584,6 +584,23 @@ async fn totals_computed_while_a_day_they_read_had_drifted_are_persisted_on_its_
 }
 
 #[tokio::test]
+async fn totals_computed_after_a_conversion_moved_the_places_are_not_persisted_on_the_older_list() {
+    let (app, query) = three_days_stored().await;
+    asked_and_persisted(&app, &query).await;
+    // Z converts before everyone; a process computes the days again with Z first in its list
+    // (its totals name B's conversion as the third, the side snapshot as the second).
+    app.ingest(&[conversion("z-c", "Z", -3_600, 100_000)])
+        .await
+        .unwrap();
+    computed_again_from_rows(&app, &query).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (_, after) = restarted_overview(&app, &query).await;
+    assert_eq!(after, from_rows(&app, &query).await);
+    assert_eq!(after.conversion.revenue, vec![("EUR".to_owned(), 507)]);
+}
+
+#[tokio::test]
 async fn a_conversion_dated_before_those_held_leaves_kept_revenue_right() {
     let (app, query) = three_days_stored().await;
     let process = restarted(&app.pool);

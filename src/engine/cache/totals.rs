@@ -162,6 +162,9 @@ pub(super) struct SideLoaded {
     /// For each of them, in list order, how many of the snapshot's conversions precede it
     /// (`stored::decode`).
     pub(super) inserted: Vec<u32>,
+    /// One of them lies before a conversion of the snapshot: the places of the list held differ
+    /// from the snapshot's.
+    pub(super) moved: bool,
 }
 
 impl Loaded {
@@ -417,7 +420,9 @@ impl<S: Source> QueryCache<S> {
         }
         let conversions = match loaded.side {
             Some(side) => {
-                state.side_stored = Some(StoredAt { xmin: side.xmin, log });
+                // Totals computed from now on name conversions by their places in the list held:
+                // those of the snapshot only when none was placed before one of its own.
+                state.side_stored = (!side.moved).then_some(StoredAt { xmin: side.xmin, log });
                 side.conversions
             }
             None => Vec::new(),

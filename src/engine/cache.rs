@@ -631,7 +631,13 @@ impl<S: Source> QueryCache<S> {
         self.apply_changes(&mut state, changed, xmin)?;
         let side = match side {
             SideEvents::Read(events) => {
-                if state.apply_side_events(events, xmin, true).changed {
+                let news = state.apply_side_events(events, xmin);
+                if !news.moved {
+                    // The customers of new conversions: the kept totals that read them are
+                    // computed again (a moved one made every kept total stale already).
+                    Arc::make_mut(&mut state.changes).record(Vec::new(), news.conversions);
+                }
+                if news.changed {
                     state.version += 1;
                 }
                 None
@@ -1202,7 +1208,7 @@ impl TenantState {
         };
         // The tenant's first read: no totals were kept yet, nothing to log now; the totals read
         // back with the days log the conversions stored since the snapshot (`totals::Loaded`).
-        let news = self.apply_side_events(read.events, xmin, false);
+        let news = self.apply_side_events(read.events, xmin);
         self.loaded.side = self.side_xmin.map(|xmin| totals::SideLoaded {
             xmin,
             conversions: news.conversions,
@@ -1211,9 +1217,9 @@ impl TenantState {
         });
     }
 
-    /// Applies presence and conversion events not applied before (logging the customers of new
-    /// conversions when `log`).
-    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64, log: bool) -> SideNews {
+    /// Applies presence and conversion events not applied before; the caller logs the
+    /// customers of new conversions, if it keeps totals.
+    fn apply_side_events(&mut self, events: Vec<SideEvent>, xmin: i64) -> SideNews {
         let mut new_presence = Vec::new();
         let mut new_conversions = Vec::new();
         for e in events {
@@ -1274,8 +1280,6 @@ impl TenantState {
             let customers: Vec<_> = new_conversions.iter().map(|c| (c.customer, c.at)).collect();
             if moves {
                 Arc::make_mut(&mut self.changes).reset();
-            } else if log {
-                Arc::make_mut(&mut self.changes).record(Vec::new(), customers.clone());
             }
             let inserted = insert_sorted(Arc::make_mut(&mut self.conversions), new_conversions);
             return SideNews {

@@ -437,21 +437,23 @@ async fn a_restarted_server_reads_back_the_kept_totals_of_its_settled_days_and_a
 /// The overview of `query` computed from the tenant's rows by a fresh process (no kept totals,
 /// no kept answer): the reference the restored totals must agree with.
 async fn from_rows(app: &TestApp, query: &Query) -> Kpis {
-    for sql in [
-        "delete from kept_totals where tenant_id = $1",
-        "delete from kept_answers where tenant_id = $1",
-    ] {
-        sqlx::query(sql)
-            .bind(app.tenant.0)
-            .execute(&app.pool)
-            .await
-            .unwrap();
-    }
-    restarted(&app.pool)
-        .overview(app.tenant, query, false)
+    sqlx::query("delete from kept_answers where tenant_id = $1")
+        .bind(app.tenant.0)
+        .execute(&app.pool)
         .await
-        .unwrap()
-        .0
+        .unwrap();
+    computed_again_from_rows(app, query).await
+}
+
+/// A tenant holding [`three_days`] and `more`, the totals of its overview persisted by a process,
+/// then `since` stored: the app, the window and that overview.
+async fn persisted_then_written(more: Vec<Event>, since: &[Event]) -> (TestApp, Query, Kpis) {
+    let app = TestApp::spawn().await;
+    let query = three_day_window();
+    app.ingest(&[three_days(), more].concat()).await.unwrap();
+    let before = asked_and_persisted(&app, &query).await;
+    app.ingest(since).await.unwrap();
+    (app, query, before)
 }
 
 /// A restarted process that loaded the tenant's days (reading back what totals hold): how many
@@ -465,13 +467,10 @@ async fn restarted_overview(app: &TestApp, query: &Query) -> (usize, Kpis) {
 
 #[tokio::test]
 async fn kept_totals_of_the_days_a_write_left_alone_are_read_back_and_answer_as_the_rows() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
     // C comes back on the second day: the second day's snapshot is stale; the first day's
     // totals read the second day's openings, but only A's, which did not change.
-    app.ingest(&converting("d2c", "C", 86_400 + 1_200, None))
-        .await
-        .unwrap();
+    let since = converting("d2c", "C", 86_400 + 1_200, None);
+    let (app, query, _) = persisted_then_written(Vec::new(), &since).await;
 
     let (restored, after) = restarted_overview(&app, &query).await;
     assert_eq!(restored, 2, "the first and third days' totals hold");
@@ -481,18 +480,12 @@ async fn kept_totals_of_the_days_a_write_left_alone_are_read_back_and_answer_as_
 
 #[tokio::test]
 async fn a_restored_total_whose_customer_came_back_since_is_computed_again() {
-    let app = TestApp::spawn().await;
-    let query = three_day_window();
-    // D's conversation on the first day is no repeat contact when the totals are persisted.
-    app.ingest(&[three_days(), converting("d1d", "D", 1_000, None)].concat())
-        .await
-        .unwrap();
-    let before = asked_and_persisted(&app, &query).await;
-    // D comes back on the second day: the first day's persisted totals, which read the second
+    // D's conversation on the first day is no repeat contact when the totals are persisted; D
+    // comes back on the second day: the first day's persisted totals, which read the second
     // day's openings, judged D's conversation otherwise.
-    app.ingest(&converting("d2d", "D", 86_400 + 2_000, None))
-        .await
-        .unwrap();
+    let d = converting("d1d", "D", 1_000, None);
+    let since = converting("d2d", "D", 86_400 + 2_000, None);
+    let (app, query, before) = persisted_then_written(d, &since).await;
 
     let (restored, after) = restarted_overview(&app, &query).await;
     assert_eq!(restored, 2, "the first and third days' totals are read back");
@@ -502,12 +495,9 @@ async fn a_restored_total_whose_customer_came_back_since_is_computed_again() {
 
 #[tokio::test]
 async fn a_restored_total_that_attributes_a_conversion_stored_since_is_computed_again() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
     // A converts again after everything: attributed to A's conversation of the second day.
-    app.ingest(&[conversion("a-c2", "A", 2 * 86_400 + 5_000, 40)])
-        .await
-        .unwrap();
+    let since = [conversion("a-c2", "A", 2 * 86_400 + 5_000, 40)];
+    let (app, query, _) = persisted_then_written(Vec::new(), &since).await;
 
     let (restored, after) = restarted_overview(&app, &query).await;
     assert_eq!(
@@ -520,13 +510,10 @@ async fn a_restored_total_that_attributes_a_conversion_stored_since_is_computed_
 
 #[tokio::test]
 async fn restored_totals_attribute_the_same_conversions_after_one_dated_before_them_was_stored() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
     // Z, who opened no conversation, converts before everyone: every later conversion's place
     // in the time-sorted list moves by one.
-    app.ingest(&[conversion("z-c", "Z", -3_600, 100_000)])
-        .await
-        .unwrap();
+    let since = [conversion("z-c", "Z", -3_600, 100_000)];
+    let (app, query, _) = persisted_then_written(Vec::new(), &since).await;
 
     let (restored, after) = restarted_overview(&app, &query).await;
     assert_eq!(
@@ -539,7 +526,7 @@ async fn restored_totals_attribute_the_same_conversions_after_one_dated_before_t
 
 /// The overview of `query` asked of a fresh process once the tenant's persisted totals were
 /// deleted: it computes every day from rows and persists what it may.
-async fn computed_again_from_rows(app: &TestApp, query: &Query) {
+async fn computed_again_from_rows(app: &TestApp, query: &Query) -> Kpis {
     sqlx::query("delete from kept_totals where tenant_id = $1")
         .bind(app.tenant.0)
         .execute(&app.pool)
@@ -548,7 +535,8 @@ async fn computed_again_from_rows(app: &TestApp, query: &Query) {
     restarted(&app.pool)
         .overview(app.tenant, query, false)
         .await
-        .unwrap();
+        .unwrap()
+        .0
 }
 
 /// The UTC day of `t(0)` plus `n` days.
@@ -567,13 +555,10 @@ async fn persisted_days(app: &TestApp) -> Vec<NaiveDate> {
 
 #[tokio::test]
 async fn totals_computed_while_a_day_they_read_had_drifted_are_persisted_on_its_snapshot() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
     // E, new, writes into the third day, which the first two days' repeat-contact checks read:
     // it is no longer held as its snapshot (one row of a thousand: not written again).
-    app.ingest(&converting("d3e", "E", 2 * 86_400 + 1_500, None))
-        .await
-        .unwrap();
+    let since = converting("d3e", "E", 2 * 86_400 + 1_500, None);
+    let (app, query, _) = persisted_then_written(Vec::new(), &since).await;
     computed_again_from_rows(&app, &query).await;
 
     wait_for_rows(&app.pool, TOTALS, app.tenant, 2).await;
@@ -585,13 +570,10 @@ async fn totals_computed_while_a_day_they_read_had_drifted_are_persisted_on_its_
 
 #[tokio::test]
 async fn totals_computed_after_a_conversion_moved_the_places_are_not_persisted_on_the_older_list() {
-    let (app, query) = three_days_stored().await;
-    asked_and_persisted(&app, &query).await;
     // Z converts before everyone; a process computes the days again with Z first in its list
     // (its totals name B's conversion as the third, the side snapshot as the second).
-    app.ingest(&[conversion("z-c", "Z", -3_600, 100_000)])
-        .await
-        .unwrap();
+    let since = [conversion("z-c", "Z", -3_600, 100_000)];
+    let (app, query, _) = persisted_then_written(Vec::new(), &since).await;
     computed_again_from_rows(&app, &query).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -450,6 +450,9 @@ impl<S: Source> QueryCache<S> {
             .collect();
         let room = self.budget / 16 * 15;
         let (mut bytes, mut restored) = (self.bytes(), 0);
+        // Attributed conversions are moved past those inserted since the side snapshot.
+        let inserted = loaded.side.as_ref().map_or(&[][..], |s| &s.inserted[..]);
+        let conversions = (inserted, state.conversions.len());
         let entry = match self.entries.get(&Key::Tenant(state.tenant)) {
             Some(Value::Tenant(entry)) => Some(entry),
             _ => None,
@@ -466,8 +469,6 @@ impl<S: Source> QueryCache<S> {
                 places = Some((row.day, stored::Places::of(seg)));
             }
             let Some((_, of_day)) = &places else { continue };
-            let inserted = loaded.side.as_ref().map_or(&[][..], |s| &s.inserted);
-            let conversions = (inserted, state.conversions.len());
             let decoded = stored::decode(&row.body, seg, of_day, conversions, &mut |name| {
                 state.symbol(name)
             });

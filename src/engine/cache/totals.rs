@@ -19,7 +19,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Weak, atomic::Ordering},
     time::Instant,
 };
 
@@ -207,12 +207,17 @@ impl TenantState {
     }
 }
 
-/// A day's totals to persist.
+/// A day's totals to persist. The totals and the segment are held weakly: the pass encodes one
+/// at a time and may take seconds (a row written per body), and what the cache lets go
+/// meanwhile is freed, not held outside its budget (a never-asked question evicts the totals of
+/// the one before while they wait here); totals let go are not persisted.
 struct ToPersist {
     key: PartialKey,
     day: NaiveDate,
-    partial: Arc<Partial>,
-    segment: Arc<Segment>,
+    from: u64,
+    partial: Weak<Partial>,
+    segment: Weak<Segment>,
+    as_of: i64,
     basis: Basis,
 }
 
@@ -272,13 +277,10 @@ impl<S: Source> QueryCache<S> {
         };
         let mut written = 0;
         for t in todo {
-            let (partial, segment, basis, symbols) = (
-                t.partial.clone(),
-                t.segment.clone(),
-                t.basis.clone(),
-                symbols.clone(),
-            );
-            let shape = t.key.shape.clone();
+            let (Some(partial), Some(segment)) = (t.partial.upgrade(), t.segment.upgrade()) else {
+                continue;
+            };
+            let (basis, symbols, shape) = (t.basis.clone(), symbols.clone(), t.key.shape.clone());
             let body = in_background(worker.clone(), move || {
                 stored::encode(&shape, &partial, &segment, &symbols, &basis)
             })
@@ -288,7 +290,7 @@ impl<S: Source> QueryCache<S> {
                 day: t.day,
                 shape_hash: Sha256::digest(t.key.shape.as_bytes()).to_vec(),
                 kind: i16::from(matches!(t.key.rows, KeptRows::Before(_))),
-                snapshot_xmin: t.segment.as_of,
+                snapshot_xmin: t.as_of,
                 body,
             };
             self.source.save_totals(tenant, totals).await?;
@@ -296,7 +298,7 @@ impl<S: Source> QueryCache<S> {
                 .persisted_totals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(t.key, (t.partial.from(), t.basis));
+                .insert(t.key, (t.from, t.basis));
             written += 1;
         }
         Ok(written)
@@ -334,8 +336,10 @@ impl<S: Source> QueryCache<S> {
                 todo.push(ToPersist {
                     key: key.clone(),
                     day,
-                    partial: p,
-                    segment: segment.clone(),
+                    from: p.from(),
+                    partial: Arc::downgrade(&p),
+                    segment: Arc::downgrade(segment),
+                    as_of: segment.as_of,
                     basis,
                 });
             }

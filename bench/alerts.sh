@@ -113,17 +113,12 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 summarize "$SAMPLES"
 python3 - "$SAMPLES" "$CPU" <<'PY'
-import collections, math, sys
-s = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    k, ms = line.strip().split(",")
-    s[k].append(float(ms))
-cpu = collections.defaultdict(list)
-for line in open(sys.argv[2]):
-    k, c = line.strip().split(",")
-    cpu[k].append(float(c))
+import sys
+sys.path.insert(0, "bench")
+from samples import load, rank
+s, cpu = load(sys.argv[1]), load(sys.argv[2])
 def p95(v):
-    v = sorted(v); return v[max(1, math.ceil(.95 * len(v))) - 1]
+    return rank(v, .95)
 none, rules = s["none:overview"], s["rules:overview"]
 print(f"overview p95 with rules / without = {p95(rules) / p95(none):.2f}x ({p95(rules):.1f} / {p95(none):.1f} ms)")
 for k, v in cpu.items():

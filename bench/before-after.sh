@@ -131,14 +131,10 @@ BIN=$NEW_BIN
 summarize "$SAMPLES"
 printf '%s\n' "${PEAKS[@]}"
 python3 - "$SAMPLES" <<'PY'
-import collections, math, sys
-s = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    kind, ms = line.strip().split(",")
-    s[kind].append(float(ms))
-def rank(v, p):
-    v = sorted(v)
-    return v[max(1, min(len(v), math.ceil(p * len(v)))) - 1]
+import sys
+sys.path.insert(0, "bench")
+from samples import load, rank
+s = load(sys.argv[1])
 for kind in sorted(k[4:] for k in s if k.startswith("new_")):
     new, old = s["new_" + kind], s.get("old_" + kind)
     if old and kind.startswith("background"):

@@ -64,14 +64,10 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 summarize "$SAMPLES"
 python3 - "$SAMPLES" <<'PY'
-import collections, math, sys
-s = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    kind, ms = line.strip().split(",")
-    s[kind].append(float(ms))
-def rank(v, p):
-    v = sorted(v)
-    return v[max(1, min(len(v), math.ceil(p * len(v)))) - 1]
+import sys
+sys.path.insert(0, "bench")
+from samples import load, rank
+s = load(sys.argv[1])
 for p in (.5, .95):
     print(f"6 months / 1 month, 30-day overview p{int(p * 100)}: {rank(s['long_overview'], p) / rank(s['short_overview'], p):.2f}x")
 PY

@@ -52,14 +52,10 @@ rss() {
 # overview when both are there.
 summarize() {
   python3 - "$1" <<'PY'
-import collections, math, sys
-samples = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    kind, ms = line.strip().split(",")
-    samples[kind].append(float(ms))
-def rank(v, p):
-    v = sorted(v)
-    return v[max(1, min(len(v), math.ceil(p * len(v)))) - 1]
+import sys
+sys.path.insert(0, "bench")
+from samples import load, rank
+samples = load(sys.argv[1])
 for kind, v in samples.items():
     print(f"{kind}: n={len(v)} p50={rank(v, .5):.1f} ms p95={rank(v, .95):.1f} ms max={max(v):.1f} ms")
 if "overview" in samples and "duckdb_overview" in samples:

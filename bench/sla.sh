@@ -78,13 +78,12 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 summarize "$SAMPLES"
 python3 - "$SAMPLES" <<'PY'
-import collections, math, sys
-s = collections.defaultdict(list)
-for line in open(sys.argv[1]):
-    k, ms = line.strip().split(",")
-    s[k].append(float(ms))
+import sys
+sys.path.insert(0, "bench")
+from samples import load, rank
+s = load(sys.argv[1])
 def p95(v):
-    v = sorted(v); return v[max(1, math.ceil(.95 * len(v))) - 1]
+    return rank(v, .95)
 for phase in ["first_overview", "settled:overview", "live100:overview", "settled:breakdown_agent", "live100:series_day"]:
     none, sla = s.get(f"none:{phase}"), s.get(f"sla:{phase}")
     if none and sla:

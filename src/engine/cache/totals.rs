@@ -8,14 +8,16 @@
 //! is either held exactly as its snapshot or has a stored snapshot for whose state the total is
 //! as exact as for its own: nothing the change log holds between the two touched what it read
 //! ([`StoredAt`]; a newest day that keeps receiving conversations is its snapshot only until its
-//! next write, and the days before it read it). Restoring: a refresh that loaded days reads their persisted totals and keeps
-//! those whose own day is held exactly as its snapshot and whose other reads come from the
-//! snapshots of their basis, most recently written first, while the cache is under fifteen
-//! sixteenths of its budget (as the warm-up's questions). Records merged on top of those
-//! snapshots by the load, and conversions stored since the side snapshot, are then written to
-//! the change log ([`Loaded`]): a restored total that read one of their customers is computed
-//! again, the others are used (a tenant that wrote into its newest day since the totals were
-//! persisted restores the rest of its month).
+//! next write, and the days before it read it).
+//!
+//! Restoring: a refresh that loaded days reads their persisted totals and keeps those whose own
+//! day is held exactly as its snapshot and whose other reads come from the snapshots of their
+//! basis, most recently written first, while the cache is under fifteen sixteenths of its
+//! budget (as the warm-up's questions). Records merged on top of those snapshots by the load,
+//! and conversions stored since the side snapshot, are then written to the change log
+//! ([`Loaded`]): a restored total that read one of their customers is computed again, the
+//! others are used (a tenant that wrote into its newest day since the totals were persisted
+//! restores the rest of its month).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -214,10 +216,8 @@ impl TenantState {
 struct ToPersist {
     key: PartialKey,
     day: NaiveDate,
-    from: u64,
     partial: Weak<Partial>,
     segment: Weak<Segment>,
-    as_of: i64,
     basis: Basis,
 }
 
@@ -280,6 +280,7 @@ impl<S: Source> QueryCache<S> {
             let (Some(partial), Some(segment)) = (t.partial.upgrade(), t.segment.upgrade()) else {
                 continue;
             };
+            let (from, as_of) = (partial.from(), segment.as_of);
             let (basis, symbols, shape) = (t.basis.clone(), symbols.clone(), t.key.shape.clone());
             let body = in_background(worker.clone(), move || {
                 stored::encode(&shape, &partial, &segment, &symbols, &basis)
@@ -290,7 +291,7 @@ impl<S: Source> QueryCache<S> {
                 day: t.day,
                 shape_hash: Sha256::digest(t.key.shape.as_bytes()).to_vec(),
                 kind: i16::from(matches!(t.key.rows, KeptRows::Before(_))),
-                snapshot_xmin: t.as_of,
+                snapshot_xmin: as_of,
                 body,
             };
             self.source.save_totals(tenant, totals).await?;
@@ -298,7 +299,7 @@ impl<S: Source> QueryCache<S> {
                 .persisted_totals
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(t.key, (t.from, t.basis));
+                .insert(t.key, (from, t.basis));
             written += 1;
         }
         Ok(written)
@@ -336,10 +337,8 @@ impl<S: Source> QueryCache<S> {
                 todo.push(ToPersist {
                     key: key.clone(),
                     day,
-                    from: p.from(),
                     partial: Arc::downgrade(&p),
                     segment: Arc::downgrade(segment),
-                    as_of: segment.as_of,
                     basis,
                 });
             }
